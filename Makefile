@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install test lint serve bench clean
+.PHONY: install test lint serve train bench bench-quality clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +20,21 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/hadolint Dockerfile
 
 serve: install
 	$(BIN)/vq-serve --host $(HOST) --port $(PORT)
+
+train: install
+	$(BIN)/vq-train fit --config configs/default.yaml
+
+bench: install
+	$(BIN)/python bench/quantizers.py
+	$(BIN)/python bench/service.py
+
+bench-quality: install
+	$(BIN)/python bench/quality.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
