@@ -1,0 +1,54 @@
+"""The app factory. ``create_app`` only builds the app; models load in the lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from service.errors import install_error_handlers
+from service.images import set_pixel_limit
+from service.limits import BodyLimitMiddleware
+from service.metrics import RequestMetricsMiddleware
+from service.routes import dashboard, detokenize, health, metrics, models, tokenize
+from service.settings import Settings, get_settings
+from service.state import ServiceState
+
+logger = logging.getLogger("service")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service. ``settings`` defaults to the environment (``get_settings``)."""
+    settings = settings if settings is not None else get_settings()
+    state = ServiceState(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        set_pixel_limit(settings.max_image_pixels)
+        try:
+            await state.load()
+            logger.info("ready: serving %s", ", ".join(state.models))
+            yield
+        finally:
+            await state.close()
+
+    app = FastAPI(
+        title="vq-tokenizer",
+        summary="Images <-> discrete code grids, with live codebook usage",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.service = state
+    # Every handler reads settings through SettingsDep: point it at this app's settings.
+    app.dependency_overrides[get_settings] = lambda: settings
+    install_error_handlers(app)
+    for module in (tokenize, detokenize, models, health, metrics, dashboard):
+        app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=dashboard.STATIC_DIR), name="static")
+    # Outermost first: metrics see every response, the 413 check included.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
+    return app

@@ -1,0 +1,166 @@
+"""Micro-batching: concurrent requests share one forward pass.
+
+Requests ``submit`` one item each (an image (3, H, W) or a code grid (h, w)) and await a
+future. A collector task on the event loop groups waiting items by shape (only same-sized
+tensors stack), and once a group holds ``max_batch_size`` items, or its oldest item has
+waited ``max_wait_s``, runs ``fn`` on the stacked group in the inference thread (never on
+the event loop) and hands each row back to its own future.
+
+Under load nothing waits for the timer: items that arrive while a batch is computing are
+already older than ``max_wait_s`` when it finishes, so the next batch starts at once with
+everything that queued up. ``max_batch_size=1`` turns batching off (one item per pass).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import torch
+
+BatchFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class _Item:
+    tensor: torch.Tensor
+    future: asyncio.Future[torch.Tensor]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class BatcherClosed(RuntimeError):
+    """The batcher was stopped while the item waited."""
+
+
+class MicroBatcher:
+    """Gathers items into batches of up to ``max_batch_size`` for ``fn``.
+
+    fn: stacked items (N, *shape) -> results (N, ...); runs on ``executor``.
+    on_batch: called on the event loop with each batch's size (metrics).
+    """
+
+    def __init__(
+        self,
+        fn: BatchFn,
+        *,
+        executor: Executor,
+        max_batch_size: int,
+        max_wait_s: float,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size={max_batch_size} is not allowed; expected >= 1")
+        if max_wait_s < 0:
+            raise ValueError(f"max_wait_s={max_wait_s} is not allowed; expected >= 0")
+        self.fn = fn
+        self.executor = executor
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self.on_batch = on_batch
+        self.batches_run = 0
+        self.items_run = 0
+        self.largest_batch = 0
+        self._queue: asyncio.Queue[_Item] | None = None
+        self._task: asyncio.Task[None] | None = None
+        # shape -> items waiting, in arrival order; dicts keep insertion order, so the first
+        # key is the group whose oldest item has waited longest.
+        self._groups: dict[tuple[int, ...], list[_Item]] = {}
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        """Start the collector on the running event loop."""
+        if self.running:
+            return
+        self._queue = asyncio.Queue()
+        self._task = asyncio.get_running_loop().create_task(self._collect())
+
+    async def stop(self) -> None:
+        """Stop collecting; waiting items fail with ``BatcherClosed``."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        leftovers = [item for group in self._groups.values() for item in group]
+        self._groups.clear()
+        while self._queue is not None and not self._queue.empty():
+            leftovers.append(self._queue.get_nowait())
+        for item in leftovers:
+            if not item.future.done():
+                item.future.set_exception(BatcherClosed("the service is shutting down"))
+
+    async def submit(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Queue one item and wait for its row of the batch result."""
+        if self._queue is None or not self.running:
+            raise BatcherClosed("the batcher is not running")
+        future: asyncio.Future[torch.Tensor] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Item(tensor, future))
+        return await future
+
+    def _add(self, item: _Item) -> None:
+        if item.future.done():  # the client went away while queued
+            return
+        self._groups.setdefault(tuple(item.tensor.shape), []).append(item)
+
+    def _drain(self) -> None:
+        assert self._queue is not None
+        while not self._queue.empty():
+            self._add(self._queue.get_nowait())
+
+    def _full_group(self) -> tuple[int, ...] | None:
+        for key, items in self._groups.items():
+            if len(items) >= self.max_batch_size:
+                return key
+        return None
+
+    async def _collect(self) -> None:
+        assert self._queue is not None
+        while True:
+            if not self._groups:
+                self._add(await self._queue.get())
+                continue
+            self._drain()
+            key = self._full_group()
+            if key is None:
+                oldest = next(iter(self._groups.values()))[0]
+                remaining = oldest.enqueued + self.max_wait_s - time.perf_counter()
+                if remaining > 0:
+                    with contextlib.suppress(TimeoutError):
+                        self._add(await asyncio.wait_for(self._queue.get(), remaining))
+                    continue
+                key = next(iter(self._groups))
+            group = self._groups.pop(key)
+            batch, rest = group[: self.max_batch_size], group[self.max_batch_size :]
+            if rest:
+                # Keep the leftovers' place at the back; they go out with the next batch.
+                self._groups[key] = rest
+            await self._run(batch)
+
+    async def _run(self, batch: list[_Item]) -> None:
+        batch = [item for item in batch if not item.future.done()]
+        if not batch:
+            return
+        stacked = torch.stack([item.tensor for item in batch])  # (N, *shape)
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(self.executor, self.fn, stacked)
+        except Exception as exc:  # every waiter learns what went wrong; the loop goes on
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        self.batches_run += 1
+        self.items_run += len(batch)
+        self.largest_batch = max(self.largest_batch, len(batch))
+        if self.on_batch is not None:
+            self.on_batch(len(batch))
+        for item, result in zip(batch, results, strict=True):
+            if not item.future.done():
+                item.future.set_result(result)

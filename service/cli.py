@@ -1,0 +1,95 @@
+"""``vq-serve``: run the service under uvicorn.
+
+    vq-serve [--host H] [--port P] [--model NAME=PATH ...] [--device cpu|cuda] ...
+
+Flags override the ``VQ_*`` environment variables, which override the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import uvicorn
+from pydantic import ValidationError
+
+from service.app import create_app
+from service.settings import Settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vq-serve",
+        description="Serve image tokenizers over HTTP (tokenize, detokenize, usage, dashboard).",
+    )
+    p.add_argument("--host", help="interface to bind (default 127.0.0.1; env VQ_HOST)")
+    p.add_argument("--port", type=int, help="port (default 8000; env VQ_PORT)")
+    p.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME=PATH",
+        help="artifact directory to serve under NAME; repeat for several models "
+        "(default default=models/default, relative to the current directory; env VQ_MODELS)",
+    )
+    p.add_argument("--device", choices=["cpu", "cuda"], help="env VQ_DEVICE")
+    p.add_argument(
+        "--torch-threads", type=int, help="torch intra-op threads (env VQ_TORCH_THREADS)"
+    )
+    p.add_argument(
+        "--max-batch-size", type=int, help="images per forward pass (env VQ_MAX_BATCH_SIZE)"
+    )
+    p.add_argument(
+        "--batch-wait-ms", type=float, help="max wait for a batch to fill (env VQ_BATCH_WAIT_MS)"
+    )
+    p.add_argument(
+        "--no-batching",
+        action="store_true",
+        help="one image per forward pass (env VQ_BATCHING=false)",
+    )
+    p.add_argument("--max-upload-bytes", type=int, help="env VQ_MAX_UPLOAD_BYTES")
+    p.add_argument("--max-image-side", type=int, help="env VQ_MAX_IMAGE_SIDE")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {
+        key: value
+        for key, value in (
+            ("host", args.host),
+            ("port", args.port),
+            ("models", args.model),
+            ("device", args.device),
+            ("torch_threads", args.torch_threads),
+            ("max_batch_size", args.max_batch_size),
+            ("batch_wait_ms", args.batch_wait_ms),
+            ("max_upload_bytes", args.max_upload_bytes),
+            ("max_image_side", args.max_image_side),
+        )
+        if value is not None
+    }
+    if args.no_batching:
+        overrides["batching"] = False
+    return Settings(**overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except (ValidationError, ValueError) as exc:
+        parser.error(str(exc))
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""A small Python client for the vq-tokenizer service (httpx).
+
+    from service.client import Client
+    with Client("http://127.0.0.1:8000") as client:
+        result = client.tokenize(["cat.png"], fit="crop")[0]     # TokenizedImage
+        png = client.detokenize(result.codes)                     # PNG bytes
+
+Errors from the service raise ``ServiceError`` with its status, code and message.
+Any ``httpx.Client`` can be passed as ``http`` (FastAPI's TestClient is one).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import numpy as np
+from PIL import Image
+
+ImageInput = bytes | str | os.PathLike[str] | Image.Image | np.ndarray
+Fit = Literal["reject", "crop", "pad", "resize"]
+
+
+class ServiceError(RuntimeError):
+    def __init__(self, status_code: int, code: str, detail: str) -> None:
+        super().__init__(f"{status_code} {code}: {detail}")
+        self.status_code = status_code
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class TokenizedImage:
+    codes: list[list[int]]  # [h][w] code ids
+    grid: tuple[int, int]  # (h, w)
+    image_size: tuple[int, int]  # (H, W) as sent
+
+    def as_array(self) -> np.ndarray:
+        return np.asarray(self.codes, dtype=np.int64)  # (h, w)
+
+
+def image_bytes(image: ImageInput) -> bytes:
+    """File bytes for ``image``: bytes as they are, paths read, PIL images and (H, W, 3)
+    uint8 arrays encoded as PNG."""
+    if isinstance(image, bytes):
+        return image
+    if isinstance(image, str | os.PathLike):
+        return Path(image).read_bytes()
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    if isinstance(image, Image.Image):
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        return buf.getvalue()
+    raise ValueError(
+        f"image of type {type(image).__name__} is not supported; give bytes, a path, "
+        "a PIL image or an (H, W, 3) uint8 array"
+    )
+
+
+class Client:
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        *,
+        timeout: float = 60.0,
+        http: httpx.Client | None = None,
+    ) -> None:
+        self._owns_http = http is None
+        self.http = http if http is not None else httpx.Client(base_url=base_url, timeout=timeout)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._owns_http:
+            self.http.close()
+
+    def _check(self, response: httpx.Response) -> httpx.Response:
+        if response.is_success:
+            return response
+        try:
+            body = response.json()
+            code, detail = str(body.get("code", "error")), str(body.get("detail", body))
+        except ValueError:
+            code, detail = "error", response.text
+        raise ServiceError(response.status_code, code, detail)
+
+    def tokenize(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        model: str = "default",
+        fit: Fit = "reject",
+        as_json: bool = False,
+    ) -> list[TokenizedImage]:
+        """One ``TokenizedImage`` per image, in order. ``as_json`` sends base64 JSON
+        instead of multipart."""
+        params = {"model": model, "fit": fit}
+        blobs = [image_bytes(image) for image in images]
+        if as_json:
+            payload = {"images": [base64.b64encode(b).decode("ascii") for b in blobs]}
+            response = self.http.post("/v1/tokenize", params=params, json=payload)
+        else:
+            files = [
+                ("files", (f"image{i}", b, "application/octet-stream")) for i, b in enumerate(blobs)
+            ]
+            response = self.http.post("/v1/tokenize", params=params, files=files)
+        body = self._check(response).json()
+        return [
+            TokenizedImage(r["codes"], tuple(r["grid"]), tuple(r["image_size"]))
+            for r in body["results"]
+        ]
+
+    def detokenize(self, codes: Any, *, model: str = "default") -> bytes:
+        """One [h][w] grid (nested lists or an int array) -> PNG bytes."""
+        payload = {"model": model, "codes": np.asarray(codes).tolist()}
+        return self._check(self.http.post("/v1/detokenize", json=payload)).content
+
+    def detokenize_batch(self, grids: Sequence[Any], *, model: str = "default") -> list[bytes]:
+        payload = {"model": model, "batch": [np.asarray(g).tolist() for g in grids]}
+        body = self._check(self.http.post("/v1/detokenize", json=payload)).json()
+        return [base64.b64decode(s) for s in body["images"]]
+
+    def models(self) -> list[dict[str, Any]]:
+        models: list[dict[str, Any]] = self._check(self.http.get("/v1/models")).json()["models"]
+        return models
+
+    def model(self, name: str) -> dict[str, Any]:
+        info: dict[str, Any] = self._check(self.http.get(f"/v1/models/{name}")).json()
+        return info
+
+    def usage(self, name: str = "default") -> dict[str, Any]:
+        usage: dict[str, Any] = self._check(self.http.get(f"/v1/models/{name}/usage")).json()
+        return usage
+
+    def metrics(self) -> str:
+        return self._check(self.http.get("/metrics")).text
+
+    def healthy(self) -> bool:
+        try:
+            return self.http.get("/healthz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def ready(self) -> bool:
+        try:
+            return self.http.get("/readyz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def wait_ready(self, timeout: float = 60.0, interval: float = 0.1) -> None:
+        """Poll /readyz until 200; TimeoutError after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"service not ready after {timeout} s")
+            time.sleep(interval)

@@ -1,0 +1,145 @@
+"""Prometheus metrics, in a registry of the app's own (two apps in one process never clash).
+
+Request metrics come from a pure ASGI middleware labelled by route template
+(``/v1/models/{name}``, not the raw path, to keep label cardinality bounded). The codebook
+gauges are read from the live ``CodebookUsage`` at scrape time by a custom collector, so a
+scrape always sees the current window.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class UsageSnapshot:
+    """What the collector needs from one served model, read under the model's usage lock."""
+
+    def __init__(
+        self, model: str, codebook_size: int, window_usage: float, perplexity: float, dead: int
+    ) -> None:
+        self.model = model
+        self.codebook_size = codebook_size
+        self.window_usage = window_usage
+        self.perplexity = perplexity
+        self.dead_codes = dead
+
+
+class _UsageCollector(Collector):
+    def __init__(self, snapshots: Callable[[], Iterable[UsageSnapshot]]) -> None:
+        self._snapshots = snapshots
+
+    def collect(self) -> Iterator[Metric]:
+        families = {
+            "window_usage": GaugeMetricFamily(
+                "vq_codebook_window_usage",
+                "Fraction of codes hit at least once in the served-traffic window",
+                labels=["model"],
+            ),
+            "perplexity": GaugeMetricFamily(
+                "vq_codebook_perplexity",
+                "exp(entropy) of the served-traffic code histogram over the window",
+                labels=["model"],
+            ),
+            "dead_codes": GaugeMetricFamily(
+                "vq_codebook_dead_codes",
+                "Codes with zero hits in the served-traffic window",
+                labels=["model"],
+            ),
+            "codebook_size": GaugeMetricFamily(
+                "vq_codebook_size", "Number of codes of the model", labels=["model"]
+            ),
+        }
+        for snap in self._snapshots():
+            families["window_usage"].add_metric([snap.model], snap.window_usage)
+            families["perplexity"].add_metric([snap.model], snap.perplexity)
+            families["dead_codes"].add_metric([snap.model], snap.dead_codes)
+            families["codebook_size"].add_metric([snap.model], snap.codebook_size)
+        yield from families.values()
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
+class ServiceMetrics:
+    """All metrics of one app."""
+
+    def __init__(self, snapshots: Callable[[], Iterable[UsageSnapshot]]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "vq_http_requests",
+            "HTTP requests by endpoint (route template), method and status",
+            ["endpoint", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "vq_http_request_duration_seconds",
+            "HTTP request latency by endpoint (route template), method and status",
+            ["endpoint", "method", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "vq_batch_size",
+            "Items per forward pass of the micro-batcher",
+            ["model", "op"],
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.images = Counter(
+            "vq_images",
+            "Images processed: op=tokenize (encoded) or detokenize (decoded)",
+            ["model", "op"],
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "vq_tokens_served",
+            "Code tokens produced by tokenize (op=tokenize) or consumed by detokenize",
+            ["model", "op"],
+            registry=self.registry,
+        )
+        self.registry.register(_UsageCollector(snapshots))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RequestMetricsMiddleware:
+    """Counts every HTTP request and times it, labelled by the matched route's template."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # what the client sees if the app dies before answering
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route: Any = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            labels = (endpoint, scope.get("method", ""), str(status))
+            self.metrics.requests.labels(*labels).inc()
+            self.metrics.latency.labels(*labels).observe(time.perf_counter() - start)

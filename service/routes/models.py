@@ -1,0 +1,69 @@
+"""GET /v1/models, /v1/models/{name}, /v1/models/{name}/usage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from service.deps import StateDep
+from service.schemas import ErrorResponse, ModelInfo, ModelList, UsageResponse
+from service.state import ServedModel
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse},
+    503: {"model": ErrorResponse},
+}
+
+
+def model_info(model: ServedModel) -> ModelInfo:
+    """What the artifact's config.json says about the model (vq/artifact.py, format 1)."""
+    meta = model.tokenizer.metadata
+    quantizer = meta.get("quantizer") or {}
+    levels = quantizer.get("levels")
+    return ModelInfo(
+        name=model.name,
+        kind=str(quantizer.get("kind", model.tokenizer.config.quantizer.kind)),
+        codebook_size=model.codebook_size,
+        f=model.f,
+        code_dim=model.tokenizer.code_dim,
+        levels=list(levels) if levels is not None else None,
+        codebook=quantizer.get("codebook"),
+        grad_estimator=quantizer.get("grad_estimator"),
+        image_range=list(meta.get("image_range", [-1.0, 1.0])),
+        format_version=meta.get("format_version"),
+        created=meta.get("created"),
+        versions=dict(meta.get("versions") or {}),
+        metrics=dict(meta.get("metrics") or {}),
+        device=str(model.tokenizer.device),
+    )
+
+
+@router.get("", summary="Served models and their metadata", responses=_ERRORS)
+async def list_models(state: StateDep) -> ModelList:
+    return ModelList(models=[model_info(state.get(name)) for name in state.models])
+
+
+@router.get("/{name}", summary="One model's metadata", responses=_ERRORS)
+async def get_model(name: str, state: StateDep) -> ModelInfo:
+    return model_info(state.get(name))
+
+
+@router.get("/{name}/usage", summary="Served-traffic codebook usage", responses=_ERRORS)
+async def get_usage(name: str, state: StateDep) -> UsageResponse:
+    """Statistics of the codes this service has produced for `name` (tokenize traffic),
+    over the last `window` tokens: the definitions of shared DESIGN.md."""
+    model = state.get(name)
+    report = model.usage_report()
+    return UsageResponse(
+        model=model.name,
+        codebook_size=model.codebook_size,
+        window=report.window,
+        tokens_seen=report.tokens_seen,
+        window_usage=report.window_usage,
+        perplexity=report.perplexity,
+        dead_codes=report.dead_codes,
+        histogram=report.histogram,
+    )

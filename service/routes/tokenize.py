@@ -1,0 +1,161 @@
+"""POST /v1/tokenize: images -> code grids, through the model's micro-batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+from typing import Annotated
+
+import numpy as np
+import torch
+from fastapi import APIRouter, Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from service.batcher import BatcherClosed
+from service.deps import SettingsDep, StateDep
+from service.errors import APIError, bad_request, unprocessable
+from service.images import FitMode, load_image
+from service.schemas import ErrorResponse, TokenizeJSONRequest, TokenizeResponse, TokenizeResult
+from service.settings import Settings
+
+router = APIRouter(prefix="/v1", tags=["tokenize"])
+
+_ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422, 503)
+}
+
+_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "files": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                        }
+                    },
+                    "required": ["files"],
+                }
+            },
+            "application/json": {"schema": TokenizeJSONRequest.model_json_schema()},
+        },
+    }
+}
+
+
+def _b64decode(text: str, label: str) -> bytes:
+    if text.startswith("data:"):
+        # data:image/png;base64,....
+        header, sep, text = text.partition(",")
+        if not sep or not header.endswith(";base64"):
+            raise bad_request(f"{label} is a data: URL without ';base64,' data", "invalid_base64")
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise bad_request(f"{label} is not valid base64: {exc}", "invalid_base64") from None
+
+
+async def _multipart_payloads(request: Request, settings: Settings) -> list[tuple[str, bytes]]:
+    form = await request.form(max_files=settings.max_images_per_request, max_fields=16)
+    try:
+        parts = form.getlist("files")
+        if not parts:
+            raise unprocessable(
+                "no images: send them as multipart file fields named 'files'", "no_images"
+            )
+        payloads = []
+        for i, part in enumerate(parts):
+            if not isinstance(part, UploadFile):
+                raise unprocessable(
+                    f"files[{i}] is a text field; send image files under 'files'", "invalid_image"
+                )
+            payloads.append((f"files[{i}] ({part.filename})", await part.read()))
+        return payloads
+    finally:
+        await form.close()
+
+
+async def _json_payloads(request: Request, settings: Settings) -> list[tuple[str, bytes]]:
+    body = await request.body()
+    try:
+        parsed = TokenizeJSONRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
+    if len(parsed.images) > settings.max_images_per_request:
+        raise unprocessable(
+            f"{len(parsed.images)} images in one request; the limit is "
+            f"{settings.max_images_per_request} (setting max_images_per_request)",
+            "too_many_images",
+        )
+    return [
+        (f"images[{i}]", _b64decode(text, f"images[{i}]")) for i, text in enumerate(parsed.images)
+    ]
+
+
+def _prepare(
+    payloads: list[tuple[str, bytes]], *, f: int, fit: FitMode, max_side: int
+) -> list[tuple[torch.Tensor, tuple[int, int]]]:
+    out = []
+    for label, data in payloads:
+        arr, size = load_image(data, label=label, f=f, fit=fit, max_side=max_side)
+        out.append((torch.from_numpy(arr).permute(2, 0, 1), size))  # (H, W, 3) -> (3, H, W)
+    return out
+
+
+@router.post(
+    "/tokenize",
+    summary="Images -> code grids",
+    responses=_ERRORS,
+    openapi_extra=_REQUEST_BODY,
+)
+async def tokenize(
+    request: Request,
+    state: StateDep,
+    settings: SettingsDep,
+    model: Annotated[str, Query(description="Name of a served model")] = "default",
+    fit: Annotated[
+        FitMode,
+        Query(description="Sides not multiples of f: reject (422), crop, pad or resize"),
+    ] = "reject",
+) -> TokenizeResponse:
+    """Send images as multipart `files` or as JSON `{"images": [base64, ...]}`; get one
+    code grid per image, in request order."""
+    served = state.get(model)
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media == "multipart/form-data":
+        payloads = await _multipart_payloads(request, settings)
+    elif media == "application/json" or media.endswith("+json"):
+        payloads = await _json_payloads(request, settings)
+    else:
+        raise APIError(
+            415,
+            "unsupported_media_type",
+            f"content-type {media or 'missing'!r} is not supported; send multipart/form-data "
+            "with 'files' or application/json with {'images': [base64, ...]}",
+        )
+    prepared = await run_in_threadpool(
+        _prepare, payloads, f=served.f, fit=fit, max_side=settings.max_image_side
+    )
+    assert served.encoder is not None  # set when the model is loaded
+    try:
+        codes = await asyncio.gather(*(served.encoder.submit(image) for image, _ in prepared))
+    except BatcherClosed as exc:
+        raise APIError(503, "not_ready", str(exc)) from None
+    except ValueError as exc:
+        raise unprocessable(str(exc)) from None
+
+    tokens = sum(int(np.prod(c.shape)) for c in codes)
+    state.metrics.images.labels(model, "tokenize").inc(len(codes))
+    state.metrics.tokens.labels(model, "tokenize").inc(tokens)
+    results = [
+        TokenizeResult(codes=c.tolist(), grid=(int(c.shape[0]), int(c.shape[1])), image_size=size)
+        for c, (_, size) in zip(codes, prepared, strict=True)
+    ]
+    return TokenizeResponse(model=model, codebook_size=served.codebook_size, results=results)
