@@ -1,0 +1,62 @@
+"""/metrics: Prometheus text that parses, request metrics by route, usage gauges that move."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.service.helpers import encode_file, random_image
+
+
+def scrape(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
+
+
+def gauge(samples: dict, name: str, model: str = "default") -> float:  # type: ignore[type-arg]
+    return samples[(name, (("model", model),))]
+
+
+def test_metrics_parse_and_usage_gauges_move_after_traffic(app_client: TestClient) -> None:
+    before = scrape(app_client)
+    for name in ("vq_codebook_window_usage", "vq_codebook_perplexity", "vq_codebook_dead_codes"):
+        assert (name, (("model", "fsq"),)) in before  # every served model has its gauges
+    images = [encode_file(random_image(32, 32, seed=s)) for s in range(20, 24)]
+    files = [("files", (f"{i}.png", b, "image/png")) for i, b in enumerate(images)]
+    assert app_client.post("/v1/tokenize", files=files).status_code == 200
+    assert app_client.get("/v1/models/nope").status_code == 404
+    after = scrape(app_client)
+
+    assert gauge(after, "vq_codebook_window_usage") > gauge(before, "vq_codebook_window_usage")
+    assert gauge(after, "vq_codebook_dead_codes") < gauge(before, "vq_codebook_dead_codes")
+    assert gauge(after, "vq_codebook_perplexity") > 1.0
+    assert gauge(after, "vq_codebook_size") == 64
+
+    def labelled(name: str, **labels: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+        return name, tuple(sorted(labels.items()))
+
+    tokenize_ok = labelled(
+        "vq_http_requests_total", endpoint="/v1/tokenize", method="POST", status="200"
+    )
+    assert after[tokenize_ok] == before.get(tokenize_ok, 0.0) + 1
+    not_found = labelled(
+        "vq_http_requests_total", endpoint="/v1/models/{name}", method="GET", status="404"
+    )
+    assert after[not_found] >= 1  # labelled by route template, not by the raw path
+    latency = labelled(
+        "vq_http_request_duration_seconds_count",
+        endpoint="/v1/tokenize",
+        method="POST",
+        status="200",
+    )
+    assert after[latency] == after[tokenize_ok]
+    tokens = labelled("vq_tokens_served_total", model="default", op="tokenize")
+    assert after[tokens] - before.get(tokens, 0.0) == 4 * 8 * 8
+    batches = labelled("vq_batch_size_sum", model="default", op="tokenize")
+    assert after[batches] - before.get(batches, 0.0) == 4
