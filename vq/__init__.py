@@ -1,0 +1,16 @@
+"""vq: image-tokenizer quantizers, usage statistics, VQ-VAE model and artifacts.
+
+Imports torch (and safetensors) only: no Lightning, no FastAPI.
+"""
+
+from vq.quantizers import FSQ, VectorQuantizer
+from vq.search import nearest_code
+from vq.types import Quantizer, QuantizerOutput
+
+__all__ = [
+    "FSQ",
+    "Quantizer",
+    "QuantizerOutput",
+    "VectorQuantizer",
+    "nearest_code",
+]

@@ -156,6 +156,11 @@ def fsq_levels_to_codes(level_ids: torch.Tensor, levels: torch.Tensor) -> torch.
 # ----------------------------------------------------------------------------------------
 
 
+def ema(average: torch.Tensor, value: torch.Tensor, decay: float) -> torch.Tensor:
+    """Exponential moving average step ``γ · average + (1 - γ) · value``."""
+    return decay * average + (1.0 - decay) * value
+
+
 def ema_update(
     counts: torch.Tensor,
     sums: torch.Tensor,
@@ -167,9 +172,7 @@ def ema_update(
 
     counts, batch_counts: (K,) float; sums, batch_sums: (K, D). Returns new (counts, sums).
     """
-    new_counts = decay * counts + (1.0 - decay) * batch_counts
-    new_sums = decay * sums + (1.0 - decay) * batch_sums
-    return new_counts, new_sums
+    return ema(counts, batch_counts, decay), ema(sums, batch_sums, decay)
 
 
 def assignment_stats(

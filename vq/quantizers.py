@@ -1,0 +1,374 @@
+"""The quantizers: ``VectorQuantizer`` (plain or SimVQ codebook, STE or rotation trick) and FSQ.
+
+Both take encoder output ``z`` of shape (B, D, *spatial), channel first, with any number of
+spatial dims (0 for vectors, 1 for sequences, 2 for images), flatten it to (N, D) rows,
+quantize the rows, and return a ``QuantizerOutput`` (shared DESIGN.md, "The quantizer
+interface"). The math lives in ``vq.functional``; the nearest-code search in ``vq.search``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Literal, get_args
+
+import torch
+import torch.nn.functional as F
+from torch import distributed as dist
+from torch import nn
+
+from vq import functional as VF
+from vq.search import DEFAULT_MAX_BYTES, nearest_code
+from vq.types import Quantizer, QuantizerOutput
+
+CodebookKind = Literal["plain", "linear"]
+GradEstimator = Literal["ste", "rotation"]
+CodebookUpdate = Literal["gradient", "ema"]
+
+
+def _check_choice(name: str, value: object, allowed: tuple[object, ...]) -> None:
+    if value not in allowed or isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} is not allowed; choose one of {list(allowed)}")
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _flatten(
+    z: torch.Tensor, dim: int
+) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """Validate z (B, D, *spatial) and return rows (N, D) plus the inverse reshape."""
+    expected = f"(B, {dim}, *spatial)"
+    if not isinstance(z, torch.Tensor):
+        raise ValueError(f"z must be a tensor of shape {expected}, got {type(z).__name__}")
+    if z.ndim < 2 or z.shape[1] != dim:
+        raise ValueError(f"z must have shape {expected}, got {tuple(z.shape)}")
+    if not z.is_floating_point():
+        raise ValueError(
+            f"z must be a floating-point tensor of shape {expected}, got dtype {z.dtype}"
+        )
+    if z.numel() == 0:
+        raise ValueError(f"z must be non-empty with shape {expected}, got {tuple(z.shape)}")
+    lead = (z.shape[0], *z.shape[2:])  # (B, *spatial)
+    rows = z.movedim(1, -1).reshape(-1, dim)  # (B, *spatial, D) -> (N, D)
+
+    def unflatten(x: torch.Tensor) -> torch.Tensor:
+        return (
+            x.reshape(*lead, x.shape[-1]).movedim(-1, 1).contiguous()
+        )  # (N, D) -> (B, D, *spatial)
+
+    return rows, unflatten
+
+
+def _check_indices(indices: torch.Tensor, codebook_size: int) -> None:
+    allowed = f"an integer tensor of shape (B, *spatial) with values in [0, {codebook_size})"
+    if not isinstance(indices, torch.Tensor):
+        raise ValueError(f"indices must be {allowed}, got {type(indices).__name__}")
+    if indices.dtype == torch.bool or indices.is_floating_point() or indices.is_complex():
+        raise ValueError(f"indices must be {allowed}, got dtype {indices.dtype}")
+    if indices.ndim < 1:
+        raise ValueError(f"indices must be {allowed}, got a scalar")
+    if indices.numel() > 0:
+        lo, hi = int(indices.min()), int(indices.max())
+        if lo < 0 or hi >= codebook_size:
+            raise ValueError(f"indices must be {allowed}; got values in [{lo}, {hi}]")
+
+
+def _codes_to_channel_first(codes: torch.Tensor) -> torch.Tensor:
+    return codes.movedim(-1, 1).contiguous()  # (B, *spatial, D) -> (B, D, *spatial)
+
+
+class VectorQuantizer(Quantizer):
+    """Nearest-code vector quantizer with a choice of codebook and gradient estimator.
+
+    codebook:
+      - ``"plain"``: a learned (K, D) table (van den Oord et al. 2017, "Neural Discrete
+        Representation Learning", §3). Initialized uniform(-1/K, 1/K) as in the original
+        VQ-VAE: all codes start near the origin, so the first assignments go by direction
+        (argmax e·c) and spread over the whole codebook instead of favouring whichever random
+        codes happen to have the smallest norm, as a wide N(0, 1) init would.
+      - ``"linear"``: SimVQ (Zhu et al. 2024, arXiv 2411.02038, §3): a frozen C ~ N(0, 1/D)
+        registered as a buffer (so it is saved in the state dict) and a learned
+        W = ``nn.Linear(D, D, bias=False)``; code k is ``W(C[k])``. Every update of W moves all
+        K codes, which keeps utilization high. ``decode`` applies W too.
+    grad_estimator:
+      - ``"ste"``: straight-through (identity gradient to the encoder).
+      - ``"rotation"``: the rotation trick (Fifty et al., ICLR 2025, §4.2).
+    codebook_update (plain only):
+      - ``"gradient"``: loss ``||sg(e) - q||² + β ||e - sg(q)||²``.
+      - ``"ema"``: the codebook is a buffer updated by exponential moving averages of the
+        assigned encoder vectors (VQ-VAE Appendix A.1, with Laplace smoothing ``ema_eps``);
+        the loss is the commitment term ``β ||e - sg(q)||²`` alone.
+    dead_code_threshold (plain only): 0 disables restarts. Otherwise, in training mode, an EMA
+      of per-code hit counts (``ema_count``, decay ``ema_decay``, starts at 1) is kept, and
+      after each step codes whose count is below the threshold are replaced by encoder
+      vectors sampled from the current batch (their count is reset to the threshold, as
+      vector_quantize_pytorch does, to give them a few steps to get picked).
+
+    Under torch.distributed (when initialized) the per-batch counts and sums are all-reduced
+    before the EMA step, and rank 0 samples the restart vectors and broadcasts them, so every
+    rank keeps the same codebook.
+
+    All quantization math runs in float32 (autocast is disabled inside), so bf16/fp16 encoder
+    outputs work; ``quantized`` is returned in z's dtype, ``loss`` in float32.
+    """
+
+    # Registered in __init__ depending on the options (annotations for type checkers).
+    codebook: torch.Tensor  # plain: (K, D) Parameter, or buffer when updated by EMA
+    ema_count: torch.Tensor  # plain with EMA or dead-code restart: (K,) EMA of hit counts
+    ema_sum: torch.Tensor  # plain with EMA: (K, D) EMA of assigned vector sums
+    frozen_codebook: torch.Tensor  # linear: (K, D) buffer C ~ N(0, 1/D)
+    proj: nn.Linear  # linear: W
+
+    def __init__(
+        self,
+        dim: int,
+        codebook_size: int,
+        *,
+        codebook: CodebookKind = "plain",
+        grad_estimator: GradEstimator = "ste",
+        beta: float = 0.25,
+        codebook_update: CodebookUpdate = "gradient",
+        ema_decay: float = 0.99,
+        ema_eps: float = 1e-5,
+        dead_code_threshold: float = 0.0,
+        search_max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
+        super().__init__()
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        if (
+            isinstance(codebook_size, bool)
+            or not isinstance(codebook_size, int)
+            or codebook_size < 1
+        ):
+            raise ValueError(f"codebook_size must be a positive int, got {codebook_size!r}")
+        _check_choice("codebook", codebook, get_args(CodebookKind))
+        _check_choice("grad_estimator", grad_estimator, get_args(GradEstimator))
+        _check_choice("codebook_update", codebook_update, get_args(CodebookUpdate))
+        if not beta >= 0:
+            raise ValueError(f"beta must be >= 0, got {beta!r}")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}")
+        if not ema_eps > 0:
+            raise ValueError(f"ema_eps must be > 0, got {ema_eps!r}")
+        if not dead_code_threshold >= 0:
+            raise ValueError(f"dead_code_threshold must be >= 0, got {dead_code_threshold!r}")
+        if search_max_bytes <= 0:
+            raise ValueError(f"search_max_bytes must be positive, got {search_max_bytes!r}")
+        if codebook == "linear" and codebook_update == "ema":
+            raise ValueError(
+                "codebook_update='ema' needs codebook='plain' (SimVQ's codes come from the learned "
+                "W, which has no per-code average); use codebook_update='gradient'"
+            )
+        if codebook == "linear" and dead_code_threshold > 0:
+            raise ValueError(
+                "dead_code_threshold > 0 needs codebook='plain' (SimVQ's frozen codes cannot be "
+                "restarted); use dead_code_threshold=0"
+            )
+
+        self._dim = dim
+        self._codebook_size = codebook_size
+        self.codebook_kind: CodebookKind = codebook
+        self.grad_estimator: GradEstimator = grad_estimator
+        self.beta = float(beta)
+        self.codebook_update: CodebookUpdate = codebook_update
+        self.ema_decay = float(ema_decay)
+        self.ema_eps = float(ema_eps)
+        self.dead_code_threshold = float(dead_code_threshold)
+        self.search_max_bytes = int(search_max_bytes)
+
+        if codebook == "plain":
+            init = torch.empty(codebook_size, dim).uniform_(
+                -1.0 / codebook_size, 1.0 / codebook_size
+            )
+            if codebook_update == "ema":
+                self.register_buffer("codebook", init)
+                self.register_buffer("ema_sum", init.clone())
+            else:
+                self.codebook = nn.Parameter(init)
+            if self._tracks_counts:
+                self.register_buffer("ema_count", torch.ones(codebook_size))
+        else:
+            self.register_buffer(
+                "frozen_codebook", torch.randn(codebook_size, dim) / math.sqrt(dim)
+            )
+            self.proj = nn.Linear(dim, dim, bias=False)
+
+    @property
+    def codebook_size(self) -> int:
+        return self._codebook_size
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def _tracks_counts(self) -> bool:
+        return self.codebook_update == "ema" or self.dead_code_threshold > 0
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, codebook_size={self.codebook_size}, codebook={self.codebook_kind!r}, "
+            f"grad_estimator={self.grad_estimator!r}, beta={self.beta}, "
+            f"codebook_update={self.codebook_update!r}, dead_code_threshold={self.dead_code_threshold}"
+        )
+
+    def _lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        """Codes for int64 ids of any shape -> (*shape, D) float32, differentiable w.r.t. the codebook/W."""
+        if self.codebook_kind == "linear":
+            return self.proj(self.frozen_codebook[indices])
+        return F.embedding(indices, self.codebook)
+
+    def get_codebook(self) -> torch.Tensor:
+        """The effective (K, D) codebook: the plain table, or ``W(C)`` for SimVQ (no grad)."""
+        with torch.no_grad():
+            if self.codebook_kind == "linear":
+                return self.proj(self.frozen_codebook)
+            return self.codebook.detach()
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        """z (B, D, *spatial) -> QuantizerOutput(quantized (B, D, *spatial), indices (B, *spatial), loss)."""
+        rows, unflatten = _flatten(z, self.dim)
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            e = rows.float()  # (N, D)
+            indices = nearest_code(e, self.get_codebook(), max_bytes=self.search_max_bytes)  # (N,)
+            q = self._lookup(indices)  # (N, D)
+            if self.codebook_update == "ema":
+                loss = self.beta * VF.commitment_loss(e, q)
+            else:
+                loss = VF.vq_loss(e, q, self.beta)
+            estimator = VF.rotate_to if self.grad_estimator == "rotation" else VF.ste
+            out = estimator(e, q)  # value q, gradient to e per the estimator
+            if self.training and self._tracks_counts:
+                self._update_statistics(e.detach(), indices)
+        quantized = unflatten(out).to(z.dtype)
+        return QuantizerOutput(quantized, indices.reshape(z.shape[0], *z.shape[2:]), loss)
+
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B, *spatial) integer ids -> (B, D, *spatial) float32 codes (SimVQ: W applied)."""
+        _check_indices(indices, self.codebook_size)
+        with torch.no_grad():
+            return _codes_to_channel_first(self._lookup(indices.long()))
+
+    @torch.no_grad()
+    def _update_statistics(self, e: torch.Tensor, indices: torch.Tensor) -> None:
+        """EMA step on hit counts (and sums, for the EMA codebook), then dead-code restart."""
+        counts, sums = VF.assignment_stats(e, indices, self.codebook_size)  # (K,), (K, D)
+        if _distributed():
+            dist.all_reduce(counts)
+            if self.codebook_update == "ema":
+                dist.all_reduce(sums)
+        self.ema_count.copy_(VF.ema(self.ema_count, counts, self.ema_decay))
+        if self.codebook_update == "ema":
+            self.ema_sum.copy_(VF.ema(self.ema_sum, sums, self.ema_decay))
+            self.codebook.copy_(VF.ema_codebook(self.ema_count, self.ema_sum, self.ema_eps))
+        if self.dead_code_threshold > 0:
+            self._restart_dead_codes(e)
+
+    @torch.no_grad()
+    def _restart_dead_codes(self, e: torch.Tensor) -> None:
+        """Replace codes whose EMA hit count is below the threshold by batch vectors e (N, D)."""
+        dead = self.ema_count < self.dead_code_threshold  # (K,), identical on every rank
+        num_dead = int(dead.sum())
+        if num_dead == 0:
+            return
+        if not _distributed() or dist.get_rank() == 0:
+            n = e.shape[0]
+            # Without replacement when the batch is large enough, so restarted codes differ.
+            pick = (
+                torch.randperm(n, device=e.device)[:num_dead]
+                if n >= num_dead
+                else torch.randint(n, (num_dead,), device=e.device)
+            )
+            fresh = e[pick].to(self.codebook.dtype)  # (num_dead, D)
+        else:
+            fresh = torch.empty(num_dead, self.dim, dtype=self.codebook.dtype, device=e.device)
+        if _distributed():
+            dist.broadcast(fresh, src=0)
+        self.codebook.data[dead] = fresh
+        self.ema_count[dead] = self.dead_code_threshold
+        if self.codebook_update == "ema":
+            self.ema_sum[dead] = fresh * self.dead_code_threshold
+
+
+class FSQ(Quantizer):
+    """Finite Scalar Quantization (Mentzer et al., "Finite Scalar Quantization: VQ-VAE Made
+    Simple", ICLR 2024, §3).
+
+    Each of ``d = len(levels)`` channels is bounded with a shifted tanh and rounded
+    (straight-through) to one of L_i values in [-1, 1]; the code id is the mixed-radix number
+    of the per-channel levels (channel 0 least significant, as in vector_quantize_pytorch), so
+    ``codebook_size = prod(levels)`` and ``decode`` is the exact inverse of the ids.
+    If ``dim`` is given and differs from d, 1x1 projections (``nn.Linear`` over channels)
+    map D -> d before and d -> D after quantization.
+
+    Bound: we follow vector_quantize_pytorch (``(1 + eps)`` scale, ``atanh`` shift), not the
+    paper's Appendix A.1 code (``(1 - eps)``, ``tan``); see ``vq.functional.fsq_bound``.
+    The two differ only next to rounding edges. No codebook, no auxiliary loss (loss = 0).
+    """
+
+    def __init__(self, levels: Sequence[int], dim: int | None = None) -> None:
+        super().__init__()
+        levels = list(levels) if not isinstance(levels, (str, bytes)) else []
+        if not levels or any(
+            isinstance(n, bool) or not isinstance(n, int) or n < 2 for n in levels
+        ):
+            raise ValueError(f"levels must be a non-empty sequence of ints >= 2, got {levels!r}")
+        d = len(levels)
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
+            raise ValueError(f"dim must be a positive int or None, got {dim!r}")
+        self.levels: list[int] = levels
+        self._dim = d if dim is None else dim
+        self._codebook_size = math.prod(levels)
+        # Config, not learned state: not saved in the state dict.
+        self.register_buffer("_levels", torch.tensor(levels, dtype=torch.long), persistent=False)
+        self.register_buffer("_basis", VF.fsq_basis(levels), persistent=False)
+        self.project_in: nn.Linear | None = None
+        self.project_out: nn.Linear | None = None
+        if self._dim != d:
+            self.project_in = nn.Linear(self._dim, d)
+            self.project_out = nn.Linear(d, self._dim)
+
+    @property
+    def codebook_size(self) -> int:
+        return self._codebook_size
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def extra_repr(self) -> str:
+        return f"levels={self.levels}, dim={self.dim}, codebook_size={self.codebook_size}"
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        """z (B, D, *spatial) -> QuantizerOutput(quantized (B, D, *spatial), indices (B, *spatial), 0)."""
+        rows, unflatten = _flatten(z, self.dim)
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            h = rows.float()  # (N, D)
+            if self.project_in is not None:
+                h = self.project_in(h)  # (N, d)
+            codes, level_ids = VF.fsq_quantize(h, self._levels)  # (N, d), (N, d)
+            indices = VF.fsq_levels_to_index(level_ids, self._basis)  # (N,)
+            out = self.project_out(codes) if self.project_out is not None else codes  # (N, D)
+        quantized = unflatten(out).to(z.dtype)
+        loss = torch.zeros((), device=z.device)
+        return QuantizerOutput(quantized, indices.reshape(z.shape[0], *z.shape[2:]), loss)
+
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B, *spatial) integer ids -> (B, D, *spatial) float32, the exact codes forward produced."""
+        _check_indices(indices, self.codebook_size)
+        with torch.no_grad():
+            level_ids = VF.fsq_index_to_levels(
+                indices, self._levels, self._basis
+            )  # (B, *spatial, d)
+            codes = VF.fsq_levels_to_codes(level_ids, self._levels)
+            if self.project_out is not None:
+                codes = self.project_out(codes)
+            return _codes_to_channel_first(codes)
+
+    def implicit_codebook(self) -> torch.Tensor:
+        """All K codes, (K, D) float32, in id order (after the output projection, if any)."""
+        ids = torch.arange(self.codebook_size, device=self._levels.device)
+        return self.decode(ids[:, None]).squeeze(-1)  # (K, D, 1) -> (K, D)
