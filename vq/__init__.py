@@ -6,8 +6,10 @@ Imports torch (and safetensors) only: no Lightning, no FastAPI.
 from vq.quantizers import FSQ, VectorQuantizer
 from vq.search import nearest_code
 from vq.types import Quantizer, QuantizerOutput
+from vq.usage import CodebookUsage
 
 __all__ = [
+    "CodebookUsage",
     "FSQ",
     "Quantizer",
     "QuantizerOutput",
