@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -40,6 +41,8 @@ class MicroBatcher:
     """Gathers items into batches of up to ``max_batch_size`` for ``fn``.
 
     fn: stacked items (N, *shape) -> results (N, ...); runs on ``executor``.
+    max_batch_numel: caps a batch's total elements as well (N * numel of one item), so
+        that large images batch fewer at a time; one item always fits.
     on_batch: called on the event loop with each batch's size (metrics).
     """
 
@@ -50,16 +53,20 @@ class MicroBatcher:
         executor: Executor,
         max_batch_size: int,
         max_wait_s: float,
+        max_batch_numel: int | None = None,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size={max_batch_size} is not allowed; expected >= 1")
         if max_wait_s < 0:
             raise ValueError(f"max_wait_s={max_wait_s} is not allowed; expected >= 0")
+        if max_batch_numel is not None and max_batch_numel < 1:
+            raise ValueError(f"max_batch_numel={max_batch_numel} is not allowed; expected >= 1")
         self.fn = fn
         self.executor = executor
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
+        self.max_batch_numel = max_batch_numel
         self.on_batch = on_batch
         self.batches_run = 0
         self.items_run = 0
@@ -114,9 +121,16 @@ class MicroBatcher:
         while not self._queue.empty():
             self._add(self._queue.get_nowait())
 
+    def batch_limit(self, shape: tuple[int, ...]) -> int:
+        """How many items of ``shape`` one forward pass takes."""
+        if self.max_batch_numel is None:
+            return self.max_batch_size
+        per_item = max(1, math.prod(shape))
+        return max(1, min(self.max_batch_size, self.max_batch_numel // per_item))
+
     def _full_group(self) -> tuple[int, ...] | None:
         for key, items in self._groups.items():
-            if len(items) >= self.max_batch_size:
+            if len(items) >= self.batch_limit(key):
                 return key
         return None
 
@@ -137,7 +151,8 @@ class MicroBatcher:
                     continue
                 key = next(iter(self._groups))
             group = self._groups.pop(key)
-            batch, rest = group[: self.max_batch_size], group[self.max_batch_size :]
+            limit = self.batch_limit(key)
+            batch, rest = group[:limit], group[limit:]
             if rest:
                 # Keep the leftovers' place at the back; they go out with the next batch.
                 self._groups[key] = rest

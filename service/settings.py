@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     batching: bool = True
     max_batch_size: int = Field(default=32, ge=1)
     batch_wait_ms: float = Field(default=2.0, ge=0.0)
+    # Also caps a batch's total pixels (memory: activations grow with N * H * W); the
+    # default takes 32 images of 256 x 256, 8 of 512 x 512, and big images one at a time.
+    max_batch_pixels: int = Field(default=32 * 256 * 256, ge=1)
 
     device: Literal["cpu", "cuda"] = "cpu"
     torch_threads: int | None = Field(default=None, ge=1)  # None: torch's default

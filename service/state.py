@@ -134,6 +134,7 @@ class ServiceState:
                 executor=self._executor,
                 max_batch_size=settings.effective_batch_size,
                 max_wait_s=wait_s,
+                max_batch_numel=3 * settings.max_batch_pixels,  # items are (3, H, W)
                 on_batch=self._batch_observer(name, "tokenize"),
             )
             model.decoder = MicroBatcher(
@@ -141,6 +142,8 @@ class ServiceState:
                 executor=self._executor,
                 max_batch_size=settings.effective_batch_size,
                 max_wait_s=wait_s,
+                # items are (h, w) code grids; each becomes h * w * f^2 pixels
+                max_batch_numel=max(1, settings.max_batch_pixels // model.f**2),
                 on_batch=self._batch_observer(name, "detokenize"),
             )
             model.encoder.start()

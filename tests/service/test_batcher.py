@@ -104,3 +104,18 @@ def test_submit_after_stop_raises_batcher_closed() -> None:
 def test_bad_limits_raise(size: int, wait: float) -> None:
     with ThreadPoolExecutor(1) as pool, pytest.raises(ValueError, match="max_"):
         MicroBatcher(Recorder(), executor=pool, max_batch_size=size, max_wait_s=wait)
+
+
+def test_batch_numel_cap_limits_large_items() -> None:
+    fn = Recorder()
+    small = [torch.zeros(2, 2) + i for i in range(6)]  # 4 elements each: 3 fit in 12
+    large = [torch.zeros(4, 4) + i for i in range(2)]  # 16 elements: alone anyway
+    with ThreadPoolExecutor(1) as pool:
+        batcher = MicroBatcher(
+            fn, executor=pool, max_batch_size=8, max_wait_s=0.05, max_batch_numel=12
+        )
+        assert batcher.batch_limit((2, 2)) == 3 and batcher.batch_limit((4, 4)) == 1
+        results = asyncio.run(_submit_all(batcher, small + large))
+    assert sorted(fn.batches) == [(1, 4, 4), (1, 4, 4), (3, 2, 2), (3, 2, 2)]
+    for item, result in zip(small + large, results, strict=True):
+        assert torch.equal(result, item * 10)
