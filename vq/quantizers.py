@@ -309,6 +309,9 @@ class FSQ(Quantizer):
     The two differ only next to rounding edges. No codebook, no auxiliary loss (loss = 0).
     """
 
+    _levels: torch.Tensor  # (d,) int64 buffer
+    _basis: torch.Tensor  # (d,) int64 buffer: mixed-radix place values
+
     def __init__(self, levels: Sequence[int], dim: int | None = None) -> None:
         super().__init__()
         levels = list(levels) if not isinstance(levels, (str, bytes)) else []

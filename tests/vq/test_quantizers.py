@@ -254,10 +254,10 @@ def test_simvq_frozen_C_in_state_dict_and_only_W_learns() -> None:
     assert torch.equal(clone.decode(ids), quantizer.decode(ids))
 
 
-def _train_usage(quantizer: VectorQuantizer, steps: int = 100) -> float:
+def _train_usage(quantizer: VectorQuantizer, steps: int = 50) -> float:
     optimizer = torch.optim.Adam(quantizer.parameters(), lr=1e-2)
     for _ in range(steps):
-        out = quantizer(torch.randn(512, D))
+        out = quantizer(torch.randn(256, D))
         optimizer.zero_grad()
         out.loss.backward()
         optimizer.step()
