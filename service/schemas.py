@@ -84,7 +84,8 @@ class ModelList(BaseModel):
 class UsageResponse(BaseModel):
     model: str
     codebook_size: int
-    window: int = Field(description="Tokens in the usage window")
+    window: int = Field(description="Capacity of the usage window, in tokens")
+    window_tokens: int = Field(description="Tokens in the window now (min(tokens_seen, window))")
     tokens_seen: int = Field(description="Tokens counted since the service started")
     window_usage: float = Field(description="Fraction of codes hit in the window")
     perplexity: float = Field(description="exp(entropy) of the window histogram")

@@ -32,6 +32,7 @@ class UsageReport:
     """The served-traffic codebook statistics of one model (shared DESIGN.md definitions)."""
 
     window: int
+    window_tokens: int
     tokens_seen: int
     window_usage: float
     perplexity: float
@@ -75,6 +76,7 @@ class ServedModel:
             histogram = u.histogram.tolist() if with_histogram else []
             return UsageReport(
                 window=int(u.window),
+                window_tokens=int(u.window_tokens),
                 tokens_seen=int(u.tokens_seen),
                 window_usage=float(u.window_usage),
                 perplexity=float(u.perplexity),

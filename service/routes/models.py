@@ -61,6 +61,7 @@ async def get_usage(name: str, state: StateDep) -> UsageResponse:
         model=model.name,
         codebook_size=model.codebook_size,
         window=report.window,
+        window_tokens=report.window_tokens,
         tokens_seen=report.tokens_seen,
         window_usage=report.window_usage,
         perplexity=report.perplexity,

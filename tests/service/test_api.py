@@ -190,7 +190,8 @@ def test_usage_counts_served_tokens(app_client: TestClient) -> None:
     after = app_client.get("/v1/models/default/usage").json()
     assert after["tokens_seen"] == before["tokens_seen"] + 16
     assert len(after["histogram"]) == CODEBOOK_SIZE
-    assert sum(after["histogram"]) == min(after["tokens_seen"], after["window"])
+    assert sum(after["histogram"]) == after["window_tokens"]
+    assert after["window_tokens"] == min(after["tokens_seen"], after["window"])
     used = sum(1 for n in after["histogram"] if n > 0)
     assert after["dead_codes"] == CODEBOOK_SIZE - used
     assert after["window_usage"] == pytest.approx(used / CODEBOOK_SIZE)

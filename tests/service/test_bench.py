@@ -1,0 +1,37 @@
+"""bench/service.py --quick runs end to end and writes its report."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_service_benchmark_quick(artifact_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "service.md"
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "service.py"),
+        "--quick",
+        "--model",
+        str(artifact_dir),
+        "--size",
+        "32",
+        "--concurrency",
+        "1",
+        "4",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = out.read_text()
+    for needle in (
+        "| batched | 4 |",
+        "| unbatched | 1 |",
+        "ceiling",
+        "batched service / unbatched",
+    ):
+        assert needle in report, report
