@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
 import vq
 from service.app import create_app
+
+with warnings.catch_warnings():
+    # Starlette's TestClient warns that it will move from httpx to httpx2; nothing to act on.
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
+    from fastapi.testclient import TestClient
+
 from tests.service.helpers import (
     F,
     LiveServer,
