@@ -94,7 +94,7 @@ function modelCard(model) {
     ["levels", model.levels ? model.levels.join("×") : "–"],
     ["image range", model.image_range.join(" … ")],
     ["device", model.device],
-    ["created", model.created || "–"],
+    ["created", model.created ? model.created.replace("T", " ").replace("+00:00", " UTC") : "–"],
   ];
   for (const [key, value] of Object.entries(model.metrics || {})) fields.push([key, fmt(value)]);
   fields.push(
