@@ -178,27 +178,40 @@ function drawCodes(canvas, codes) {
   ctx.putImageData(image, 0, 0);
 }
 
-async function tryout(event) {
-  event.preventDefault();
-  const message = document.getElementById("tryout-message");
-  const file = document.getElementById("tryout-file").files[0];
-  if (!file) {
-    message.textContent = "choose an image first";
-    return;
+// A synthetic picture (gradient + discs) for trying the service without a file at hand.
+function sampleImage() {
+  const canvas = document.createElement("canvas");
+  canvas.width = 128;
+  canvas.height = 128;
+  const ctx = canvas.getContext("2d");
+  const gradient = ctx.createLinearGradient(0, 0, 128, 128);
+  gradient.addColorStop(0, "#f6c177");
+  gradient.addColorStop(1, "#31748f");
+  ctx.fillStyle = gradient;
+  ctx.fillRect(0, 0, 128, 128);
+  for (const [x, y, r, colour] of [[40, 44, 22, "#eb6f92"], [90, 80, 30, "#9ccfd8"], [70, 30, 12, "#191724"]]) {
+    ctx.beginPath();
+    ctx.arc(x, y, r, 0, 2 * Math.PI);
+    ctx.fillStyle = colour;
+    ctx.fill();
   }
+  return new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+}
+
+async function runTryout(file) {
+  const section = document.getElementById("tryout");
+  const message = document.getElementById("tryout-message");
+  section.dataset.status = "running";
   const model = document.getElementById("tryout-model").value;
   const fit = document.getElementById("tryout-fit").value;
   document.getElementById("tryout-input").src = URL.createObjectURL(file);
   const form = new FormData();
-  form.append("files", file);
+  form.append("files", file, file.name || "sample.png");
   message.textContent = "tokenizing…";
   const query = `model=${encodeURIComponent(model)}&fit=${encodeURIComponent(fit)}`;
   const tokenized = await fetch(`v1/tokenize?${query}`, { method: "POST", body: form });
   const body = await tokenized.json();
-  if (!tokenized.ok) {
-    message.textContent = `tokenize failed (${tokenized.status}): ${body.detail}`;
-    return;
-  }
+  if (!tokenized.ok) throw new Error(`tokenize failed (${tokenized.status}): ${body.detail}`);
   const result = body.results[0];
   drawCodes(document.getElementById("tryout-codes"), result.codes);
   document.getElementById("tryout-codes-caption").textContent =
@@ -211,19 +224,35 @@ async function tryout(event) {
   });
   if (!decoded.ok) {
     const error = await decoded.json();
-    message.textContent = `detokenize failed (${decoded.status}): ${error.detail}`;
-    return;
+    throw new Error(`detokenize failed (${decoded.status}): ${error.detail}`);
   }
   document.getElementById("tryout-output").src = URL.createObjectURL(await decoded.blob());
   message.textContent =
     `${result.image_size[1]}×${result.image_size[0]} px -> ${result.grid[0] * result.grid[1]} tokens -> image`;
+  section.dataset.status = "done";
+  section.dataset.tokens = String(result.grid[0] * result.grid[1]);
   await Promise.all(state.models.map(refreshUsage));
+}
+
+function tryout(getFile) {
+  Promise.resolve(getFile())
+    .then((file) => {
+      if (!file) throw new Error("choose an image first");
+      return runTryout(file);
+    })
+    .catch((error) => {
+      document.getElementById("tryout").dataset.status = "error";
+      document.getElementById("tryout-message").textContent = `error: ${error.message}`;
+    });
 }
 
 document.getElementById("refresh-s").textContent = String(REFRESH_MS / 1000);
 document.getElementById("tryout-form").addEventListener("submit", (event) => {
-  tryout(event).catch((error) => {
-    document.getElementById("tryout-message").textContent = `error: ${error.message}`;
-  });
+  event.preventDefault();
+  tryout(() => document.getElementById("tryout-file").files[0]);
 });
-refreshLoop();
+document.getElementById("tryout-sample").addEventListener("click", () => tryout(sampleImage));
+refreshLoop().then(() => {
+  // /?tryout=sample runs the tryout on the sample image once the models are listed.
+  if (new URLSearchParams(location.search).get("tryout") === "sample") tryout(sampleImage);
+});

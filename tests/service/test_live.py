@@ -105,15 +105,13 @@ def _chromium() -> str | None:
     return None
 
 
-def test_dashboard_renders_in_headless_chromium(live_server: LiveServer, tmp_path: Path) -> None:
+def dump_dom(url: str, profile: Path) -> str:
+    """The DOM of ``url`` after its scripts ran, from headless Chromium (skip or fail if absent)."""
     browser = _chromium()
     if browser is None:
         if os.environ.get("CI"):
             pytest.fail("chromium is not installed; CI must install it (see .ci/run)")
         pytest.skip("chromium is not installed")
-    with Client(live_server.url) as client:
-        client.tokenize([random_image(32, 32, seed=5)])
-        assert client.usage()["tokens_seen"] > 0
     cmd = [
         browser,
         "--headless",
@@ -124,14 +122,21 @@ def test_dashboard_renders_in_headless_chromium(live_server: LiveServer, tmp_pat
         "--disable-component-update",
         "--disable-sync",
         "--disable-dev-shm-usage",
-        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--user-data-dir={profile}",
         "--virtual-time-budget=5000",
         "--dump-dom",
-        f"{live_server.url}/",
+        url,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
-    dom = proc.stdout
     assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_dashboard_renders_in_headless_chromium(live_server: LiveServer, tmp_path: Path) -> None:
+    with Client(live_server.url) as client:
+        client.tokenize([random_image(32, 32, seed=5)])
+        assert client.usage()["tokens_seen"] > 0
+    dom = dump_dom(f"{live_server.url}/", tmp_path / "profile")
     card = re.search(r'<article[^>]*data-model="default"[^>]*>.*?</article>', dom, re.S)
     assert card, dom[:3000]
     assert 'class="model-name">default<' in card.group(0)
@@ -139,3 +144,15 @@ def test_dashboard_renders_in_headless_chromium(live_server: LiveServer, tmp_pat
     assert bins and 0 < int(bins.group(1)) <= CODEBOOK_SIZE, card.group(0)[:3000]
     assert re.search(r'data-stat="tokens_seen">[1-9]', card.group(0))
     assert 'data-state="ready"' in dom
+
+
+def test_dashboard_tryout_round_trip_in_headless_chromium(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
+    """/?tryout=sample draws a 128 x 128 sample, tokenizes it and detokenizes the codes."""
+    dom = dump_dom(f"{live_server.url}/?tryout=sample", tmp_path / "profile")
+    section = re.search(r'<section id="tryout"[^>]*>', dom)
+    assert section, dom[:3000]
+    assert 'data-status="done"' in section.group(0), re.sub(r"\s+", " ", dom)[-3000:]
+    assert f'data-tokens="{(128 // F) ** 2}"' in section.group(0)
+    assert re.search(r'<img id="tryout-output"[^>]*src="blob:', dom)
