@@ -167,9 +167,12 @@ class ServiceState:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
 
-    def get(self, name: str) -> ServedModel:
+    def require_ready(self) -> None:
         if not self.ready:
             raise APIError(503, "not_ready", "models are still loading; retry shortly")
+
+    def get(self, name: str) -> ServedModel:
+        self.require_ready()
         model = self.models.get(name)
         if model is None:
             known = ", ".join(sorted(self.models)) or "none"

@@ -43,6 +43,7 @@ def model_info(model: ServedModel) -> ModelInfo:
 
 @router.get("", summary="Served models and their metadata", responses=_ERRORS)
 async def list_models(state: StateDep) -> ModelList:
+    state.require_ready()
     return ModelList(models=[model_info(state.get(name)) for name in state.models])
 
 

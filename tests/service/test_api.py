@@ -216,6 +216,7 @@ def test_readyz_is_503_before_models_load(artifact_dir: Path) -> None:
     response = client.get("/readyz")
     assert response.status_code == 503 and response.json()["status"] == "loading"
     assert_error(post_files(client, [encode_file(random_image(8, 8))]), 503, "not_ready")
+    assert_error(client.get("/v1/models"), 503, "not_ready", "loading")
 
 
 def test_startup_fails_on_a_missing_artifact(tmp_path: Path) -> None:
