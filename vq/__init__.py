@@ -16,3 +16,19 @@ __all__ = [
     "VectorQuantizer",
     "nearest_code",
 ]
+
+# VQ-VAE model and artifacts (model engineer).
+from vq.artifact import ArtifactError, Tokenizer, load_tokenizer, save_tokenizer  # noqa: E402
+from vq.model import VQVAE, QuantizerConfig, VQVAEConfig, VQVAEOutput, build_quantizer  # noqa: E402
+
+__all__ += [
+    "ArtifactError",
+    "QuantizerConfig",
+    "Tokenizer",
+    "VQVAE",
+    "VQVAEConfig",
+    "VQVAEOutput",
+    "build_quantizer",
+    "load_tokenizer",
+    "save_tokenizer",
+]
