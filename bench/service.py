@@ -253,6 +253,7 @@ def write_report(
     ceiling_b1: float,
     results: list[LoadResult],
     load_before: float,
+    load_after: float,
     quick: bool,
 ) -> str:
     by_key = {(r.mode, r.concurrency): r for r in results}
@@ -265,7 +266,8 @@ def write_report(
         + (" (quick mode: small counts, numbers are rough)" if quick else ""),
         f"- Date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- Machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} torch threads; "
-        f"1-min load average before the run: {load_before:.2f}",
+        f"1-min load average {load_before:.2f} before the run, {load_after:.2f} after "
+        "(the load before the run is other processes sharing these CPUs)",
         f"- Model: {model_note}",
         f"- Workload: one {size}x{size} PNG per `POST /v1/tokenize` (multipart), synthetic images; "
         "clients are asyncio + httpx in the benchmark process, on the same machine as the server, "
@@ -419,6 +421,7 @@ def main(argv: list[str] | None = None) -> None:
         ceiling_b1=ceiling_b1,
         results=results,
         load_before=load_before,
+        load_after=os.getloadavg()[0],
         quick=args.quick,
     )
     print(f"wrote {args.out}")
