@@ -1,0 +1,127 @@
+"""End-to-end `vq-train fit` through the CLI in a subprocess, one per quantizer config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import vq
+from tests.train.helpers import CONFIGS, QUANTIZER_CONFIGS, TINY_OVERRIDES, run_cli, scalar_tags
+from train.cli import latest_resumable_version, main
+from train.export import module_from_checkpoint, read_checkpoint
+
+MONITOR_KEYS = (
+    "usage/batch_usage",
+    "usage/window_usage",
+    "usage/perplexity",
+    "usage/dead_codes",
+    "val/epoch_usage",
+    "val/epoch_perplexity",
+    "val/psnr",
+    "val/ssim",
+    "val/loss",
+    "train/loss",
+    "train/mse",
+    "train/quant_loss",
+)
+
+
+def _fit(config: str, root: Path, *extra: str) -> None:
+    proc = run_cli(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / f"{config}.yaml"),
+            *TINY_OVERRIDES,
+            f"--trainer.default_root_dir={root}",
+            *extra,
+        ],
+        cwd=root,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+@pytest.mark.parametrize("config", QUANTIZER_CONFIGS)
+def test_fit_writes_checkpoints_artifact_and_usage_logs(config: str, tmp_path: Path) -> None:
+    _fit(config, tmp_path)
+    run = tmp_path / "version_0"
+    ckpts = run / "checkpoints"
+    assert (ckpts / "last.ckpt").is_file()
+    best = sorted(ckpts.glob("best-*.ckpt"))
+    assert len(best) == 1
+
+    # The artifact is the best checkpoint, with its validation metrics.
+    tokenizer = vq.load_tokenizer(run / "artifact")
+    meta = json.loads((run / "artifact" / "config.json").read_text())
+    for key in ("psnr", "ssim", "epoch_usage"):
+        assert isinstance(meta["metrics"][key], float)
+    assert 0.0 < meta["metrics"]["epoch_usage"] <= 1.0
+    module = module_from_checkpoint(read_checkpoint(best[0]))
+    images = torch.randint(0, 256, (2, 3, 32, 48), dtype=torch.uint8)
+    expected = module.model.encode(images.float() / 127.5 - 1.0)
+    assert torch.equal(tokenizer.encode(images), expected)
+
+    tags = scalar_tags(run)
+    missing = [k for k in MONITOR_KEYS if k not in tags]
+    assert not missing, f"not logged: {missing}; logged: {sorted(tags)}"
+    assert any(t.startswith("lr-") for t in tags)
+    assert "image:val/usage_histogram" in tags and "image:val/reconstructions" in tags
+    # train figures every log_every_n_steps=1 step, epoch usage at each of the 2 validations
+    assert len(tags["usage/window_usage"]) == 4
+    assert len(tags["val/epoch_usage"]) == 2
+    assert all(0.0 < v <= 1.0 for _, v in tags["usage/batch_usage"])
+
+
+def test_fit_resume_last_continues_the_run(tmp_path: Path, one_thread: None) -> None:
+    # In-process through the same entry point as the console script (saves two start-ups).
+    args = [
+        "fit",
+        "--config",
+        str(CONFIGS / "rotation.yaml"),
+        *TINY_OVERRIDES,
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.enable_progress_bar=false",
+    ]
+    main(args)
+    first = read_checkpoint(tmp_path / "version_0" / "checkpoints" / "last.ckpt")
+    assert first["global_step"] == 4
+    assert latest_resumable_version(tmp_path) == "version_0"
+
+    main([*args, "--ckpt_path=last", "--trainer.max_steps=6"])
+    # Same run directory (no version_1), the step count went on from 4 to 6, and the
+    # codebook went on from the checkpoint's (the resumed run's first step saw it).
+    assert not (tmp_path / "version_1").exists()
+    resumed = read_checkpoint(tmp_path / "version_0" / "checkpoints" / "last.ckpt")
+    assert resumed["global_step"] == 6
+    steps = [s for s, _ in scalar_tags(tmp_path / "version_0")["train/loss"]]
+    # 4 + 2 points, the resumed ones after the first run's (Lightning's logger step may
+    # skip one at the resume boundary).
+    assert len(steps) == len(set(steps)) == 6 and sorted(steps)[:4] == [0, 1, 2, 3]
+
+
+def test_print_config_and_bad_data_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONFIGS / "fsq.yaml"), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "kind: fsq" in printed and "codebook_monitor:" in printed
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "fit",
+                "--config",
+                str(CONFIGS / "ste.yaml"),
+                *TINY_OVERRIDES,
+                f"--data.root={empty}",
+                f"--trainer.default_root_dir={tmp_path / 'runs'}",
+            ]
+        )
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "holds no image files" in err and str(empty) in err

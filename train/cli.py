@@ -1,0 +1,129 @@
+"""``vq-train``: the LightningCLI for VQ-VAE tokenizers.
+
+    vq-train fit --config configs/rotation.yaml
+    vq-train fit --config configs/rotation.yaml --ckpt_path last      # resume the latest run
+    vq-train validate --config configs/rotation.yaml --ckpt_path runs/rotation/version_0/checkpoints/last.ckpt
+    vq-train predict --config configs/rotation.yaml --ckpt_path CKPT \
+        --data.predict_root images/ --predict_writer.out_dir codes/
+    vq-train fit --config configs/rotation.yaml --print_config
+
+Defaults added on top of Lightning's (each overridable from YAML or the command line):
+- logger: TensorBoard in ``trainer.default_root_dir`` (``runs/`` unless the config says
+  otherwise), one ``version_N/`` directory per run holding events, ``checkpoints/`` and the
+  exported ``artifact/``;
+- callbacks: ``checkpoint`` (ModelCheckpoint: ``last.ckpt`` + the best by ``val/loss``),
+  ``lr_monitor``, ``codebook_monitor`` (usage figures), ``export`` (best model -> artifact at
+  the end of fit), ``predict_writer`` (codes of ``vq-train predict``);
+- ``trainer.precision``: ``bf16-mixed`` when a CUDA GPU with bf16 is present, else ``32-true``
+  (bf16 autocast on a CPU is slower than float32); set it explicitly to override;
+- ``seed_everything``: 0.
+
+``--ckpt_path last`` with the default logger resumes the newest ``version_N`` under
+``default_root_dir`` that has a ``last.ckpt``, and keeps logging into that directory.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from train.callbacks import CodebookMonitor, CodeWriter, ExportBest
+from train.data import ImageDataModule
+from train.module import VQVAEModule
+
+
+def default_precision() -> str:
+    """bf16 autocast on GPUs that support it (the nearest-code search stays float32 inside
+    vq), full float32 elsewhere."""
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def latest_resumable_version(root: str | Path) -> str | None:
+    """Name of the newest ``version_N`` directory under ``root`` with a checkpoints/last*.ckpt."""
+    best: tuple[float, str] | None = None
+    base = Path(root)
+    if not base.is_dir():
+        return None
+    for version in base.iterdir():
+        if not (version.is_dir() and re.fullmatch(r"version_\d+", version.name)):
+            continue
+        for ckpt in (version / "checkpoints").glob("last*.ckpt"):
+            stamp = ckpt.stat().st_mtime
+            if best is None or stamp > best[0]:
+                best = (stamp, version.name)
+    return None if best is None else best[1]
+
+
+class VQTrainCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/loss",
+                "checkpoint.mode": "min",
+                "checkpoint.save_top_k": 1,
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-{step}",
+            }
+        )
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.set_defaults({"lr_monitor.logging_interval": "step"})
+        parser.add_lightning_class_args(CodebookMonitor, "codebook_monitor")
+        parser.add_lightning_class_args(ExportBest, "export")
+        parser.add_lightning_class_args(CodeWriter, "predict_writer")
+
+    def _default_logger(self) -> bool:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        return config.trainer.logger in (None, True)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        if self.subcommand is not None and self._default_logger():
+            # One flat version_N/ per run under default_root_dir (Lightning's default adds a
+            # "lightning_logs/" level). For `fit --ckpt_path last`, reuse the run being
+            # resumed so the checkpoint is found and its curves continue.
+            version: str | None = None
+            if self.subcommand == "fit" and self.config["fit"].get("ckpt_path") == "last":
+                version = latest_resumable_version(trainer.default_root_dir)
+            trainer.logger = TensorBoardLogger(
+                save_dir=trainer.default_root_dir,
+                name="",
+                version=version,
+                default_hp_metric=False,
+            )
+        return trainer
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    try:
+        VQTrainCLI(
+            VQVAEModule,
+            ImageDataModule,
+            args=list(args) if args is not None else None,
+            trainer_defaults={
+                "precision": default_precision(),
+                "default_root_dir": "runs",
+            },
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+        )
+    except ValueError as exc:
+        # Bad user input (an empty data folder, a bad option value): the message, not a trace.
+        print(f"vq-train: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
