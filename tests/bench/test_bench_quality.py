@@ -1,0 +1,130 @@
+"""bench/quality.py: the --quick run writes its report, JSON and plots; targets and failures
+are reported, not hidden."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "bench" / "quality.py"
+
+
+@pytest.fixture(scope="module")
+def quality() -> ModuleType:
+    # bench/ is a folder of scripts, not a package: load the file as a module.
+    spec = importlib.util.spec_from_file_location("bench_quality", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("quality") / "quality.md"
+    cmd = [sys.executable, str(SCRIPT), "--quick", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def test_quick_writes_report_json_and_plots(quick_run: Path) -> None:
+    report = quick_run.read_text()
+    for name in ("quality_usage_vs_step.png", "quality_usage_vs_k.png", "quality_psnr_vs_k.png"):
+        png = quick_run.parent / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert f"]({name})" in report
+    for needle in ("## Targets", "## K = 256", "## K = 1,024", "- Command: `", "- Machine: "):
+        assert needle in report, needle
+
+
+def test_quick_reports_every_configuration_with_finite_numbers(quick_run: Path) -> None:
+    payload = json.loads(quick_run.with_suffix(".json").read_text())
+    results = payload["results"]
+    methods = ("ste", "rotation", "simvq", "simvq_rotation", "fsq")
+    seen = {(r["method"], r["nominal_size"]) for r in results}
+    assert seen == {(m, k) for m in methods for k in (256, 1024)}
+    report = quick_run.read_text()
+    for r in results:
+        assert r["error"] is None, r
+        for key in ("psnr", "ssim", "epoch_usage", "window_usage", "quant_error", "train_seconds"):
+            assert math.isfinite(r[key]), (r["method"], key, r[key])
+        assert 0.0 <= r["window_usage"] <= 1.0 and 0.0 <= r["epoch_usage"] <= 1.0
+        # The window holds at least 4 K tokens; usage vs step was recorded during training.
+        assert r["window_tokens"] >= 4 * r["codebook_size"]
+        assert r["val_tokens"] > 0 and r["history"] and r["history"][-1]["step"] == 6
+        assert f"| {r['method']} | " in report
+    # FSQ runs at the recommended levels nearest K, with the true size in the table.
+    fsq = {r["nominal_size"]: r for r in results if r["method"] == "fsq"}
+    assert fsq[1024]["levels"] == [8, 5, 5, 5] and fsq[1024]["codebook_size"] == 1000
+    assert "| fsq | 1,000 ([8, 5, 5, 5]) |" in report
+
+
+def test_rewrite_keeps_hand_written_analysis(quality: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "quality.md"
+    out.write_text(f"old generated part\n{quality.ANALYSIS_MARKER}\n## Analysis\n\nmy notes\n")
+    cfg = quality.QUICK
+    results = [quality.RunResult(method="ste", nominal_size=256, error="RuntimeError: boom")]
+    quality.write_outputs(results, cfg, out, command="x", total_seconds=1.0, plots=False)
+    text = out.read_text()
+    assert "my notes" in text and "old generated part" not in text
+    assert "failed: RuntimeError: boom" in text
+
+
+def test_a_failing_run_is_recorded_not_raised(
+    quality: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(quality, "train", out_of_memory)
+    data = quality.BenchData(train_images=[], val_crops=None)
+    result = quality.run_one("simvq", 256, data, quality.QUICK, log=lambda s: None)
+    assert not result.ok and "out of memory" in result.error
+    assert result.codebook_size == 256
+
+
+@pytest.mark.parametrize(
+    ("size", "levels"),
+    [(256, (8, 6, 5)), (1024, (8, 5, 5, 5)), (8192, (8, 8, 8, 6, 5)), (65536, (8, 8, 8, 5, 5, 5))],
+)
+def test_fsq_levels_nearest_recommended(quality: ModuleType, size: int, levels: tuple) -> None:
+    assert quality.fsq_levels_for(size) == levels
+
+
+def _result(quality: ModuleType, method: str, k: int, usage: float, psnr: float) -> object:
+    return quality.RunResult(
+        method=method, nominal_size=k, codebook_size=k, window_usage=usage, psnr=psnr
+    )
+
+
+def test_targets_judge_the_measured_numbers(quality: ModuleType) -> None:
+    runs = [
+        _result(quality, "ste", 1024, 0.5, 20.0),
+        _result(quality, "ste", 8192, 0.1, 21.0),
+        _result(quality, "rotation", 8192, 0.6, 21.5),
+        _result(quality, "simvq", 1024, 0.99, 24.5),
+        _result(quality, "simvq", 8192, 0.90, 24.0),
+        _result(quality, "fsq", 1000, 0.97, 23.0),
+    ]
+    checks = {c.name: c.holds for c in quality.check_targets(runs)}
+    assert checks["SimVQ usage >= 95% at every K"] is False  # 90% at 8192
+    assert checks["STE usage falls as K grows"] is True
+    assert checks["rotation vs STE at K >= 8192: usage >= 5x, PSNR not lower"] is True
+    assert checks["FSQ usage >= 95% at every size"] is True
+    assert checks["best PSNR >= 24 dB at f=8"] is True
+
+
+def test_bad_arguments_are_rejected(quality: ModuleType) -> None:
+    assert quality.main(["--quick", "--crop", "30"]) == 2
+    with pytest.raises(SystemExit):
+        quality.main(["--methods", "nope"])
