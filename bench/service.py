@@ -336,7 +336,7 @@ def write_report(
                 "the device idle and batches of 32 run several times faster per image. "
                 f"Against the in-process ceiling for its batch size the batched service reaches "
                 f"{vs_ceiling:.2f}x: HTTP, PNG decoding and the load generator cost little next to "
-                "a ~100 ms forward pass. On CPU, `--max-batch-size` 1-4 (or `VQ_BATCHING=false`) "
+                f"a {1000 / ceiling_b1:.0f} ms single-image forward pass. On CPU, `--max-batch-size` 1-4 (or `VQ_BATCHING=false`) "
                 "is the better setting; on a GPU keep 32."
             )
         else:
