@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,9 @@ class VQTrainCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
-        if self.subcommand is not None and self._default_logger():
+        if self.subcommand == "predict" and self._default_logger():
+            trainer.loggers = []  # predict logs nothing; don't leave an empty version_N/ behind
+        elif self.subcommand is not None and self._default_logger():
             # One flat version_N/ per run under default_root_dir (Lightning's default adds a
             # "lightning_logs/" level). For `fit --ckpt_path last`, reuse the run being
             # resumed so the checkpoint is found and its curves continue.
@@ -106,6 +109,8 @@ class VQTrainCLI(LightningCLI):
 
 
 def main(args: Sequence[str] | None = None) -> None:
+    # The predict writer needs no sampler indices (PredictImages yields whole batches).
+    warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
     try:
         VQTrainCLI(
             VQVAEModule,

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 import vq
-from tests.train.helpers import CONFIGS, QUANTIZER_CONFIGS, TINY_OVERRIDES, run_cli, scalar_tags
+from tests.train.helpers import (
+    CONFIGS,
+    QUANTIZER_CONFIGS,
+    TINY_OVERRIDES,
+    run_cli,
+    scalar_tags,
+    write_image,
+)
 from train.cli import latest_resumable_version, main
 from train.export import module_from_checkpoint, read_checkpoint
 
@@ -75,7 +82,7 @@ def test_fit_writes_checkpoints_artifact_and_usage_logs(config: str, tmp_path: P
     assert all(0.0 < v <= 1.0 for _, v in tags["usage/batch_usage"])
 
 
-def test_fit_resume_last_continues_the_run(tmp_path: Path, one_thread: None) -> None:
+def test_fit_resume_last_then_predict(tmp_path: Path, one_thread: None) -> None:
     # In-process through the same entry point as the console script (saves two start-ups).
     args = [
         "fit",
@@ -100,6 +107,26 @@ def test_fit_resume_last_continues_the_run(tmp_path: Path, one_thread: None) -> 
     # 4 + 2 points, the resumed ones after the first run's (Lightning's logger step may
     # skip one at the resume boundary).
     assert len(steps) == len(set(steps)) == 6 and sorted(steps)[:4] == [0, 1, 2, 3]
+
+    images = tmp_path / "images"
+    write_image(images / "a.png", 40, 56)
+    write_image(images / "sub" / "b.jpg", 37, 50, seed=1)
+    (images / "bad.png").write_bytes(b"not an image")
+    main(
+        [
+            "predict",
+            "--config",
+            str(tmp_path / "version_0" / "config.yaml"),
+            f"--ckpt_path={tmp_path / 'version_0' / 'checkpoints' / 'last.ckpt'}",
+            f"--data.predict_root={images}",
+            f"--predict_writer.out_dir={tmp_path / 'codes'}",
+        ]
+    )
+    manifest = (tmp_path / "codes" / "manifest-rank0.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["path"] for line in manifest) == ["a.png", "sub/b.jpg"]
+    skipped = (tmp_path / "codes" / "skipped-rank0.jsonl").read_text().splitlines()
+    assert [json.loads(line)["path"] for line in skipped] == ["bad.png"]
+    assert not (tmp_path / "version_1").exists()  # predict leaves no empty run directory
 
 
 def test_print_config_and_bad_data_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
