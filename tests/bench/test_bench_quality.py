@@ -74,10 +74,14 @@ def test_rewrite_keeps_hand_written_analysis(quality: ModuleType, tmp_path: Path
     out.write_text(f"old generated part\n{quality.ANALYSIS_MARKER}\n## Analysis\n\nmy notes\n")
     cfg = quality.QUICK
     results = [quality.RunResult(method="ste", nominal_size=256, error="RuntimeError: boom")]
-    quality.write_outputs(results, cfg, out, command="x", total_seconds=1.0, plots=False)
+    meta = quality.run_metadata("python bench/quality.py --x", 1.0, cfg)
+    quality.write_outputs(results, cfg, out, meta, plots=False)
     text = out.read_text()
     assert "my notes" in text and "old generated part" not in text
     assert "failed: RuntimeError: boom" in text
+    # Re-rendering from the JSON gives the same report (and keeps the notes).
+    assert quality.main(["--from-json", str(out.with_suffix(".json")), "--out", str(out)]) == 0
+    assert out.read_text().split("- Date")[1] == text.split("- Date")[1]
 
 
 def test_a_failing_run_is_recorded_not_raised(
