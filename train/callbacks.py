@@ -53,6 +53,15 @@ def reconstruction_grid(images: torch.Tensor, recon: torch.Tensor, pad: int = 2)
     return grid
 
 
+def _logs_this_step(trainer: L.Trainer) -> bool:
+    """Whether Lightning flushes step-level logs after the current training batch."""
+    connector = getattr(trainer, "_logger_connector", None)
+    if connector is not None and hasattr(connector, "should_update_logs"):
+        return bool(connector.should_update_logs)
+    # Fallback for a Lightning without the connector: global_step is already incremented.
+    return trainer.global_step % max(1, trainer.log_every_n_steps) == 0
+
+
 class CodebookMonitor(Callback):
     """Codebook utilization during training and validation, for any quantizer
     (shared DESIGN.md, "Codebook utilization: definitions").
@@ -104,9 +113,10 @@ class CodebookMonitor(Callback):
                 self.train_usage.state_tensor().to(outputs["indices"].device)
             )
         self.train_usage.update(outputs["indices"])
-        # global_step is already incremented here; the same test runs on every rank, so the
-        # collective in all_reduce is entered by all of them or by none.
-        if (trainer.global_step - 1) % max(1, trainer.log_every_n_steps) != 0:
+        # Compute the figures only on the steps where Lightning writes step logs (values
+        # logged in between would be overwritten unseen). The test is the same on every
+        # rank, so the collective in all_reduce is entered by all of them or by none.
+        if not _logs_this_step(trainer):
             return
         usage = self.train_usage.all_reduce()
         pl_module.log_dict(

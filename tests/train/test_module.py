@@ -184,3 +184,44 @@ def test_bad_hyperparameters_raise() -> None:
         VQVAEModule(lr=0.0)
     with pytest.raises(ValueError, match="l1_weight"):
         VQVAEModule(l1_weight=-1.0)
+
+
+class _UsageProbe(Callback):
+    """Records the monitor's window usage after every training batch (runs after it)."""
+
+    def __init__(self, monitor: CodebookMonitor) -> None:
+        self.monitor = monitor
+        self.by_step: dict[int, float] = {}
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        assert self.monitor.train_usage is not None
+        self.by_step[trainer.global_step] = self.monitor.train_usage.window_usage
+
+
+def test_usage_figures_are_logged_fresh_on_logging_steps(tmp_path: Path, one_thread: None) -> None:
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from tests.train.helpers import scalar_tags
+
+    monitor = CodebookMonitor(window=64)  # small window: usage changes from step to step
+    probe = _UsageProbe(monitor)
+    trainer = L.Trainer(
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        max_steps=6,
+        log_every_n_steps=3,
+        num_sanity_val_steps=0,
+        limit_val_batches=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        logger=TensorBoardLogger(tmp_path, name="", version=0),
+        callbacks=[monitor, probe],
+    )
+    trainer.fit(tiny_module(), datamodule=tiny_data())
+    tags = scalar_tags(tmp_path / "version_0")
+    logged = tags["usage/window_usage"]
+    assert [s for s, _ in logged] == [s for s, _ in tags["train/loss"]] == [2, 5]
+    # The logger's step is the number of finished optimizer steps before the batch.
+    for step, value in logged:
+        assert value == pytest.approx(probe.by_step[step + 1])
