@@ -115,15 +115,15 @@ def nearest_code(
                     groups = dist.view(nb, kb // _GROUP, _GROUP)  # (nb, G, _GROUP)
                     torch.min(groups.amin(dim=2), dim=1, out=(val, idx))  # best group (nb,)
                     offset = groups[row_ids[:nb], idx].argmin(dim=1)  # (nb, _GROUP) -> (nb,)
-                    idx.mul_(_GROUP).add_(offset)
+                    torch.add(offset, idx, alpha=_GROUP, out=idx)  # index within the tile
                 else:
                     torch.min(dist, dim=1, out=(val, idx))
-                if c0:
-                    idx.add_(c0)
             if num_tiles == 1:
                 out[r0 : r0 + nb] = best_idx[0, :nb]
             else:
-                # min over dim 0 returns the first (lowest) tile on ties.
+                # min over dim 0 returns the first (lowest) tile on ties; tile t starts at code
+                # t * codes, which turns the index within the tile into the code id.
                 winner = best_val[:, :nb].min(dim=0).indices  # (nb,)
-                out[r0 : r0 + nb] = best_idx[:, :nb].gather(0, winner[None])[0]
+                local = best_idx[:, :nb].gather(0, winner[None])[0]  # (nb,)
+                torch.add(local, winner, alpha=codes, out=out[r0 : r0 + nb])
     return out
