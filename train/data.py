@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,13 @@ _DECODE_ERRORS = (
     SyntaxError,
     Image.DecompressionBombError,
 )
+
+
+def _rank() -> int:
+    """This process's rank under torch.distributed (0 when not initialized)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return 0
 
 
 def load_bundled_image(name: str) -> np.ndarray:
@@ -168,8 +176,10 @@ class RandomCropDataset(Dataset[torch.Tensor]):
     black border of ``retina``, empty sky of ``hubble_deep_field``) are redrawn up to
     ``max_tries`` times so they do not dominate the loss.
 
-    Randomness comes from torch's global generator, which Lightning seeds per worker
-    (``seed_everything(workers=True)``), so crops differ between epochs and workers.
+    Randomness comes from a generator per process (main or DataLoader worker) seeded from
+    ``torch.initial_seed()`` (which ``seed_everything`` and PyTorch make distinct per worker)
+    plus the distributed rank: with ``num_workers=0`` every DDP rank has the same global seed
+    and would otherwise draw the very same crops.
     """
 
     def __init__(
@@ -191,15 +201,27 @@ class RandomCropDataset(Dataset[torch.Tensor]):
         weights = torch.tensor([im.shape[0] * im.shape[1] for im in self.images], dtype=torch.float)
         self.weights = weights / weights.sum()
 
+        self._gen: torch.Generator | None = None
+        self._gen_pid = -1
+
     def __len__(self) -> int:
         return self.length
 
+    def _generator(self) -> torch.Generator:
+        # Created lazily in the process that draws (a forked worker must not reuse the
+        # parent's generator state, or all workers would draw the same crops).
+        if self._gen is None or self._gen_pid != os.getpid():
+            seed = (torch.initial_seed() + 1_000_003 * _rank()) % 2**63
+            self._gen = torch.Generator().manual_seed(seed)
+            self._gen_pid = os.getpid()
+        return self._gen
+
     def _crop(self) -> np.ndarray:
-        s = self.crop_size
-        image = self.images[int(torch.multinomial(self.weights, 1))]
+        s, gen = self.crop_size, self._generator()
+        image = self.images[int(torch.multinomial(self.weights, 1, generator=gen))]
         h, w = image.shape[:2]
-        top = int(torch.randint(h - s + 1, ()))
-        left = int(torch.randint(w - s + 1, ()))
+        top = int(torch.randint(h - s + 1, (), generator=gen))
+        left = int(torch.randint(w - s + 1, (), generator=gen))
         return image[top : top + s, left : left + s]
 
     def __getitem__(self, index: int) -> torch.Tensor:
@@ -208,7 +230,7 @@ class RandomCropDataset(Dataset[torch.Tensor]):
             if crop.std() / 255.0 >= self.min_std:
                 break
             crop = self._crop()
-        if self.flip and bool(torch.rand(()) < 0.5):
+        if self.flip and bool(torch.rand((), generator=self._generator()) < 0.5):
             crop = crop[:, ::-1]
         return to_tensor(crop)
 

@@ -131,3 +131,20 @@ def test_grid_crops_cover_centre_and_cap() -> None:
     assert len(grid_crops(image, 32, max_crops=4)) == 4
     small = grid_crops(np.zeros((10, 20, 3), np.uint8), 32, max_crops=4)
     assert len(small) == 2 and small[0].shape == (32, 32, 3)  # upscaled to 32x64 first
+
+
+def test_random_crops_differ_between_ranks_and_repeat_per_seed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import train.data
+
+    image = np.random.default_rng(0).integers(0, 255, (100, 120, 3)).astype(np.uint8)
+
+    def draws(rank: int) -> torch.Tensor:
+        monkeypatch.setattr(train.data, "_rank", lambda: rank)
+        torch.manual_seed(7)  # what seed_everything does on every rank
+        ds = RandomCropDataset([image], 16, 4)
+        return torch.stack([ds[i] for i in range(4)])
+
+    assert torch.equal(draws(0), draws(0))
+    assert not torch.equal(draws(0), draws(1))
