@@ -72,7 +72,8 @@ class CodebookMonitor(Callback):
     ``val/epoch_dead_codes``, ``val/tokens``; with a TensorBoard logger also a sorted usage
     histogram figure, the raw code histogram and a grid of ``num_images`` reconstructions.
     Under DDP the histograms are summed across ranks (``CodebookUsage.all_reduce``) before
-    any figure is computed, at the same steps on every rank.
+    any figure is computed, at the same steps on every rank. ``vq-train test`` logs the
+    epoch figures under ``test/``.
     """
 
     def __init__(self, window: int = 65536, num_images: int = 8) -> None:
@@ -143,6 +144,31 @@ class CodebookMonitor(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
+        self._eval_batch(outputs, batch)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._eval_end(trainer, pl_module, "val")
+
+    # `vq-train test` gets the same epoch figures under test/ (no images).
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.on_validation_epoch_start(trainer, pl_module)
+
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._eval_batch(outputs, batch)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._eval_end(trainer, pl_module, "test")
+
+    def _eval_batch(self, outputs: Any, batch: Any) -> None:
         if self.val_usage is None or not isinstance(outputs, dict):
             return
         self.val_usage.update(outputs["indices"].to(self.val_usage.device))
@@ -150,22 +176,23 @@ class CodebookMonitor(Callback):
             n = self.num_images
             self._grid_batch = (batch[:n].detach().cpu(), outputs["recon"][:n].detach().cpu())
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.val_usage is None or trainer.sanity_checking:
+    def _eval_end(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.val_usage is None:
             return
         usage = self.val_usage.all_reduce()
         hist = usage.epoch_histogram
         pl_module.log_dict(
             {
-                "val/epoch_usage": usage.epoch_usage,
-                "val/epoch_perplexity": usage.epoch_perplexity,
-                "val/epoch_dead_codes": float(int((hist == 0).sum())),
-                "val/tokens": float(usage.tokens_seen),
+                f"{stage}/epoch_usage": usage.epoch_usage,
+                f"{stage}/epoch_perplexity": usage.epoch_perplexity,
+                f"{stage}/epoch_dead_codes": float(int((hist == 0).sum())),
+                f"{stage}/tokens": float(usage.tokens_seen),
             },
             on_step=False,
             on_epoch=True,
         )
-        self._log_images(trainer, hist, usage.epoch_usage)
+        if stage == "val":
+            self._log_images(trainer, hist, usage.epoch_usage)
 
     @rank_zero_only
     def _log_images(self, trainer: L.Trainer, hist: torch.Tensor, epoch_usage: float) -> None:

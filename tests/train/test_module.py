@@ -225,3 +225,14 @@ def test_usage_figures_are_logged_fresh_on_logging_steps(tmp_path: Path, one_thr
     # The logger's step is the number of finished optimizer steps before the batch.
     for step, value in logged:
         assert value == pytest.approx(probe.by_step[step + 1])
+
+
+def test_test_stage_reports_quality_and_usage(
+    trained: Trained, tmp_path: Path, one_thread: None
+) -> None:
+    trainer = tiny_trainer(tmp_path, max_steps=1)
+    (metrics,) = trainer.test(trained.module, datamodule=tiny_data(), verbose=False)
+    for key in ("test/psnr", "test/ssim", "test/loss", "test/epoch_usage", "test/tokens"):
+        assert math.isfinite(metrics[key]), key
+    assert 0.0 < metrics["test/epoch_usage"] <= 1.0
+    assert metrics["test/tokens"] == 2 * 2 * (32 // 4) ** 2  # 2 images x 2 crops x 8x8 codes
