@@ -20,6 +20,7 @@ import argparse
 import datetime as dt
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import resource
@@ -190,8 +191,20 @@ def _is_memory_error(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or "alloc" in str(exc).lower()
 
 
+def _die_with_parent() -> None:
+    """Linux: end this child if the parent run is stopped, so no heavy orphan keeps running."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def child_main(spec: dict[str, Any]) -> None:
     """Run the tasks of one child process and print their results as one JSON line."""
+    _die_with_parent()
     limit = int(spec["memory_limit_gib"] * 2**30)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     import torch
@@ -254,26 +267,34 @@ def run_children(tasks: Sequence[Task], args: argparse.Namespace) -> list[Result
 
 
 def plan(args: argparse.Namespace) -> list[list[Task]]:
-    """Tasks grouped by child process (one per task, or per implementation with --quick)."""
-    ours: list[Task] = []
-    ref: list[Task] = []
+    """Tasks grouped by child process, in run order.
+
+    One task per child, each of ours right before its reference counterpart, so that the two
+    sides of a ratio see about the same machine load. With --quick: one child per
+    implementation (ours, reference, search), to keep the smoke test to seconds.
+    """
+    pairs: list[tuple[Task, Task | None]] = []
     search: list[Task] = []
     for k in args.ks:
         for method in VQ_METHODS:
-            ours.append(Task("ours", method, k))
-            if k <= args.reference_max_k:
-                ref.append(Task("reference", method, k))
+            ref = Task("reference", method, k) if k <= args.reference_max_k else None
+            pairs.append((Task("ours", method, k), ref))
         levels = QUICK_FSQ_LEVELS if args.quick else FSQ_LEVELS.get(k)
         if levels is not None:
-            k_fsq = 1
-            for n_levels in levels:
-                k_fsq *= n_levels
-            ours.append(Task("ours", "fsq", k_fsq, levels))
-            ref.append(Task("reference", "fsq", k_fsq, levels))
+            k_fsq = math.prod(levels)
+            pairs.append(
+                (Task("ours", "fsq", k_fsq, levels), Task("reference", "fsq", k_fsq, levels))
+            )
         search.append(Task("ours", "search", k))
     if args.quick:
-        return [group for group in (ours, ref, search) if group]
-    return [[t] for t in (*ours, *ref, *search)]
+        groups = [[o for o, _ in pairs], [r for _, r in pairs if r is not None], search]
+        return [g for g in groups if g]
+    order: list[list[Task]] = []
+    for ours, ref in pairs:
+        order.append([ours])
+        if ref is not None:
+            order.append([ref])
+    return order + [[t] for t in search]
 
 
 def _fmt_ms(seconds: float | None) -> str:
