@@ -325,7 +325,7 @@ def write_report(
         lines.append("")
         if batch_gain < 1.5:
             lines.append(
-                "Here a single 256x256 image already keeps both cores busy (its first "
+                "Here a single 256x256 image already keeps torch's CPU threads busy (its first "
                 "convolutions are 65,536-row GEMMs), so there is no idle hardware for a batch to "
                 "fill, and large batches cost extra: an activation of 32 images at full "
                 "resolution is ~270 MB, glibc serves every allocation over 32 MB with fresh "
@@ -374,6 +374,13 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="default 4 (full), 1 (quick); at least 32 per level",
     )
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="torch threads for the servers and the in-process ceiling (default: torch's); "
+        "1 gives steadier numbers on a machine shared with other work",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "service.md")
     args = p.parse_args(argv)
 
@@ -386,6 +393,9 @@ def main(argv: list[str] | None = None) -> None:
         images = synthetic_images(64 if not args.quick else 8, args.size)
         blobs = [png_bytes(im) for im in images]
 
+        if args.torch_threads is not None:
+            torch.set_num_threads(args.torch_threads)
+        threads = ["--torch-threads", str(args.torch_threads)] if args.torch_threads else []
         tokenizer = vq.load_tokenizer(model_path)
         seconds = 0.5 if args.quick else 6.0
 
@@ -404,7 +414,10 @@ def main(argv: list[str] | None = None) -> None:
 
         # Both servers run side by side (the idle one costs memory, not CPU) and the modes
         # alternate per concurrency level, so slow drifts in outside load hit both alike.
-        modes = {"batched": ["--max-batch-size", str(batch)], "unbatched": ["--no-batching"]}
+        modes = {
+            "batched": ["--max-batch-size", str(batch), *threads],
+            "unbatched": ["--no-batching", *threads],
+        }
         servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
         results: list[LoadResult] = []
         try:
