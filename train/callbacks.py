@@ -59,7 +59,8 @@ def _logs_this_step(trainer: L.Trainer) -> bool:
     if connector is not None and hasattr(connector, "should_update_logs"):
         return bool(connector.should_update_logs)
     # Fallback for a Lightning without the connector: global_step is already incremented.
-    return trainer.global_step % max(1, trainer.log_every_n_steps) == 0
+    every = int(getattr(trainer, "log_every_n_steps", 1) or 1)
+    return trainer.global_step % every == 0
 
 
 class CodebookMonitor(Callback):
@@ -239,6 +240,7 @@ class ExportBest(Callback):
         if not self.enabled:
             return
         from train.export import export_checkpoint, export_module
+        from train.module import VQVAEModule
 
         ckpt_cb = trainer.checkpoint_callback
         ckpt_dir: Path | None = None
@@ -263,6 +265,7 @@ class ExportBest(Callback):
                     for k, v in trainer.callback_metrics.items()
                     if k.startswith("val/")
                 }
+                assert isinstance(pl_module, VQVAEModule), "ExportBest exports a VQVAEModule"
                 export_module(pl_module, out, metrics=metrics, source="in-memory model")
             log.info("exported tokenizer artifact to %s (from %s)", out, best or "the final model")
             print(f"Exported tokenizer artifact: {out} (from {best or 'the final model'})")

@@ -111,7 +111,7 @@ def ensure_min_side(image: np.ndarray, size: int) -> np.ndarray:
         return image
     scale = size / min(h, w)
     new = (max(size, math.ceil(w * scale)), max(size, math.ceil(h * scale)))  # PIL: (W, H)
-    return np.asarray(Image.fromarray(image).resize(new, Image.BICUBIC), dtype=np.uint8)
+    return np.asarray(Image.fromarray(image).resize(new, Image.Resampling.BICUBIC), dtype=np.uint8)
 
 
 @dataclass

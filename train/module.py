@@ -196,7 +196,8 @@ class VQVAEModule(L.LightningModule):
         return {"codes": codes, "paths": paths, "errors": errors}
 
     def configure_optimizers(self) -> Any:
-        decay, no_decay = [], []
+        decay: list[torch.nn.Parameter] = []
+        no_decay: list[torch.nn.Parameter] = []
         for name, param in self.model.named_parameters():
             if not param.requires_grad:
                 continue
