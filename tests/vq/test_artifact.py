@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,17 @@ def test_overwrite_leaves_no_temporary_files(tmp_path: Path) -> None:
     save_tokenizer(tiny_model(), tmp_path / "tok")
     save_tokenizer(tiny_model(), tmp_path / "tok")
     assert sorted(p.name for p in (tmp_path / "tok").iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+
+
+def test_saved_files_are_readable_by_other_users(tmp_path: Path) -> None:
+    # A service account or a container's non-root user must be able to load the artifact.
+    old = os.umask(0o022)
+    try:
+        out = save_tokenizer(tiny_model(), tmp_path / "tok")
+    finally:
+        os.umask(old)
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        assert (out / name).stat().st_mode & 0o777 == 0o644
 
 
 def test_loading_imports_no_lightning(artifact: Path) -> None:
