@@ -244,8 +244,12 @@ def run_children(tasks: Sequence[Task], args: argparse.Namespace) -> list[Result
         "memory_limit_gib": args.memory_limit_gib,
     }
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
+    env = dict(os.environ)
+    if args.omp_wait_policy != "unset":
+        # Read by the OpenMP runtime when torch loads, so it must be set before the child starts.
+        env["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout_s)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout_s, env=env)
     except subprocess.TimeoutExpired:
         return [Result(t, status="timeout") for t in tasks]
     for line in proc.stdout.splitlines():
@@ -461,14 +465,15 @@ def write_report(
         "",
         "## Run",
         "",
-        f"- command: `python bench/quantizers.py {' '.join(argv)}`".replace(" `", "`"),
+        "- command: `" + " ".join(["python bench/quantizers.py", *argv]) + "`",
         f"- date: {started.strftime('%Y-%m-%d %H:%M UTC')}, wall time {wall_s / 60:.1f} min",
         f"- machine: {os.cpu_count()} CPUs (`nproc`), {_cpu_model()}, Linux {platform.release()}",
         f"- python {platform.python_version()}, torch {torch.__version__}, "
         f"vector-quantize-pytorch {_version('vector-quantize-pytorch')}",
         f"- torch threads: {args.threads}; warmup {args.warmup}, up to {args.repeats} timed "
         f"repeats within {args.budget_s:.0f} s per measurement; child address space capped at "
-        f"{args.memory_limit_gib:g} GiB; per-child timeout {args.timeout_s:.0f} s",
+        f"{args.memory_limit_gib:g} GiB; per-child timeout {args.timeout_s:.0f} s; "
+        f"OMP_WAIT_POLICY {args.omp_wait_policy} in every child (both sides)",
         f"- N = {n:,}, K = {', '.join(f'{k:,}' for k in args.ks)}; reference run for "
         f"K <= {args.reference_max_k:,}",
         f"- load average (1 min) at start / end: {loads[0]:.2f} / {loads[1]:.2f}. Other jobs shared "
@@ -595,6 +600,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     p.add_argument("--timeout-s", type=float, default=900.0, help="per child process")
     p.add_argument("--memory-limit-gib", type=float, default=16.0, help="RLIMIT_AS per child")
+    p.add_argument(
+        "--omp-wait-policy",
+        choices=["passive", "active", "unset"],
+        default="passive",
+        help="OMP_WAIT_POLICY of the children (both sides). On a machine shared with other jobs, "
+        "the default spinning at OpenMP barriers makes 2-thread runs of many short ops several "
+        "times slower; 'passive' threads sleep instead. 'unset' leaves the environment alone.",
+    )
     p.add_argument("--notes", type=Path, default=None, help="markdown appended to the report")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
