@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/quality.py                 # full run, writes docs/benchmarks/quality.md
     .venv/bin/python bench/quality.py --quick --out /tmp/q/quality.md    # a smoke run (seconds)
+    .venv/bin/python bench/quality.py --jobs 2 --threads 1   # two runs at a time, 1 thread each
 
 For every (method, K) the same VQ-VAE (f=8, same widths), the same data (random crops of the
 bundled scikit-image training photographs, drawn from one seeded stream so every run sees the
@@ -30,8 +31,10 @@ kept when the report is rewritten (the hand-written analysis of the results).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import math
+import multiprocessing
 import os
 import platform
 import sys
@@ -502,22 +505,33 @@ def _size_label(r: RunResult) -> str:
     return f"{r.codebook_size:,}"
 
 
+def train_psnr(r: RunResult) -> float:
+    """PSNR of the training batches over the last quarter of the recorded steps (images in
+    [-1, 1], so peak-to-peak 2): the fit on training crops, next to the held-out PSNR."""
+    tail = r.history[-max(1, len(r.history) // 4) :]
+    if not tail:
+        return math.nan
+    mse = sum(h["train_mse"] for h in tail) / len(tail)
+    return 10 * math.log10(4.0 / mse) if mse > 0 else math.nan
+
+
 def results_table(runs: Sequence[RunResult]) -> list[str]:
     lines = [
-        "| method | K (levels) | PSNR dB | SSIM | window usage (tokens) | perplexity | dead codes "
-        "| epoch usage (val tokens) | ‖e−q‖² | ‖e−q‖²/‖e‖² | train s | eval s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| method | K (levels) | PSNR dB | SSIM | train-crop PSNR dB | window usage (tokens) "
+        "| perplexity | dead codes | epoch usage (val tokens) | ‖e−q‖² | ‖e−q‖²/‖e‖² | train s "
+        "| eval s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         if not r.ok:
             lines.append(
                 f"| {r.method} | {_size_label(r) or r.nominal_size} | failed: {r.error} "
-                "| | | | | | | | | |"
+                "| | | | | | | | | | |"
             )
             continue
         lines.append(
             f"| {r.method} | {_size_label(r)} | {_fmt(r.psnr, '.2f')} | {_fmt(r.ssim, '.3f')} "
-            f"| {r.window_usage:.1%} ({r.window_tokens:,}) | {_fmt(r.window_perplexity, ',.0f')} "
+            f"| {_fmt(train_psnr(r), '.2f')} | {r.window_usage:.1%} ({r.window_tokens:,}) | {_fmt(r.window_perplexity, ',.0f')} "
             f"| {r.dead_codes:,} | {r.epoch_usage:.1%} ({r.val_tokens:,}) "
             f"| {_fmt(r.quant_error, '.3g')} | {_fmt(r.quant_error_rel, '.3f')} "
             f"| {r.train_seconds:.1f} | {r.eval_seconds:.1f} |"
@@ -578,7 +592,8 @@ def render_report(
         "usage* = fraction hit over the held-out tokens (few tokens: at K=65,536 it cannot "
         "exceed val tokens / K). ‖e−q‖²: mean over held-out tokens of the squared distance "
         "between the encoder output and its code (FSQ: before the tanh bound). PSNR: mean over "
-        "held-out crops.",
+        "held-out crops; train-crop PSNR: from the training loss's MSE over the last quarter "
+        "of the steps (random training crops, train mode).",
         "",
         "## Targets",
         "",
@@ -702,7 +717,18 @@ def load_outputs(path: Path) -> tuple[list[RunResult], BenchConfig, dict[str, An
     config = {k: v for k, v in payload["config"].items() if k in names}
     config["widths"] = tuple(config["widths"])
     results = [RunResult(**r) for r in payload["results"]]
-    return results, BenchConfig(**config), payload["meta"]
+    meta = payload.get("meta")
+    if meta is None:  # the first version of this script kept these at the top level
+        meta = {
+            "command": payload["command"],
+            "date": payload["date"].replace("T", " ").replace("+00:00", " UTC"),
+            "total_seconds": payload["total_seconds"],
+            "machine": payload["machine"],
+            "torch": payload["torch"],
+            "threads": config.get("threads") or "default",
+            "python": platform.python_version(),
+        }
+    return results, BenchConfig(**config), meta
 
 
 # --- CLI -----------------------------------------------------------------------------------
@@ -734,6 +760,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="(method, K) runs trained at the same time, each in its own process (default 1); "
+        "on a small CPU use --jobs N --threads 1",
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="Markdown report path")
     p.add_argument(
         "--from-json",
@@ -766,6 +799,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[BenchConfig, tuple[int, 
             raise ValueError(f"--{name.replace('_', '-')}={getattr(cfg, name)} must be >= 1")
     if cfg.crop % cfg.f:
         raise ValueError(f"--crop={cfg.crop} must be a multiple of f={cfg.f}")
+    if args.jobs < 1:
+        raise ValueError(f"--jobs={args.jobs} must be >= 1")
     bad = [s for s in sizes if s < 2]
     if bad:
         raise ValueError(f"--sizes {bad}: codebook sizes must be >= 2")
@@ -784,6 +819,30 @@ def iter_runs(methods: Sequence[Method], sizes: Sequence[int]) -> Iterator[tuple
     for size in sizes:
         for method in methods:
             yield method, size
+
+
+# Per-process state of a --jobs worker (set by _init_worker).
+_WORKER_DATA: BenchData | None = None
+_WORKER_CFG: BenchConfig | None = None
+
+
+def _init_worker(cfg: BenchConfig) -> None:
+    global _WORKER_DATA, _WORKER_CFG
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    _WORKER_DATA, _WORKER_CFG = load_data(cfg), cfg
+
+
+def _worker_run(method: Method, size: int) -> tuple[RunResult, float]:
+    """One (method, K) run in a --jobs worker process; log lines carry the run's name."""
+    assert _WORKER_DATA is not None and _WORKER_CFG is not None, "_init_worker did not run"
+    cfg = _WORKER_CFG
+    t0 = time.perf_counter()
+    print(f"[{method} K={size}] start", flush=True)
+    r = run_one(
+        method, size, _WORKER_DATA, cfg, log=lambda s: print(f"[{method} K={size}] {s}", flush=True)
+    )
+    return r, time.perf_counter() - t0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -806,12 +865,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"config: {cfg}", flush=True)
     data = load_data(cfg)
     print(f"data: {len(data.train_images)} train images, {len(data.val_crops)} val crops")
+    runs = list(iter_runs(args.methods, sizes))
     results: list[RunResult] = []
     start = time.perf_counter()
-    for method, size in iter_runs(args.methods, sizes):
-        t0 = time.perf_counter()
-        print(f"[{time.perf_counter() - start:7.0f}s] {method} K={size} ...", flush=True)
-        r = run_one(method, size, data, cfg, log=lambda s: print(s, flush=True))
+
+    def finished(r: RunResult, seconds: float) -> None:
         results.append(r)
         status = (
             f"PSNR {r.psnr:.2f} SSIM {r.ssim:.3f} usage {r.window_usage:.1%} "
@@ -819,10 +877,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             if r.ok
             else f"FAILED {r.error}"
         )
-        print(f"    -> {status} ({time.perf_counter() - t0:.0f}s)", flush=True)
+        print(f"    -> {r.method} K={r.nominal_size}: {status} ({seconds:.0f}s)", flush=True)
         # Rewrite report + JSON after every run, so a cut-off benchmark still leaves numbers.
+        results.sort(key=lambda x: runs.index((x.method, x.nominal_size)))  # type: ignore[arg-type]
         meta = run_metadata(command, time.perf_counter() - start, cfg)
         write_outputs(results, cfg, args.out, meta, plots=False)
+
+    if args.jobs == 1:
+        for method, size in runs:
+            t0 = time.perf_counter()
+            print(f"[{time.perf_counter() - start:7.0f}s] {method} K={size} ...", flush=True)
+            r = run_one(method, size, data, cfg, log=lambda s: print(s, flush=True))
+            finished(r, time.perf_counter() - t0)
+    else:
+        # spawn: fresh interpreters (no forked torch thread pools); each loads the data once.
+        with concurrent.futures.ProcessPoolExecutor(
+            max_workers=args.jobs,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(cfg,),
+        ) as pool:
+            futures = {pool.submit(_worker_run, m, k): (m, k) for m, k in runs}
+            for future in concurrent.futures.as_completed(futures):
+                r, seconds = future.result()
+                finished(r, seconds)
     write_outputs(results, cfg, args.out, run_metadata(command, time.perf_counter() - start, cfg))
     print(f"wrote {args.out}")
     return 0 if any(r.ok for r in results) else 1

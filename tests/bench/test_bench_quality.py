@@ -132,3 +132,32 @@ def test_bad_arguments_are_rejected(quality: ModuleType) -> None:
     assert quality.main(["--quick", "--crop", "30"]) == 2
     with pytest.raises(SystemExit):
         quality.main(["--methods", "nope"])
+
+
+def test_jobs_runs_in_parallel_processes_with_the_same_numbers(
+    quick_run: Path, tmp_path: Path
+) -> None:
+    """--jobs 2 trains runs in worker processes; each run is seeded the same way, so it gives the
+    numbers of the sequential run, and the report keeps the sequential order."""
+    out = tmp_path / "quality.md"
+    cmd = [sys.executable, str(SCRIPT), "--quick", "--jobs", "2", "--methods", "fsq", "ste"]
+    proc = subprocess.run(
+        [*cmd, "--out", str(out)], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    parallel = json.loads(out.with_suffix(".json").read_text())["results"]
+    sequential = {
+        (r["method"], r["nominal_size"]): r
+        for r in json.loads(quick_run.with_suffix(".json").read_text())["results"]
+    }
+    order = [(r["method"], r["nominal_size"]) for r in parallel]
+    assert order == [("fsq", 256), ("ste", 256), ("fsq", 1024), ("ste", 1024)]
+    for r in parallel:
+        ref = sequential[(r["method"], r["nominal_size"])]
+        for key in ("psnr", "window_usage", "epoch_usage", "dead_codes", "quant_error"):
+            assert r[key] == pytest.approx(ref[key], rel=1e-5), (r["method"], key)
+
+
+def test_jobs_must_be_positive(quality: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+    assert quality.main(["--quick", "--jobs", "0", "--out", "/nonexistent/q.md"]) == 2
+    assert "--jobs=0 must be >= 1" in capsys.readouterr().err
