@@ -89,7 +89,7 @@ class BenchConfig:
     steps: int = 600
     batch_size: int = 16
     crop: int = 64
-    lr: float = 2e-3
+    lr: float = 3e-4  # 2e-3 collapsed the latent to ~1 dimension in < 100 steps (see quality.md)
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.05  # linear warmup over this share of the steps, then cosine
     min_lr_ratio: float = 0.1

@@ -47,7 +47,8 @@ class VQVAEModule(L.LightningModule):
     """Args:
     vqvae: the architecture and quantizer (``vq.model.VQVAEConfig``; in YAML a nested
         mapping under ``model.vqvae``).
-    lr: peak learning rate of AdamW.
+    lr: peak learning rate of AdamW. 3e-4: at 2e-3 the latent collapsed to ~1 dimension
+        within 100 steps and codebook usage with it (docs/benchmarks/quality.md, "Learning rate").
     weight_decay: AdamW weight decay, applied to conv/linear weights only (not to norms,
         biases or codebooks: decaying a codebook pulls codes to the origin).
     betas: AdamW betas.
@@ -61,7 +62,7 @@ class VQVAEModule(L.LightningModule):
     def __init__(
         self,
         vqvae: VQVAEConfig = VQVAEConfig(),  # noqa: B008 - a frozen-by-convention default
-        lr: float = 2e-3,
+        lr: float = 3e-4,
         weight_decay: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.99),
         warmup_steps: int = 100,
