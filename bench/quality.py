@@ -105,6 +105,7 @@ class BenchConfig:
     # SimVQ learns W by gradient and has no per-code state to restart.
     codebook_update: Literal["gradient", "ema"] = "gradient"
     dead_code_threshold: float = 0.0
+    codebook_init: Literal["uniform", "data"] = "uniform"
     val_crop: int = 128
     val_crops_per_image: int = 64
     # The eval-mode window over training crops holds max(window_factor * K, min_window) tokens.
@@ -164,6 +165,7 @@ def model_config(method: Method, size: int, cfg: BenchConfig) -> VQVAEConfig:
             beta=cfg.beta,
             codebook_update=cfg.codebook_update if plain else "gradient",
             dead_code_threshold=cfg.dead_code_threshold if plain else 0.0,
+            codebook_init=cfg.codebook_init if plain else "uniform",
         )
         code_dim = cfg.vq_code_dim
     return VQVAEConfig(
@@ -578,7 +580,8 @@ def render_report(
         f"- Architecture (every run): VQ-VAE f={cfg.f}, widths {list(cfg.widths)}, "
         f"{cfg.num_res_blocks} res block(s) per level, code dim {cfg.vq_code_dim} for VQ "
         "(plain/SimVQ), len(levels) for FSQ; beta "
-        f"{cfg.beta}",
+        f"{cfg.beta}; plain codebooks (ste, rotation): init {cfg.codebook_init}, update "
+        f"{cfg.codebook_update}, dead-code threshold {cfg.dead_code_threshold:g}",
         f"- Budget (every run): {cfg.steps} steps x batch {cfg.batch_size} of {cfg.crop}x{cfg.crop} "
         f"random crops ({cfg.steps * cfg.batch_size:,} crops, "
         f"{cfg.steps * cfg.batch_size * (cfg.crop // cfg.f) ** 2:,} training tokens); AdamW lr "
@@ -758,6 +761,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="plain codebooks only: restart codes whose EMA hit count falls below this",
     )
+    p.add_argument(
+        "--codebook-init",
+        choices=["uniform", "data"],
+        default=None,
+        help="plain codebooks only: uniform(-1/K, 1/K) (default) or the first batch's encoder vectors",
+    )
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument(
@@ -792,6 +801,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[BenchConfig, tuple[int, 
         "vq_code_dim": args.code_dim,
         "codebook_update": args.codebook_update,
         "dead_code_threshold": args.dead_code_threshold,
+        "codebook_init": args.codebook_init,
     }
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     for name in ("steps", "batch_size", "crop"):

@@ -29,6 +29,7 @@ QuantizerKind = Literal["vq", "fsq"]
 CodebookKind = Literal["plain", "linear"]
 GradEstimator = Literal["ste", "rotation"]
 CodebookUpdate = Literal["gradient", "ema"]
+CodebookInit = Literal["uniform", "data"]
 
 ALLOWED_F = (4, 8, 16)
 
@@ -97,7 +98,8 @@ class QuantizerConfig:
     """Which quantizer sits between encoder and decoder (shared DESIGN.md, "The quantizer interface").
 
     kind="vq" uses ``codebook``, ``grad_estimator``, ``beta``, ``codebook_update``,
-    ``ema_decay`` and ``dead_code_threshold``; SimVQ is ``codebook="linear"``.
+    ``ema_decay``, ``dead_code_threshold`` and ``codebook_init`` (plain codebooks: "uniform"
+    or "data", see ``vq.VectorQuantizer``); SimVQ is ``codebook="linear"``.
     kind="fsq" uses ``levels``; left unset they are the FSQ paper's recommendation for
     ``codebook_size``, and when set ``codebook_size`` must equal their product.
     """
@@ -110,6 +112,7 @@ class QuantizerConfig:
     codebook_update: CodebookUpdate = "gradient"
     ema_decay: float = 0.99
     dead_code_threshold: float = 0.0
+    codebook_init: CodebookInit = "uniform"
     levels: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
@@ -118,6 +121,7 @@ class QuantizerConfig:
         _check_choice("quantizer.codebook", self.codebook, get_args(CodebookKind))
         _check_choice("quantizer.grad_estimator", self.grad_estimator, get_args(GradEstimator))
         _check_choice("quantizer.codebook_update", self.codebook_update, get_args(CodebookUpdate))
+        _check_choice("quantizer.codebook_init", self.codebook_init, get_args(CodebookInit))
         _check_float("quantizer.beta", self.beta, low=0.0, high=math.inf)
         _check_float("quantizer.ema_decay", self.ema_decay, low=0.0, high=1.0, open_low=True)
         _check_float(
@@ -127,6 +131,11 @@ class QuantizerConfig:
             raise ValueError(
                 "quantizer.codebook_update='ema' needs codebook='plain'; a linear (SimVQ) "
                 "codebook learns its map W by gradient"
+            )
+        if self.codebook_init == "data" and self.codebook != "plain":
+            raise ValueError(
+                "quantizer.codebook_init='data' needs codebook='plain'; a linear (SimVQ) "
+                "codebook keeps its random C frozen"
             )
         if self.kind == "vq":
             if self.levels is not None:
@@ -138,6 +147,7 @@ class QuantizerConfig:
             ("codebook", "plain"),
             ("grad_estimator", "ste"),
             ("codebook_update", "gradient"),
+            ("codebook_init", "uniform"),
         ):
             if getattr(self, name) != default:
                 raise ValueError(
@@ -264,6 +274,7 @@ def build_quantizer(cfg: QuantizerConfig, dim: int) -> Quantizer:
         codebook_update=cfg.codebook_update,
         ema_decay=cfg.ema_decay,
         dead_code_threshold=cfg.dead_code_threshold,
+        codebook_init=cfg.codebook_init,
     )
 
 

@@ -24,6 +24,7 @@ from vq.types import Quantizer, QuantizerOutput
 CodebookKind = Literal["plain", "linear"]
 GradEstimator = Literal["ste", "rotation"]
 CodebookUpdate = Literal["gradient", "ema"]
+CodebookInit = Literal["uniform", "data"]
 
 
 def _check_choice(name: str, value: object, allowed: tuple[object, ...]) -> None:
@@ -84,10 +85,17 @@ class VectorQuantizer(Quantizer):
 
     codebook:
       - ``"plain"``: a learned (K, D) table (van den Oord et al. 2017, "Neural Discrete
-        Representation Learning", §3). Initialized uniform(-1/K, 1/K) as in the original
-        VQ-VAE: all codes start near the origin, so the first assignments go by direction
-        (argmax e·c) and spread over the whole codebook instead of favouring whichever random
-        codes happen to have the smallest norm, as a wide N(0, 1) init would.
+        Representation Learning", §3). ``codebook_init="uniform"`` (default) draws it
+        uniform(-1/K, 1/K) as the original VQ-VAE and taming-transformers' VQGAN do: all codes
+        start near the origin and the first assignments go by direction (argmax e·c).
+        ``codebook_init="data"`` instead sets the codes, at the first forward pass in
+        training mode, to encoder vectors of that batch (sampled without replacement when the
+        batch has at least K vectors, otherwise with replacement plus a little noise so the
+        copies differ), as SoundStream/Jukebox-style data initialization does without the
+        k-means: the codes start where the encoder outputs are, instead of 1/K from the
+        origin where only the few codes that win early ever get a gradient (the collapse
+        measured in docs/benchmarks/quality.md). A persistent ``data_initialized`` flag keeps
+        a loaded or resumed model from being re-initialized.
       - ``"linear"``: SimVQ (Zhu et al. 2024, arXiv 2411.02038, §3): a frozen C ~ N(0, 1/D)
         registered as a buffer (so it is saved in the state dict) and a learned
         W = ``nn.Linear(D, D, bias=False)``; code k is ``W(C[k])``. Every update of W moves all
@@ -118,6 +126,7 @@ class VectorQuantizer(Quantizer):
     codebook: torch.Tensor  # plain: (K, D) Parameter, or buffer when updated by EMA
     ema_count: torch.Tensor  # plain with EMA or dead-code restart: (K,) EMA of hit counts
     ema_sum: torch.Tensor  # plain with EMA: (K, D) EMA of assigned vector sums
+    data_initialized: torch.Tensor  # plain with codebook_init="data": () bool
     frozen_codebook: torch.Tensor  # linear: (K, D) buffer C ~ N(0, 1/D)
     proj: nn.Linear  # linear: W
 
@@ -133,6 +142,7 @@ class VectorQuantizer(Quantizer):
         ema_decay: float = 0.99,
         ema_eps: float = 1e-5,
         dead_code_threshold: float = 0.0,
+        codebook_init: CodebookInit = "uniform",
         search_max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         super().__init__()
@@ -147,6 +157,7 @@ class VectorQuantizer(Quantizer):
         _check_choice("codebook", codebook, get_args(CodebookKind))
         _check_choice("grad_estimator", grad_estimator, get_args(GradEstimator))
         _check_choice("codebook_update", codebook_update, get_args(CodebookUpdate))
+        _check_choice("codebook_init", codebook_init, get_args(CodebookInit))
         if not beta >= 0:
             raise ValueError(f"beta must be >= 0, got {beta!r}")
         if not 0.0 <= ema_decay < 1.0:
@@ -161,6 +172,11 @@ class VectorQuantizer(Quantizer):
             raise ValueError(
                 "codebook_update='ema' needs codebook='plain' (SimVQ's codes come from the learned "
                 "W, which has no per-code average); use codebook_update='gradient'"
+            )
+        if codebook == "linear" and codebook_init == "data":
+            raise ValueError(
+                "codebook_init='data' needs codebook='plain' (SimVQ's codebook C is frozen "
+                "random on purpose; W is what learns); use codebook_init='uniform'"
             )
         if codebook == "linear" and dead_code_threshold > 0:
             raise ValueError(
@@ -177,6 +193,7 @@ class VectorQuantizer(Quantizer):
         self.ema_decay = float(ema_decay)
         self.ema_eps = float(ema_eps)
         self.dead_code_threshold = float(dead_code_threshold)
+        self.codebook_init: CodebookInit = codebook_init
         self.search_max_bytes = int(search_max_bytes)
 
         if codebook == "plain":
@@ -190,6 +207,8 @@ class VectorQuantizer(Quantizer):
                 self.codebook = nn.Parameter(init)
             if self._tracks_counts:
                 self.register_buffer("ema_count", torch.ones(codebook_size))
+            if codebook_init == "data":
+                self.register_buffer("data_initialized", torch.zeros((), dtype=torch.bool))
         else:
             self.register_buffer(
                 "frozen_codebook", torch.randn(codebook_size, dim) / math.sqrt(dim)
@@ -212,7 +231,8 @@ class VectorQuantizer(Quantizer):
         return (
             f"dim={self.dim}, codebook_size={self.codebook_size}, codebook={self.codebook_kind!r}, "
             f"grad_estimator={self.grad_estimator!r}, beta={self.beta}, "
-            f"codebook_update={self.codebook_update!r}, dead_code_threshold={self.dead_code_threshold}"
+            f"codebook_update={self.codebook_update!r}, dead_code_threshold={self.dead_code_threshold}, "
+            f"codebook_init={self.codebook_init!r}"
         )
 
     def _lookup(self, indices: torch.Tensor) -> torch.Tensor:
@@ -233,6 +253,8 @@ class VectorQuantizer(Quantizer):
         rows, unflatten = _flatten(z, self.dim)
         with torch.autocast(device_type=z.device.type, enabled=False):
             e = rows.float()  # (N, D)
+            if self.training and self.codebook_init == "data" and not bool(self.data_initialized):
+                self._init_from_data(e.detach())
             indices = nearest_code(e, self.get_codebook(), max_bytes=self.search_max_bytes)  # (N,)
             q = self._lookup(indices)  # (N, D)
             if self.codebook_update == "ema":
@@ -251,6 +273,27 @@ class VectorQuantizer(Quantizer):
         _check_indices(indices, self.codebook_size)
         with torch.no_grad():
             return _codes_to_channel_first(self._lookup(indices.long()))
+
+    @torch.no_grad()
+    def _init_from_data(self, e: torch.Tensor) -> None:
+        """Set every code to an encoder vector of this batch e (N, D) (codebook_init="data")."""
+        k = self.codebook_size
+        if not _distributed() or dist.get_rank() == 0:
+            n = e.shape[0]
+            if n >= k:
+                fresh = e[torch.randperm(n, device=e.device)[:k]]
+            else:  # copies of the same vector would tie forever: jitter them apart
+                fresh = e[torch.randint(n, (k,), device=e.device)]
+                fresh = fresh + 0.01 * e.std() * torch.randn_like(fresh)
+            fresh = fresh.to(self.codebook.dtype)
+        else:
+            fresh = torch.empty(k, self.dim, dtype=self.codebook.dtype, device=e.device)
+        if _distributed():
+            dist.broadcast(fresh, src=0)
+        self.codebook.data.copy_(fresh)
+        if self.codebook_update == "ema":
+            self.ema_sum.copy_(fresh * self.ema_count.unsqueeze(1))
+        self.data_initialized.fill_(True)
 
     @torch.no_grad()
     def _update_statistics(self, e: torch.Tensor, indices: torch.Tensor) -> None:

@@ -29,6 +29,7 @@ QUANTIZERS = {
     "ste": QuantizerConfig(kind="vq", codebook_size=16),
     "rotation": QuantizerConfig(kind="vq", codebook_size=16, grad_estimator="rotation"),
     "simvq": QuantizerConfig(kind="vq", codebook_size=16, codebook="linear"),
+    "ste-data-init": QuantizerConfig(kind="vq", codebook_size=16, codebook_init="data"),
     "fsq": QuantizerConfig(kind="fsq", codebook_size=15, levels=(5, 3)),
 }
 

@@ -23,6 +23,7 @@ QUANTIZERS = {
     "ste": QuantizerConfig(kind="vq", codebook_size=16),
     "rotation": QuantizerConfig(kind="vq", codebook_size=16, grad_estimator="rotation"),
     "simvq": QuantizerConfig(kind="vq", codebook_size=16, codebook="linear"),
+    "ste-data-init": QuantizerConfig(kind="vq", codebook_size=16, codebook_init="data"),
     "fsq": QuantizerConfig(kind="fsq", codebook_size=15, levels=(5, 3)),
 }
 
@@ -99,6 +100,12 @@ def test_model_config_validation(kwargs: dict[str, object], message: str) -> Non
         ({"ema_decay": 1.5}, r"ema_decay=1.5"),
         ({"dead_code_threshold": -1.0}, r"dead_code_threshold=-1.0"),
         ({"codebook": "linear", "codebook_update": "ema"}, r"ema.*plain"),
+        ({"codebook_init": "kmeans"}, r"codebook_init='kmeans'.*\['uniform', 'data'\]"),
+        ({"codebook": "linear", "codebook_init": "data"}, r"codebook_init='data' needs.*plain"),
+        (
+            {"kind": "fsq", "codebook_size": 256, "codebook_init": "data"},
+            r"codebook_init='data' has no meaning for kind='fsq'",
+        ),
         ({"levels": (8, 5)}, r"levels is for kind='fsq'"),
         ({"kind": "fsq", "codebook_size": 1000}, r"codebook_size=1000.*\[256, 1024"),
         ({"kind": "fsq", "codebook_size": 1024, "levels": (8, 6, 5)}, r"set codebook_size=240"),

@@ -25,6 +25,7 @@ VQ_OPTIONS: list[dict[str, Any]] = [
         codebook="plain", codebook_update="ema", grad_estimator="rotation", dead_code_threshold=0.5
     ),
     dict(codebook="plain", dead_code_threshold=0.5),
+    dict(codebook="plain", codebook_init="data"),
 ]
 
 
@@ -158,6 +159,8 @@ def test_decode_rejects_bad_ids(kind: str, bad: torch.Tensor, match: str) -> Non
         (dict(dead_code_threshold=-1.0), "dead_code_threshold"),
         (dict(codebook="linear", codebook_update="ema"), "codebook='plain'"),
         (dict(codebook="linear", dead_code_threshold=1.0), "codebook='plain'"),
+        (dict(codebook_init="kmeans"), r"codebook_init='kmeans'.*\['uniform', 'data'\]"),
+        (dict(codebook="linear", codebook_init="data"), "codebook='plain'"),
         (dict(search_max_bytes=0), "search_max_bytes"),
     ],
 )
@@ -277,6 +280,80 @@ def test_simvq_keeps_usage_high_where_a_badly_initialized_plain_codebook_collaps
     assert simvq_usage >= 0.9
 
 
+# --- data initialization of a plain codebook -----------------------------------------------
+
+
+@pytest.mark.parametrize("update", ["gradient", "ema"])
+def test_data_init_sets_codes_to_batch_vectors_once(update: str) -> None:
+    torch.manual_seed(1)
+    quantizer = VectorQuantizer(D, K, codebook_init="data", codebook_update=update)
+    assert not bool(quantizer.data_initialized)
+    quantizer.eval()
+    uniform = quantizer.codebook.detach().clone()
+    quantizer(torch.randn(2, D, 40))  # eval mode: no initialization
+    assert torch.equal(quantizer.codebook.detach(), uniform)
+    assert uniform.abs().max() <= 1.0 / K  # the uniform(-1/K, 1/K) table before
+    quantizer.train()
+    z = torch.randn(2, D, 40) * 3 + 5  # 80 vectors >= K: sampled without replacement
+    out = quantizer(z)
+    rows = z.movedim(1, -1).reshape(-1, D)
+    assert bool(quantizer.data_initialized)
+    # The forward quantized against the new codes: every output is one of the batch vectors,
+    # and the vectors that became codes are their own nearest code.
+    q_rows = out.quantized.movedim(1, -1).reshape(-1, D)
+    is_row = (q_rows[:, None, :] == rows[None, :, :]).all(dim=-1)  # (N, N)
+    assert is_row.any(dim=1).all()
+    assert out.indices.unique().numel() == K, "each of the K codes is a different batch vector"
+    codes = quantizer.codebook.detach().clone()
+    if update == "gradient":  # (EMA moved the table towards the batch means afterwards)
+        match = (codes[:, None, :] == rows[None, :, :]).all(dim=-1)  # (K, N)
+        assert match.any(dim=1).all() and (match.sum(dim=0) <= 1).all()
+        # Later batches do not re-initialize: without an optimizer step the table stays put.
+        quantizer(torch.randn(2, D, 40) - 5)
+        assert torch.equal(quantizer.codebook.detach(), codes)
+
+
+def test_data_init_with_fewer_vectors_than_codes_gives_distinct_codes_near_the_data() -> None:
+    torch.manual_seed(2)
+    quantizer = VectorQuantizer(D, K, codebook_init="data")
+    z = torch.randn(1, D, 5) + 10  # 5 vectors for 32 codes: drawn with replacement + jitter
+    quantizer(z)
+    rows = z.movedim(1, -1).reshape(-1, D)
+    codes = quantizer.codebook.detach()
+    assert torch.unique(codes, dim=0).shape[0] == K
+    nearest = torch.cdist(codes, rows).min(dim=1).values
+    assert float(nearest.max()) < 0.2 * float(rows.std()) * math.sqrt(D)
+
+
+def test_data_init_flag_survives_state_dict_so_a_loaded_model_is_not_reinitialized() -> None:
+    torch.manual_seed(3)
+    trained = VectorQuantizer(D, K, codebook_init="data")
+    trained(torch.randn(2, D, 40))
+    state = trained.state_dict()
+    assert "data_initialized" in state
+    loaded = VectorQuantizer(D, K, codebook_init="data")
+    loaded.load_state_dict(state)
+    loaded(torch.randn(2, D, 40) + 7)  # training mode, but already initialized
+    assert torch.equal(loaded.codebook.detach(), trained.codebook.detach())
+    assert "data_initialized" not in VectorQuantizer(D, K).state_dict()  # default: unchanged
+
+
+def test_data_init_uses_the_codebook_where_a_uniform_init_collapses() -> None:
+    """The failure measured in docs/benchmarks/quality.md, in miniature: encoder outputs far
+    from the origin relative to the 1/K-sized uniform codes. Assignments then go by direction
+    and a handful of codes take everything; codes started at data points are all in play."""
+    torch.manual_seed(4)
+    data = torch.randn(512, D) + 10.0
+    usage = {}
+    for init in ("uniform", "data"):
+        quantizer = VectorQuantizer(D, K, codebook_init=init)
+        quantizer(data[:256].T.unsqueeze(0))  # the first training batch
+        quantizer.eval()
+        usage[init] = quantizer(data[256:].T.unsqueeze(0)).indices.unique().numel() / K
+    assert usage["uniform"] <= 0.25
+    assert usage["data"] >= 0.75
+
+
 # --- EMA and dead-code restart -------------------------------------------------------------
 
 
@@ -345,7 +422,9 @@ def _ddp_worker(rank: int, world: int, init_file: str, result_dir: str) -> None:
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.manual_seed(0)  # same initial codebook on every rank
-    quantizer = VectorQuantizer(D, K, codebook_update="ema", dead_code_threshold=0.9, ema_decay=0.5)
+    quantizer = VectorQuantizer(
+        D, K, codebook_update="ema", dead_code_threshold=0.9, ema_decay=0.5, codebook_init="data"
+    )
     torch.manual_seed(100 + rank)  # different data (and restart sampling) per rank
     for _ in range(3):
         quantizer(torch.randn(2, D, 8) + rank)
