@@ -1,0 +1,25 @@
+"""bench/latent_diag.py runs end to end and reports the latent's spectrum and code hits."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_latent_diag_reports_spectrum_and_codes_hit() -> None:
+    cmd = [sys.executable, str(ROOT / "bench" / "latent_diag.py"), "--steps", "2", "--size", "64"]
+    proc = subprocess.run(
+        [*cmd, "--simvq-bias"], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = proc.stdout
+    shares = [float(x) for x in re.search(r"directions: \[(.*)\]", out).group(1).split(",")]
+    assert len(shares) == 4 and all(0 <= x <= 1 for x in shares) and sum(shares) <= 1 + 1e-6
+    assert shares == sorted(shares, reverse=True)
+    hit = int(re.search(r"codes hit on held-out tokens: (\d+) of 64", out).group(1))
+    assert 1 <= hit <= 64
+    assert "(W with bias)" in out
