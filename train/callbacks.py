@@ -31,7 +31,8 @@ def _figure_usage_histogram(hist: torch.Tensor, title: str) -> Any:
 
     counts = hist.double().cpu().sort(descending=True).values.numpy()
     fig, ax = plt.subplots(figsize=(6, 3), dpi=100)
-    ax.bar(np.arange(len(counts)), counts, width=1.0)
+    # A filled step curve, not one bar per code: with 64k codes bars take seconds to draw.
+    ax.fill_between(np.arange(len(counts)), counts, step="post", linewidth=0)
     ax.set_yscale("symlog")
     ax.set_xlabel("code rank (most used first)")
     ax.set_ylabel("hits")

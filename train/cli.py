@@ -14,8 +14,9 @@ Defaults added on top of Lightning's (each overridable from YAML or the command 
 - callbacks: ``checkpoint`` (ModelCheckpoint: ``last.ckpt`` + the best by ``val/loss``),
   ``lr_monitor``, ``codebook_monitor`` (usage figures), ``export`` (best model -> artifact at
   the end of fit), ``predict_writer`` (codes of ``vq-train predict``);
-- ``trainer.precision``: ``bf16-mixed`` when a CUDA GPU with bf16 is present, else ``32-true``
-  (bf16 autocast on a CPU is slower than float32); set it explicitly to override;
+- ``trainer.precision``: ``bf16-mixed`` where the training device runs bf16 natively (a CUDA
+  GPU with bf16, a CPU with AVX-512 BF16 or AMX), else ``32-true`` (emulated bf16 is slower
+  than float32); set it explicitly to override;
 - ``seed_everything``: 0.
 
 ``--ckpt_path last`` with the default logger resumes the newest ``version_N`` under
@@ -40,14 +41,15 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from train.callbacks import CodebookMonitor, CodeWriter, ExportBest
 from train.data import ImageDataModule
 from train.module import VQVAEModule
+from vq.precision import bf16_native
 
 
 def default_precision() -> str:
-    """bf16 autocast on GPUs that support it (the nearest-code search stays float32 inside
-    vq), full float32 elsewhere."""
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "32-true"
+    """bf16 autocast where the device that trains runs bf16 natively (a CUDA GPU with bf16,
+    a CPU with AVX-512 BF16 or AMX; the nearest-code search stays float32 inside vq), full
+    float32 elsewhere, where emulated bf16 is slower than float32."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return "bf16-mixed" if bf16_native(device) else "32-true"
 
 
 def latest_resumable_version(root: str | Path) -> str | None:

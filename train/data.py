@@ -24,6 +24,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from vq.pixels import uint8_to_float
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 # The bundled set: every natural RGB photograph in skimage.data that ships inside the wheel
@@ -101,7 +103,7 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     """uint8 (H, W, 3) -> float32 (3, H, W) in [-1, 1]."""
     # np.require copies only when needed (slices, read-only arrays from PIL).
     x = torch.from_numpy(np.require(image, np.uint8, ["C", "W"])).permute(2, 0, 1)  # (3, H, W)
-    return x.float() / 127.5 - 1.0
+    return uint8_to_float(x)
 
 
 def ensure_min_side(image: np.ndarray, size: int) -> np.ndarray:
@@ -365,12 +367,32 @@ class PredictImages(IterableDataset[dict[str, Any]]):
 # --- the DataModule ------------------------------------------------------------------------
 
 
+def _load_root(option: str, root: str) -> LoadedImages:
+    """Every readable image under ``root``, decoded once; ValueError naming ``option`` if
+    there is none."""
+    paths = find_images(root)
+    if not paths:
+        raise ValueError(
+            f"{option}={root!r} holds no image files "
+            f"({', '.join(IMAGE_EXTENSIONS)}, searched recursively)"
+        )
+    loaded = load_folder(paths)
+    if not loaded.images:
+        raise ValueError(
+            f"{option}={root!r}: none of its {len(paths)} image file(s) could be read "
+            f"(first error: {loaded.skipped[0][1]})"
+        )
+    return loaded
+
+
 class ImageDataModule(L.LightningDataModule):
     """Random crops for training, fixed crops for validation/test, folders for prediction.
 
     Args:
-        root: folder of images (recursive; png/jpg/jpeg/webp/bmp), or None for the bundled
-            scikit-image photographs (train: ``BUNDLED_TRAIN``, val/test: ``BUNDLED_VAL``).
+        root: folder of training images (recursive; png/jpg/jpeg/webp/bmp), or None for the
+            bundled scikit-image photographs (train: ``BUNDLED_TRAIN``, val/test: ``BUNDLED_VAL``).
+        val_root: folder of validation/test images. None: ``val_fraction`` of ``root``'s
+            images are held out instead (split by image). Needs ``root``.
         crop_size: side of the square random training crops (a multiple of the model's f).
         val_crop_size: side of the fixed validation/test crops; None = ``crop_size``.
         batch_size: crops per training/validation batch.
@@ -389,6 +411,7 @@ class ImageDataModule(L.LightningDataModule):
     def __init__(
         self,
         root: str | None = None,
+        val_root: str | None = None,
         crop_size: int = 128,
         val_crop_size: int | None = None,
         batch_size: int = 16,
@@ -419,8 +442,14 @@ class ImageDataModule(L.LightningDataModule):
             )
         if num_workers < 0:
             raise ValueError(f"data.num_workers={num_workers!r} is not allowed; expected >= 0")
+        if val_root is not None and root is None:
+            raise ValueError(
+                "data.val_root needs data.root (the training folder); without data.root the "
+                "bundled photographs are used for both"
+            )
         self.save_hyperparameters()
         self.root = root
+        self.val_root = val_root
         self.crop_size = crop_size
         self.val_crop_size = crop_size if val_crop_size is None else val_crop_size
         self.batch_size = batch_size
@@ -448,19 +477,14 @@ class ImageDataModule(L.LightningDataModule):
             self._train_images = [load_bundled_image(n) for n in BUNDLED_TRAIN]
             self._val_images = [load_bundled_image(n) for n in BUNDLED_VAL]
             return
-        paths = find_images(self.root)
-        if not paths:
-            raise ValueError(
-                f"data.root={self.root!r} holds no image files "
-                f"({', '.join(IMAGE_EXTENSIONS)}, searched recursively)"
-            )
-        loaded = load_folder(paths)
-        self.skipped = loaded.skipped
-        if not loaded.images:
-            raise ValueError(
-                f"data.root={self.root!r}: none of its {len(paths)} image file(s) could be read "
-                f"(first error: {loaded.skipped[0][1]})"
-            )
+        loaded = _load_root("data.root", self.root)
+        self.skipped = list(loaded.skipped)
+        if self.val_root is not None:
+            val = _load_root("data.val_root", self.val_root)
+            self.skipped += val.skipped
+            self.train_names, self._train_images = loaded.names, loaded.images
+            self.val_names, self._val_images = val.names, val.images
+            return
         train_idx, val_idx = split_by_image(loaded.names, self.val_fraction, self.seed)
         if len(loaded.images) == 1:
             warnings.warn(

@@ -18,11 +18,7 @@ import torch.nn.functional as F
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from vq.model import VQVAE, VQVAEConfig
-
-
-def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> [0, 1] float32, clamped (the range metrics and image loggers expect)."""
-    return ((images.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+from vq.pixels import float_to_unit
 
 
 def center_crop_to_multiple(images: torch.Tensor, f: int) -> torch.Tensor:
@@ -122,8 +118,13 @@ class VQVAEModule(L.LightningModule):
         """images float (B, 3, H, W) in [-1, 1] -> int64 codes (B, H/f, W/f)."""
         return self.model.encode(images)
 
+    def setup(self, stage: str) -> None:
+        # channels_last is the fast convolution layout of oneDNN (CPU) and cuDNN, in float32
+        # as in bf16; state dicts stay layout-agnostic (save_tokenizer makes them contiguous).
+        self.model.to(memory_format=torch.channels_last)
+
     def _losses(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], Any]:
-        out = self.model(images)
+        out = self.model(images.contiguous(memory_format=torch.channels_last))
         recon = out.recon.float()
         target = images.float()
         mse = F.mse_loss(recon, target)
@@ -150,7 +151,7 @@ class VQVAEModule(L.LightningModule):
 
     def _eval_step(self, batch: torch.Tensor, stage: str) -> dict[str, torch.Tensor]:
         losses, out = self._losses(batch)
-        pred, target = to_unit(out.recon), to_unit(batch)
+        pred, target = float_to_unit(out.recon), float_to_unit(batch)
         psnr, ssim = (
             (self.val_psnr, self.val_ssim) if stage == "val" else (self.test_psnr, self.test_ssim)
         )

@@ -16,6 +16,9 @@ config.json (format_version 1):
     created         UTC timestamp, ISO 8601
     metrics         optional, e.g. {"psnr": ..., "ssim": ..., "epoch_usage": ...}
     extra           optional, anything JSON the caller wants to keep
+    recommended_precision  optional, "fp32" to keep the Tokenizer off bf16 by default
+
+The ``Tokenizer`` that ``load_tokenizer`` returns lives in ``vq.tokenizer``.
 """
 
 from __future__ import annotations
@@ -35,14 +38,14 @@ import safetensors.torch
 import torch
 
 from vq.model import VQVAE, VQVAEConfig
+from vq.pixels import IMAGE_RANGE
+from vq.precision import check_precision
+from vq.tokenizer import Tokenizer
 
 FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (1,)
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-IMAGE_RANGE = (-1.0, 1.0)
-
-_INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 class ArtifactError(ValueError):
@@ -233,75 +236,18 @@ def _check_state(state: Mapping[str, torch.Tensor], model: VQVAE, path: Path) ->
         raise ArtifactError(f"{path} does not match its {CONFIG_NAME}: " + "; ".join(problems))
 
 
-def uint8_to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float32 [-1, 1]."""
-    return images.float() / 127.5 - 1.0
-
-
-def float_to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """float [-1, 1] -> uint8 [0, 255], clamped and rounded to the nearest level."""
-    return ((images.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-
-
-class Tokenizer:
-    """A loaded artifact: uint8 images <-> int64 code grids, in eval mode without autograd.
-
-    Outputs come back on the device of the input; the network runs on ``device``.
-    """
-
-    def __init__(
-        self, model: VQVAE, metadata: dict[str, Any], device: str | torch.device = "cpu"
-    ) -> None:
-        self.model = model.eval()
-        self.metadata = metadata
-        self.config: VQVAEConfig = model.config
-        self.f: int = model.f
-        self.codebook_size: int = model.codebook_size
-        self.code_dim: int = model.code_dim
-        self.device = torch.device(device)
-        self.model.to(self.device)
-
-    def to(self, device: str | torch.device) -> Tokenizer:
-        self.device = torch.device(device)
-        self.model.to(self.device)
-        return self
-
-    def __repr__(self) -> str:
-        q = self.config.quantizer
-        return (
-            f"Tokenizer(kind={q.kind!r}, codebook_size={self.codebook_size}, f={self.f}, "
-            f"code_dim={self.code_dim}, device={str(self.device)!r})"
-        )
-
-    @torch.inference_mode()
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images (B, C, H, W), H and W multiples of f -> int64 codes (B, H/f, W/f)."""
-        if not isinstance(images, torch.Tensor):
-            raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
-        if images.dtype != torch.uint8:
-            raise ValueError(f"images must be uint8 in [0, 255], got dtype {images.dtype}")
-        self.model.check_images(images)
-        codes = self.model.encode(uint8_to_float(images.to(self.device)))
-        return codes.to(images.device)
-
-    @torch.inference_mode()
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """Integer codes (B, h, w) in [0, codebook_size) -> uint8 images (B, C, h*f, w*f)."""
-        if not isinstance(codes, torch.Tensor):
-            raise ValueError(f"codes must be a torch.Tensor, got {type(codes).__name__}")
-        if codes.dtype not in _INTEGER_DTYPES:
-            raise ValueError(
-                f"codes must be an integer tensor (int64) with ids in [0, {self.codebook_size}), "
-                f"got dtype {codes.dtype}"
-            )
-        self.model.check_codes(codes)
-        images = self.model.decode(codes.to(self.device, torch.long))
-        return float_to_uint8(images).to(codes.device)
-
-
-def load_tokenizer(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Tokenizer:
+def load_tokenizer(
+    path: str | os.PathLike[str],
+    device: str | torch.device = "cpu",
+    precision: str | None = None,
+) -> Tokenizer:
     """Load an artifact directory written by ``save_tokenizer``; ArtifactError if it is
-    missing, unreadable, of an unknown format version, or its weights do not fit its config."""
+    missing, unreadable, of an unknown format version, or its weights do not fit its config.
+
+    ``precision``: "fp32" or "bf16" (``vq.precision``); None picks bf16 where ``device`` runs
+    it natively unless config.json recommends fp32. ``Tokenizer.precision`` says which."""
+    if precision is not None:
+        check_precision(precision)
     root = Path(path)
     if not root.exists():
         raise ArtifactError(f"artifact directory {root} does not exist")
@@ -315,4 +261,4 @@ def load_tokenizer(path: str | os.PathLike[str], device: str | torch.device = "c
     model = VQVAE(cfg)
     _check_state(state, model, root / WEIGHTS_NAME)
     model.load_state_dict(state, strict=True)
-    return Tokenizer(model, data, device)
+    return Tokenizer(model, data, device, precision)

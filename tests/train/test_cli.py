@@ -61,7 +61,7 @@ def test_fit_writes_checkpoints_artifact_and_usage_logs(config: str, tmp_path: P
     assert len(best) == 1
 
     # The artifact is the best checkpoint, with its validation metrics.
-    tokenizer = vq.load_tokenizer(run / "artifact")
+    tokenizer = vq.load_tokenizer(run / "artifact", precision="fp32")
     meta = json.loads((run / "artifact" / "config.json").read_text())
     for key in ("psnr", "ssim", "epoch_usage"):
         assert isinstance(meta["metrics"][key], float)

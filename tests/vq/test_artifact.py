@@ -17,13 +17,12 @@ from vq.artifact import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     ArtifactError,
-    Tokenizer,
-    float_to_uint8,
     load_tokenizer,
     save_tokenizer,
-    uint8_to_float,
 )
 from vq.model import VQVAE, QuantizerConfig, VQVAEConfig
+from vq.pixels import float_to_uint8, uint8_to_float
+from vq.tokenizer import Tokenizer
 
 QUANTIZERS = {
     "ste": QuantizerConfig(kind="vq", codebook_size=16),
@@ -67,11 +66,12 @@ def test_round_trip_gives_identical_codes(tmp_path: Path, quantizer: str) -> Non
 
     # A fresh model draws fresh random weights (and a fresh SimVQ C): equal codes prove
     # every tensor that matters was saved and restored.
-    tok = load_tokenizer(tmp_path / "tok")
+    tok = load_tokenizer(tmp_path / "tok", precision="fp32")
     assert isinstance(tok, Tokenizer)
     assert not tok.model.training
     assert torch.equal(tok.encode(images), expected)
-    torch.testing.assert_close(tok.model.decode(expected), model.decode(expected), rtol=0, atol=0)
+    # The Tokenizer runs channels_last: other convolution kernels, float32 rounding only.
+    torch.testing.assert_close(tok.model.decode(expected), model.decode(expected))
     assert tok.config == model.config
     assert (tok.f, tok.codebook_size, tok.code_dim) == (4, model.codebook_size, model.code_dim)
     assert tok.device == torch.device("cpu")
@@ -281,11 +281,11 @@ def test_tokenizer_accepts_smaller_integer_dtypes(artifact: Path) -> None:
     [
         (torch.zeros(1, 3, 8, 8), r"uint8.*float32"),
         (torch.zeros(1, 3, 8, 8, dtype=torch.int64), r"uint8.*int64"),
-        (torch.zeros(3, 8, 8, dtype=torch.uint8), r"\(B, 3, H, W\)"),
+        (torch.zeros(8, 8, dtype=torch.uint8), r"\(C, H, W\)"),
         (torch.zeros(1, 4, 8, 8, dtype=torch.uint8), r"\(B, 3, H, W\)"),
         (torch.zeros(1, 3, 8, 10, dtype=torch.uint8), r"multiples of f=4.*8x10"),
         (torch.zeros(1, 3, 0, 8, dtype=torch.uint8), r"multiples of f=4"),
-        ([[0]], "torch.Tensor"),
+        ([[0]], "uint8 torch tensor"),
     ],
 )
 def test_tokenizer_encode_validation(artifact: Path, images: object, message: str) -> None:

@@ -1,0 +1,99 @@
+"""The Tokenizer's inputs (tensors, numpy arrays, PIL images) and its precision choice."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vq import precision as P
+from vq.model import VQVAE, QuantizerConfig, VQVAEConfig
+from vq.tokenizer import Tokenizer, as_image_batch, resolve_precision
+
+
+def tiny_tokenizer(quantizer: QuantizerConfig, precision: str | None = "fp32") -> Tokenizer:
+    torch.manual_seed(0)
+    cfg = VQVAEConfig(f=4, widths=(8, 16, 16), num_res_blocks=1, quantizer=quantizer)
+    return Tokenizer(VQVAE(cfg), {}, precision=precision)
+
+
+FSQ = QuantizerConfig(kind="fsq", codebook_size=15, levels=(5, 3))
+VQ = QuantizerConfig(kind="vq", codebook_size=16)
+
+
+def photo_like(h: int = 16, w: int = 24, seed: int = 0) -> np.ndarray:
+    """Smooth uint8 (H, W, 3): gradients plus mild noise, like a photo's statistics."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) * 127 / (h + w)], axis=-1)
+    return np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
+
+
+def test_numpy_pil_and_tensor_inputs_give_the_same_codes() -> None:
+    tok = tiny_tokenizer(FSQ)
+    array = photo_like()  # (H, W, 3)
+    tensor = torch.from_numpy(array).permute(2, 0, 1)[None]  # (1, 3, H, W)
+    expected = tok.encode(tensor)
+    assert expected.shape == (1, 4, 6)
+    assert torch.equal(tok.encode(array), expected)
+    assert torch.equal(tok.encode(array[None]), expected)  # (B, H, W, 3)
+    assert torch.equal(tok.encode(Image.fromarray(array)), expected)
+    assert torch.equal(tok.encode(tensor[0]), expected)  # (3, H, W)
+    pair = tok.encode([array, Image.fromarray(photo_like(seed=1))])
+    assert pair.shape == (2, 4, 6) and torch.equal(pair[:1], expected)
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        (Image.new("L", (8, 8)), r"mode 'L'.*convert\('RGB'\)"),
+        (Image.new("RGBA", (8, 8)), r"mode 'RGBA'"),
+        (np.zeros((8, 8, 3), dtype=np.float32), r"uint8.*float32.*astype\(np.uint8\)"),
+        (np.zeros((8, 8), dtype=np.uint8), r"\(H, W, C\)"),
+        ([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 12, 3), np.uint8)], "share a size"),
+        ([], "empty list"),
+        ("image.png", "has type str"),
+        (torch.zeros(2, 3, 8, 8), r"uint8.*float32.*round\(\)"),
+    ],
+)
+def test_bad_inputs_say_how_to_convert(images: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        as_image_batch(images)
+
+
+def test_precision_is_validated_naming_the_allowed_values() -> None:
+    with pytest.raises(ValueError, match=r"precision='fp16' is not allowed.*\['fp32', 'bf16'\]"):
+        tiny_tokenizer(FSQ, precision="fp16")
+    assert P.check_precision("bf16") == "bf16"
+
+
+def test_default_precision_follows_the_hardware_and_the_artifact() -> None:
+    cpu = torch.device("cpu")
+    native = P.bf16_native(cpu)
+    assert resolve_precision(None, cpu, {}) == ("bf16" if native else "fp32")
+    assert resolve_precision(None, cpu, {"recommended_precision": "fp32"}) == "fp32"
+    assert resolve_precision("bf16", cpu, {"recommended_precision": "fp32"}) == "bf16"
+    tok = tiny_tokenizer(FSQ, precision=None)
+    assert tok.precision == resolve_precision(None, cpu, {})
+    assert f"precision={tok.precision!r}" in repr(tok)
+
+
+@pytest.mark.parametrize("quantizer", [FSQ, VQ], ids=["fsq", "vq"])
+def test_bf16_path_agrees_with_float32(quantizer: QuantizerConfig) -> None:
+    fp32 = tiny_tokenizer(quantizer, "fp32")
+    bf16 = tiny_tokenizer(quantizer, "bf16")
+    assert bf16.precision == "bf16"
+    images = torch.stack(
+        [torch.from_numpy(photo_like(32, 32, s)).permute(2, 0, 1) for s in range(4)]
+    )
+    codes32, codes16 = fp32.encode(images), bf16.encode(images)
+    assert codes16.dtype == torch.int64 and codes16.shape == codes32.shape
+    # bf16 moves the encoder output a little; the codes follow it, so most stay equal.
+    assert (codes16 == codes32).float().mean() >= 0.8
+    recon32 = fp32.decode(codes32).float()
+    recon16 = bf16.decode(codes32).float()
+    mse = (recon32 - recon16).pow(2).mean().item()
+    assert 10 * math.log10(255**2 / max(mse, 1e-12)) > 30.0

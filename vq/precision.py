@@ -1,0 +1,61 @@
+"""Inference and training precision: the one place that decides whether bf16 runs natively.
+
+"fp32" runs the encoder and decoder in float32; "bf16" runs their convolutions under bf16
+autocast. Both run in channels_last memory format, oneDNN's and cuDNN's fast layout (2x
+faster than NCHW for float32 on a CPU). Either way every quantization decision (the
+nearest-code search, FSQ's bounding and rounding) runs in float32 inside ``vq``: the codes
+never depend on a bf16 rounding of a distance, only on the (slightly different) encoder
+output that feeds the search.
+
+bf16 is fast only where the hardware has bf16 arithmetic: CUDA GPUs of compute capability
+8.0+ and CPUs with AVX-512 BF16 or AMX. Elsewhere PyTorch emulates it and it is slower than
+float32, so the default is chosen from the hardware, never assumed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Literal, get_args
+
+import torch
+
+Precision = Literal["fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+
+
+def check_precision(value: object) -> Precision:
+    """``value`` if it names a precision, else ValueError naming the allowed values."""
+    if value not in PRECISIONS or not isinstance(value, str):
+        raise ValueError(f"precision={value!r} is not allowed; choose one of {list(PRECISIONS)}")
+    return value  # type: ignore[return-value]
+
+
+def bf16_native(device: torch.device | str) -> bool:
+    """Whether ``device`` computes bf16 matmuls/convolutions in hardware (not emulated)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(
+            torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+        )
+    if device.type == "cpu":
+        cpu = torch.cpu
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+    return False
+
+
+def default_precision(device: torch.device | str) -> Precision:
+    """ "bf16" where ``device`` runs it natively, else "fp32"."""
+    return "bf16" if bf16_native(device) else "fp32"
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device | str, precision: Precision) -> Iterator[None]:
+    """bf16 autocast on ``device`` for precision "bf16"; nothing for "fp32"."""
+    device = torch.device(device)
+    if precision == "fp32":
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+        yield
