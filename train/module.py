@@ -19,7 +19,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 
 from vq.model import VQVAE, VQVAEConfig
 from vq.pixels import float_to_unit
-from vqio import center_crop
+from vqio import center_crop, format_size
 
 
 def center_crop_to_multiple(images: torch.Tensor, f: int) -> torch.Tensor:
@@ -179,7 +179,7 @@ class VQVAEModule(L.LightningModule):
         """A batch from ``ImageDataModule.predict_dataloader`` -> codes for its images.
 
         Images whose sides are not multiples of f are centre-cropped to the largest
-        multiples (a 500x375 image at f=8 is tokenized as its central 496x368).
+        multiples (a 375x500 (HxW) image at f=8 is tokenized as its central 368x496).
         """
         images: torch.Tensor = batch["images"]
         paths: list[str] = list(batch["paths"])
@@ -190,7 +190,8 @@ class VQVAEModule(L.LightningModule):
             if cropped.shape[-1] == 0 or cropped.shape[-2] == 0:
                 h, w = images.shape[-2:]
                 errors += [
-                    {"path": p, "error": f"image {h}x{w} is smaller than f={self.f}"} for p in paths
+                    {"path": p, "error": f"image {format_size(h, w)} is smaller than f={self.f}"}
+                    for p in paths
                 ]
                 paths = []
             else:

@@ -215,7 +215,7 @@ async function runTryout(file) {
   const result = body.results[0];
   drawCodes(document.getElementById("tryout-codes"), result.codes);
   document.getElementById("tryout-codes-caption").textContent =
-    `codes: ${result.grid[0]}×${result.grid[1]} ids in [0, ${body.codebook_size})`;
+    `codes: ${result.grid[0]}×${result.grid[1]} (h×w) ids in [0, ${body.codebook_size})`;
   message.textContent = "detokenizing…";
   const decoded = await fetch("v1/detokenize", {
     method: "POST",
@@ -228,7 +228,7 @@ async function runTryout(file) {
   }
   document.getElementById("tryout-output").src = URL.createObjectURL(await decoded.blob());
   message.textContent =
-    `${result.image_size[1]}×${result.image_size[0]} px -> ${result.grid[0] * result.grid[1]} tokens -> image`;
+    `${result.image_size[0]}×${result.image_size[1]} px (H×W) -> ${result.grid[0] * result.grid[1]} tokens -> image`;
   section.dataset.status = "done";
   section.dataset.tokens = String(result.grid[0] * result.grid[1]);
   await Promise.all(state.models.map(refreshUsage));
