@@ -72,7 +72,14 @@ def _open(source: bytes | Path, label: str, max_side: int | None = None) -> Imag
         raise ImageDecodeError(
             "too_large", f"{label} refused before decoding: {exc}{side}"
         ) from None
-    except (UnidentifiedImageError, *_PILLOW_ERRORS) as exc:
+    except UnidentifiedImageError:
+        # Its message names a BytesIO object, nothing the sender can act on.
+        raise ImageDecodeError(
+            "unreadable",
+            f"{label} is not a readable image (unknown or unsupported format); "
+            f"allowed formats: {', '.join(ALLOWED_FORMATS)}",
+        ) from None
+    except _PILLOW_ERRORS as exc:
         raise ImageDecodeError(
             "unreadable",
             f"{label} is not a readable image ({type(exc).__name__}: {exc}); "
