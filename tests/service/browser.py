@@ -52,9 +52,13 @@ def _run(url: str, profile: Path, *extra: str, budget_ms: int) -> subprocess.Com
     return proc
 
 
-def dump_dom(url: str, profile: Path, budget_ms: int = 5000) -> str:
-    """The DOM of ``url`` after its scripts ran ``budget_ms`` of virtual time."""
-    return _run(url, profile, "--dump-dom", budget_ms=budget_ms).stdout
+def dump_dom(
+    url: str, profile: Path, budget_ms: int = 5000, size: tuple[int, int] = (1280, 800)
+) -> str:
+    """The DOM of ``url`` after its scripts ran ``budget_ms`` of virtual time, in a
+    window of ``size`` = (width, height) CSS pixels."""
+    window = f"--window-size={size[0]},{size[1]}"
+    return _run(url, profile, window, "--dump-dom", budget_ms=budget_ms).stdout
 
 
 def screenshot(
