@@ -110,7 +110,7 @@ def load_folder(paths: Sequence[Path]) -> LoadedImages:
             images.append(read_image(path))
             names.append(str(path))
         except ImageDecodeError as exc:
-            skipped.append((str(path), f"{type(exc).__name__}: {exc}"))
+            skipped.append((str(path), str(exc)))  # the message names the file
     if skipped:
         shown = "; ".join(f"{p} ({e})" for p, e in skipped[:5])
         more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
@@ -314,7 +314,7 @@ class PredictImages(IterableDataset[dict[str, Any]]):
                     images.append(to_tensor(read_image(path)))
                     names.append(name)
                 except ImageDecodeError as exc:
-                    errors.append({"path": name, "error": f"{type(exc).__name__}: {exc}"})
+                    errors.append({"path": name, "error": str(exc)})
             # Header sizes agree within a group, decoded sizes may not (a lying header):
             # keep the majority size and report the rest.
             if images:
