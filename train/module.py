@@ -19,14 +19,14 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 
 from vq.model import VQVAE, VQVAEConfig
 from vq.pixels import float_to_unit
+from vqio import center_crop, format_size
 
 
 def center_crop_to_multiple(images: torch.Tensor, f: int) -> torch.Tensor:
-    """Crop (B, C, H, W) centrally to the largest H', W' that are multiples of f."""
-    h, w = images.shape[-2:]
-    h2, w2 = h - h % f, w - w % f
-    top, left = (h - h2) // 2, (w - w2) // 2
-    return images[..., top : top + h2, left : left + w2]
+    """Crop (B, C, H, W) centrally to the largest H', W' that are multiples of f (the
+    service's ``fit=crop`` crops the same pixels: both use ``vqio.center_crop``)."""
+    rows, cols = center_crop(images.shape[-2], images.shape[-1], f)
+    return images[..., rows, cols]
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
@@ -121,7 +121,7 @@ class VQVAEModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         # channels_last is the fast convolution layout of oneDNN (CPU) and cuDNN, in float32
         # as in bf16; state dicts stay layout-agnostic (save_tokenizer makes them contiguous).
-        self.model.to(memory_format=torch.channels_last)
+        self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs lack it
 
     def _losses(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], Any]:
         out = self.model(images.contiguous(memory_format=torch.channels_last))
@@ -179,7 +179,7 @@ class VQVAEModule(L.LightningModule):
         """A batch from ``ImageDataModule.predict_dataloader`` -> codes for its images.
 
         Images whose sides are not multiples of f are centre-cropped to the largest
-        multiples (a 500x375 image at f=8 is tokenized as its central 496x368).
+        multiples (a 375x500 (HxW) image at f=8 is tokenized as its central 368x496).
         """
         images: torch.Tensor = batch["images"]
         paths: list[str] = list(batch["paths"])
@@ -190,7 +190,8 @@ class VQVAEModule(L.LightningModule):
             if cropped.shape[-1] == 0 or cropped.shape[-2] == 0:
                 h, w = images.shape[-2:]
                 errors += [
-                    {"path": p, "error": f"image {h}x{w} is smaller than f={self.f}"} for p in paths
+                    {"path": p, "error": f"image {format_size(h, w)} is smaller than f={self.f}"}
+                    for p in paths
                 ]
                 paths = []
             else:
