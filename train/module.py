@@ -53,6 +53,10 @@ class VQVAEModule(L.LightningModule):
     total_steps: length of the schedule; None = ``trainer.max_steps`` (or the estimated
         stepping batches when max_steps is -1).
     l1_weight: weight of an extra L1 reconstruction term (0 disables it).
+    channels_last: run the convolutions in channels_last memory format (oneDNN's and cuDNN's
+        fast layout; 1.15x float32 training steps/s on a 2-core AVX-512 CPU, more in bf16).
+    compile: ``torch.compile`` the encoder and decoder (in place: checkpoint keys unchanged).
+        Pays off only for long runs at one crop size: compilation takes a minute or more.
     """
 
     def __init__(
@@ -65,6 +69,8 @@ class VQVAEModule(L.LightningModule):
         min_lr_ratio: float = 0.1,
         total_steps: int | None = None,
         l1_weight: float = 0.0,
+        channels_last: bool = True,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(vqvae, Mapping):
@@ -94,6 +100,8 @@ class VQVAEModule(L.LightningModule):
                 "min_lr_ratio": min_lr_ratio,
                 "total_steps": total_steps,
                 "l1_weight": l1_weight,
+                "channels_last": channels_last,
+                "compile": compile,
             }
         )
         self.model = VQVAE(vqvae)
@@ -118,13 +126,19 @@ class VQVAEModule(L.LightningModule):
         """images float (B, 3, H, W) in [-1, 1] -> int64 codes (B, H/f, W/f)."""
         return self.model.encode(images)
 
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.hparams["channels_last"] else torch.contiguous_format
+
     def setup(self, stage: str) -> None:
-        # channels_last is the fast convolution layout of oneDNN (CPU) and cuDNN, in float32
-        # as in bf16; state dicts stay layout-agnostic (save_tokenizer makes them contiguous).
-        self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs lack it
+        # State dicts stay layout-agnostic (save_tokenizer makes them contiguous).
+        self.model.to(memory_format=self.memory_format)  # type: ignore[call-overload]  # stubs lack it
+        if self.hparams["compile"] and stage == "fit":
+            self.model.encoder.compile()
+            self.model.decoder.compile()
 
     def _losses(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], Any]:
-        out = self.model(images.contiguous(memory_format=torch.channels_last))
+        out = self.model(images.contiguous(memory_format=self.memory_format))
         recon = out.recon.float()
         target = images.float()
         mse = F.mse_loss(recon, target)
