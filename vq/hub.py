@@ -111,9 +111,14 @@ def resolve_artifact(name: str | Path, revision: str | None = None) -> Path:
             repo_id=str(name), revision=revision, allow_patterns=list(REPO_FILES)
         )
     except Exception as exc:  # offline, not found, gated: huggingface_hub has many types
-        offline = "offline" in str(exc).lower() or "connect" in type(exc).__name__.lower()
+        # LocalEntryNotFoundError: offline (HF_HUB_OFFLINE=1 or no network) and not cached.
+        offline = type(exc).__name__ in ("LocalEntryNotFoundError", "OfflineModeIsEnabled")
+        offline = offline or "connect" in type(exc).__name__.lower()
         hint = (
-            " (no network: download it once online, or pass a local directory)" if offline else ""
+            " (offline and not in the local cache: fetch it once with network access, or "
+            "pass a local artifact directory)"
+            if offline
+            else ""
         )
         raise HubError(
             f"{str(name)!r} is not a local directory and could not be fetched from the "
