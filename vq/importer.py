@@ -92,12 +92,24 @@ def read_checkpoint(path: str | Path, fmt: str, key: str | None = None) -> dict[
             f"checkpoint {str(p)!r} has no state dict under {list(keys)}; its top-level keys "
             f"are {sorted(map(str, ckpt))[:20]} (choose one with --key)"
         )
-    state = dict(ckpt[found])
+    state = strip_wrapper_prefix(dict(ckpt[found]))
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointImportError(
             f"checkpoint {str(p)!r}: {found!r} holds non-tensors at {bad[:5]}"
         )
+    return state
+
+
+# Prefixes a wrapper adds to every key: DistributedDataParallel ("module."), torch.compile
+# ("_orig_mod."). Stripped only when every key has them.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def strip_wrapper_prefix(state: dict[str, Any]) -> dict[str, Any]:
+    for prefix in _WRAPPER_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
@@ -167,6 +179,16 @@ def _indices(state: Mapping[str, torch.Tensor], pattern: str) -> list[int]:
 
 def infer_config(state: Mapping[str, torch.Tensor], codebook_norm: CodebookNorm) -> VQVAEConfig:
     """The ``architecture="vqgan"`` config a taming-layout state dict determines."""
+    if "quantize.used" in state:
+        raise CheckpointImportError(
+            "quantize.used is present: the checkpoint remaps code indices (VectorQuantizer2 "
+            "remap=...), which vq-import does not support"
+        )
+    if "quantize.embed.weight" in state or "quantize.proj.weight" in state:
+        raise CheckpointImportError(
+            "quantize.embed / quantize.proj keys: a GumbelQuantize or EMA quantizer, which "
+            "vq-import does not support (only VectorQuantizer2 / LlamaGen's VectorQuantizer)"
+        )
     conv_in = _require(state, "encoder.conv_in.weight", 4)  # (ch, in_channels, 3, 3)
     levels = _indices(state, r"encoder\.down\.(\d+)\.")
     if not levels or levels != list(range(len(levels))):

@@ -308,8 +308,16 @@ def test_shape_mismatch_names_the_key_and_both_shapes() -> None:
             r"attention sits at encoder levels \[2\]",
         ),
         (lambda s: s.pop("encoder.mid.attn_1.k.bias"), r"missing keys .*encoder.mid.attn_1.k.bias"),
+        (
+            lambda s: s.__setitem__("quantize.used", torch.arange(10)),
+            r"remaps code indices",
+        ),
+        (
+            lambda s: s.__setitem__("quantize.embed.weight", s.pop("quantize.embedding.weight")),
+            r"GumbelQuantize or EMA quantizer",
+        ),
     ],
-    ids=["no-codebook", "unknown-key", "attention-mismatch", "missing-key"],
+    ids=["no-codebook", "unknown-key", "attention-mismatch", "missing-key", "remap", "gumbel"],
 )
 def test_inconsistent_state_dicts_are_rejected(
     edit: Callable[[dict[str, Any]], Any], match: str
@@ -359,3 +367,10 @@ def test_cli_reports_errors_without_a_traceback(
     assert main(["taming", str(tmp_path / "nokey.pt"), str(tmp_path / "out")]) == 2
     assert "no state dict under ['state_dict']" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_ddp_and_compile_prefixes_are_stripped(tmp_path: Path) -> None:
+    state = _fixture_state("llamagen")
+    wrapped = {f"module._orig_mod.{k}": v for k, v in state.items()}
+    torch.save({"model": wrapped}, tmp_path / "ddp.pt")
+    assert read_checkpoint(tmp_path / "ddp.pt", "llamagen").keys() == state.keys()
