@@ -61,7 +61,9 @@ class VQVAEModule(L.LightningModule):
 
     def __init__(
         self,
-        vqvae: VQVAEConfig = VQVAEConfig(),  # noqa: B008 - a frozen-by-convention default
+        # None = VQVAEConfig(): a default instance would pin the quantizer's kind for the CLI
+        # (jsonargparse merges YAML onto it), so `quantizer.kind: fsq` would not parse.
+        vqvae: VQVAEConfig | None = None,
         lr: float = 3e-4,
         weight_decay: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.99),
@@ -73,6 +75,8 @@ class VQVAEModule(L.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
+        if vqvae is None:
+            vqvae = VQVAEConfig()
         if isinstance(vqvae, Mapping):
             vqvae = VQVAEConfig.from_dict(vqvae)
         if not isinstance(vqvae, VQVAEConfig):

@@ -9,8 +9,9 @@ config.json (format_version 1):
     format_version  1
     model           VQVAEConfig.to_dict(): enough to rebuild the network
     quantizer       summary for readers: kind, codebook_size, code_dim, levels,
-                    grad_estimator, codebook
+                    grad_estimator, codebook, codebook_norm
     f, in_channels  downsampling factor and image channels
+    architecture    "vqvae" or "vqgan" (absent in older files: "vqvae")
     image_range     [-1, 1], the float range the network sees (uint8 maps linearly onto it)
     versions        vq-tokenizer, torch, safetensors that wrote the artifact
     created         UTC timestamp, ISO 8601
@@ -37,6 +38,7 @@ import safetensors
 import safetensors.torch
 import torch
 
+from vq.config import FSQConfig, VQConfig
 from vq.model import VQVAE, VQVAEConfig
 from vq.pixels import IMAGE_RANGE
 from vq.precision import check_precision
@@ -96,28 +98,38 @@ def _write_atomically(path: Path, write: Any) -> None:
         raise
 
 
+def quantizer_summary(model: VQVAE) -> dict[str, Any]:
+    """config.json's "quantizer" section: what readers (the service's /v1/models) show."""
+    cfg = model.config
+    q = cfg.resolved_quantizer
+    vq = q if isinstance(q, VQConfig) else None
+    return {
+        "kind": q.kind,
+        "codebook_size": model.codebook_size,
+        "code_dim": cfg.resolved_code_dim,
+        "levels": list(q.resolved_levels) if isinstance(q, FSQConfig) else None,
+        "grad_estimator": vq.grad_estimator if vq else None,
+        "codebook": vq.codebook if vq else None,
+        "codebook_norm": vq.codebook_norm if vq else None,
+    }
+
+
 def artifact_config(
     model: VQVAE,
     *,
     metrics: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    recommended_precision: str | None = None,
 ) -> dict[str, Any]:
     """The config.json content for ``model`` (see the module docstring)."""
     cfg = model.config
-    q = cfg.quantizer
     data: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "model": cfg.to_dict(),
-        "quantizer": {
-            "kind": q.kind,
-            "codebook_size": model.codebook_size,
-            "code_dim": cfg.resolved_code_dim,
-            "levels": None if q.levels is None else list(q.levels),
-            "grad_estimator": q.grad_estimator if q.kind == "vq" else None,
-            "codebook": q.codebook if q.kind == "vq" else None,
-        },
+        "quantizer": quantizer_summary(model),
         "f": cfg.f,
         "in_channels": cfg.in_channels,
+        "architecture": cfg.architecture,
         "image_range": list(IMAGE_RANGE),
         "versions": {
             "vq_tokenizer": _package_version("vq-tokenizer"),
@@ -130,6 +142,8 @@ def artifact_config(
         data["metrics"] = _jsonable(dict(metrics), "metrics")
     if extra is not None:
         data["extra"] = _jsonable(dict(extra), "extra")
+    if recommended_precision is not None:
+        data["recommended_precision"] = check_precision(recommended_precision)
     return data
 
 
@@ -139,15 +153,22 @@ def save_tokenizer(
     *,
     metrics: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    recommended_precision: str | None = None,
+    push_to_hub: str | None = None,
 ) -> Path:
     """Write ``model`` as an artifact directory (created if needed); returns its path.
+
+    ``push_to_hub``: a Hub repo id ("owner/name") to upload the directory to afterwards, with
+    its model card (``vq.hub``; needs huggingface_hub and a login).
 
     All persistent buffers are saved with the parameters, SimVQ's frozen codebook C
     included: it is random at construction, so a model rebuilt without it would
     produce other codes.
     """
     out = Path(out_dir)
-    config = artifact_config(model, metrics=metrics, extra=extra)
+    config = artifact_config(
+        model, metrics=metrics, extra=extra, recommended_precision=recommended_precision
+    )
     # safetensors wants contiguous tensors that share no storage; the copies are small.
     state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
     out.mkdir(parents=True, exist_ok=True)
@@ -157,7 +178,18 @@ def save_tokenizer(
     )
     text = json.dumps(config, indent=2, allow_nan=False) + "\n"
     _write_atomically(out / CONFIG_NAME, lambda p: Path(p).write_text(text, encoding="utf-8"))
+    if push_to_hub is not None:
+        _push(out, push_to_hub)
     return out
+
+
+def _push(out: Path, repo_id: str) -> None:
+    """Upload an artifact with its model card (written if absent) to the Hub."""
+    from vq.hub import CARD_NAME, push_artifact, write_model_card
+
+    if not (out / CARD_NAME).exists():
+        write_model_card(out)
+    push_artifact(out, repo_id)
 
 
 def _read_config(root: Path) -> dict[str, Any]:
@@ -236,19 +268,31 @@ def _check_state(state: Mapping[str, torch.Tensor], model: VQVAE, path: Path) ->
         raise ArtifactError(f"{path} does not match its {CONFIG_NAME}: " + "; ".join(problems))
 
 
+def _local_artifact(path: str | os.PathLike[str]) -> Path:
+    """``path`` itself, or the local snapshot of the Hub repo id it names (``vq.hub``)."""
+    from vq.hub import HubError, resolve_artifact
+
+    try:
+        return resolve_artifact(os.fspath(path))
+    except HubError as exc:
+        raise ArtifactError(str(exc)) from None
+
+
 def load_tokenizer(
     path: str | os.PathLike[str],
     device: str | torch.device = "cpu",
     precision: str | None = None,
 ) -> Tokenizer:
-    """Load an artifact directory written by ``save_tokenizer``; ArtifactError if it is
-    missing, unreadable, of an unknown format version, or its weights do not fit its config.
+    """Load an artifact directory written by ``save_tokenizer``, or a Hugging Face Hub repo
+    id ("owner/name", downloaded with huggingface_hub when no such local path exists);
+    ArtifactError if it is missing, unreachable, unreadable, of an unknown format version, or
+    its weights do not fit its config.
 
     ``precision``: "fp32" or "bf16" (``vq.precision``); None picks bf16 where ``device`` runs
     it natively unless config.json recommends fp32. ``Tokenizer.precision`` says which."""
     if precision is not None:
         check_precision(precision)
-    root = Path(path)
+    root = _local_artifact(path)
     if not root.exists():
         raise ArtifactError(f"artifact directory {root} does not exist")
     if not root.is_dir():
