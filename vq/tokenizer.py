@@ -61,7 +61,8 @@ def _one_image(image: Any, where: str) -> torch.Tensor:
             )
         if image.ndim != 3:
             raise ValueError(f"{where} must be an (H, W, C) array, got shape {image.shape}")
-        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)  # (C, H, W)
+        # np.require copies read-only arrays (PIL hands those out) so torch may own them.
+        return torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)
     raise ValueError(
         f"{where} has type {type(image).__name__}; pass a uint8 torch tensor (B, C, H, W), a "
         "uint8 numpy array (H, W, C) or (B, H, W, C), a PIL RGB image, or a list of them"
