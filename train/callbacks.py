@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from vq import CodebookUsage
 
@@ -92,14 +92,20 @@ class CodebookMonitor(Callback):
         return CodebookUsage(k, self.window, device=pl_module.device)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self.train_usage is None:
-            self.train_usage = self._tracker(pl_module)
-            if self._pending_state is not None:
-                restored = CodebookUsage.from_state_tensor(self._pending_state.to(pl_module.device))
-                if restored.codebook_size == self.train_usage.codebook_size:
-                    self.train_usage = restored
-                self._pending_state = None
         self.val_usage = self._tracker(pl_module)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning restores callback state (load_state_dict) after setup and before this
+        # hook, so the window a resumed run continues is built here.
+        fresh = self._tracker(pl_module)
+        if self._pending_state is not None:
+            restored = CodebookUsage.from_state_tensor(self._pending_state.to(pl_module.device))
+            self._pending_state = None
+            if restored.codebook_size == fresh.codebook_size:
+                self.train_usage = restored
+                return
+        if self.train_usage is None or self.train_usage.codebook_size != fresh.codebook_size:
+            self.train_usage = fresh
 
     def on_train_batch_end(
         self,
@@ -222,8 +228,7 @@ class CodebookMonitor(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state = state_dict.get("train_usage")
         if state is not None:
-            self._pending_state = state
-            self.train_usage = None
+            self._pending_state = state  # applied in on_train_start
 
 
 class ExportBest(Callback):
@@ -236,6 +241,13 @@ class ExportBest(Callback):
         self.dirname = dirname
         self.enabled = enabled
         self.artifact_dir: Path | None = None
+        self._trained = False
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._trained = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._trained = True
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.enabled:
@@ -256,6 +268,12 @@ class ExportBest(Callback):
             else Path(trainer.log_dir or trainer.default_root_dir)
         )
         out = base / self.dirname
+        self.artifact_dir = out
+        if not self._trained and (out / "config.json").is_file():
+            # A resume with nothing left to train: the artifact of the finished run stands
+            # (exports are atomic, so an existing one is complete).
+            rank_zero_info(f"Tokenizer artifact {out} is up to date (nothing was trained)")
+            return
         trainer.strategy.barrier()
         if trainer.is_global_zero:
             if best and Path(best).is_file():

@@ -79,13 +79,13 @@ def test_artifact_round_trip_gives_the_trained_codes(trained: Trained, tmp_path:
     expected = trained.module.model.encode(images.float() / 127.5 - 1.0)
 
     export_module(trained.module, tmp_path / "mem", metrics={"psnr": 20.0, "junk": 1.0})
-    tokenizer = vq.load_tokenizer(tmp_path / "mem")
+    tokenizer = vq.load_tokenizer(tmp_path / "mem", precision="fp32")
     assert torch.equal(tokenizer.encode(images), expected)
     assert tokenizer.metadata["metrics"] == {"psnr": 20.0}  # only the known metric names
 
     # last.ckpt holds the final state too; vq-export writes the same codes.
     assert export_main([str(trained.root / "checkpoints" / "last.ckpt"), str(tmp_path / "ck")]) == 0
-    from_ckpt = vq.load_tokenizer(tmp_path / "ck")
+    from_ckpt = vq.load_tokenizer(tmp_path / "ck", precision="fp32")
     assert torch.equal(from_ckpt.encode(images), expected)
     assert from_ckpt.metadata["extra"]["global_step"] == 4
     assert {"psnr", "ssim", "epoch_usage"} <= set(from_ckpt.metadata["metrics"])
