@@ -13,7 +13,7 @@ import hashlib
 import math
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -440,7 +440,12 @@ class PredictImages(IterableDataset[dict[str, Any]]):
     """
 
     def __init__(
-        self, root: str | Path, batch_size: int, rank: int = 0, world_size: int = 1
+        self,
+        root: str | Path,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        exclude: Collection[str] = (),
     ) -> None:
         self.root = Path(root)
         self.rank = rank
@@ -450,6 +455,10 @@ class PredictImages(IterableDataset[dict[str, Any]]):
             raise ValueError(
                 f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {str(self.root)!r}"
             )
+        # Files an earlier, interrupted run already finished (relative paths), left out
+        # before batches are formed so every rank agrees on the rest.
+        skip = set(exclude)
+        paths = [p for p in paths if p.relative_to(self.root).as_posix() not in skip]
         # Group by size so a batch stacks; files whose header is unreadable become error
         # batches of their own (also assigned to exactly one rank).
         by_size: dict[tuple[int, int], list[Path]] = {}
@@ -608,6 +617,9 @@ class ImageDataModule(L.LightningDataModule):
         self.skipped: list[tuple[str, str]] = []
         self._train_images: list[np.ndarray] | None = None
         self._val_images: list[np.ndarray] = []
+        # Relative paths under predict_root to leave out (CodeWriter fills it with what an
+        # interrupted run already wrote, so a re-run resumes).
+        self.predict_exclude: set[str] = set()
 
     # Loading happens in setup (every process), not prepare_data: nothing is downloaded.
     def _load(self) -> None:
@@ -708,6 +720,8 @@ class ImageDataModule(L.LightningDataModule):
         rank, world = 0, 1
         if self.trainer is not None:
             rank, world = self.trainer.global_rank, self.trainer.world_size
-        dataset = PredictImages(self.predict_root, self.predict_batch_size, rank, world)
+        dataset = PredictImages(
+            self.predict_root, self.predict_batch_size, rank, world, exclude=self.predict_exclude
+        )
         # batch_size=None: the dataset yields whole batches.
         return DataLoader(dataset, batch_size=None, num_workers=self.num_workers)

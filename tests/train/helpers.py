@@ -92,3 +92,40 @@ class KillAtStep(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, *args: object, **kwargs: object) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillAtPredictBatch(Callback):
+    """Test helper: SIGKILLs its own process when predict batch ``batch`` starts (batches
+    before it are written, later ones not)."""
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+
+    def on_predict_batch_start(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        batch: object,
+        batch_idx: int,
+        *args: object,
+    ) -> None:
+        if batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SaveRankState(Callback):
+    """Test helper: at the end of training each rank saves its quantizer state and its
+    global step to ``out_dir/rank{R}.pt``, so a test can compare the ranks."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import torch
+
+        state = {k: v.detach().cpu() for k, v in pl_module.model.quantizer.state_dict().items()}
+        Path(self.out_dir).mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {"state": state, "step": trainer.global_step},
+            Path(self.out_dir) / f"rank{trainer.global_rank}.pt",
+        )

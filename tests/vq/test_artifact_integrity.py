@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import safetensors.torch
 import torch
 
 from vq.artifact import CONFIG_NAME, WEIGHTS_NAME, ArtifactError, load_tokenizer, save_tokenizer
