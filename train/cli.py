@@ -36,14 +36,16 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from train.callbacks import CodebookMonitor, CodeWriter, ExportBest
 from train.checkpointing import AtomicCheckpointIO, LastCheckpoint, RandomState
+from train.code_writer import CodeWriter
 from train.data import ImageDataModule
+from train.export import ExportBest
 from train.module import VQVAEModule
+from train.monitor import CodebookMonitor
 from vq.precision import bf16_native
 
 
@@ -121,9 +123,11 @@ class VQTrainCLI(LightningCLI):
             # Predict trains nothing: no checkpoints to keep (restoring a ModelCheckpoint's
             # state from the checkpoint only warned that its directory changed) and no
             # runs/<name>/config.yaml of a run that does not exist.
-            trainer.callbacks = [
+            # (Lightning assigns Trainer.callbacks in a connector, unseen by type checkers.)
+            callbacks: list[Callback] = vars(trainer)["callbacks"]
+            callbacks[:] = [
                 cb
-                for cb in trainer.callbacks
+                for cb in callbacks
                 if not isinstance(cb, ModelCheckpoint | LastCheckpoint | SaveConfigCallback)
             ]
         if self.subcommand == "predict" and self._default_logger():

@@ -14,6 +14,7 @@ import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from train.checkpointing import atomic_write_bytes
+from train.data import ImageDataModule
 from train.module import VQVAEModule
 
 _SHARD_RE = re.compile(r"^codes-rank(\d+)-(\d+)x(\d+)-(\d+)\.npy$")
@@ -120,7 +121,7 @@ class CodeWriter(BasePredictionWriter):
         done = finished_paths(out)  # read by every rank before any writes (barrier below)
         self.num_resumed = len(done)
         datamodule = getattr(trainer, "datamodule", None)
-        if done and hasattr(datamodule, "predict_exclude"):
+        if done and isinstance(datamodule, ImageDataModule):
             datamodule.predict_exclude = done
         trainer.strategy.barrier()
 

@@ -121,7 +121,8 @@ class VQVAEModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         # channels_last is the fast convolution layout of oneDNN (CPU) and cuDNN, in float32
         # as in bf16; state dicts stay layout-agnostic (save_tokenizer makes them contiguous).
-        self.model.to(memory_format=torch.channels_last)
+        # (torch's type stubs omit Module.to's documented memory_format argument.)
+        self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def _losses(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], Any]:
         out = self.model(images.contiguous(memory_format=torch.channels_last))

@@ -20,7 +20,7 @@ def _logs_this_step(trainer: L.Trainer) -> bool:
     ``log_every_n_steps`` optimizer steps (global_step is already incremented here) and on
     the last one. The same public figures Lightning's own test uses; a resumed run keeps them
     in step (train.checkpointing.LastCheckpoint aligns Lightning's logging step)."""
-    every = max(1, int(trainer.log_every_n_steps or 1))
+    every = max(1, int(getattr(trainer, "log_every_n_steps", 1) or 1))  # set in a connector
     return trainer.global_step % every == 0 or trainer.should_stop
 
 
