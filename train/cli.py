@@ -43,7 +43,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from train.checkpointing import AtomicCheckpointIO, LastCheckpoint, RandomState
 from train.code_writer import CodeWriter
 from train.data import ImageDataModule
-from train.export import ExportBest
+from train.export import ExportBest, read_checkpoint
 from train.module import VQVAEModule
 from train.monitor import CodebookMonitor
 from vq.precision import bf16_native
@@ -101,6 +101,11 @@ class VQTrainCLI(LightningCLI):
                 "checkpoint.save_top_k": 1,
                 "checkpoint.save_last": True,
                 "checkpoint.filename": "best-{step}",
+                # The best checkpoint is chosen at validation. (Lightning's automatic choice
+                # picks "train epoch end" on a resumed run, whose validation loader is not
+                # loaded yet, and then warns that val/loss is missing.) last.ckpt between
+                # validations is LastCheckpoint's.
+                "checkpoint.save_on_train_epoch_end": False,
             }
         )
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
@@ -110,6 +115,23 @@ class VQTrainCLI(LightningCLI):
         parser.add_lightning_class_args(CodeWriter, "predict_writer")
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(RandomState, "random_state")
+
+    def before_predict(self) -> None:
+        # Predict needs the weights only: load them here (weights_only, as vq-export does)
+        # instead of letting Lightning restore the run's callback states, which only warned
+        # about checkpoint callbacks that predict has no use for.
+        config = self.config_init["predict"]
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path is None:
+            return
+        ckpt = read_checkpoint(ckpt_path)
+        try:
+            self.model.load_state_dict(ckpt["state_dict"], strict=True)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"checkpoint {str(ckpt_path)!r} does not fit the model of --config: {exc}"
+            ) from None
+        config["ckpt_path"] = None
 
     def _default_logger(self) -> bool:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -178,6 +200,11 @@ def silence_third_party_noise() -> None:
     warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
     # torch deprecated LeafSpec; Lightning's own utilities/_pytree.py still uses it.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # Lightning's CLI still calls jsonargparse APIs that jsonargparse has deprecated
+    # (DeprecationWarnings attributed to lightning/pytorch/cli.py; ours are not affected).
+    warnings.filterwarnings(
+        "ignore", category=DeprecationWarning, module=r"lightning\.pytorch\.cli"
+    )
     # Every Trainer logs an advertisement for a cloud logger.
     logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if _not_an_advertisement not in logger.filters:
@@ -185,7 +212,12 @@ def silence_third_party_noise() -> None:
 
 
 def main(args: Sequence[str] | None = None) -> None:
+    """The ``vq-train`` entry point; ``args`` (from Python, e.g. tests) replaces the
+    command line."""
     silence_third_party_noise()
+    argv = sys.argv
+    if args is not None:
+        sys.argv = argv[:1]  # LightningCLI warns when it sees both args and a command line
     try:
         VQTrainCLI(
             VQVAEModule,
@@ -203,6 +235,8 @@ def main(args: Sequence[str] | None = None) -> None:
         # Bad user input (an empty data folder, a bad option value): the message, not a trace.
         print(f"vq-train: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        sys.argv = argv
 
 
 if __name__ == "__main__":
