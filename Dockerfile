@@ -13,6 +13,7 @@ WORKDIR /app
 # constraints.txt pins torch; the CPU wheel index keeps the CUDA stack (gigabytes) out.
 COPY pyproject.toml README.md constraints.txt ./
 COPY vq ./vq
+COPY vqio ./vqio
 COPY train ./train
 COPY service ./service
 RUN pip install --no-cache-dir -c constraints.txt \

@@ -64,7 +64,7 @@ from train.data import (
 )
 from train.module import warmup_cosine
 from vq import CodebookUsage
-from vq.model import FSQ_RECOMMENDED_LEVELS, VQVAE, QuantizerConfig, VQVAEConfig
+from vq.model import FSQ_RECOMMENDED_LEVELS, VQVAE, FSQConfig, QuantizerConfig, VQVAEConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "docs" / "benchmarks" / "quality.md"
@@ -381,7 +381,8 @@ def run_one(
     try:
         config = model_config(method, size, cfg)
         result.codebook_size = config.quantizer.codebook_size
-        result.levels = None if config.quantizer.levels is None else list(config.quantizer.levels)
+        q = config.resolved_quantizer
+        result.levels = list(q.resolved_levels) if isinstance(q, FSQConfig) else None
         result.code_dim = config.resolved_code_dim
         torch.manual_seed(cfg.seed)
         model = VQVAE(config).to(cfg.device)

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from service.errors import install_error_handlers
 from service.images import set_pixel_limit
@@ -18,6 +19,8 @@ from service.settings import Settings, get_settings
 from service.state import ServiceState
 
 logger = logging.getLogger("service")
+
+DOCS_ASSETS_URL = "/static-docs"  # Swagger UI's and ReDoc's files (fastapi-offline)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -35,11 +38,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await state.close()
 
-    app = FastAPI(
+    # /docs (Swagger UI) and /redoc with their scripts and styles served from the installed
+    # fastapi-offline package, not a CDN: they work with no network. validatorUrl=None: no
+    # badge fetched from Swagger's online validator.
+    app = FastAPIOffline(
         title="vq-tokenizer",
         summary="Images <-> discrete code grids, with live codebook usage",
         version="0.1.0",
         lifespan=lifespan,
+        static_url=DOCS_ASSETS_URL,
+        swagger_ui_parameters={"validatorUrl": None},
     )
     app.state.service = state
     # Every handler reads settings through SettingsDep: point it at this app's settings.

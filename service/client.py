@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,6 +47,13 @@ class TokenizedImage:
         return np.asarray(self.codes, dtype=np.int64)  # (h, w)
 
 
+def image_name(image: ImageInput, index: int) -> str:
+    """How errors name an image: its path when it was given as one, else ``image<index>``."""
+    if isinstance(image, str | os.PathLike):
+        return os.fspath(image)
+    return f"image{index}"
+
+
 def image_bytes(image: ImageInput) -> bytes:
     """File bytes for ``image``: bytes as they are, paths read, PIL images and (H, W, 3)
     uint8 arrays encoded as PNG."""
@@ -63,6 +71,12 @@ def image_bytes(image: ImageInput) -> bytes:
         f"image of type {type(image).__name__} is not supported; give bytes, a path, "
         "a PIL image or an (H, W, 3) uint8 array"
     )
+
+
+def _with_name(label: str, names: Sequence[str], index: int) -> str:
+    if 0 <= index < len(names) and names[index] != f"image{index}":
+        return f"{label} ({names[index]})"
+    return label
 
 
 class Client:
@@ -107,16 +121,30 @@ class Client:
         """One ``TokenizedImage`` per image, in order. ``as_json`` sends base64 JSON
         instead of multipart."""
         params = {"model": model, "fit": fit}
+        names = [image_name(image, i) for i, image in enumerate(images)]
         blobs = [image_bytes(image) for image in images]
         if as_json:
             payload = {"images": [base64.b64encode(b).decode("ascii") for b in blobs]}
             response = self.http.post("/v1/tokenize", params=params, json=payload)
         else:
+            # The file name travels with the part: the service's errors say "files[0] (name)".
             files = [
-                ("files", (f"image{i}", b, "application/octet-stream")) for i, b in enumerate(blobs)
+                ("files", (n, b, "application/octet-stream"))
+                for n, b in zip(names, blobs, strict=True)
             ]
             response = self.http.post("/v1/tokenize", params=params, files=files)
-        body = self._check(response).json()
+        try:
+            body = self._check(response).json()
+        except ServiceError as exc:
+            if not as_json:
+                raise
+            # JSON entries have no names: the service says "images[i]"; add the path.
+            detail = re.sub(
+                r"\bimages\[(\d+)\]",
+                lambda m: _with_name(m.group(0), names, int(m.group(1))),
+                exc.detail,
+            )
+            raise ServiceError(exc.status_code, exc.code, detail) from None
         return [
             TokenizedImage(r["codes"], tuple(r["grid"]), tuple(r["image_size"]))
             for r in body["results"]

@@ -1,8 +1,8 @@
 """Untrusted bytes -> uint8 RGB arrays the tokenizer accepts, and uint8 arrays -> PNG bytes.
 
-Every failure is an ``APIError`` (4xx) naming the image and the problem. The size checks
-read only the header: Pillow's ``Image.open`` is lazy, so a 50,000 x 50,000 PNG of a few
-hundred bytes is refused before a single pixel is decompressed.
+Decoding is ``vqio.decode_image``, the decoder training and ``vq-train predict`` use too, so
+a file gets the same codes here as there. Every failure is an ``APIError`` (4xx) naming the
+image and the problem; sizes are checked from the header, before decoding.
 """
 
 from __future__ import annotations
@@ -11,90 +11,43 @@ import io
 from typing import Literal
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-from service.errors import APIError, bad_request, too_large, unprocessable
+import vqio
+from service.errors import APIError, unprocessable
+from vqio import ALLOWED_FORMATS, format_size
 
 FitMode = Literal["reject", "crop", "pad", "resize"]
 
-# A small set of well-trodden decoders; everything else Pillow could open is refused.
-ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
-_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+# vqio's error kinds -> (HTTP status, error code of docs/api.md).
+_DECODE_STATUS: dict[vqio.DecodeErrorKind, tuple[int, str]] = {
+    "empty": (400, "empty_image"),
+    "unreadable": (400, "invalid_image"),
+    "corrupt": (400, "invalid_image"),
+    "too_large": (413, "image_too_large"),
+}
 
 
 def set_pixel_limit(max_pixels: int) -> None:
-    """Pillow's own decompression-bomb guard, as a second line behind our header check.
+    """Pillow's own decompression-bomb guard, as a second line behind the header check.
 
     Pillow raises DecompressionBombError inside ``Image.open`` above twice this limit (and
-    only warns between 1x and 2x); our header check in ``decode_image`` refuses anything over
-    ``max_side`` per side first. The limit is a Pillow global, so it is per process.
+    only warns between 1x and 2x); ``decode_image`` refuses anything over ``max_side`` per
+    side first. The limit is a Pillow global, so it is per process.
     """
     Image.MAX_IMAGE_PIXELS = max_pixels
 
 
-def _to_rgb(img: Image.Image) -> np.ndarray:
-    """Any mode -> (H, W, 3) uint8. Alpha is composited over white; 16-bit is scaled, not clipped."""
-    mode = img.mode
-    if mode in _SIXTEEN_BIT_MODES:
-        # Pillow's convert("RGB") clips 16-bit values at 255 instead of rescaling them.
-        arr = np.asarray(img).astype(np.float64)
-        gray = np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    if mode == "F":
-        gray = np.clip(np.rint(np.asarray(img)), 0, 255).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
-        mode == "P" and "transparency" in img.info
-    )
-    if has_alpha:
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    return np.asarray(img, dtype=np.uint8)
-
-
 def decode_image(data: bytes, *, label: str, max_side: int) -> np.ndarray:
-    """Image file bytes -> (H, W, 3) uint8 RGB.
+    """Image file bytes -> (H, W, 3) uint8 RGB (``vqio.decode_image``), or a 4xx.
 
     ``label`` names the image in error messages (``images[2]``, ``files[0] (cat.png)``).
     """
-    if not data:
-        raise bad_request(f"{label} is empty (0 bytes); send an image file", "empty_image")
     try:
-        img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-    except Image.DecompressionBombError as exc:
-        raise too_large(
-            f"{label} refused before decoding: {exc}. The limit is {max_side} px per side",
-            "image_too_large",
-        ) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise bad_request(
-            f"{label} is not a readable image ({type(exc).__name__}: {exc}); "
-            f"allowed formats: {', '.join(ALLOWED_FORMATS)}",
-            "invalid_image",
-        ) from None
-    with img:
-        width, height = img.size
-        if width > max_side or height > max_side:
-            raise too_large(
-                f"{label} declares {width}x{height} pixels; the limit is {max_side} px per side "
-                "(refused before decoding)",
-                "image_too_large",
-            )
-        if width == 0 or height == 0:
-            raise bad_request(f"{label} declares {width}x{height} pixels", "invalid_image")
-        try:
-            img.load()
-            # EXIF orientation: tokenize what a viewer shows, not the sensor's raw layout.
-            oriented = ImageOps.exif_transpose(img)
-            return _to_rgb(oriented)
-        except (OSError, ValueError, SyntaxError, EOFError) as exc:
-            raise bad_request(
-                f"{label} could not be decoded, truncated or corrupt? ({type(exc).__name__}: {exc})",
-                "invalid_image",
-            ) from None
+        return vqio.decode_image(data, label=label, max_side=max_side)
+    except vqio.ImageDecodeError as exc:
+        status, code = _DECODE_STATUS[exc.kind]
+        raise APIError(status, code, str(exc)) from None
 
 
 def fit_image(arr: np.ndarray, *, f: int, fit: FitMode, label: str) -> np.ndarray:
@@ -110,19 +63,19 @@ def fit_image(arr: np.ndarray, *, f: int, fit: FitMode, label: str) -> np.ndarra
         return arr
     if fit == "reject":
         raise unprocessable(
-            f"{label} is {w}x{h} (WxH); with fit=reject both sides must be multiples of f={f}. "
+            f"{label} is {format_size(h, w)}; with fit=reject both sides must be multiples of f={f}. "
             "Resize it, or pass fit=crop, fit=pad or fit=resize",
             "bad_image_size",
         )
     if fit == "crop":
-        nh, nw = h - h % f, w - w % f
-        if nh == 0 or nw == 0:
+        rows, cols = vqio.center_crop(h, w, f)
+        if rows.start == rows.stop or cols.start == cols.stop:
             raise unprocessable(
-                f"{label} is {w}x{h}, too small to crop to multiples of f={f}; use fit=pad or fit=resize",
+                f"{label} is {format_size(h, w)}, too small to crop to multiples of f={f}; "
+                "use fit=pad or fit=resize",
                 "bad_image_size",
             )
-        top, left = (h - nh) // 2, (w - nw) // 2
-        return arr[top : top + nh, left : left + nw]
+        return arr[rows, cols]
     if fit == "pad":
         return np.pad(arr, ((0, (-h) % f), (0, (-w) % f), (0, 0)), mode="edge")
     if fit == "resize":
@@ -139,7 +92,7 @@ def load_image(
     arr = decode_image(data, label=label, max_side=max_side)
     size = (int(arr.shape[0]), int(arr.shape[1]))
     fitted = fit_image(arr, f=f, fit=fit, label=label)
-    # Arrays viewing Pillow's buffer are read-only; torch wants memory it may own.
+    # A crop is a strided view; torch wants contiguous memory it may own.
     if not fitted.flags.writeable or not fitted.flags.c_contiguous:
         fitted = np.array(fitted, copy=True, order="C")
     return fitted, size

@@ -100,3 +100,17 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: str
     models: list[str]
+
+
+class UsageHistoryPoint(BaseModel):
+    t: float = Field(description="Seconds since the model was loaded")
+    tokens_seen: int
+    window_usage: float
+    perplexity: float
+
+
+class UsageHistoryResponse(BaseModel):
+    model: str
+    codebook_size: int
+    spacing_s: float = Field(description="Seconds between points now (doubles as uptime grows)")
+    points: list[UsageHistoryPoint] = Field(description="Oldest first; the last is the latest")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from service.batcher import MicroBatcher
 from service.errors import APIError
 from service.metrics import ServiceMetrics, UsageSnapshot
 from service.settings import Settings
+from service.usage_history import UsageHistory, UsagePoint
 
 logger = logging.getLogger("service")
 
@@ -50,6 +52,8 @@ class ServedModel:
     decoder: MicroBatcher | None = None
     # CodebookUsage is updated on the inference thread and read by handlers and scrapes.
     usage_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Window usage and perplexity since loading (the dashboard's line), under usage_lock.
+    history: UsageHistory = field(default_factory=lambda: UsageHistory(time.monotonic()))
 
     @property
     def codebook_size(self) -> int:
@@ -63,12 +67,19 @@ class ServedModel:
         """uint8 (N, 3, H, W) -> int64 (N, H/f, W/f); counts the codes as served traffic."""
         codes = self.tokenizer.encode(images)
         with self.usage_lock:
-            self.usage.update(codes)
+            u = self.usage
+            u.update(codes)
+            self.history.record(time.monotonic(), u.tokens_seen, u.window_usage, u.perplexity)
         return codes
 
     def decode_batch(self, codes: torch.Tensor) -> torch.Tensor:
         """int64 (N, h, w) -> uint8 (N, 3, h*f, w*f)."""
         return self.tokenizer.decode(codes)
+
+    def usage_history(self) -> tuple[list[UsagePoint], float]:
+        """(points, their spacing in seconds), read together."""
+        with self.usage_lock:
+            return self.history.points(), self.history.spacing
 
     def usage_report(self, *, with_histogram: bool = True) -> UsageReport:
         with self.usage_lock:

@@ -21,12 +21,11 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from vq.pixels import uint8_to_float
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+from vqio import IMAGE_EXTENSIONS, ImageDecodeError, image_size, read_image
 
 # The bundled set: every natural RGB photograph in skimage.data that ships inside the wheel
 # (skimage.data.<name>() works offline). Synthetic images (colorwheel, logo) and grayscale
@@ -42,15 +41,6 @@ BUNDLED_TRAIN = (
 # Held out for validation/test: a scene (coffee cup on a table) and a street photograph,
 # neither like any training image.
 BUNDLED_VAL = ("coffee", "stereo_motorcycle")
-
-# Errors that mean "this file is not a usable image" (as opposed to a bug in this code).
-_DECODE_ERRORS = (
-    OSError,
-    UnidentifiedImageError,
-    ValueError,
-    SyntaxError,
-    Image.DecompressionBombError,
-)
 
 
 def _rank() -> int:
@@ -68,21 +58,6 @@ def load_bundled_image(name: str) -> np.ndarray:
     if name == "stereo_motorcycle":
         image = image[0]  # (left, right, disparity): the left view only; right would leak into val
     return np.ascontiguousarray(image[..., :3])
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """Decode an image file fully into uint8 (H, W, 3) RGB (grayscale, palette, RGBA, 16-bit
-    converted). Raises OSError/ValueError/... (see ``_DECODE_ERRORS``) for unreadable files."""
-    with Image.open(path) as im:
-        im.load()  # decodes everything: a truncated file fails here, not later in training
-        if im.mode.startswith("I;16") or im.mode in ("I", "F"):
-            # 16-bit / float grayscale: PIL's convert("RGB") would clip, so scale to 8 bits.
-            gray = np.asarray(im, dtype=np.float64)
-            top = 65535.0 if im.mode.startswith("I;16") else max(float(gray.max()), 1.0)
-            gray = np.clip(gray / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-            return np.repeat(gray[..., None], 3, axis=2)
-        rgb = im.convert("RGB")  # L, P (palette), RGBA, LA, CMYK, ... -> RGB
-    return np.asarray(rgb, dtype=np.uint8)
 
 
 def find_images(root: str | Path) -> list[Path]:
@@ -134,8 +109,8 @@ def load_folder(paths: Sequence[Path]) -> LoadedImages:
         try:
             images.append(read_image(path))
             names.append(str(path))
-        except _DECODE_ERRORS as exc:
-            skipped.append((str(path), f"{type(exc).__name__}: {exc}"))
+        except ImageDecodeError as exc:
+            skipped.append((str(path), str(exc)))  # the message names the file
     if skipped:
         shown = "; ".join(f"{p} ({e})" for p, e in skipped[:5])
         more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
@@ -419,12 +394,10 @@ class PredictItem:
 
 
 def _image_size(path: Path) -> tuple[int, int] | None:
-    """(H, W) from the file header, or None if the header cannot be read."""
+    """(H, W) from the file header (EXIF orientation applied), or None if it cannot be read."""
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-        return h, w
-    except _DECODE_ERRORS:
+        return image_size(path)
+    except ImageDecodeError:
         return None
 
 
@@ -490,8 +463,8 @@ class PredictImages(IterableDataset[dict[str, Any]]):
                 try:
                     images.append(to_tensor(read_image(path)))
                     names.append(name)
-                except _DECODE_ERRORS as exc:
-                    errors.append({"path": name, "error": f"{type(exc).__name__}: {exc}"})
+                except ImageDecodeError as exc:
+                    errors.append({"path": name, "error": str(exc)})
             # Header sizes agree within a group, decoded sizes may not (a lying header):
             # keep the majority size and report the rest.
             if images:

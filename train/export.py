@@ -2,7 +2,9 @@
 and the ``ExportBest`` callback that exports at the end of ``vq-train fit``.
 
     vq-export CKPT OUT_DIR
+    vq-export --onnx SOURCE OUT_DIR    # SOURCE: an artifact directory or a vq-train checkpoint
 
+With ``--onnx`` it writes ``encoder.onnx`` and ``decoder.onnx`` (``vq.onnx_export``) instead.
 The artifact's config.json gets the checkpoint's validation metrics (psnr, ssim,
 epoch_usage, ...) when the checkpoint has them (checkpoints written by ``vq-train fit``
 do), and ``extra`` records the source checkpoint, its epoch and step.
@@ -170,21 +172,59 @@ class ExportBest(Callback):
         trainer.strategy.barrier()
 
 
+def export_onnx_from(source: str | Path, out_dir: str | Path, input_dtype: str = "uint8") -> Path:
+    """``vq-export --onnx``: an artifact directory or a checkpoint -> ONNX encoder/decoder."""
+    from vq.artifact import load_tokenizer
+    from vq.onnx_export import export_onnx
+
+    src = Path(source)
+    if src.is_dir():
+        model = load_tokenizer(src, precision="fp32").model
+    else:
+        ckpt = read_checkpoint(src)
+        model = module_from_checkpoint(ckpt, source=f"checkpoint {str(src)!r}").model
+    export_onnx(model, out_dir, input_dtype=input_dtype)  # type: ignore[arg-type]
+    return Path(out_dir)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="vq-export",
         description="Export a vq-train checkpoint (.ckpt) as a tokenizer artifact directory "
         "(config.json + model.safetensors) that vq.load_tokenizer and vq-serve load.",
     )
-    parser.add_argument("ckpt", help="checkpoint file written by vq-train fit")
-    parser.add_argument("out_dir", help="artifact directory to write (created if missing)")
+    parser.add_argument(
+        "ckpt", help="checkpoint file written by vq-train fit (with --onnx: or an artifact dir)"
+    )
+    parser.add_argument("out_dir", help="directory to write (created if missing)")
+    parser.add_argument(
+        "--onnx",
+        action="store_true",
+        help="write encoder.onnx (images -> int64 codes) and decoder.onnx (codes -> uint8 "
+        "images) with dynamic batch and spatial axes instead of an artifact",
+    )
+    parser.add_argument(
+        "--onnx-input",
+        choices=["uint8", "float"],
+        default="uint8",
+        help="encoder.onnx input: uint8 images in [0, 255] (default) or float in [-1, 1]",
+    )
     args = parser.parse_args(argv)
     try:
-        out = export_checkpoint(args.ckpt, args.out_dir)
+        if args.onnx:
+            out = export_onnx_from(args.ckpt, args.out_dir, args.onnx_input)
+        else:
+            out = export_checkpoint(args.ckpt, args.out_dir)
     except ValueError as exc:
         print(f"vq-export: error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote tokenizer artifact {out}")
+    except ImportError as exc:  # onnx / onnxscript not installed
+        print(
+            f"vq-export: error: {exc}; install the extra: pip install 'vq-tokenizer[onnx]'",
+            file=sys.stderr,
+        )
+        return 2
+    print(f"wrote {'ONNX encoder/decoder' if args.onnx else 'tokenizer artifact'} {out}")
     return 0
 
 

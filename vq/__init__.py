@@ -19,12 +19,16 @@ __all__ = [
 
 # VQ-VAE model and artifacts (model engineer).
 from vq.artifact import ArtifactError, load_tokenizer, save_tokenizer  # noqa: E402
-from vq.model import VQVAE, QuantizerConfig, VQVAEConfig, VQVAEOutput, build_quantizer  # noqa: E402
+from vq.config import AnyQuantizerConfig, FSQConfig, QuantizerConfig, VQConfig, VQVAEConfig  # noqa: E402
+from vq.model import VQVAE, VQVAEOutput, build_quantizer  # noqa: E402
 from vq.tokenizer import Tokenizer  # noqa: E402
 
 __all__ += [
+    "AnyQuantizerConfig",
     "ArtifactError",
+    "FSQConfig",
     "QuantizerConfig",
+    "VQConfig",
     "Tokenizer",
     "VQVAE",
     "VQVAEConfig",

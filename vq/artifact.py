@@ -9,8 +9,9 @@ config.json (format_version 1):
     format_version  1
     model           VQVAEConfig.to_dict(): enough to rebuild the network
     quantizer       summary for readers: kind, codebook_size, code_dim, levels,
-                    grad_estimator, codebook
+                    grad_estimator, codebook, codebook_norm
     f, in_channels  downsampling factor and image channels
+    architecture    "vqvae" or "vqgan" (absent in older files: "vqvae")
     image_range     [-1, 1], the float range the network sees (uint8 maps linearly onto it)
     versions        vq-tokenizer, torch, safetensors that wrote the artifact
     created         UTC timestamp, ISO 8601
@@ -46,6 +47,7 @@ import safetensors
 import safetensors.torch
 import torch
 
+from vq.config import FSQConfig, VQConfig
 from vq.model import VQVAE, VQVAEConfig
 from vq.pixels import IMAGE_RANGE
 from vq.precision import check_precision
@@ -91,28 +93,38 @@ def _jsonable(value: Any, where: str) -> Any:
     )
 
 
+def quantizer_summary(model: VQVAE) -> dict[str, Any]:
+    """config.json's "quantizer" section: what readers (the service's /v1/models) show."""
+    cfg = model.config
+    q = cfg.resolved_quantizer
+    vq = q if isinstance(q, VQConfig) else None
+    return {
+        "kind": q.kind,
+        "codebook_size": model.codebook_size,
+        "code_dim": cfg.resolved_code_dim,
+        "levels": list(q.resolved_levels) if isinstance(q, FSQConfig) else None,
+        "grad_estimator": vq.grad_estimator if vq else None,
+        "codebook": vq.codebook if vq else None,
+        "codebook_norm": vq.codebook_norm if vq else None,
+    }
+
+
 def artifact_config(
     model: VQVAE,
     *,
     metrics: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    recommended_precision: str | None = None,
 ) -> dict[str, Any]:
     """The config.json content for ``model`` (see the module docstring)."""
     cfg = model.config
-    q = cfg.quantizer
     data: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "model": cfg.to_dict(),
-        "quantizer": {
-            "kind": q.kind,
-            "codebook_size": model.codebook_size,
-            "code_dim": cfg.resolved_code_dim,
-            "levels": None if q.levels is None else list(q.levels),
-            "grad_estimator": q.grad_estimator if q.kind == "vq" else None,
-            "codebook": q.codebook if q.kind == "vq" else None,
-        },
+        "quantizer": quantizer_summary(model),
         "f": cfg.f,
         "in_channels": cfg.in_channels,
+        "architecture": cfg.architecture,
         "image_range": list(IMAGE_RANGE),
         "versions": {
             "vq_tokenizer": _package_version("vq-tokenizer"),
@@ -125,6 +137,8 @@ def artifact_config(
         data["metrics"] = _jsonable(dict(metrics), "metrics")
     if extra is not None:
         data["extra"] = _jsonable(dict(extra), "extra")
+    if recommended_precision is not None:
+        data["recommended_precision"] = check_precision(recommended_precision)
     return data
 
 
@@ -134,8 +148,13 @@ def save_tokenizer(
     *,
     metrics: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    recommended_precision: str | None = None,
+    push_to_hub: str | None = None,
 ) -> Path:
     """Write ``model`` as an artifact directory; returns its path.
+
+    ``push_to_hub``: a Hub repo id ("owner/name") to upload the directory to afterwards, with
+    its model card (``vq.hub``; needs huggingface_hub and a login).
 
     All persistent buffers are saved with the parameters, SimVQ's frozen codebook C
     included: it is random at construction, so a model rebuilt without it would
@@ -148,7 +167,9 @@ def save_tokenizer(
     existing ``out_dir`` that the artifact does not write (a model card) are kept.
     """
     out = Path(out_dir)
-    config = artifact_config(model, metrics=metrics, extra=extra)
+    config = artifact_config(
+        model, metrics=metrics, extra=extra, recommended_precision=recommended_precision
+    )
     # safetensors wants contiguous tensors that share no storage; the copies are small.
     state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
     meta = {
@@ -164,7 +185,18 @@ def save_tokenizer(
         (tmp / CONFIG_NAME).write_text(text, encoding="utf-8")
 
     _replace_dir(out, write, written=(CONFIG_NAME, WEIGHTS_NAME))
+    if push_to_hub is not None:
+        _push(out, push_to_hub)
     return out
+
+
+def _push(out: Path, repo_id: str) -> None:
+    """Upload an artifact with its model card (written if absent) to the Hub."""
+    from vq.hub import CARD_NAME, push_artifact, write_model_card
+
+    if not (out / CARD_NAME).exists():
+        write_model_card(out)
+    push_artifact(out, repo_id)
 
 
 def _sha256(path: Path) -> str:
@@ -238,16 +270,17 @@ def model_config_sha256(model_section: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _regular_file(root: Path, name: str) -> Path:
+def _regular_file(root: Path, name: str, inside: Path | None = None) -> Path:
     """``root / name`` if it is a regular file inside the artifact; ArtifactError otherwise.
 
-    A symbolic link is followed only when it stays inside the artifact directory: one
-    pointing elsewhere (another model's weights, /dev/zero, a file of the host) is refused.
+    A symbolic link is followed only when it stays inside the artifact directory (or
+    ``inside``: a Hub snapshot's files link to its cache folder's blobs): one pointing
+    elsewhere (another model's weights, /dev/zero, a file of the host) is refused.
     """
     path = root / name
     if path.is_symlink():
         target = path.resolve()
-        if not target.is_relative_to(root.resolve()):
+        if not target.is_relative_to((inside or root).resolve()):
             raise ArtifactError(
                 f"{path} is a symbolic link to {target}, outside the artifact directory; "
                 "an artifact's files must lie inside it (copy the file instead of linking it)"
@@ -261,8 +294,8 @@ def _regular_file(root: Path, name: str) -> Path:
     return path
 
 
-def _read_config(root: Path) -> dict[str, Any]:
-    path = _regular_file(root, CONFIG_NAME)
+def _read_config(root: Path, inside: Path | None = None) -> dict[str, Any]:
+    path = _regular_file(root, CONFIG_NAME, inside)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -288,7 +321,7 @@ def _parse_model_config(data: dict[str, Any], path: Path) -> VQVAEConfig:
     return cfg
 
 
-def _verify_files(root: Path, data: Mapping[str, Any]) -> None:
+def _verify_files(root: Path, data: Mapping[str, Any], inside: Path | None = None) -> None:
     """Check every file config.json lists under ``files`` against its recorded size and
     sha256, before anything reads it; ArtifactError naming the damaged file. Artifacts
     written before checksums existed have no ``files`` and are not checked."""
@@ -307,7 +340,7 @@ def _verify_files(root: Path, data: Mapping[str, Any]) -> None:
             )
         if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
             raise ArtifactError(f"{config} '{FILES_KEY}' has no sha256 for {name!r}")
-        path = _regular_file(root, name)
+        path = _regular_file(root, name, inside)
         size = path.stat().st_size
         if record.get("bytes", size) != size:
             raise ArtifactError(
@@ -322,8 +355,8 @@ def _verify_files(root: Path, data: Mapping[str, Any]) -> None:
             )
 
 
-def _read_weights(root: Path) -> dict[str, torch.Tensor]:
-    path = _regular_file(root, WEIGHTS_NAME)
+def _read_weights(root: Path, inside: Path | None = None) -> dict[str, torch.Tensor]:
+    path = _regular_file(root, WEIGHTS_NAME, inside)
     try:
         return safetensors.torch.load_file(str(path), device="cpu")
     except (safetensors.SafetensorError, OSError, RuntimeError, ValueError) as exc:
@@ -405,32 +438,46 @@ def _check_state(state: Mapping[str, torch.Tensor], model: VQVAE, path: Path) ->
         raise ArtifactError(f"{path} does not match its {CONFIG_NAME}: " + "; ".join(problems))
 
 
+def _local_artifact(path: str | os.PathLike[str]) -> Path:
+    """``path`` itself, or the local snapshot of the Hub repo id it names (``vq.hub``)."""
+    from vq.hub import HubError, resolve_artifact
+
+    try:
+        return resolve_artifact(os.fspath(path))
+    except HubError as exc:
+        raise ArtifactError(str(exc)) from None
+
+
 def load_tokenizer(
     path: str | os.PathLike[str],
     device: str | torch.device = "cpu",
     precision: str | None = None,
 ) -> Tokenizer:
-    """Load an artifact directory written by ``save_tokenizer``; ArtifactError if it is
-    missing, unreadable, of an unknown format version, damaged (a file fails its recorded
-    sha256 or size), tampered with (a file linked from outside the directory, a config edited
-    so it no longer derives its summary fields or no longer matches the weights' record of
-    it), or its weights do not fit its config or hold NaN/infinity. Nothing is unpickled.
+    """Load an artifact directory written by ``save_tokenizer``, or a Hugging Face Hub repo
+    id ("owner/name", downloaded with huggingface_hub when no such local path exists);
+    ArtifactError if it is missing, unreachable, unreadable, of an unknown format version,
+    damaged (a file fails its recorded sha256 or size), tampered with (a file linked from
+    outside the directory, a config edited so it no longer derives its summary fields or no
+    longer matches the weights' record of it), or its weights do not fit its config or hold
+    NaN/infinity. Nothing is unpickled.
 
     ``precision``: "fp32" or "bf16" (``vq.precision``); None picks bf16 where ``device`` runs
     it natively unless config.json recommends fp32. ``Tokenizer.precision`` says which."""
     if precision is not None:
         check_precision(precision)
-    root = Path(path)
+    root = _local_artifact(path)
     if not root.exists():
         raise ArtifactError(f"artifact directory {root} does not exist")
     if not root.is_dir():
         raise ArtifactError(
             f"{root} is not a directory; an artifact is a directory with {CONFIG_NAME}"
         )
-    data = _read_config(root)
-    _verify_files(root, data)
+    # A Hub snapshot (snapshots/<revision>/ in the cache) links its files to ../../blobs/.
+    inside = root.resolve().parent.parent if root != Path(path) else None
+    data = _read_config(root, inside)
+    _verify_files(root, data, inside)
     cfg = _parse_model_config(data, root / CONFIG_NAME)
-    state = _read_weights(root)
+    state = _read_weights(root, inside)
     model = VQVAE(cfg)
     _check_state(state, model, root / WEIGHTS_NAME)
     _check_derived(data, model, root / CONFIG_NAME)

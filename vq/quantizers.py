@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -18,18 +17,9 @@ from torch import distributed as dist
 from torch import nn
 
 from vq import functional as VF
+from vq.config import CodebookInit, CodebookKind, CodebookUpdate, GradEstimator, VQConfig
 from vq.search import DEFAULT_MAX_BYTES, nearest_code
 from vq.types import Quantizer, QuantizerOutput
-
-CodebookKind = Literal["plain", "linear"]
-GradEstimator = Literal["ste", "rotation"]
-CodebookUpdate = Literal["gradient", "ema"]
-CodebookInit = Literal["uniform", "data"]
-
-
-def _check_choice(name: str, value: object, allowed: tuple[object, ...]) -> None:
-    if value not in allowed or isinstance(value, bool):
-        raise ValueError(f"{name}={value!r} is not allowed; choose one of {list(allowed)}")
 
 
 def _distributed() -> bool:
@@ -148,41 +138,19 @@ class VectorQuantizer(Quantizer):
         super().__init__()
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
-        if (
-            isinstance(codebook_size, bool)
-            or not isinstance(codebook_size, int)
-            or codebook_size < 1
-        ):
-            raise ValueError(f"codebook_size must be a positive int, got {codebook_size!r}")
-        _check_choice("codebook", codebook, get_args(CodebookKind))
-        _check_choice("grad_estimator", grad_estimator, get_args(GradEstimator))
-        _check_choice("codebook_update", codebook_update, get_args(CodebookUpdate))
-        _check_choice("codebook_init", codebook_init, get_args(CodebookInit))
-        if not beta >= 0:
-            raise ValueError(f"beta must be >= 0, got {beta!r}")
-        if not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}")
-        if not ema_eps > 0:
-            raise ValueError(f"ema_eps must be > 0, got {ema_eps!r}")
-        if not dead_code_threshold >= 0:
-            raise ValueError(f"dead_code_threshold must be >= 0, got {dead_code_threshold!r}")
-        if search_max_bytes <= 0:
-            raise ValueError(f"search_max_bytes must be positive, got {search_max_bytes!r}")
-        if codebook == "linear" and codebook_update == "ema":
-            raise ValueError(
-                "codebook_update='ema' needs codebook='plain' (SimVQ's codes come from the learned "
-                "W, which has no per-code average); use codebook_update='gradient'"
-            )
-        if codebook == "linear" and codebook_init == "data":
-            raise ValueError(
-                "codebook_init='data' needs codebook='plain' (SimVQ's codebook C is frozen "
-                "random on purpose; W is what learns); use codebook_init='uniform'"
-            )
-        if codebook == "linear" and dead_code_threshold > 0:
-            raise ValueError(
-                "dead_code_threshold > 0 needs codebook='plain' (SimVQ's frozen codes cannot be "
-                "restarted); use dead_code_threshold=0"
-            )
+        # The options are defined and validated once, in vq.config.
+        VQConfig(
+            codebook_size=codebook_size,
+            codebook=codebook,
+            grad_estimator=grad_estimator,
+            beta=beta,
+            codebook_update=codebook_update,
+            ema_decay=ema_decay,
+            ema_eps=ema_eps,
+            dead_code_threshold=dead_code_threshold,
+            codebook_init=codebook_init,
+            search_max_bytes=search_max_bytes,
+        )
 
         self._dim = dim
         self._codebook_size = codebook_size

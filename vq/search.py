@@ -20,9 +20,16 @@ the argmin of the computed distances.
 
 Ties go to the lowest code index, as with ``torch.argmin``: every step keeps the first minimum
 (first group, first position in the group, first code tile).
+
+On a CPU with native bf16 (AVX-512 BF16 / AMX: bf16 matmuls at ~2.7x the float32 rate) large
+searches first pick *candidates* from bf16 distance tiles and then re-rank every candidate
+exactly in float32 (``_search_bf16``; the error bound that makes this exact is proved there).
+The result is the same as the float32 search's.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -35,6 +42,19 @@ _CPU_CODE_TILE = 512
 _GPU_CODE_TILE = 4096
 # Codes per group of the two-level reduction (a multiple of the SIMD width).
 _GROUP = 32
+
+# bf16 candidate search (``_search_bf16``): codes per candidate group, codes and rows per bf16
+# distance tile (2 bytes per distance: 512 x 1024 fills the 1 MiB L2), the candidate groups a
+# row may have before it falls back to the exact float32 tile search, and the smallest
+# codebook (below it the float32 search is as fast).
+_BF16_GROUP = 16
+_BF16_CODE_TILE = 512
+_BF16_ROW_TILE = 1024
+_BF16_MAX_GROUPS_PER_ROW = 8
+_BF16_MIN_CODES = 512
+# Unit roundoff of bf16 (8 significant bits, round to nearest) and of float32.
+_U_BF16 = 2.0**-8
+_U_FP32 = 2.0**-24
 
 
 def _check_inputs(x: torch.Tensor, codebook: torch.Tensor, max_bytes: int) -> None:
@@ -74,56 +94,184 @@ def tile_shape(n: int, k: int, max_bytes: int, device_type: str = "cpu") -> tupl
     return rows, codes
 
 
+def bf16_search_pays(device: torch.device, k: int) -> bool:
+    """Whether ``nearest_code`` takes the bf16 candidate route on ``device`` for ``k`` codes:
+    on CPUs with native bf16 and codebooks of at least ``_BF16_MIN_CODES`` codes."""
+    if device.type != "cpu" or k < _BF16_MIN_CODES:
+        return False
+    from vq.precision import bf16_native  # lazy: precision imports nothing from search
+
+    return bf16_native(device)
+
+
 @torch.no_grad()
 def nearest_code(
-    x: torch.Tensor, codebook: torch.Tensor, *, max_bytes: int = DEFAULT_MAX_BYTES
+    x: torch.Tensor,
+    codebook: torch.Tensor,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    bf16_candidates: bool | None = None,
 ) -> torch.Tensor:
     """Index of the nearest codebook row (squared Euclidean distance) for each row of ``x``.
 
     x: (N, D), codebook: (K, D) -> (N,) int64 on x's device; ties go to the lowest index.
-    At most ``max_bytes`` of distances exist at once (plus O(N + K) bookkeeping).
+    The result is that of the float32 search (``||c||² - 2 x·c`` in float32) whichever route
+    runs: ``bf16_candidates`` None picks the bf16 candidate route where it pays
+    (``bf16_search_pays``), True forces it (on any CPU), False forces plain float32 tiles.
+    At most ``max_bytes`` of float32 distances exist at once (plus O(N + K) bookkeeping;
+    the bf16 route holds a fixed 1 MiB tile and (K / 16) x 1024 group minima).
     Raises ``ValueError`` for non-2-D inputs, mismatched D, an empty codebook, inputs on two
     devices or a non-positive ``max_bytes``.
     """
     _check_inputs(x, codebook, max_bytes)
     n, k = x.shape[0], codebook.shape[0]
-    out = torch.empty(n, dtype=torch.long, device=x.device)
     if n == 0:
-        return out
+        return torch.empty(0, dtype=torch.long, device=x.device)
     with torch.autocast(device_type=x.device.type, enabled=False):
         x = x.float().contiguous()  # (N, D)
         codebook = codebook.float().contiguous()  # (K, D)
         c_sq = (codebook * codebook).sum(dim=1)  # (K,)
-        rows, codes = tile_shape(n, k, max_bytes, x.device.type)
-        num_tiles = -(-k // codes)
-        tile = torch.empty(rows * codes, device=x.device)  # reused distance buffer
-        # Per row block: each code tile's best value and index, reduced over tiles at the end.
-        best_val = torch.empty(num_tiles, rows, device=x.device)  # (T, rows)
-        best_idx = torch.empty(num_tiles, rows, dtype=torch.long, device=x.device)  # (T, rows)
-        row_ids = torch.arange(rows, device=x.device)
-        for r0 in range(0, n, rows):
-            block = x[r0 : r0 + rows]  # (nb, D)
-            nb = block.shape[0]
-            for t in range(num_tiles):
-                c0 = t * codes
-                cb = codebook[c0 : c0 + codes]  # (kb, D)
-                kb = cb.shape[0]
-                dist = tile[: nb * kb].view(nb, kb)
-                torch.addmm(c_sq[c0 : c0 + kb], block, cb.t(), alpha=-2.0, out=dist)  # (nb, kb)
-                val, idx = best_val[t, :nb], best_idx[t, :nb]
-                if kb % _GROUP == 0 and kb > _GROUP:
-                    groups = dist.view(nb, kb // _GROUP, _GROUP)  # (nb, G, _GROUP)
-                    torch.min(groups.amin(dim=2), dim=1, out=(val, idx))  # best group (nb,)
-                    offset = groups[row_ids[:nb], idx].argmin(dim=1)  # (nb, _GROUP) -> (nb,)
-                    torch.add(offset, idx, alpha=_GROUP, out=idx)  # index within the tile
-                else:
-                    torch.min(dist, dim=1, out=(val, idx))
-            if num_tiles == 1:
-                out[r0 : r0 + nb] = best_idx[0, :nb]
+        use_bf16 = bf16_search_pays(x.device, k) if bf16_candidates is None else bf16_candidates
+        if use_bf16 and x.device.type == "cpu":
+            return _search_bf16(x, codebook, c_sq, max_bytes)
+        return _search_fp32(x, codebook, c_sq, max_bytes)
+
+
+def _search_fp32(
+    x: torch.Tensor, codebook: torch.Tensor, c_sq: torch.Tensor, max_bytes: int
+) -> torch.Tensor:
+    """The float32 tile search (module docstring): x (N, D), codebook (K, D), c_sq (K,)."""
+    n, k = x.shape[0], codebook.shape[0]
+    out = torch.empty(n, dtype=torch.long, device=x.device)
+    rows, codes = tile_shape(n, k, max_bytes, x.device.type)
+    num_tiles = -(-k // codes)
+    tile = torch.empty(rows * codes, device=x.device)  # reused distance buffer
+    # Per row block: each code tile's best value and index, reduced over tiles at the end.
+    best_val = torch.empty(num_tiles, rows, device=x.device)  # (T, rows)
+    best_idx = torch.empty(num_tiles, rows, dtype=torch.long, device=x.device)  # (T, rows)
+    row_ids = torch.arange(rows, device=x.device)
+    for r0 in range(0, n, rows):
+        block = x[r0 : r0 + rows]  # (nb, D)
+        nb = block.shape[0]
+        for t in range(num_tiles):
+            c0 = t * codes
+            cb = codebook[c0 : c0 + codes]  # (kb, D)
+            kb = cb.shape[0]
+            dist = tile[: nb * kb].view(nb, kb)
+            torch.addmm(c_sq[c0 : c0 + kb], block, cb.t(), alpha=-2.0, out=dist)  # (nb, kb)
+            val, idx = best_val[t, :nb], best_idx[t, :nb]
+            if kb % _GROUP == 0 and kb > _GROUP:
+                groups = dist.view(nb, kb // _GROUP, _GROUP)  # (nb, G, _GROUP)
+                torch.min(groups.amin(dim=2), dim=1, out=(val, idx))  # best group (nb,)
+                offset = groups[row_ids[:nb], idx].argmin(dim=1)  # (nb, _GROUP) -> (nb,)
+                torch.add(offset, idx, alpha=_GROUP, out=idx)  # index within the tile
             else:
-                # min over dim 0 returns the first (lowest) tile on ties; tile t starts at code
-                # t * codes, which turns the index within the tile into the code id.
-                winner = best_val[:, :nb].min(dim=0).indices  # (nb,)
-                local = best_idx[:, :nb].gather(0, winner[None])[0]  # (nb,)
-                torch.add(local, winner, alpha=codes, out=out[r0 : r0 + nb])
+                torch.min(dist, dim=1, out=(val, idx))
+        if num_tiles == 1:
+            out[r0 : r0 + nb] = best_idx[0, :nb]
+        else:
+            # min over dim 0 returns the first (lowest) tile on ties; tile t starts at code
+            # t * codes, which turns the index within the tile into the code id.
+            winner = best_val[:, :nb].min(dim=0).indices  # (nb,)
+            local = best_idx[:, :nb].gather(0, winner[None])[0]  # (nb,)
+            torch.add(local, winner, alpha=codes, out=out[r0 : r0 + nb])
+
+    return out
+
+
+def _bf16_error_scale(d: int) -> float:
+    """epsilon with |a_k - r_k| <= epsilon * (||c_k||² + 2 ||x|| ||c_k||) (see ``_search_bf16``)."""
+    u, gamma = _U_BF16, (d + 1) * _U_FP32 / (1 - (d + 1) * _U_FP32)
+    return 4.5 * u + 3.0 * gamma
+
+
+def _search_bf16(
+    x: torch.Tensor, codebook: torch.Tensor, c_sq: torch.Tensor, max_bytes: int
+) -> torch.Tensor:
+    """bf16 candidates, exact float32 re-ranking: the float32 search's result, faster.
+
+    Each distance ``r_k = ||c_k||² - 2 x·c_k`` (what ``_search_fp32`` ranks) is first
+    approximated by one bf16 matmul, ``a_k = [c̃_k, bf16(||c_k||²)] · [bf16(-2x), 1]`` (bf16
+    inputs, float32 accumulation, bf16 output). Codes are grouped by 16; a group is a
+    candidate for a row when its smallest ``a`` lies within ``2E`` of the row's smallest
+    ``a``; every code of every candidate group is then re-ranked exactly in float32.
+
+    Why nothing is missed. With u = 2^-8 (bf16 rounding) and γ = (D+1)·2^-24 (a float32 sum
+    of D+1 exact products), and M_k = ||c_k||² + 2||x||·||c_k||:
+      rounding ||c_k||² to bf16 moves a_k by <= u·||c_k||²;
+      rounding x and c_k to bf16 moves the dot term by <= Σ 2|x_i c_i|·((1+u)² - 1)
+        <= u(2+u)·2||x||·||c_k|| (Cauchy-Schwarz);
+      the float32 accumulation adds <= γ(1+u)²·M_k, rounding the result to bf16 <= u(1+3u)·M_k;
+      the float32 reference r_k itself is within γ·M_k of the real value.
+    So |a_k - r_k| <= (4u + 5u² + 3γ)·M_k <= ε·M_k with ε = 4.5u + 3γ, and with
+    M = max_k M_k (using max ||c_k||², max ||c_k||), |a_k - r_k| <= E = ε·M for every k.
+    Let j be a code with the smallest a (a_j = A) and k* the float32 winner. Then
+    r_k* <= r_j <= A + E, so a_k* <= r_k* + E <= A + 2E: k*'s group is a candidate. A code k
+    outside the candidate groups has a_k > A + 2E, so r_k >= a_k - E > A + E >= r_j >= r_k*:
+    it can neither win nor tie. Re-ranking all candidates with the lowest id on ties thus
+    returns the float32 search's answer. A row with more than ``_BF16_MAX_GROUPS_PER_ROW``
+    candidate groups (near-duplicate codes, adversarial inputs), or none (non-finite
+    values), is searched by ``_search_fp32`` instead.
+    """
+    n, d = x.shape
+    k = codebook.shape[0]
+    g = _BF16_GROUP
+    num_groups = -(-k // g)
+    k_pad = num_groups * g
+    dev = x.device
+    # Augmented operands: one plain matmul gives ||c||² - 2 c·x (D + 2 keeps bf16 pairs even).
+    c_aug = torch.zeros(k_pad, d + 2, dtype=torch.bfloat16, device=dev)  # (K', D + 2)
+    c_aug[:k, :d] = codebook
+    c_aug[:k, d] = c_sq
+    # Padding codes sit at a huge distance: they never win a group's minimum.
+    c_aug[k:, d] = torch.finfo(torch.bfloat16).max / 4
+    x_aug = torch.zeros(n, d + 2, dtype=torch.bfloat16, device=dev)  # (N, D + 2)
+    x_aug[:, :d] = x * -2.0  # bf16(-2x) = -2 bf16(x): scaling by 2 is exact
+    x_aug[:, d] = 1.0
+    c_norm = c_sq.max().clamp_min(0).sqrt()
+    bound = _bf16_error_scale(d) * (c_sq.max() + 2.0 * x.norm(dim=1) * c_norm)  # (N,) = E
+
+    # Rows per block: the block's group minima (num_groups x rows bf16) stay within 8 MiB.
+    rows = max(64, min(_BF16_ROW_TILE, (8 * 2**20) // (2 * num_groups)))
+    code_tile = min(k_pad, _BF16_CODE_TILE)
+    tile = torch.empty(code_tile * rows, dtype=torch.bfloat16, device=dev)
+    group_min = torch.empty(num_groups, rows, dtype=torch.bfloat16, device=dev)
+    out = torch.empty(n, dtype=torch.long, device=dev)
+    offsets = torch.arange(g, device=dev)  # (g,)
+    for r0 in range(0, n, rows):
+        xb = x_aug[r0 : r0 + rows]  # (nb, D + 2)
+        nb = xb.shape[0]
+        gm = group_min[:, :nb]
+        for c0 in range(0, k_pad, code_tile):
+            kb = min(code_tile, k_pad - c0)
+            dist = tile[: kb * nb].view(kb, nb)
+            torch.mm(c_aug[c0 : c0 + kb], xb.t(), out=dist)  # (kb, nb): codes x rows
+            # Vertical minimum over each group's g rows: contiguous, vectorised.
+            torch.amin(dist.view(kb // g, g, nb), dim=1, out=gm[c0 // g : (c0 + kb) // g])
+        best = gm.amin(dim=0).float()  # (nb,) = A per row
+        cand = gm.float() <= (best + 2.0 * bound[r0 : r0 + nb])[None, :]  # (G, nb)
+        count = cand.sum(dim=0)  # (nb,); 0 only for non-finite rows
+        overflow = (count > _BF16_MAX_GROUPS_PER_ROW) | (count == 0)  # (nb,)
+        cand[:, overflow] = False
+        grp, row = cand.nonzero(as_tuple=True)  # (P,), (P,): candidate (group, row) pairs
+        ids = grp[:, None] * g + offsets  # (P, g) code ids
+        valid = ids < k
+        ids = ids.clamp_max(k - 1)
+        # Exact float32 distances of every candidate code, as _search_fp32 computes them.
+        exact = torch.baddbmm(
+            c_sq[ids][:, :, None], codebook[ids], x[row + r0][:, :, None], alpha=-2.0
+        )[:, :, 0]  # (P, g)
+        exact = exact.masked_fill(~valid, math.inf)
+        val, pos = exact.min(dim=1)  # (P,): the first minimum within the group
+        code = ids.gather(1, pos[:, None])[:, 0]  # (P,)
+        # Per row: the smallest value, then the lowest code id among the pairs that reach it.
+        row_best = torch.full((nb,), math.inf, device=dev)
+        row_best.scatter_reduce_(0, row, val, "amin")
+        tied_code = torch.where(val == row_best[row], code, k)
+        winner = torch.full((nb,), k, dtype=torch.long, device=dev)
+        winner.scatter_reduce_(0, row, tied_code, "amin")
+        if bool(overflow.any()):
+            idx = overflow.nonzero()[:, 0]
+            winner[idx] = _search_fp32(x[r0 + idx], codebook, c_sq, max_bytes)
+        out[r0 : r0 + nb] = winner
     return out

@@ -14,6 +14,7 @@ from service.deps import SettingsDep, StateDep
 from service.errors import APIError, unprocessable
 from service.images import encode_png
 from service.schemas import DetokenizeBatchResponse, DetokenizeRequest, ErrorResponse
+from vqio import format_size
 
 router = APIRouter(prefix="/v1", tags=["detokenize"])
 
@@ -48,7 +49,8 @@ def check_grid(
             )
     if h > max_side or w > max_side:
         raise unprocessable(
-            f"{label} is {h}x{w}; the limit is {max_side} codes per side (setting max_grid_side)",
+            f"{label} is {format_size(h, w)} codes; the limit is {max_side} codes per side "
+            "(setting max_grid_side)",
             "grid_too_large",
         )
     low = min(min(row) for row in rows)

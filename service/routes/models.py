@@ -7,7 +7,14 @@ from typing import Any
 from fastapi import APIRouter
 
 from service.deps import StateDep
-from service.schemas import ErrorResponse, ModelInfo, ModelList, UsageResponse
+from service.schemas import (
+    ErrorResponse,
+    ModelInfo,
+    ModelList,
+    UsageHistoryPoint,
+    UsageHistoryResponse,
+    UsageResponse,
+)
 from service.state import ServedModel
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -68,4 +75,28 @@ async def get_usage(name: str, state: StateDep) -> UsageResponse:
         perplexity=report.perplexity,
         dead_codes=report.dead_codes,
         histogram=report.histogram,
+    )
+
+
+@router.get(
+    "/{name}/usage/history", summary="Window usage and perplexity since start", responses=_ERRORS
+)
+async def get_usage_history(name: str, state: StateDep) -> UsageHistoryResponse:
+    """At most ~257 points spanning the time since the model was loaded (the dashboard's
+    usage-over-time line); empty before the first tokenize request."""
+    model = state.get(name)
+    points, spacing = model.usage_history()
+    return UsageHistoryResponse(
+        model=model.name,
+        codebook_size=model.codebook_size,
+        spacing_s=spacing,
+        points=[
+            UsageHistoryPoint(
+                t=p.t,
+                tokens_seen=p.tokens_seen,
+                window_usage=p.window_usage,
+                perplexity=p.perplexity,
+            )
+            for p in points
+        ],
     )

@@ -1,8 +1,17 @@
-// vq-tokenizer dashboard: model metadata, live served-traffic codebook usage, and a
-// tokenize -> detokenize tryout. Plain DOM + canvas, no libraries (the service runs offline).
+// vq-tokenizer dashboard: a tokenize -> detokenize tryout, each model's training card and
+// its live served-traffic codebook usage (heatmap, rank plot, usage over time).
+// Plain DOM + canvas, no libraries (the service runs offline).
 "use strict";
 
 const REFRESH_MS = 2000;
+const FONT = "11px system-ui, -apple-system, 'Segoe UI', sans-serif";
+const INK = "#1d2330";
+const MUTED = "#667085";
+const GRID = "#e4e7ec";
+const DEAD = "#f4d6d2"; // a code with no hit in the window
+const EMPTY = "#eef0f3"; // no traffic at all
+const USAGE_COLOUR = "#2f6fde";
+const PERPLEXITY_COLOUR = "#e07a1f";
 const state = { models: [] };
 
 function el(tag, attrs = {}, text) {
@@ -22,8 +31,11 @@ async function getJSON(url) {
 function fmt(value, digits = 3) {
   if (value === null || value === undefined) return "–";
   if (typeof value === "number" && !Number.isInteger(value)) return value.toFixed(digits);
+  if (typeof value === "number") return value.toLocaleString("en-US");
   return String(value);
 }
+
+const percent = (x) => `${(100 * x).toFixed(1)} %`;
 
 function setStatus(text, kind) {
   const status = document.getElementById("status");
@@ -31,92 +43,322 @@ function setStatus(text, kind) {
   status.dataset.state = kind;
 }
 
-// Colour ramp for log-scaled counts: 0 -> white-ish (dead code), 1 -> dark blue.
-function ramp(t) {
-  const r = Math.round(235 - 205 * t);
-  const g = Math.round(240 - 150 * t);
-  const b = Math.round(250 - 60 * t);
-  return `rgb(${r},${g},${b})`;
-}
+// --- small plotting helpers ---------------------------------------------------------------
 
-// Heatmap: code k at row floor(k / side), column k % side; colour by log(1 + hits).
-// Returns how many non-zero bins it drew (exposed as data-nonzero-bins for tests).
-function drawHeatmap(canvas, histogram) {
-  const k = histogram.length;
-  const side = Math.ceil(Math.sqrt(k));
-  const cell = Math.max(1, Math.floor(256 / side));
-  canvas.width = side * cell;
-  canvas.height = Math.ceil(k / side) * cell;
+function canvas2d(canvas, width, height) {
+  canvas.width = width;
+  canvas.height = height;
   const ctx = canvas.getContext("2d");
   ctx.fillStyle = "#fff";
-  ctx.fillRect(0, 0, canvas.width, canvas.height);
-  const maxLog = Math.log1p(Math.max(1, ...histogram));
+  ctx.fillRect(0, 0, width, height);
+  ctx.font = FONT;
+  return ctx;
+}
+
+// Round numbers (1, 2, 5 x 10^k) from lo to hi, about n of them.
+function niceTicks(lo, hi, n = 4) {
+  if (!(hi > lo)) return [lo];
+  const raw = (hi - lo) / n;
+  const mag = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= raw);
+  const ticks = [];
+  for (let v = Math.ceil(lo / step) * step; v <= hi + 1e-9; v += step) ticks.push(+v.toPrecision(12));
+  return ticks;
+}
+
+// The smallest round number (a multiple of niceTicks' step) >= v.
+function niceCeil(v) {
+  const ticks = niceTicks(0, v, 4);
+  const step = ticks.length > 1 ? ticks[1] - ticks[0] : v;
+  return Math.ceil(v / step - 1e-9) * step;
+}
+
+function shortNumber(v) {
+  if (Math.abs(v) >= 1e6) return `${+(v / 1e6).toPrecision(3)}M`;
+  if (Math.abs(v) >= 1e3) return `${+(v / 1e3).toPrecision(3)}k`;
+  return String(+v.toPrecision(3));
+}
+
+function shortTime(seconds) {
+  if (seconds >= 7200) return `${+(seconds / 3600).toPrecision(3)} h`;
+  if (seconds >= 120) return `${+(seconds / 60).toPrecision(3)} min`;
+  return `${+seconds.toPrecision(3)} s`;
+}
+
+function text(ctx, str, x, y, align = "left", baseline = "alphabetic", colour = MUTED) {
+  ctx.fillStyle = colour;
+  ctx.textAlign = align;
+  ctx.textBaseline = baseline;
+  ctx.fillText(str, x, y);
+}
+
+// Frame of a plot box with ticks: xTicks / yTicks are [pixel, label] pairs.
+function axes(ctx, box, { xTicks = [], yTicks = [], yTicksRight = [], xLabel, yLabel, yLabelRight }) {
+  const { left, top, width, height } = box;
+  const bottom = top + height;
+  const right = left + width;
+  ctx.strokeStyle = GRID;
+  ctx.lineWidth = 1;
+  for (const [y] of yTicks) {
+    ctx.beginPath();
+    ctx.moveTo(left, y + 0.5);
+    ctx.lineTo(right, y + 0.5);
+    ctx.stroke();
+  }
+  ctx.strokeStyle = MUTED;
+  ctx.strokeRect(left + 0.5, top + 0.5, width, height);
+  for (const [x, label] of xTicks) {
+    ctx.beginPath();
+    ctx.moveTo(x + 0.5, bottom);
+    ctx.lineTo(x + 0.5, bottom + 4);
+    ctx.stroke();
+    text(ctx, label, x, bottom + 6, "center", "top");
+  }
+  for (const [y, label] of yTicks) {
+    ctx.beginPath();
+    ctx.moveTo(left - 4, y + 0.5);
+    ctx.lineTo(left, y + 0.5);
+    ctx.stroke();
+    text(ctx, label, left - 6, y, "right", "middle");
+  }
+  for (const [y, label] of yTicksRight) {
+    ctx.beginPath();
+    ctx.moveTo(right, y + 0.5);
+    ctx.lineTo(right + 4, y + 0.5);
+    ctx.stroke();
+    text(ctx, label, right + 6, y, "left", "middle");
+  }
+  if (xLabel) text(ctx, xLabel, left + width / 2, bottom + 20, "center", "top", INK);
+  if (yLabel) {
+    ctx.save();
+    ctx.translate(11, top + height / 2);
+    ctx.rotate(-Math.PI / 2);
+    text(ctx, yLabel, 0, 0, "center", "middle", INK);
+    ctx.restore();
+  }
+  if (yLabelRight) {
+    ctx.save();
+    ctx.translate(ctx.canvas.width - 9, top + height / 2);
+    ctx.rotate(Math.PI / 2);
+    text(ctx, yLabelRight, 0, 0, "center", "middle", INK);
+    ctx.restore();
+  }
+}
+
+function showEmpty(figure, empty) {
+  figure.querySelector(".no-traffic").hidden = !empty;
+  figure.dataset.empty = String(empty);
+}
+
+// --- the three usage charts ---------------------------------------------------------------
+
+// Colour of a code with `hits` >= 1 when the busiest has `max`: log scale, light to dark blue.
+function ramp(hits, max) {
+  const s = max > 1 ? Math.log(hits) / Math.log(max) : 1;
+  const t = 0.15 + 0.85 * s;
+  return `rgb(${Math.round(235 - 205 * t)},${Math.round(240 - 150 * t)},${Math.round(250 - 60 * t)})`;
+}
+
+// Heatmap: code k at row floor(k / side), column k % side, coloured by log(hits); with
+// code-id axes and a colour scale. Returns how many codes were hit (data-nonzero-bins).
+function drawHeatmap(canvas, histogram, empty) {
+  const k = histogram.length;
+  const side = Math.ceil(Math.sqrt(k));
+  const rows = Math.ceil(k / side);
+  const cell = Math.max(1, Math.floor(240 / side));
+  const box = { left: 54, top: 8, width: side * cell, height: rows * cell };
+  const ctx = canvas2d(canvas, box.left + box.width + 78, box.top + box.height + 40);
+  const max = Math.max(1, ...histogram);
   let nonzero = 0;
   for (let i = 0; i < k; i++) {
     const hits = histogram[i];
     if (hits > 0) nonzero++;
-    ctx.fillStyle = hits > 0 ? ramp(0.15 + 0.85 * (Math.log1p(hits) / maxLog)) : "#f4d6d2";
-    ctx.fillRect((i % side) * cell, Math.floor(i / side) * cell, cell, cell);
+    ctx.fillStyle = empty ? EMPTY : hits > 0 ? ramp(hits, max) : DEAD;
+    ctx.fillRect(box.left + (i % side) * cell, box.top + Math.floor(i / side) * cell, cell, cell);
   }
+  const rowTicks = niceTicks(0, rows - 1, 4).map((r) => [box.top + (r + 0.5) * cell, shortNumber(r * side)]);
+  const colTicks = niceTicks(0, side - 1, 3).map((c) => [box.left + (c + 0.5) * cell, `+${c}`]);
+  axes(ctx, box, { xTicks: colTicks, yTicks: rowTicks, xLabel: "+ column", yLabel: "code id (row start)" });
+  // Colour scale: 1 hit (bottom) to the busiest code (top), log; pink = 0 hits.
+  const bar = { left: box.left + box.width + 14, top: box.top, width: 12, height: box.height - 22 };
+  for (let y = 0; y < bar.height; y++) {
+    const hits = Math.exp((1 - y / Math.max(1, bar.height - 1)) * Math.log(max));
+    ctx.fillStyle = empty ? EMPTY : ramp(hits, max);
+    ctx.fillRect(bar.left, bar.top + y, bar.width, 1);
+  }
+  ctx.strokeStyle = MUTED;
+  ctx.strokeRect(bar.left + 0.5, bar.top + 0.5, bar.width, bar.height);
+  const barTicks = [1];
+  for (let p = 10; p < max; p *= 10) barTicks.push(p);
+  if (max > 1) barTicks.push(max);
+  for (const v of barTicks) {
+    const y = bar.top + (max > 1 ? (1 - Math.log(v) / Math.log(max)) * (bar.height - 1) : 0);
+    if (v !== max && max > 1 && Math.abs(Math.log(max) - Math.log(v)) / Math.log(max) < 0.12) continue;
+    text(ctx, shortNumber(v), bar.left + bar.width + 4, y, "left", "middle");
+  }
+  ctx.fillStyle = DEAD;
+  ctx.fillRect(bar.left, box.top + box.height - 12, bar.width, 12);
+  ctx.strokeRect(bar.left + 0.5, box.top + box.height - 11.5, bar.width, 12);
+  text(ctx, "0", bar.left + bar.width + 4, box.top + box.height - 6, "left", "middle");
+  text(ctx, "hits", bar.left, box.top + box.height + 8, "left", "top", INK);
   return nonzero;
 }
 
-// Rank plot: hits per code sorted from most to least used (a flat curve is even usage).
-function drawRankPlot(canvas, histogram) {
+// Rank plot: hits per code sorted from most to least used, on a log scale (one busy code
+// cannot flatten the rest); a dashed line where the used codes end.
+function drawRankPlot(canvas, histogram, empty) {
   const sorted = [...histogram].sort((a, b) => b - a);
-  canvas.width = 320;
-  canvas.height = 160;
-  const ctx = canvas.getContext("2d");
-  ctx.fillStyle = "#fff";
-  ctx.fillRect(0, 0, canvas.width, canvas.height);
-  const top = Math.max(1, sorted[0] || 0);
-  const barW = canvas.width / sorted.length;
-  ctx.fillStyle = "#2f6fde";
-  let drawn = 0;
-  for (let i = 0; i < sorted.length; i++) {
-    if (sorted[i] === 0) break;
-    const h = Math.max(1, (sorted[i] / top) * (canvas.height - 4));
-    ctx.fillRect(i * barW, canvas.height - h, Math.max(barW, 1), h);
-    drawn++;
+  const k = sorted.length;
+  const box = { left: 50, top: 10, width: 260, height: 150 };
+  const ctx = canvas2d(canvas, box.left + box.width + 14, box.top + box.height + 40);
+  const used = sorted.findIndex((v) => v === 0) === -1 ? k : sorted.findIndex((v) => v === 0);
+  const decades = Math.max(1, Math.ceil(Math.log10(Math.max(1, sorted[0] || 1)) + 1e-9));
+  const y = (v) => box.top + box.height - (Math.log10(v) / decades) * box.height;
+  const x = (rank) => box.left + ((rank - 1) / Math.max(1, k - 1)) * box.width;
+  if (!empty) {
+    ctx.fillStyle = USAGE_COLOUR;
+    for (let px = 0; px < box.width; px++) {
+      const rank = Math.floor((px / box.width) * k); // the busiest code of this pixel column
+      const hits = sorted[rank];
+      if (!(hits > 0)) break;
+      const top = y(hits);
+      ctx.fillRect(box.left + px, top, 1, Math.max(1, box.top + box.height - top));
+    }
   }
-  return drawn;
+  const yTicks = [];
+  for (let d = 0; d <= decades; d++) yTicks.push([y(10 ** d), shortNumber(10 ** d)]);
+  const xTicks = [1, ...niceTicks(0, k, 3).filter((r) => r > 0)].map((r) => [x(r), shortNumber(r)]);
+  axes(ctx, box, { xTicks, yTicks, xLabel: "rank (most used first)", yLabel: "hits (log scale)" });
+  if (!empty && used < k) {
+    const ux = Math.round(x(used + 1)) + 0.5;
+    ctx.strokeStyle = INK;
+    ctx.setLineDash([3, 3]);
+    ctx.beginPath();
+    ctx.moveTo(ux, box.top);
+    ctx.lineTo(ux, box.top + box.height);
+    ctx.stroke();
+    ctx.setLineDash([]);
+    const label = `${used.toLocaleString("en-US")} used`;
+    text(ctx, label, ux + (ux > box.left + box.width - 70 ? -4 : 4), box.top + 12, ux > box.left + box.width - 70 ? "right" : "left", "middle", INK);
+  }
+  return empty ? 0 : used;
+}
+
+// Window usage (left axis, 0-1) and perplexity (right axis) since the model was loaded.
+function drawHistory(canvas, history) {
+  const points = history.points;
+  const box = { left: 54, top: 22, width: 250, height: 138 };
+  const ctx = canvas2d(canvas, box.left + box.width + 56, box.top + box.height + 40);
+  const tMax = Math.max(1, ...points.map((p) => p.t));
+  const pTop = niceCeil(Math.max(1, ...points.map((p) => p.perplexity)));
+  const x = (t) => box.left + (t / tMax) * box.width;
+  const yUsage = (u) => box.top + box.height - u * box.height;
+  const yPerp = (v) => box.top + box.height - (v / pTop) * box.height;
+  const xTicks = niceTicks(0, tMax, 3).map((t) => [x(t), shortTime(t)]);
+  const yTicks = [0, 0.25, 0.5, 0.75, 1].map((u) => [yUsage(u), `${u * 100}%`]);
+  const yTicksRight = niceTicks(0, pTop, 4).map((v) => [yPerp(v), shortNumber(v)]);
+  axes(ctx, box, { xTicks, yTicks, yTicksRight, xLabel: "time since start", yLabel: "window usage", yLabelRight: "perplexity" });
+  for (const [key, colour, y] of [["window_usage", USAGE_COLOUR, yUsage], ["perplexity", PERPLEXITY_COLOUR, yPerp]]) {
+    ctx.strokeStyle = colour;
+    ctx.fillStyle = colour;
+    ctx.lineWidth = 2;
+    ctx.beginPath();
+    points.forEach((p, i) => (i === 0 ? ctx.moveTo(x(p.t), y(p[key])) : ctx.lineTo(x(p.t), y(p[key]))));
+    ctx.stroke();
+    for (const p of points.length <= 24 ? points : points.slice(-1)) {
+      ctx.beginPath();
+      ctx.arc(x(p.t), y(p[key]), 2.5, 0, 2 * Math.PI);
+      ctx.fill();
+    }
+  }
+  ctx.lineWidth = 1;
+  // Legend above the box.
+  ctx.fillStyle = USAGE_COLOUR;
+  ctx.fillRect(box.left, 8, 14, 3);
+  text(ctx, "window usage", box.left + 18, 10, "left", "middle", INK);
+  ctx.fillStyle = PERPLEXITY_COLOUR;
+  ctx.fillRect(box.left + 118, 8, 14, 3);
+  text(ctx, "perplexity", box.left + 136, 10, "left", "middle", INK);
+  return points.length;
+}
+
+// --- model cards --------------------------------------------------------------------------
+
+// The artifact's metrics (config.json, measured on held-out images at export), labelled.
+const CARD_METRICS = {
+  psnr: ["PSNR", (v) => `${v.toFixed(2)} dB`],
+  ssim: ["SSIM", (v) => v.toFixed(3)],
+  epoch_usage: ["codes used", percent],
+  epoch_perplexity: ["perplexity", (v) => v.toFixed(1)],
+  epoch_dead_codes: ["dead codes", (v) => fmt(Math.round(v))],
+  tokens: ["tokens evaluated", (v) => fmt(Math.round(v))],
+  loss: ["loss", (v) => v.toFixed(4)],
+  mse: ["MSE", (v) => v.toFixed(4)],
+};
+
+// A captioned table of (label, value[, data-stat]) rows, two pairs per table row.
+function table(cls, caption, note, rows) {
+  const t = el("table", { class: cls });
+  const cap = el("caption", {}, caption);
+  cap.append(el("small", {}, note));
+  t.append(cap);
+  const body = el("tbody");
+  for (let i = 0; i < rows.length; i += 2) {
+    const tr = el("tr");
+    for (const [key, value, stat] of rows.slice(i, i + 2)) {
+      tr.append(el("th", { scope: "row" }, key), el("td", stat ? { "data-stat": stat } : {}, String(value)));
+    }
+    body.append(tr);
+  }
+  t.append(body);
+  return t;
+}
+
+function chart(cls, caption) {
+  const figure = el("figure", { class: "chart" });
+  const plot = el("div", { class: "plot" });
+  plot.append(el("canvas", { class: cls }), el("div", { class: "no-traffic" }, "no traffic yet"));
+  figure.append(plot, el("figcaption", {}, caption));
+  return figure;
 }
 
 function modelCard(model) {
   const card = el("article", { class: "model", id: `model-${model.name}`, "data-model": model.name });
+  const quantizer = model.kind === "fsq"
+    ? `FSQ, levels ${model.levels.join("×")}`
+    : `VQ, ${model.codebook} codebook, ${model.grad_estimator}`;
   card.append(el("h3", { class: "model-name" }, model.name));
-  const dl = el("dl");
-  const fields = [
-    ["quantizer", model.kind + (model.codebook ? ` (${model.codebook}, ${model.grad_estimator})` : "")],
-    ["codebook size", model.codebook_size],
-    ["f", model.f],
+  const trained = [
+    ["quantizer", quantizer],
+    ["codebook size", fmt(model.codebook_size)],
+    ["downsampling f", model.f],
     ["code dim", model.code_dim],
-    ["levels", model.levels ? model.levels.join("×") : "–"],
-    ["image range", model.image_range.join(" … ")],
-    ["device", model.device],
-    ["created", model.created ? model.created.replace("T", " ").replace("+00:00", " UTC") : "–"],
+    ["created", model.created ? model.created.slice(0, 10) : "–"],
   ];
-  for (const [key, value] of Object.entries(model.metrics || {})) fields.push([key, fmt(value)]);
-  fields.push(
+  for (const [key, value] of Object.entries(model.metrics || {})) {
+    const [label, show] = CARD_METRICS[key] || [key, (v) => fmt(v)];
+    trained.push([label, typeof value === "number" ? show(value) : String(value)]);
+  }
+  const live = [
+    ["device", model.device],
     ["tokens seen", "–", "tokens_seen"],
+    ["tokens in window", "–", "window_tokens"],
     ["window usage", "–", "window_usage"],
     ["perplexity", "–", "perplexity"],
     ["dead codes", "–", "dead_codes"],
+  ];
+  const tables = el("div", { class: "tables" });
+  tables.append(
+    table("training-card", "Training card", "config.json: held-out figures at export", trained),
+    table("live-traffic", "Served traffic", "live: window and totals since start", live),
   );
-  for (const [key, value, stat] of fields) {
-    dl.append(el("dt", {}, key));
-    const dd = el("dd", stat ? { "data-stat": stat } : {}, String(value));
-    dl.append(dd);
-  }
-  card.append(dl);
+  card.append(tables);
   const charts = el("div", { class: "charts" });
-  const heat = el("figure");
-  heat.append(el("canvas", { class: "usage-heatmap", "data-nonzero-bins": "0" }));
-  heat.append(el("figcaption", {}, "hits per code id (log scale; pink: no hit in the window)"));
-  const rank = el("figure");
-  rank.append(el("canvas", { class: "usage-rank", "data-drawn-bars": "0" }));
-  rank.append(el("figcaption", {}, "hits per code, most used first"));
-  charts.append(heat, rank);
+  charts.append(
+    chart("usage-heatmap", "hits per code id in the window (log colour scale; pink: no hit)"),
+    chart("usage-rank", "hits per code, most used first (log scale)"),
+    chart("usage-history", "window usage and perplexity since start"),
+  );
   card.append(charts);
   return card;
 }
@@ -124,16 +366,35 @@ function modelCard(model) {
 async function refreshUsage(model) {
   const card = document.getElementById(`model-${model.name}`);
   if (!card) return;
-  const usage = await getJSON(`v1/models/${encodeURIComponent(model.name)}/usage`);
-  for (const key of ["tokens_seen", "window_usage", "perplexity", "dead_codes"]) {
-    const dd = card.querySelector(`[data-stat="${key}"]`);
-    if (dd) dd.textContent = fmt(usage[key]);
+  const name = encodeURIComponent(model.name);
+  const [usage, history] = await Promise.all([
+    getJSON(`v1/models/${name}/usage`),
+    getJSON(`v1/models/${name}/usage/history`),
+  ]);
+  const k = usage.codebook_size;
+  const shown = {
+    tokens_seen: fmt(usage.tokens_seen),
+    window_tokens: `${fmt(usage.window_tokens)} / ${shortNumber(usage.window)}`,
+    window_usage: percent(usage.window_usage),
+    perplexity: usage.perplexity.toFixed(1),
+    dead_codes: `${fmt(usage.dead_codes)} / ${fmt(k)}`,
+  };
+  for (const [key, value] of Object.entries(shown)) {
+    const cell = card.querySelector(`[data-stat="${key}"]`);
+    if (cell) cell.textContent = value;
   }
+  const empty = usage.window_tokens === 0;
   const heat = card.querySelector("canvas.usage-heatmap");
-  heat.dataset.nonzeroBins = String(drawHeatmap(heat, usage.histogram));
+  heat.dataset.nonzeroBins = String(drawHeatmap(heat, usage.histogram, empty));
   heat.dataset.tokensSeen = String(usage.tokens_seen);
+  showEmpty(heat.closest("figure"), empty);
   const rank = card.querySelector("canvas.usage-rank");
-  rank.dataset.drawnBars = String(drawRankPlot(rank, usage.histogram));
+  rank.dataset.drawnBars = String(drawRankPlot(rank, usage.histogram, empty));
+  rank.dataset.scale = "log";
+  showEmpty(rank.closest("figure"), empty);
+  const line = card.querySelector("canvas.usage-history");
+  line.dataset.points = String(drawHistory(line, history));
+  showEmpty(line.closest("figure"), history.points.length === 0);
   card.dataset.updated = new Date().toISOString();
 }
 
@@ -156,6 +417,8 @@ async function refreshLoop() {
   }
   setTimeout(refreshLoop, REFRESH_MS);
 }
+
+// --- the tryout ---------------------------------------------------------------------------
 
 // Code grid as a mosaic: each code id gets a stable pseudo-random colour.
 function drawCodes(canvas, codes) {
@@ -215,7 +478,7 @@ async function runTryout(file) {
   const result = body.results[0];
   drawCodes(document.getElementById("tryout-codes"), result.codes);
   document.getElementById("tryout-codes-caption").textContent =
-    `codes: ${result.grid[0]}×${result.grid[1]} ids in [0, ${body.codebook_size})`;
+    `codes: ${result.grid[0]}×${result.grid[1]} (h×w) ids in [0, ${body.codebook_size})`;
   message.textContent = "detokenizing…";
   const decoded = await fetch("v1/detokenize", {
     method: "POST",
@@ -228,7 +491,7 @@ async function runTryout(file) {
   }
   document.getElementById("tryout-output").src = URL.createObjectURL(await decoded.blob());
   message.textContent =
-    `${result.image_size[1]}×${result.image_size[0]} px -> ${result.grid[0] * result.grid[1]} tokens -> image`;
+    `${result.image_size[0]}×${result.image_size[1]} px (H×W) -> ${result.grid[0] * result.grid[1]} tokens -> image`;
   section.dataset.status = "done";
   section.dataset.tokens = String(result.grid[0] * result.grid[1]);
   await Promise.all(state.models.map(refreshUsage));
@@ -253,6 +516,10 @@ document.getElementById("tryout-form").addEventListener("submit", (event) => {
 });
 document.getElementById("tryout-sample").addEventListener("click", () => tryout(sampleImage));
 refreshLoop().then(() => {
+  // Where the tryout ends in the first screenful (tests check it is above the fold).
+  const box = document.getElementById("tryout").getBoundingClientRect();
+  document.body.dataset.tryoutBottom = String(Math.round(box.bottom));
+  document.body.dataset.viewportHeight = String(window.innerHeight);
   // /?tryout=sample runs the tryout on the sample image once the models are listed.
   if (new URLSearchParams(location.search).get("tryout") === "sample") tryout(sampleImage);
 });

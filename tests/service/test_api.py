@@ -419,3 +419,34 @@ def test_client_raises_service_error_with_code(app_client: TestClient) -> None:
     assert [m["name"] for m in client.models()] == ["default", "fsq"]
     pngs = client.detokenize_batch([result.codes, result.codes])
     assert pngs[0] == pngs[1]
+
+
+def test_one_size_order_everywhere(app_client: TestClient) -> None:
+    """(H, W), height first: JSON image_size and grid, the X-Image-Size header, messages."""
+    image = random_image(12, 20)  # H = 12, W = 20
+    result = post_files(app_client, [encode_file(image)]).json()["results"][0]  # type: ignore[attr-defined]
+    assert result["image_size"] == [12, 20] and result["grid"] == [3, 5]
+    png = app_client.post("/v1/detokenize", json={"codes": result["codes"]})
+    assert png.headers["x-image-size"] == "12x20"
+    assert Image.open(io.BytesIO(png.content)).size == (20, 12)  # PIL's own order is (W, H)
+    batch = app_client.post("/v1/detokenize", json={"batch": [result["codes"]]}).json()
+    assert batch["image_size"] == [[12, 20]]
+    response = post_files(app_client, [encode_file(random_image(10, 13))])
+    assert_error(response, 422, "bad_image_size", "10x13 (HxW)")
+    wide = app_client.post("/v1/detokenize", json={"codes": [[0] * 513]})
+    assert_error(wide, 422, "grid_too_large", "1x513 (HxW)")
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_client_names_images_by_their_path_in_errors(
+    app_client: TestClient, tmp_path: Path, as_json: bool
+) -> None:
+    good, odd = tmp_path / "good.png", tmp_path / "sub" / "odd size.png"
+    odd.parent.mkdir()
+    good.write_bytes(encode_file(random_image(8, 8)))
+    odd.write_bytes(encode_file(random_image(10, 13)))
+    with pytest.raises(ServiceError) as info:
+        Client(http=app_client).tokenize([good, str(odd)], as_json=as_json)
+    assert info.value.code == "bad_image_size"
+    assert str(odd) in info.value.detail and "10x13 (HxW)" in info.value.detail
+    assert "image1" not in info.value.detail and str(good) not in info.value.detail

@@ -34,7 +34,7 @@ def test_header_check_refuses_before_decoding() -> None:
     with pytest.raises(APIError) as info:
         decode_image(png_with_header(70, 10), label="images[3]", max_side=64)
     assert info.value.status_code == 413
-    assert "images[3]" in info.value.detail and "70x10" in info.value.detail
+    assert "images[3]" in info.value.detail and "10x70 (HxW)" in info.value.detail  # width 70
 
 
 @pytest.mark.parametrize(

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import io
-import os
 import re
-import shutil
-import subprocess
 import threading
 from pathlib import Path
 
@@ -18,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import vq
 from service.client import Client, ServiceError
+from tests.service.browser import dump_dom
 from tests.service.helpers import CODEBOOK_SIZE, F, LiveServer, random_image
 
 
@@ -95,41 +93,6 @@ def test_concurrent_clients_get_their_own_results(
     passes, images_run = after[0] - before[0], after[1] - before[1]
     assert images_run == n
     assert passes < n, "no forward pass held more than one request"
-
-
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
-def dump_dom(url: str, profile: Path) -> str:
-    """The DOM of ``url`` after its scripts ran, from headless Chromium (skip or fail if absent)."""
-    browser = _chromium()
-    if browser is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed; CI must install it (see .ci/run)")
-        pytest.skip("chromium is not installed")
-    cmd = [
-        browser,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={profile}",
-        "--virtual-time-budget=5000",
-        "--dump-dom",
-        url,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout
 
 
 def test_dashboard_renders_in_headless_chromium(live_server: LiveServer, tmp_path: Path) -> None:

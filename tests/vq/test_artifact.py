@@ -91,6 +91,7 @@ def test_config_json_contents(tmp_path: Path) -> None:
         "levels": [5, 3],
         "grad_estimator": None,
         "codebook": None,
+        "codebook_norm": None,
     }
     assert data["f"] == 4 and data["image_range"] == [-1.0, 1.0]
     assert set(data["versions"]) == {"vq_tokenizer", "torch", "safetensors"}

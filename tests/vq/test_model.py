@@ -11,6 +11,7 @@ import torch
 from vq.model import (
     FSQ_RECOMMENDED_LEVELS,
     VQVAE,
+    FSQConfig,
     QuantizerConfig,
     VQVAEConfig,
     VQVAEOutput,
@@ -67,7 +68,7 @@ def test_default_config_resolves_widths_and_code_dim() -> None:
 
 def test_quantizer_given_as_mapping_is_converted() -> None:
     cfg = VQVAEConfig(quantizer={"kind": "fsq", "codebook_size": 256})  # type: ignore[arg-type]
-    assert isinstance(cfg.quantizer, QuantizerConfig)
+    assert isinstance(cfg.quantizer, FSQConfig)
     assert cfg.quantizer.levels == (8, 6, 5)
 
 
@@ -106,7 +107,7 @@ def test_model_config_validation(kwargs: dict[str, object], message: str) -> Non
             {"kind": "fsq", "codebook_size": 256, "codebook_init": "data"},
             r"codebook_init='data' has no meaning for kind='fsq'",
         ),
-        ({"levels": (8, 5)}, r"levels is for kind='fsq'"),
+        ({"levels": (8, 5)}, r"unknown VQConfig field\(s\) \['levels'\]"),
         ({"kind": "fsq", "codebook_size": 1000}, r"codebook_size=1000.*\[256, 1024"),
         ({"kind": "fsq", "codebook_size": 1024, "levels": (8, 6, 5)}, r"set codebook_size=240"),
         ({"kind": "fsq", "codebook_size": 1, "levels": (1,)}, r"codebook_size=1"),
@@ -129,7 +130,7 @@ def test_from_dict_rejects_unknown_fields() -> None:
         VQVAEConfig.from_dict(data)
     data = tiny_config().to_dict()
     data["quantizer"]["temperature"] = 1.0
-    with pytest.raises(ValueError, match=r"unknown QuantizerConfig field\(s\) \['temperature'\]"):
+    with pytest.raises(ValueError, match=r"unknown VQConfig field\(s\) \['temperature'\]"):
         VQVAEConfig.from_dict(data)
 
 

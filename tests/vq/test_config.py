@@ -1,0 +1,132 @@
+"""The config tree: one definition per option, validators that agree with the modules,
+every option reaching the module it configures, and old artifacts still loading."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import vq
+from vq.config import FSQConfig, VQConfig, VQVAEConfig, quantizer_config
+from vq.model import build_quantizer
+
+VQ_DIR = Path(vq.__file__).parent
+ROOT = VQ_DIR.parent
+
+
+@pytest.mark.parametrize(
+    "definition",
+    [
+        "CodebookKind = Literal",
+        "GradEstimator = Literal",
+        "CodebookUpdate = Literal",
+        "CodebookInit = Literal",
+        "def check_choice",
+        "FSQ_RECOMMENDED_LEVELS: dict",
+    ],
+)
+def test_each_option_is_defined_once_in_vq(definition: str) -> None:
+    holders = [p.name for p in VQ_DIR.glob("*.py") if definition in p.read_text()]
+    assert holders == ["config.py"]
+
+
+def test_build_quantizer_passes_every_option() -> None:
+    cfg = VQConfig(
+        codebook_size=8,
+        grad_estimator="rotation",
+        beta=0.5,
+        codebook_update="ema",
+        ema_decay=0.5,
+        ema_eps=1e-3,
+        dead_code_threshold=0.25,
+        codebook_init="data",
+        search_max_bytes=4096,
+    )
+    module = build_quantizer(cfg, dim=4)
+    for field in dataclasses.fields(VQConfig):
+        if field.name in ("kind", "codebook_norm"):
+            continue
+        attr = "codebook_kind" if field.name == "codebook" else field.name
+        attr = "_codebook_size" if field.name == "codebook_size" else attr
+        assert getattr(module, attr) == getattr(cfg, field.name), field.name
+
+
+@pytest.mark.parametrize(
+    ("options", "ok"),
+    [
+        ({"ema_decay": 0.0}, True),
+        ({"ema_decay": 1.0}, False),
+        ({"codebook_size": 1}, False),
+        ({"codebook_size": 2}, True),
+        ({"codebook": "linear", "dead_code_threshold": 0.5}, False),
+        ({"ema_eps": 0.0}, False),
+        ({"search_max_bytes": 0}, False),
+    ],
+)
+def test_config_and_module_validators_agree(options: dict[str, Any], ok: bool) -> None:
+    kwargs = {"codebook_size": 16, **options}
+    for build in (lambda: VQConfig(**kwargs), lambda: vq.VectorQuantizer(4, **kwargs)):
+        if ok:
+            build()
+        else:
+            with pytest.raises(ValueError, match=next(iter(options))):
+                build()
+
+
+def test_format_1_quantizer_sections_load_with_defaults() -> None:
+    # What models/default/config.json and every format-1 artifact hold.
+    data = json.loads((ROOT / "models" / "default" / "config.json").read_text())
+    cfg = VQVAEConfig.from_dict(data["model"])
+    assert cfg.architecture == "vqvae" and isinstance(cfg.quantizer, FSQConfig)
+    old_vq = {k: v for k, v in VQConfig().to_dict().items()}
+    for new_field in ("ema_eps", "codebook_norm", "search_max_bytes"):
+        del old_vq[new_field]
+    assert quantizer_config(old_vq) == VQConfig()
+    with pytest.raises(ValueError, match="codebook='linear' has no meaning for kind='fsq'"):
+        quantizer_config(
+            {"kind": "fsq", "codebook_size": 1000, "levels": [8, 5, 5, 5], "codebook": "linear"}
+        )
+
+
+def test_default_model_still_loads() -> None:
+    tok = vq.load_tokenizer(ROOT / "models" / "default", precision="fp32")
+    assert tok.codebook_size == 1000 and tok.config.architecture == "vqvae"
+
+
+def test_fsq_size_from_the_table_becomes_the_product_and_round_trips() -> None:
+    cfg = FSQConfig(codebook_size=1024)
+    assert cfg.levels == (8, 5, 5, 5) and cfg.codebook_size == 1000
+    assert FSQConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_vqgan_config_round_trips_and_resolves_defaults() -> None:
+    cfg = VQVAEConfig(architecture="vqgan", f=16, quantizer=VQConfig(codebook_norm="l2"))
+    assert cfg.widths == (128, 128, 256, 256, 512)
+    assert (cfg.stem_width, cfg.z_channels, cfg.attn_levels) == (128, 512, (4,))
+    assert VQVAEConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"widths": (32, 48, 64)}, r"multiple of 32"),
+        ({"attn_levels": (3,)}, r"attn_levels=\[3\]"),
+        ({"num_res_blocks": 0}, r"num_res_blocks=0"),
+        ({"decoder_widths": (32, 64)}, r"decoder_widths=\[32, 64\]"),
+        ({"stem_width": 48}, r"stem_width=48"),
+    ],
+)
+def test_vqgan_config_validation(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        VQVAEConfig(architecture="vqgan", f=4, widths=kwargs.pop("widths", (32, 64, 64)), **kwargs)
+
+
+def test_vqgan_fields_are_rejected_for_our_architecture() -> None:
+    with pytest.raises(ValueError, match="z_channels is for architecture='vqgan'"):
+        VQVAEConfig(z_channels=8)
+    with pytest.raises(ValueError, match=r"codebook_norm='l2' supports"):
+        VQConfig(codebook_norm="l2", dead_code_threshold=0.1)
