@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 import vq
 from train.callbacks import CodebookMonitor
+from train.cli import silence_third_party_noise
 from train.data import ImageDataModule
 from train.export import export_checkpoint, export_module, read_checkpoint
 from train.export import main as export_main
@@ -46,7 +47,12 @@ def tiny_trainer(
         enable_model_summary=False,
         logger=False,
         callbacks=[
-            ModelCheckpoint(dirpath=root / "checkpoints", monitor="val/loss", save_last=True),
+            ModelCheckpoint(
+                dirpath=root / "checkpoints",
+                monitor="val/loss",
+                save_last=True,
+                save_on_train_epoch_end=False,  # as vq-train: best chosen at validation
+            ),
             CodebookMonitor(window=1024),
             *(callbacks or []),
         ],
@@ -64,6 +70,7 @@ class Trained:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    silence_third_party_noise()  # module-scoped: runs before the autouse fixture
     try:
         L.seed_everything(0, verbose=False)
         root = tmp_path_factory.mktemp("fit")
