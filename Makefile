@@ -11,8 +11,15 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-install: $(BIN)/python
+# The stamp makes `make install` (and every target that needs it) a no-op until
+# pyproject.toml or constraints.txt change.
+STAMP := $(VENV)/.install-stamp
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -25,6 +25,7 @@ Defaults added on top of Lightning's (each overridable from YAML or the command 
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 import warnings
@@ -33,14 +34,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from train.callbacks import CodebookMonitor, CodeWriter, ExportBest
+from train.checkpointing import AtomicCheckpointIO, LastCheckpoint, RandomState
+from train.code_writer import CodeWriter
 from train.data import ImageDataModule
+from train.export import ExportBest, read_checkpoint
 from train.module import VQVAEModule
+from train.monitor import CodebookMonitor
 from vq.precision import bf16_native
 
 
@@ -61,11 +66,29 @@ def latest_resumable_version(root: str | Path) -> str | None:
     for version in base.iterdir():
         if not (version.is_dir() and re.fullmatch(r"version_\d+", version.name)):
             continue
-        for ckpt in (version / "checkpoints").glob("last*.ckpt"):
-            stamp = ckpt.stat().st_mtime
+        newest = newest_last_checkpoint(version)
+        if newest is not None:
+            stamp = newest.stat().st_mtime
             if best is None or stamp > best[0]:
                 best = (stamp, version.name)
     return None if best is None else best[1]
+
+
+def newest_last_checkpoint(run: Path) -> Path | None:
+    """The newest checkpoints/last*.ckpt of a run directory (what ``--ckpt_path last`` loads)."""
+    found = list((run / "checkpoints").glob("last*.ckpt"))
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def checkpoint_step(path: str | Path) -> int | None:
+    """``global_step`` stored in a checkpoint, None if it cannot be read (Lightning then
+    reports the problem when it loads the file)."""
+    try:
+        # mmap: only the small global_step is read, not every tensor.
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(ckpt["global_step"])
+    except Exception:  # torch raises many types for a bad file; Lightning will name it
+        return None
 
 
 class VQTrainCLI(LightningCLI):
@@ -78,6 +101,11 @@ class VQTrainCLI(LightningCLI):
                 "checkpoint.save_top_k": 1,
                 "checkpoint.save_last": True,
                 "checkpoint.filename": "best-{step}",
+                # The best checkpoint is chosen at validation. (Lightning's automatic choice
+                # picks "train epoch end" on a resumed run, whose validation loader is not
+                # loaded yet, and then warns that val/loss is missing.) last.ckpt between
+                # validations is LastCheckpoint's.
+                "checkpoint.save_on_train_epoch_end": False,
             }
         )
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
@@ -85,6 +113,25 @@ class VQTrainCLI(LightningCLI):
         parser.add_lightning_class_args(CodebookMonitor, "codebook_monitor")
         parser.add_lightning_class_args(ExportBest, "export")
         parser.add_lightning_class_args(CodeWriter, "predict_writer")
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
+        parser.add_lightning_class_args(RandomState, "random_state")
+
+    def before_predict(self) -> None:
+        # Predict needs the weights only: load them here (weights_only, as vq-export does)
+        # instead of letting Lightning restore the run's callback states, which only warned
+        # about checkpoint callbacks that predict has no use for.
+        config = self.config_init["predict"]
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path is None:
+            return
+        ckpt = read_checkpoint(ckpt_path)
+        try:
+            self.model.load_state_dict(ckpt["state_dict"], strict=True)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"checkpoint {str(ckpt_path)!r} does not fit the model of --config: {exc}"
+            ) from None
+        config["ckpt_path"] = None
 
     def _default_logger(self) -> bool:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -92,6 +139,19 @@ class VQTrainCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not a user's plugin
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if self.subcommand == "predict":
+            # Predict trains nothing: no checkpoints to keep (restoring a ModelCheckpoint's
+            # state from the checkpoint only warned that its directory changed) and no
+            # runs/<name>/config.yaml of a run that does not exist.
+            # (Lightning assigns Trainer.callbacks in a connector, unseen by type checkers.)
+            callbacks: list[Callback] = vars(trainer)["callbacks"]
+            callbacks[:] = [
+                cb
+                for cb in callbacks
+                if not isinstance(cb, ModelCheckpoint | LastCheckpoint | SaveConfigCallback)
+            ]
         if self.subcommand == "predict" and self._default_logger():
             trainer.loggers = []  # predict logs nothing; don't leave an empty version_N/ behind
         elif self.subcommand is not None and self._default_logger():
@@ -99,20 +159,65 @@ class VQTrainCLI(LightningCLI):
             # "lightning_logs/" level). For `fit --ckpt_path last`, reuse the run being
             # resumed so the checkpoint is found and its curves continue.
             version: str | None = None
-            if self.subcommand == "fit" and self.config["fit"].get("ckpt_path") == "last":
-                version = latest_resumable_version(trainer.default_root_dir)
+            extra: dict[str, Any] = {}
+            if self.subcommand == "fit":
+                ckpt = self.config["fit"].get("ckpt_path")
+                if ckpt == "last":
+                    version = latest_resumable_version(trainer.default_root_dir)
+                    if version is not None:
+                        ckpt = newest_last_checkpoint(Path(trainer.default_root_dir) / version)
+                step = checkpoint_step(ckpt) if ckpt not in (None, "last") else None
+                if step is not None:
+                    # Resuming into the run's own checkpoint directory is the point; the
+                    # warning is for fresh runs pointed at a used directory.
+                    warnings.filterwarnings(
+                        "ignore", message=r"Checkpoint directory .* exists and is not empty"
+                    )
+                    # The events a killed run wrote after its checkpoint would be logged a
+                    # second time by the resumed run: TensorBoard hides events at or after
+                    # purge_step (Lightning logs the step's batch at global_step - 1).
+                    extra["purge_step"] = step
             trainer.logger = TensorBoardLogger(
                 save_dir=trainer.default_root_dir,
                 name="",
                 version=version,
                 default_hp_metric=False,
+                **extra,
             )
         return trainer
 
 
-def main(args: Sequence[str] | None = None) -> None:
+def _not_an_advertisement(record: logging.LogRecord) -> bool:
+    return "litlogger" not in record.getMessage()
+
+
+def silence_third_party_noise() -> None:
+    """Hide Lightning messages that say nothing about this run, each matched by its text."""
     # The predict writer needs no sampler indices (PredictImages yields whole batches).
     warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
+    # CropBatches gives each DataLoader worker its own batch numbers, so its __len__ is
+    # exact, which is what this generic warning doubts.
+    warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
+    # torch deprecated LeafSpec; Lightning's own utilities/_pytree.py still uses it.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # Lightning's CLI still calls jsonargparse APIs that jsonargparse has deprecated
+    # (DeprecationWarnings attributed to lightning/pytorch/cli.py; ours are not affected).
+    warnings.filterwarnings(
+        "ignore", category=DeprecationWarning, module=r"lightning\.pytorch\.cli"
+    )
+    # Every Trainer logs an advertisement for a cloud logger.
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if _not_an_advertisement not in logger.filters:
+        logger.addFilter(_not_an_advertisement)
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """The ``vq-train`` entry point; ``args`` (from Python, e.g. tests) replaces the
+    command line."""
+    silence_third_party_noise()
+    argv = sys.argv
+    if args is not None:
+        sys.argv = argv[:1]  # LightningCLI warns when it sees both args and a command line
     try:
         VQTrainCLI(
             VQVAEModule,
@@ -130,6 +235,8 @@ def main(args: Sequence[str] | None = None) -> None:
         # Bad user input (an empty data folder, a bad option value): the message, not a trace.
         print(f"vq-train: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        sys.argv = argv
 
 
 if __name__ == "__main__":

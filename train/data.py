@@ -13,7 +13,7 @@ import hashlib
 import math
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,16 +147,54 @@ def split_by_image(
     return [i for i in range(n) if i not in val], sorted(val)
 
 
-class RandomCropDataset(Dataset[torch.Tensor]):
-    """``length`` random crops, each from a random image (weighted by pixel count), with a
-    random horizontal flip. Near-constant crops (std of [0, 1] pixels < ``min_std``, e.g. the
-    black border of ``retina``, empty sky of ``hubble_deep_field``) are redrawn up to
-    ``max_tries`` times so they do not dominate the loss.
+def crop_weights(images: Sequence[np.ndarray]) -> torch.Tensor:
+    """Sampling probability of each image: its share of all pixels."""
+    weights = torch.tensor([im.shape[0] * im.shape[1] for im in images], dtype=torch.float)
+    return weights / weights.sum()
 
-    Randomness comes from a generator per process (main or DataLoader worker) seeded from
-    ``torch.initial_seed()`` (which ``seed_everything`` and PyTorch make distinct per worker)
-    plus the distributed rank: with ``num_workers=0`` every DDP rank has the same global seed
-    and would otherwise draw the very same crops.
+
+def draw_crop(
+    images: Sequence[np.ndarray],
+    weights: torch.Tensor,
+    size: int,
+    gen: torch.Generator,
+    *,
+    min_std: float = 0.02,
+    max_tries: int = 10,
+    flip: bool = True,
+) -> np.ndarray:
+    """One random ``size`` x ``size`` crop, uint8 (size, size, 3), drawn with ``gen``: an
+    image (with probability ``weights``), a position, redrawn up to ``max_tries`` times while
+    the crop is near-constant (std of its [0, 1] pixels below ``min_std``), then a random
+    horizontal flip. Images must be at least ``size`` on both sides (``ensure_min_side``)."""
+
+    def one() -> np.ndarray:
+        image = images[int(torch.multinomial(weights, 1, generator=gen))]
+        h, w = image.shape[:2]
+        top = int(torch.randint(h - size + 1, (), generator=gen))
+        left = int(torch.randint(w - size + 1, (), generator=gen))
+        return image[top : top + size, left : left + size]
+
+    crop = one()
+    for _ in range(max(1, max_tries) - 1):
+        if crop.std() / 255.0 >= min_std:
+            break
+        crop = one()
+    if flip and bool(torch.rand((), generator=gen) < 0.5):
+        crop = crop[:, ::-1]
+    return crop
+
+
+class RandomCropDataset(Dataset[torch.Tensor]):
+    """``length`` random crops (``draw_crop``), each from a random image (weighted by pixel
+    count), with a random horizontal flip. Near-constant crops (std of [0, 1] pixels <
+    ``min_std``, e.g. the black border of ``retina``, empty sky of ``hubble_deep_field``) are
+    redrawn up to ``max_tries`` times so they do not dominate the loss.
+
+    A stream: item ``i`` is the next draw of a generator per process (main or DataLoader
+    worker) seeded from ``torch.initial_seed()`` plus the distributed rank, not a function
+    of ``i``. Training uses ``CropBatches`` instead, whose batches are a function of their
+    number (what an exact resume needs).
     """
 
     def __init__(
@@ -175,8 +213,7 @@ class RandomCropDataset(Dataset[torch.Tensor]):
         self.min_std = min_std
         self.max_tries = max(1, max_tries)
         self.flip = flip
-        weights = torch.tensor([im.shape[0] * im.shape[1] for im in self.images], dtype=torch.float)
-        self.weights = weights / weights.sum()
+        self.weights = crop_weights(self.images)
 
         self._gen: torch.Generator | None = None
         self._gen_pid = -1
@@ -193,23 +230,127 @@ class RandomCropDataset(Dataset[torch.Tensor]):
             self._gen_pid = os.getpid()
         return self._gen
 
-    def _crop(self) -> np.ndarray:
-        s, gen = self.crop_size, self._generator()
-        image = self.images[int(torch.multinomial(self.weights, 1, generator=gen))]
-        h, w = image.shape[:2]
-        top = int(torch.randint(h - s + 1, (), generator=gen))
-        left = int(torch.randint(w - s + 1, (), generator=gen))
-        return image[top : top + s, left : left + s]
-
     def __getitem__(self, index: int) -> torch.Tensor:
-        crop = self._crop()
-        for _ in range(self.max_tries - 1):
-            if crop.std() / 255.0 >= self.min_std:
-                break
-            crop = self._crop()
-        if self.flip and bool(torch.rand((), generator=self._generator()) < 0.5):
-            crop = crop[:, ::-1]
+        crop = draw_crop(
+            self.images,
+            self.weights,
+            self.crop_size,
+            self._generator(),
+            min_std=self.min_std,
+            max_tries=self.max_tries,
+            flip=self.flip,
+        )
         return to_tensor(crop)
+
+
+def batch_seed(seed: int, rank: int, batch: int) -> int:
+    """The generator seed of training batch number ``batch`` on ``rank``: a hash, so nearby
+    numbers give unrelated streams."""
+    digest = hashlib.blake2b(f"{seed}:{rank}:{batch}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % 2**63
+
+
+class CropBatches(IterableDataset[torch.Tensor]):
+    """Training batches: batch number ``b`` (counted from the start of training, per rank)
+    is ``batch_size`` crops (``draw_crop``) drawn from a generator seeded with
+    ``batch_seed(seed, rank, b)``.
+
+    The stream is a function of the batch number, not of what was drawn before, so:
+    - a run resumed after ``g`` steps starts at batch ``g`` (``start``) and sees exactly the
+      crops the uninterrupted run would have seen (Lightning restarts the data iterator on
+      resume; a generator-state stream would either repeat or, with prefetching, skip batches);
+    - any number of DataLoader workers gives the same batches (worker ``w`` of ``n`` makes
+      batches ``start + w, start + w + n, ...``, which the DataLoader returns in order), so
+      the length is exact whatever Lightning's generic ``__len__`` warning says;
+    - ranks differ through ``rank`` in the seed.
+
+    An epoch is ``batches_per_epoch`` batches: iterating yields the batches from ``start``
+    to the end of its epoch, then the next iteration continues with the next epoch. Keep the
+    workers persistent (``persistent_workers=True``): each worker's copy counts epochs itself.
+    """
+
+    def __init__(
+        self,
+        images: Sequence[np.ndarray],
+        crop_size: int,
+        batch_size: int,
+        batches_per_epoch: int,
+        *,
+        seed: int,
+        rank: int = 0,
+        start: int = 0,
+        min_std: float = 0.02,
+        max_tries: int = 10,
+        flip: bool = True,
+    ) -> None:
+        if batches_per_epoch < 1 or batch_size < 1 or start < 0:
+            raise ValueError(
+                f"CropBatches needs batch_size >= 1, batches_per_epoch >= 1 and start >= 0; got "
+                f"{batch_size}, {batches_per_epoch}, {start}"
+            )
+        self.images = [ensure_min_side(im, crop_size) for im in images]
+        self.weights = crop_weights(self.images)
+        self.crop_size = crop_size
+        self.batch_size = batch_size
+        self.batches_per_epoch = batches_per_epoch
+        self.seed = seed
+        self.rank = rank
+        self.start = start
+        self.min_std = min_std
+        self.max_tries = max_tries
+        self.flip = flip
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def batch(self, number: int) -> torch.Tensor:
+        """Batch ``number``: float (batch_size, 3, crop_size, crop_size) in [-1, 1]."""
+        gen = torch.Generator().manual_seed(batch_seed(self.seed, self.rank, number))
+        crops = [
+            to_tensor(
+                draw_crop(
+                    self.images,
+                    self.weights,
+                    self.crop_size,
+                    gen,
+                    min_std=self.min_std,
+                    max_tries=self.max_tries,
+                    flip=self.flip,
+                )
+            )
+            for _ in range(self.batch_size)
+        ]
+        return torch.stack(crops)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        start = self.start
+        end = (start // self.batches_per_epoch + 1) * self.batches_per_epoch
+        self.start = end  # the next iteration is the next epoch
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        for number in range(start + worker, end, workers):
+            yield self.batch(number)
+
+
+class CropLoader(DataLoader[torch.Tensor]):
+    """The DataLoader of ``CropBatches``. Its position needs no saving (the dataset starts at
+    the restored step), but Lightning treats a loader with ``state_dict``/``load_state_dict``
+    as resumable mid-epoch; the state kept is the epoch geometry, checked on resume because
+    a different batch size, epoch length or number of ranks changes the stream."""
+
+    def state_dict(self) -> dict[str, int]:
+        ds = self.dataset
+        assert isinstance(ds, CropBatches)
+        return {"batch_size": ds.batch_size, "batches_per_epoch": ds.batches_per_epoch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state != self.state_dict():
+            warnings.warn(
+                f"resuming with another batch size or epoch length ({self.state_dict()}, the "
+                f"checkpoint has {state}): training continues, but not with the crops and "
+                "epochs the interrupted run would have used",
+                stacklevel=2,
+            )
 
 
 def grid_crops(image: np.ndarray, size: int, max_crops: int) -> list[np.ndarray]:
@@ -272,7 +413,12 @@ class PredictImages(IterableDataset[dict[str, Any]]):
     """
 
     def __init__(
-        self, root: str | Path, batch_size: int, rank: int = 0, world_size: int = 1
+        self,
+        root: str | Path,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        exclude: Collection[str] = (),
     ) -> None:
         self.root = Path(root)
         self.rank = rank
@@ -282,6 +428,10 @@ class PredictImages(IterableDataset[dict[str, Any]]):
             raise ValueError(
                 f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {str(self.root)!r}"
             )
+        # Files an earlier, interrupted run already finished (relative paths), left out
+        # before batches are formed so every rank agrees on the rest.
+        skip = set(exclude)
+        paths = [p for p in paths if p.relative_to(self.root).as_posix() not in skip]
         # Group by size so a batch stacks; files whose header is unreadable become error
         # batches of their own (also assigned to exactly one rank).
         by_size: dict[tuple[int, int], list[Path]] = {}
@@ -440,6 +590,9 @@ class ImageDataModule(L.LightningDataModule):
         self.skipped: list[tuple[str, str]] = []
         self._train_images: list[np.ndarray] | None = None
         self._val_images: list[np.ndarray] = []
+        # Relative paths under predict_root to leave out (CodeWriter fills it with what an
+        # interrupted run already wrote, so a re-run resumes).
+        self.predict_exclude: set[str] = set()
 
     # Loading happens in setup (every process), not prepare_data: nothing is downloaded.
     def _load(self) -> None:
@@ -489,14 +642,33 @@ class ImageDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader[Any]:
         self._load()
         assert self._train_images is not None
-        dataset = RandomCropDataset(
+        rank, world, start = 0, 1, 0
+        trainer = self.trainer  # None when used without a Trainer
+        if trainer is not None:
+            rank, world = trainer.global_rank, trainer.world_size
+            # Batches already trained on (restored from the checkpoint when resuming): the
+            # stream continues where the interrupted run stopped.
+            start = trainer.global_step * trainer.accumulate_grad_batches
+        dataset = CropBatches(
             self._train_images,
             self.crop_size,
-            self.samples_per_epoch,
+            self.batch_size,
+            math.ceil(self.samples_per_epoch / (self.batch_size * world)),
+            seed=torch.initial_seed(),  # set by seed_everything, the same on every rank
+            rank=rank,
+            start=start,
             min_std=self.min_crop_std,
             max_tries=self.max_crop_tries,
         )
-        return self._loader(dataset, shuffle=False, batch_size=self.batch_size)
+        return CropLoader(
+            dataset,
+            batch_size=None,  # the dataset yields whole batches
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            # Its own generator: creating the iterator then draws nothing from torch's
+            # global one, whose state a resumed run restores (train.checkpointing.RandomState).
+            generator=torch.Generator(),
+        )
 
     def val_crops(self) -> list[np.ndarray]:
         """The fixed validation crops, uint8 (val_crop_size, val_crop_size, 3), image by image."""
@@ -521,6 +693,8 @@ class ImageDataModule(L.LightningDataModule):
         rank, world = 0, 1
         if self.trainer is not None:
             rank, world = self.trainer.global_rank, self.trainer.world_size
-        dataset = PredictImages(self.predict_root, self.predict_batch_size, rank, world)
+        dataset = PredictImages(
+            self.predict_root, self.predict_batch_size, rank, world, exclude=self.predict_exclude
+        )
         # batch_size=None: the dataset yields whole batches.
         return DataLoader(dataset, batch_size=None, num_workers=self.num_workers)

@@ -1,4 +1,5 @@
-"""Lightning checkpoint -> tokenizer artifact (``vq.artifact.save_tokenizer``).
+"""Lightning checkpoint -> tokenizer artifact (``vq.artifact.save_tokenizer``): ``vq-export``
+and the ``ExportBest`` callback that exports at the end of ``vq-train fit``.
 
     vq-export CKPT OUT_DIR
     vq-export --onnx SOURCE OUT_DIR    # SOURCE: an artifact directory or a vq-train checkpoint
@@ -12,15 +13,21 @@ do), and ``extra`` records the source checkpoint, its epoch and step.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
 
 from train.module import VQVAEModule
 from vq.artifact import save_tokenizer
+
+log = logging.getLogger(__name__)
 
 # Metrics copied into the artifact (keys as logged under "val/").
 ARTIFACT_METRICS = (
@@ -105,6 +112,64 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path) -> Path:
             "global_step": int(ckpt.get("global_step", -1)),
         },
     )
+
+
+class ExportBest(Callback):
+    """At the end of ``fit``, write the best checkpoint (lowest ``val/loss``; the last one
+    when no validation ran) as a tokenizer artifact in ``<log_dir>/artifact`` (next to
+    ``checkpoints/``), with its validation metrics in ``config.json``."""
+
+    def __init__(self, dirname: str = "artifact", enabled: bool = True) -> None:
+        super().__init__()
+        self.dirname = dirname
+        self.enabled = enabled
+        self.artifact_dir: Path | None = None
+        self._trained = False
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._trained = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._trained = True
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.enabled:
+            return
+        ckpt_cb = trainer.checkpoint_callback
+        ckpt_dir: Path | None = None
+        best = ""
+        if isinstance(ckpt_cb, ModelCheckpoint):
+            best = ckpt_cb.best_model_path or ckpt_cb.last_model_path
+            if ckpt_cb.dirpath:
+                ckpt_dir = Path(ckpt_cb.dirpath)
+        base = (
+            ckpt_dir.parent
+            if ckpt_dir is not None
+            else Path(trainer.log_dir or trainer.default_root_dir)
+        )
+        out = base / self.dirname
+        self.artifact_dir = out
+        if not self._trained and (out / "config.json").is_file():
+            # A resume with nothing left to train: the artifact of the finished run stands
+            # (exports are atomic, so an existing one is complete).
+            rank_zero_info(f"Tokenizer artifact {out} is up to date (nothing was trained)")
+            return
+        trainer.strategy.barrier()
+        if trainer.is_global_zero:
+            if best and Path(best).is_file():
+                export_checkpoint(best, out)
+            else:
+                metrics = {
+                    k.removeprefix("val/"): float(v)
+                    for k, v in trainer.callback_metrics.items()
+                    if k.startswith("val/")
+                }
+                assert isinstance(pl_module, VQVAEModule), "ExportBest exports a VQVAEModule"
+                export_module(pl_module, out, metrics=metrics, source="in-memory model")
+            log.info("exported tokenizer artifact to %s (from %s)", out, best or "the final model")
+            print(f"Exported tokenizer artifact: {out} (from {best or 'the final model'})")
+        self.artifact_dir = out
+        trainer.strategy.barrier()
 
 
 def export_onnx_from(source: str | Path, out_dir: str | Path, input_dtype: str = "uint8") -> Path:

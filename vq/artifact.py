@@ -18,15 +18,24 @@ config.json (format_version 1):
     metrics         optional, e.g. {"psnr": ..., "ssim": ..., "epoch_usage": ...}
     extra           optional, anything JSON the caller wants to keep
     recommended_precision  optional, "fp32" to keep the Tokenizer off bf16 by default
+    files           {"model.safetensors": {"sha256": hex digest, "bytes": size}}; absent in
+                    artifacts written before checksums (they load unverified)
+
+model.safetensors metadata: ``model_config_sha256``, the sha256 of the ``model`` section it
+was saved with (canonical JSON), so an edit of config.json that still fits the tensor
+shapes is refused too.
 
 The ``Tokenizer`` that ``load_tokenizer`` returns lives in ``vq.tokenizer``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import shutil
+import stat
 import tempfile
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -48,6 +57,10 @@ FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (1,)
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+FILES_KEY = "files"  # config.json: {file name: {"sha256", "bytes"}} of the other files
+# model.safetensors metadata: sha256 of the canonical JSON of config.json's "model" section,
+# so an edit of the architecture that still fits the tensor shapes is detected.
+MODEL_HASH_KEY = "model_config_sha256"
 
 
 class ArtifactError(ValueError):
@@ -78,24 +91,6 @@ def _jsonable(value: Any, where: str) -> Any:
         f"{where} has type {type(value).__name__}; config.json takes numbers, strings, "
         "booleans, None, lists and dicts"
     )
-
-
-def _write_atomically(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same directory, then rename: a crash mid-write
-    leaves the previous file (or none), never a half-written one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        # mkstemp creates 0600 files; artifacts are read by other users (a service account,
-        # a container's non-root user), so give them the usual umask-based mode.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def quantizer_summary(model: VQVAE) -> dict[str, Any]:
@@ -156,7 +151,7 @@ def save_tokenizer(
     recommended_precision: str | None = None,
     push_to_hub: str | None = None,
 ) -> Path:
-    """Write ``model`` as an artifact directory (created if needed); returns its path.
+    """Write ``model`` as an artifact directory; returns its path.
 
     ``push_to_hub``: a Hub repo id ("owner/name") to upload the directory to afterwards, with
     its model card (``vq.hub``; needs huggingface_hub and a login).
@@ -164,6 +159,12 @@ def save_tokenizer(
     All persistent buffers are saved with the parameters, SimVQ's frozen codebook C
     included: it is random at construction, so a model rebuilt without it would
     produce other codes.
+
+    The directory is written whole or not at all (``_replace_dir``): the files go to a
+    temporary directory next to ``out_dir``, config.json records their sha256
+    (``files``), and the finished directory is renamed into place. A crash at any moment
+    leaves the previous artifact, or none, never a half-written one that loads. Files of an
+    existing ``out_dir`` that the artifact does not write (a model card) are kept.
     """
     out = Path(out_dir)
     config = artifact_config(
@@ -171,13 +172,19 @@ def save_tokenizer(
     )
     # safetensors wants contiguous tensors that share no storage; the copies are small.
     state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {"format": "pt", "format_version": str(FORMAT_VERSION)}
-    _write_atomically(
-        out / WEIGHTS_NAME, lambda p: safetensors.torch.save_file(state, p, metadata=meta)
-    )
-    text = json.dumps(config, indent=2, allow_nan=False) + "\n"
-    _write_atomically(out / CONFIG_NAME, lambda p: Path(p).write_text(text, encoding="utf-8"))
+    meta = {
+        "format": "pt",
+        "format_version": str(FORMAT_VERSION),
+        MODEL_HASH_KEY: model_config_sha256(config["model"]),
+    }
+
+    def write(tmp: Path) -> None:
+        safetensors.torch.save_file(state, tmp / WEIGHTS_NAME, metadata=meta)
+        config[FILES_KEY] = {WEIGHTS_NAME: _file_record(tmp / WEIGHTS_NAME)}
+        text = json.dumps(config, indent=2, allow_nan=False) + "\n"
+        (tmp / CONFIG_NAME).write_text(text, encoding="utf-8")
+
+    _replace_dir(out, write, written=(CONFIG_NAME, WEIGHTS_NAME))
     if push_to_hub is not None:
         _push(out, push_to_hub)
     return out
@@ -192,12 +199,103 @@ def _push(out: Path, repo_id: str) -> None:
     push_artifact(out, repo_id)
 
 
-def _read_config(root: Path) -> dict[str, Any]:
-    path = root / CONFIG_NAME
-    if not path.is_file():
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _file_record(path: Path) -> dict[str, Any]:
+    return {"sha256": _sha256(path), "bytes": path.stat().st_size}
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # directories cannot be opened on Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _replace_dir(out: Path, write: Any, written: tuple[str, ...]) -> None:
+    """Build a directory with ``write(tmp)`` and put it at ``out`` in one rename.
+
+    POSIX cannot exchange two directories atomically, so an existing ``out`` is first
+    renamed aside and then removed: between the two renames ``out`` is absent (a crash
+    there leaves the complete old artifact in ``.NAME.old-*`` next to it), but it is never
+    half-written. Leftover temporary directories of crashed saves are removed first.
+    """
+    out = out.absolute()
+    parent = out.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    for stale in parent.glob(f".{out.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.tmp-"))
+    try:
+        write(tmp)
+        if out.is_dir():
+            for kept in out.iterdir():  # e.g. card.md next to the weights
+                if kept.name not in written and kept.is_file() and not kept.is_symlink():
+                    shutil.copy2(kept, tmp / kept.name)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; artifacts are read by others
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~umask)
+            _fsync(f)
+        _fsync(tmp)
+        old: Path | None = None
+        if out.exists() or out.is_symlink():
+            old = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.old-"))
+            os.replace(out, old / out.name)
+        os.replace(tmp, out)
+        _fsync(parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def model_config_sha256(model_section: Mapping[str, Any]) -> str:
+    """sha256 of a ``VQVAEConfig.to_dict()`` as canonical JSON (sorted keys, no spaces)."""
+    text = json.dumps(model_section, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _regular_file(root: Path, name: str, inside: Path | None = None) -> Path:
+    """``root / name`` if it is a regular file inside the artifact; ArtifactError otherwise.
+
+    A symbolic link is followed only when it stays inside the artifact directory (or
+    ``inside``: a Hub snapshot's files link to its cache folder's blobs): one pointing
+    elsewhere (another model's weights, /dev/zero, a file of the host) is refused.
+    """
+    path = root / name
+    if path.is_symlink():
+        target = path.resolve()
+        if not target.is_relative_to((inside or root).resolve()):
+            raise ArtifactError(
+                f"{path} is a symbolic link to {target}, outside the artifact directory; "
+                "an artifact's files must lie inside it (copy the file instead of linking it)"
+            )
+    if not path.exists():
         raise ArtifactError(
             f"{path} is missing: an artifact holds {CONFIG_NAME} and {WEIGHTS_NAME}"
         )
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise ArtifactError(f"{path} is not a regular file")
+    return path
+
+
+def _read_config(root: Path, inside: Path | None = None) -> dict[str, Any]:
+    path = _regular_file(root, CONFIG_NAME, inside)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -220,28 +318,100 @@ def _parse_model_config(data: dict[str, Any], path: Path) -> VQVAEConfig:
         cfg = VQVAEConfig.from_dict(data["model"])
     except (ValueError, TypeError) as exc:
         raise ArtifactError(f"{path} 'model' section is invalid: {exc}") from None
-    # The top-level summary is what readers (the service's /v1/models) show: it must agree
-    # with the config the network is built from.
-    for key, value in (("f", cfg.f), ("in_channels", cfg.in_channels)):
-        if key in data and data[key] != value:
-            raise ArtifactError(
-                f"{path} says {key}={data[key]!r} but its model config has {key}={value}"
-            )
     return cfg
 
 
-def _read_weights(root: Path) -> dict[str, torch.Tensor]:
-    path = root / WEIGHTS_NAME
-    if not path.is_file():
+def _verify_files(root: Path, data: Mapping[str, Any], inside: Path | None = None) -> None:
+    """Check every file config.json lists under ``files`` against its recorded size and
+    sha256, before anything reads it; ArtifactError naming the damaged file. Artifacts
+    written before checksums existed have no ``files`` and are not checked."""
+    config = root / CONFIG_NAME
+    files = data.get(FILES_KEY)
+    if files is None:
+        return
+    if not isinstance(files, dict) or WEIGHTS_NAME not in files:
         raise ArtifactError(
-            f"{path} is missing: an artifact holds {CONFIG_NAME} and {WEIGHTS_NAME}"
+            f"{config} '{FILES_KEY}' must map each file name to its sha256 and list {WEIGHTS_NAME}"
         )
+    for name, record in files.items():
+        if name in (".", "..", CONFIG_NAME) or Path(name).name != name:
+            raise ArtifactError(
+                f"{config} '{FILES_KEY}' lists {name!r}: expected a file name of the artifact"
+            )
+        if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
+            raise ArtifactError(f"{config} '{FILES_KEY}' has no sha256 for {name!r}")
+        path = _regular_file(root, name, inside)
+        size = path.stat().st_size
+        if record.get("bytes", size) != size:
+            raise ArtifactError(
+                f"{path} is damaged: {size} bytes where {CONFIG_NAME} records "
+                f"{record['bytes']} (truncated or replaced after export)"
+            )
+        actual = _sha256(path)
+        if actual != record["sha256"]:
+            raise ArtifactError(
+                f"{path} is damaged: its sha256 is {actual} where {CONFIG_NAME} records "
+                f"{record['sha256']} (changed after export)"
+            )
+
+
+def _read_weights(root: Path, inside: Path | None = None) -> dict[str, torch.Tensor]:
+    path = _regular_file(root, WEIGHTS_NAME, inside)
     try:
         return safetensors.torch.load_file(str(path), device="cpu")
     except (safetensors.SafetensorError, OSError, RuntimeError, ValueError) as exc:
         raise ArtifactError(
             f"{path} could not be read as safetensors (truncated or corrupt file?): {exc}"
         ) from None
+
+
+def _check_model_hash(root: Path, cfg: VQVAEConfig) -> None:
+    """The weights' metadata records the model config they were saved with (artifacts
+    written before that have none): the ``model`` section must still be that one."""
+    path = root / WEIGHTS_NAME
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        recorded = (f.metadata() or {}).get(MODEL_HASH_KEY)
+    if recorded is not None and recorded != model_config_sha256(cfg.to_dict()):
+        raise ArtifactError(
+            f"{root / CONFIG_NAME} 'model' section is not the one {WEIGHTS_NAME} was saved "
+            "with (edited after export?): the weights would run as another architecture"
+        )
+
+
+def _check_finite(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Weights with NaN or infinity would make every code invalid: refuse them at load."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise ArtifactError(
+                    f"{path}: tensor {name!r} has {bad} non-finite value(s) (NaN or infinity) "
+                    f"of {tensor.numel()}; a model with them cannot produce valid codes"
+                )
+
+
+def _check_derived(data: Mapping[str, Any], model: VQVAE, path: Path) -> None:
+    """Every field of config.json derived from the model config (the ``quantizer`` summary,
+    ``f``, ``in_channels``, ``image_range``; what readers such as the service's /v1/models
+    show) must be what the config it is built from derives: an edit of one side alone is
+    refused, naming the field."""
+    expected = artifact_config(model)
+    for key in ("quantizer", "f", "in_channels", "image_range"):
+        if key not in data:
+            continue
+        found, want = data[key], expected[key]
+        if isinstance(want, dict) and isinstance(found, dict):
+            wrong = [
+                f"{key}.{k}={found.get(k)!r} (the model section gives {want.get(k)!r})"
+                for k in sorted(set(want) | set(found))
+                if found.get(k) != want.get(k)
+            ]
+        else:
+            wrong = [] if found == want else [f"{key}={found!r} (the model section gives {want!r})"]
+        if wrong:
+            raise ArtifactError(
+                f"{path} does not agree with its own 'model' section: " + "; ".join(wrong)
+            )
 
 
 def _check_state(state: Mapping[str, torch.Tensor], model: VQVAE, path: Path) -> None:
@@ -285,8 +455,11 @@ def load_tokenizer(
 ) -> Tokenizer:
     """Load an artifact directory written by ``save_tokenizer``, or a Hugging Face Hub repo
     id ("owner/name", downloaded with huggingface_hub when no such local path exists);
-    ArtifactError if it is missing, unreachable, unreadable, of an unknown format version, or
-    its weights do not fit its config.
+    ArtifactError if it is missing, unreachable, unreadable, of an unknown format version,
+    damaged (a file fails its recorded sha256 or size), tampered with (a file linked from
+    outside the directory, a config edited so it no longer derives its summary fields or no
+    longer matches the weights' record of it), or its weights do not fit its config or hold
+    NaN/infinity. Nothing is unpickled.
 
     ``precision``: "fp32" or "bf16" (``vq.precision``); None picks bf16 where ``device`` runs
     it natively unless config.json recommends fp32. ``Tokenizer.precision`` says which."""
@@ -299,10 +472,16 @@ def load_tokenizer(
         raise ArtifactError(
             f"{root} is not a directory; an artifact is a directory with {CONFIG_NAME}"
         )
-    data = _read_config(root)
+    # A Hub snapshot (snapshots/<revision>/ in the cache) links its files to ../../blobs/.
+    inside = root.resolve().parent.parent if root != Path(path) else None
+    data = _read_config(root, inside)
+    _verify_files(root, data, inside)
     cfg = _parse_model_config(data, root / CONFIG_NAME)
-    state = _read_weights(root)
+    state = _read_weights(root, inside)
     model = VQVAE(cfg)
     _check_state(state, model, root / WEIGHTS_NAME)
+    _check_derived(data, model, root / CONFIG_NAME)
+    _check_model_hash(root, cfg)
+    _check_finite(state, root / WEIGHTS_NAME)
     model.load_state_dict(state, strict=True)
     return Tokenizer(model, data, device, precision)

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from train.cli import silence_third_party_noise
+
 
 @pytest.fixture
 def one_thread() -> Iterator[None]:
@@ -16,3 +18,10 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_lightning() -> None:
+    """The filters ``vq-train`` installs for third-party noise, for tests that build
+    Trainers directly (pytest restores the warning filters after each test)."""
+    silence_third_party_noise()

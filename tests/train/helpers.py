@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import numpy as np
+from lightning.pytorch.callbacks import Callback
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,15 +66,66 @@ def write_image(path: Path, h: int, w: int, mode: str = "RGB", seed: int = 0) ->
 
 
 def scalar_tags(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar in the TensorBoard event files of ``log_dir``: tag -> [(step, value)]."""
+    """Every scalar TensorBoard shows for the run directory ``log_dir``: tag -> [(step, value)].
+
+    The directory is read as one run, as TensorBoard does, so events hidden by a resumed
+    run's ``purge_step`` are left out."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
     out: dict[str, list[tuple[int, float]]] = {}
-    for events in sorted(log_dir.glob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(events), size_guidance={"scalars": 0, "images": 0})
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            out.setdefault(tag, []).extend((s.step, s.value) for s in acc.Scalars(tag))
-        for tag in acc.Tags()["images"]:
-            out.setdefault(f"image:{tag}", []).append((0, 0.0))
+    for tag in acc.Tags()["scalars"]:
+        out[tag] = [(s.step, s.value) for s in acc.Scalars(tag)]
+    for tag in acc.Tags()["images"]:
+        out[f"image:{tag}"] = [(0, 0.0)]
     return out
+
+
+class KillAtStep(Callback):
+    """Test helper: SIGKILLs its own process after optimizer step ``step`` (the crash a
+    resume must survive; no Python clean-up runs)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object, **kwargs: object) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillAtPredictBatch(Callback):
+    """Test helper: SIGKILLs its own process when predict batch ``batch`` starts (batches
+    before it are written, later ones not)."""
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+
+    def on_predict_batch_start(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        batch: object,
+        batch_idx: int,
+        *args: object,
+    ) -> None:
+        if batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SaveRankState(Callback):
+    """Test helper: at the end of training each rank saves its quantizer state and its
+    global step to ``out_dir/rank{R}.pt``, so a test can compare the ranks."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import torch
+
+        state = {k: v.detach().cpu() for k, v in pl_module.model.quantizer.state_dict().items()}
+        Path(self.out_dir).mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {"state": state, "step": trainer.global_step},
+            Path(self.out_dir) / f"rank{trainer.global_rank}.pt",
+        )

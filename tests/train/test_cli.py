@@ -112,16 +112,17 @@ def test_fit_resume_last_then_predict(tmp_path: Path, one_thread: None) -> None:
     write_image(images / "a.png", 40, 56)
     write_image(images / "sub" / "b.jpg", 37, 50, seed=1)
     (images / "bad.png").write_bytes(b"not an image")
-    main(
-        [
-            "predict",
-            "--config",
-            str(tmp_path / "version_0" / "config.yaml"),
-            f"--ckpt_path={tmp_path / 'version_0' / 'checkpoints' / 'last.ckpt'}",
-            f"--data.predict_root={images}",
-            f"--predict_writer.out_dir={tmp_path / 'codes'}",
-        ]
-    )
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        main(
+            [
+                "predict",
+                "--config",
+                str(tmp_path / "version_0" / "config.yaml"),
+                f"--ckpt_path={tmp_path / 'version_0' / 'checkpoints' / 'last.ckpt'}",
+                f"--data.predict_root={images}",
+                f"--predict_writer.out_dir={tmp_path / 'codes'}",
+            ]
+        )
     manifest = (tmp_path / "codes" / "manifest-rank0.jsonl").read_text().splitlines()
     assert sorted(json.loads(line)["path"] for line in manifest) == ["a.png", "sub/b.jpg"]
     skipped = (tmp_path / "codes" / "skipped-rank0.jsonl").read_text().splitlines()

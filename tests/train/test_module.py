@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 import vq
 from train.callbacks import CodebookMonitor
+from train.cli import silence_third_party_noise
 from train.data import ImageDataModule
 from train.export import export_checkpoint, export_module, read_checkpoint
 from train.export import main as export_main
@@ -46,7 +47,12 @@ def tiny_trainer(
         enable_model_summary=False,
         logger=False,
         callbacks=[
-            ModelCheckpoint(dirpath=root / "checkpoints", monitor="val/loss", save_last=True),
+            ModelCheckpoint(
+                dirpath=root / "checkpoints",
+                monitor="val/loss",
+                save_last=True,
+                save_on_train_epoch_end=False,  # as vq-train: best chosen at validation
+            ),
             CodebookMonitor(window=1024),
             *(callbacks or []),
         ],
@@ -64,6 +70,7 @@ class Trained:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    silence_third_party_noise()  # module-scoped: runs before the autouse fixture
     try:
         L.seed_everything(0, verbose=False)
         root = tmp_path_factory.mktemp("fit")
@@ -79,13 +86,13 @@ def test_artifact_round_trip_gives_the_trained_codes(trained: Trained, tmp_path:
     expected = trained.module.model.encode(images.float() / 127.5 - 1.0)
 
     export_module(trained.module, tmp_path / "mem", metrics={"psnr": 20.0, "junk": 1.0})
-    tokenizer = vq.load_tokenizer(tmp_path / "mem")
+    tokenizer = vq.load_tokenizer(tmp_path / "mem", precision="fp32")
     assert torch.equal(tokenizer.encode(images), expected)
     assert tokenizer.metadata["metrics"] == {"psnr": 20.0}  # only the known metric names
 
     # last.ckpt holds the final state too; vq-export writes the same codes.
     assert export_main([str(trained.root / "checkpoints" / "last.ckpt"), str(tmp_path / "ck")]) == 0
-    from_ckpt = vq.load_tokenizer(tmp_path / "ck")
+    from_ckpt = vq.load_tokenizer(tmp_path / "ck", precision="fp32")
     assert torch.equal(from_ckpt.encode(images), expected)
     assert from_ckpt.metadata["extra"]["global_step"] == 4
     assert {"psnr", "ssim", "epoch_usage"} <= set(from_ckpt.metadata["metrics"])

@@ -148,6 +148,13 @@ def _rewrite_config(root: Path, edit) -> None:  # type: ignore[no-untyped-def]
     (root / CONFIG_NAME).write_text(json.dumps(data))
 
 
+def _rewrite_weights(root: Path, state: dict[str, torch.Tensor]) -> None:
+    """Replace the weights and record their new checksum, as a consistent artifact with
+    wrong tensors would have (the checksum test is in test_artifact_integrity.py)."""
+    safetensors.torch.save_file(state, str(root / WEIGHTS_NAME))
+    _rewrite_config(root, lambda d: d.pop("files"))
+
+
 def test_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="does not exist"):
         load_tokenizer(tmp_path / "nope")
@@ -201,7 +208,7 @@ def test_invalid_model_section(artifact: Path) -> None:
 
 def test_summary_disagreeing_with_model_config(artifact: Path) -> None:
     _rewrite_config(artifact, lambda d: d.update(f=8))
-    with pytest.raises(ArtifactError, match=r"f=8 but its model config has f=4"):
+    with pytest.raises(ArtifactError, match=r"f=8 \(the model section gives 4\)"):
         load_tokenizer(artifact)
 
 
@@ -216,6 +223,9 @@ def test_truncated_weights(artifact: Path, keep: int) -> None:
     path = artifact / WEIGHTS_NAME
     data = path.read_bytes()
     path.write_bytes(data[:keep] if keep >= 0 else data[:keep])
+    with pytest.raises(ArtifactError, match=r"model\.safetensors is damaged: \d+ bytes where"):
+        load_tokenizer(artifact)
+    _rewrite_config(artifact, lambda d: d.pop("files"))  # an artifact without checksums
     with pytest.raises(ArtifactError, match=r"truncated or corrupt"):
         load_tokenizer(artifact)
 
@@ -224,7 +234,7 @@ def test_mismatched_shape_is_named(artifact: Path) -> None:
     path = artifact / WEIGHTS_NAME
     state = safetensors.torch.load_file(str(path))
     state["encoder.stem.weight"] = torch.zeros(4, 3, 3, 3)
-    safetensors.torch.save_file(state, str(path))
+    _rewrite_weights(artifact, state)
     with pytest.raises(
         ArtifactError, match=r"shape mismatches: encoder\.stem\.weight: file \(4, 3, 3, 3\)"
     ):
@@ -236,7 +246,7 @@ def test_missing_and_unexpected_keys_are_named(artifact: Path) -> None:
     state = safetensors.torch.load_file(str(path))
     del state["decoder.conv_out.bias"]
     state["decoder.extra.weight"] = torch.zeros(1)
-    safetensors.torch.save_file(state, str(path))
+    _rewrite_weights(artifact, state)
     with pytest.raises(ArtifactError) as info:
         load_tokenizer(artifact)
     message = str(info.value)

@@ -1,0 +1,209 @@
+"""Artifact integrity: checksums, atomic export, tampering (flipped bytes, edited configs that
+fit the shapes, a pickle under the weights' name, symlinks out of the artifact), non-finite
+weights. Each is refused by ``load_tokenizer`` naming the file and the problem."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from vq.artifact import CONFIG_NAME, WEIGHTS_NAME, ArtifactError, load_tokenizer, save_tokenizer
+from vq.model import VQVAE, QuantizerConfig, VQVAEConfig
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_MODEL = REPO / "models" / "default"
+
+
+def tiny(quantizer: QuantizerConfig | None = None) -> VQVAE:
+    q = quantizer or QuantizerConfig(kind="vq", codebook_size=16)
+    torch.manual_seed(0)
+    return VQVAE(VQVAEConfig(f=4, widths=(8, 16, 16), num_res_blocks=1, quantizer=q)).eval()
+
+
+def fsq() -> VQVAE:
+    return tiny(QuantizerConfig(kind="fsq", codebook_size=1000, levels=(8, 5, 5, 5)))
+
+
+def edit_config(root: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    data = json.loads((root / CONFIG_NAME).read_text())
+    edit(data)
+    (root / CONFIG_NAME).write_text(json.dumps(data))
+
+
+def test_checksums_are_recorded_and_verified(tmp_path: Path) -> None:
+    out = save_tokenizer(tiny(), tmp_path / "tok")
+    record = json.loads((out / CONFIG_NAME).read_text())["files"][WEIGHTS_NAME]
+    data = (out / WEIGHTS_NAME).read_bytes()
+    assert record == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    load_tokenizer(out)
+
+
+@pytest.mark.parametrize("offset", [10, -1000, -1])  # in the JSON header, in the tensors
+def test_flipped_byte_is_refused_naming_the_file(tmp_path: Path, offset: int) -> None:
+    out = save_tokenizer(tiny(), tmp_path / "tok")
+    data = bytearray((out / WEIGHTS_NAME).read_bytes())
+    data[offset] ^= 0x01
+    (out / WEIGHTS_NAME).write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=r"model\.safetensors is damaged: its sha256 is"):
+        load_tokenizer(out)
+
+
+def test_pickle_renamed_to_safetensors_is_refused_and_never_run(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (os.system, (f"touch {marker}",))
+
+    out = save_tokenizer(tiny(), tmp_path / "tok")
+    with (out / WEIGHTS_NAME).open("wb") as f:
+        pickle.dump({"state_dict": Payload()}, f)
+    with pytest.raises(ArtifactError, match=r"model\.safetensors is damaged"):
+        load_tokenizer(out)
+    edit_config(out, lambda d: d.pop("files"))  # without checksums: safetensors refuses it
+    with pytest.raises(ArtifactError, match=r"model\.safetensors could not be read as safetensors"):
+        load_tokenizer(out)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", [WEIGHTS_NAME, CONFIG_NAME])
+def test_symlink_out_of_the_artifact_is_refused(tmp_path: Path, name: str) -> None:
+    other = save_tokenizer(tiny(), tmp_path / "other")
+    out = save_tokenizer(tiny(), tmp_path / "tok")
+    (out / name).unlink()
+    (out / name).symlink_to(other / name)  # the very same bytes, but not this artifact's
+    with pytest.raises(ArtifactError, match=rf"{name} is a symbolic link to .*outside"):
+        load_tokenizer(out)
+
+
+def test_symlink_inside_the_artifact_and_a_linked_directory_load(tmp_path: Path) -> None:
+    out = save_tokenizer(tiny(), tmp_path / "tok")
+    (out / WEIGHTS_NAME).rename(out / "weights.bin")
+    (out / WEIGHTS_NAME).symlink_to("weights.bin")
+    (tmp_path / "alias").symlink_to(out, target_is_directory=True)
+    load_tokenizer(tmp_path / "alias")
+
+
+def test_fifo_instead_of_weights_is_refused(tmp_path: Path) -> None:
+    out = save_tokenizer(tiny(), tmp_path / "tok")
+    (out / WEIGHTS_NAME).unlink()
+    os.mkfifo(out / WEIGHTS_NAME)  # reading it would block forever
+    with pytest.raises(ArtifactError, match=r"model\.safetensors is not a regular file"):
+        load_tokenizer(out)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        # A shape changed in config.json: the weights no longer fit.
+        (lambda d: d["model"].update(widths=[8, 16, 32]), r"shape mismatches"),
+        # FSQ levels edited with a matching codebook_size: every shape still fits, the
+        # summary (what /v1/models shows) no longer derives from the model section.
+        (
+            lambda d: d["model"]["quantizer"].update(levels=[8, 6, 5, 5], codebook_size=1200),
+            r"quantizer\.codebook_size=1000 \(the model section gives 1200\)",
+        ),
+        # The summary edited alone.
+        (lambda d: d["quantizer"].update(levels=[8, 6, 5, 5]), r"quantizer\.levels=\[8, 6, 5, 5\]"),
+        (lambda d: d["quantizer"].update(kind="vq"), r"quantizer\.kind='vq'"),
+        (lambda d: d.update(image_range=[0, 1]), r"image_range=\[0, 1\]"),
+        (lambda d: d.update(in_channels=1), r"in_channels=1 \(the model section gives 3\)"),
+    ],
+)
+def test_config_edits_are_refused(
+    tmp_path: Path, edit: Callable[[dict[str, Any]], None], message: str
+) -> None:
+    out = save_tokenizer(fsq(), tmp_path / "tok")
+    edit_config(out, edit)
+    with pytest.raises(ArtifactError, match=message):
+        load_tokenizer(out)
+
+
+def test_consistent_config_edit_that_fits_the_shapes_is_refused(tmp_path: Path) -> None:
+    # Levels, codebook size and summary all edited together: only the weights' record of the
+    # config they were saved with can tell.
+    out = save_tokenizer(fsq(), tmp_path / "tok")
+
+    def edit(d: dict[str, Any]) -> None:
+        d["model"]["quantizer"].update(levels=[8, 6, 5, 5], codebook_size=1200)
+        d["quantizer"].update(levels=[8, 6, 5, 5], codebook_size=1200)
+
+    edit_config(out, edit)
+    with pytest.raises(ArtifactError, match=r"'model' section is not the one model\.safetensors"):
+        load_tokenizer(out)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path: Path, bad: float) -> None:
+    model = tiny()
+    with torch.no_grad():
+        model.decoder.conv_out.weight.view(-1)[3] = bad
+    out = save_tokenizer(model, tmp_path / "tok")
+    with pytest.raises(ArtifactError, match=r"tensor 'decoder\.conv_out\.weight' has 1 non-finite"):
+        load_tokenizer(out)
+
+
+def test_artifact_without_checksums_still_loads(tmp_path: Path) -> None:
+    # models/default was written before checksums and the weights' config record existed.
+    assert "files" not in json.loads((DEFAULT_MODEL / CONFIG_NAME).read_text())
+    copy = tmp_path / "default"
+    shutil.copytree(DEFAULT_MODEL, copy)
+    tok = load_tokenizer(copy, precision="fp32")
+    assert tok.model.codebook_size == 1000
+
+
+def test_save_keeps_other_files_and_leaves_no_temporaries(tmp_path: Path) -> None:
+    out = tmp_path / "tok"
+    save_tokenizer(tiny(), out)
+    (out / "card.md").write_text("# my model\n")
+    save_tokenizer(tiny(), out)
+    assert sorted(p.name for p in out.iterdir()) == ["card.md", CONFIG_NAME, WEIGHTS_NAME]
+    assert (out / "card.md").read_text() == "# my model\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok"]
+
+
+def test_export_killed_at_any_moment_never_leaves_a_half_artifact(tmp_path: Path) -> None:
+    # A process re-exporting in a loop, SIGKILLed mid-way: whatever is at the path is a
+    # complete artifact that loads (or, between the two renames, nothing at all).
+    out = tmp_path / "tok"
+    code = (
+        "import sys, torch\n"
+        "from vq.artifact import save_tokenizer\n"
+        "from vq.model import VQVAE, VQVAEConfig, QuantizerConfig\n"
+        "q = QuantizerConfig(kind='vq', codebook_size=4096)\n"
+        "model = VQVAE(VQVAEConfig(f=4, widths=(8, 16, 16), code_dim=256, quantizer=q))\n"
+        "while True:\n"
+        "    save_tokenizer(model, sys.argv[1])\n"
+        "    print('saved', flush=True)\n"
+    )
+    env = {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    for delay in (0.0, 0.03, 0.11):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, str(out)], cwd=REPO, env=env, stdout=subprocess.PIPE
+        )
+        assert proc.stdout is not None
+        proc.stdout.readline()  # one complete export
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        if out.exists():
+            load_tokenizer(out)
+        else:  # killed between the renames: the previous artifact is complete, aside
+            (old,) = tmp_path.glob(".tok.old-*/tok")
+            load_tokenizer(old)
+            shutil.move(old, out)
+    save_tokenizer(tiny(), out)  # the next export cleans up after the killed ones
+    assert not list(tmp_path.glob(".tok.tmp-*"))
