@@ -11,7 +11,7 @@ from fastapi.staticfiles import StaticFiles
 
 from service.errors import install_error_handlers
 from service.images import set_pixel_limit
-from service.limits import BodyLimitMiddleware
+from service.limits import BodyLimitMiddleware, SlowBodyMiddleware
 from service.metrics import RequestMetricsMiddleware
 from service.routes import dashboard, detokenize, health, metrics, models, tokenize
 from service.settings import Settings, get_settings
@@ -50,5 +50,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=dashboard.STATIC_DIR), name="static")
     # Outermost first: metrics see every response, the 413 check included.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(
+        SlowBodyMiddleware,
+        timeout_s=settings.body_timeout_s,
+        grace_s=settings.body_grace_s,
+        min_rate=settings.min_body_rate,
+    )
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
     return app

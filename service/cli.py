@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -18,6 +20,19 @@ from pydantic import ValidationError
 
 from service.app import create_app
 from service.settings import Settings
+from service.state import ServiceState
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, with readiness turned 503 and new work refused the moment SIGTERM arrives."""
+
+    def __init__(self, config: uvicorn.Config, state: ServiceState) -> None:
+        super().__init__(config)
+        self.service_state = state
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.service_state.begin_drain()
+        super().handle_exit(sig, frame)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +50,30 @@ def build_parser() -> argparse.ArgumentParser:
         "(default default=models/default, relative to the current directory; env VQ_MODELS)",
     )
     p.add_argument("--device", choices=["cpu", "cuda"], help="env VQ_DEVICE")
+    p.add_argument(
+        "--precision",
+        help="fp32, bf16 or auto: bf16 where the device runs it natively (env VQ_PRECISION)",
+    )
+    p.add_argument(
+        "--memory-budget",
+        help="the process's memory, e.g. 8G (default: half the machine; env VQ_MEMORY_BUDGET)",
+    )
+    p.add_argument(
+        "--request-timeout-s",
+        type=float,
+        help="503 for requests not answered in time (default 30; env VQ_REQUEST_TIMEOUT_S)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        help="items waiting per model before 503 (default 256; env VQ_MAX_QUEUE)",
+    )
+    p.add_argument(
+        "--drain-timeout-s",
+        type=float,
+        help="on SIGTERM, how long in-flight requests may finish (default 40; env "
+        "VQ_DRAIN_TIMEOUT_S)",
+    )
     p.add_argument(
         "--torch-threads", type=int, help="torch intra-op threads (env VQ_TORCH_THREADS)"
     )
@@ -68,6 +107,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             ("batch_wait_ms", args.batch_wait_ms),
             ("max_upload_bytes", args.max_upload_bytes),
             ("max_image_side", args.max_image_side),
+            ("precision", args.precision),
+            ("memory_budget", args.memory_budget),
+            ("request_timeout_s", args.request_timeout_s),
+            ("max_queue", args.max_queue),
+            ("drain_timeout_s", args.drain_timeout_s),
         )
         if value is not None
     }
@@ -87,8 +131,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
-    sys.exit(0)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level,
+        # uvicorn's own drain: after SIGTERM it stops accepting, lets open requests finish
+        # for this long, then runs the app's shutdown.
+        timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
+    )
+    server = DrainingServer(config, app.state.service)
+    server.run()
+    sys.exit(0 if server.started else 1)
 
 
 if __name__ == "__main__":

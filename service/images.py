@@ -55,11 +55,8 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def decode_image(data: bytes, *, label: str, max_side: int) -> np.ndarray:
-    """Image file bytes -> (H, W, 3) uint8 RGB.
-
-    ``label`` names the image in error messages (``images[2]``, ``files[0] (cat.png)``).
-    """
+def _open(data: bytes, *, label: str, max_side: int) -> Image.Image:
+    """Open lazily (header only) and check the declared size; 4xx naming the problem."""
     if not data:
         raise bad_request(f"{label} is empty (0 bytes); send an image file", "empty_image")
     try:
@@ -75,16 +72,45 @@ def decode_image(data: bytes, *, label: str, max_side: int) -> np.ndarray:
             f"allowed formats: {', '.join(ALLOWED_FORMATS)}",
             "invalid_image",
         ) from None
-    with img:
+    width, height = img.size
+    if width > max_side or height > max_side:
+        img.close()
+        raise too_large(
+            f"{label} declares {width}x{height} pixels; the limit is {max_side} px per side "
+            "(refused before decoding)",
+            "image_too_large",
+        )
+    if width == 0 or height == 0:
+        img.close()
+        raise bad_request(f"{label} declares {width}x{height} pixels", "invalid_image")
+    return img
+
+
+def header_size(data: bytes, *, label: str, max_side: int) -> tuple[int, int]:
+    """(H, W) as the file's header declares it, without decoding a pixel. EXIF rotation
+    may swap the sides later; the pixel count, which is what memory depends on, stays."""
+    with _open(data, label=label, max_side=max_side) as img:
         width, height = img.size
-        if width > max_side or height > max_side:
-            raise too_large(
-                f"{label} declares {width}x{height} pixels; the limit is {max_side} px per side "
-                "(refused before decoding)",
-                "image_too_large",
-            )
-        if width == 0 or height == 0:
-            raise bad_request(f"{label} declares {width}x{height} pixels", "invalid_image")
+    return height, width
+
+
+def fitted_size(h: int, w: int, *, f: int, fit: FitMode) -> tuple[int, int]:
+    """The size ``fit_image`` will produce from (h, w) (reject: unchanged, or refused)."""
+    if fit == "crop":
+        return h - h % f, w - w % f
+    if fit == "pad":
+        return h + (-h) % f, w + (-w) % f
+    if fit == "resize":
+        return max(f, round(h / f) * f), max(f, round(w / f) * f)
+    return h, w
+
+
+def decode_image(data: bytes, *, label: str, max_side: int) -> np.ndarray:
+    """Image file bytes -> (H, W, 3) uint8 RGB.
+
+    ``label`` names the image in error messages (``images[2]``, ``files[0] (cat.png)``).
+    """
+    with _open(data, label=label, max_side=max_side) as img:
         try:
             img.load()
             # EXIF orientation: tokenize what a viewer shows, not the sensor's raw layout.
@@ -126,7 +152,7 @@ def fit_image(arr: np.ndarray, *, f: int, fit: FitMode, label: str) -> np.ndarra
     if fit == "pad":
         return np.pad(arr, ((0, (-h) % f), (0, (-w) % f), (0, 0)), mode="edge")
     if fit == "resize":
-        nh, nw = max(f, round(h / f) * f), max(f, round(w / f) * f)
+        nh, nw = fitted_size(h, w, f=f, fit=fit)
         resized = Image.fromarray(arr).resize((nw, nh), Image.Resampling.BICUBIC)
         return np.asarray(resized, dtype=np.uint8)
     raise unprocessable(f"fit={fit!r} is not allowed; choose reject, crop, pad or resize")
@@ -159,6 +185,8 @@ __all__ = [
     "decode_image",
     "encode_png",
     "fit_image",
+    "fitted_size",
+    "header_size",
     "load_image",
     "set_pixel_limit",
 ]

@@ -1,4 +1,4 @@
-"""Request body size limit (413), enforced while the body streams in.
+"""Request body limits: size (413) and arrival time (408), enforced while the body streams in.
 
 A declared Content-Length over the limit is refused before reading a byte; a body without
 one (chunked) is counted as it arrives and refused as soon as it passes the limit, so a
@@ -6,6 +6,9 @@ client cannot make the service buffer more than ``max_bytes``.
 """
 
 from __future__ import annotations
+
+import asyncio
+import time
 
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
@@ -58,3 +61,66 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class BodyTimeout(HTTPException):
+    def __init__(self, detail: str) -> None:
+        super().__init__(status_code=408, detail=detail)
+
+
+class SlowBodyMiddleware:
+    """Cuts off request bodies that arrive too slowly (408), so a slow or stalled client
+    holds a connection for a bounded time and never blocks other requests.
+
+    The body must be complete within ``timeout_s``; after ``grace_s`` it must also have
+    averaged at least ``min_rate`` bytes/s. Each ``receive`` waits only until the earliest
+    moment one of the two rules could fail, so a client that sends nothing is cut off too.
+    Once the body is complete, ``receive`` passes through untouched (it then only reports a
+    disconnect, which the handlers watch for).
+    """
+
+    def __init__(self, app: ASGIApp, timeout_s: float, grace_s: float, min_rate: int) -> None:
+        self.app = app
+        self.timeout_s = timeout_s
+        self.grace_s = grace_s
+        self.min_rate = min_rate
+
+    def _wait_limit(self, elapsed: float, received: int) -> float:
+        """Seconds the next chunk may take before a rule fails (at least a little)."""
+        limit = self.timeout_s - elapsed
+        if self.min_rate > 0:
+            # received + rate * 0 >= min_rate * t  <=>  t <= received / min_rate
+            limit = min(limit, max(self.grace_s, received / self.min_rate) - elapsed)
+        return max(limit, 0.001)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.monotonic()
+        received = 0
+        complete = False
+
+        async def timed_receive() -> Message:
+            nonlocal received, complete
+            if complete:
+                return await receive()
+            elapsed = time.monotonic() - start
+            try:
+                message = await asyncio.wait_for(receive(), self._wait_limit(elapsed, received))
+            except TimeoutError:
+                elapsed = time.monotonic() - start
+                raise BodyTimeout(
+                    f"request body too slow: {received} bytes in {elapsed:.1f} s; bodies must "
+                    f"arrive within {self.timeout_s:g} s (setting body_timeout_s) at "
+                    f"{self.min_rate} bytes/s or more after {self.grace_s:g} s "
+                    "(settings min_body_rate, body_grace_s)"
+                ) from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
+            else:
+                complete = True
+            return message
+
+        await self.app(scope, timed_receive, send)

@@ -38,6 +38,7 @@ def model_info(model: ServedModel) -> ModelInfo:
         versions=dict(meta.get("versions") or {}),
         metrics=dict(meta.get("metrics") or {}),
         device=str(model.tokenizer.device),
+        precision=model.tokenizer.precision,
     )
 
 
@@ -56,16 +57,4 @@ async def get_model(name: str, state: StateDep) -> ModelInfo:
 async def get_usage(name: str, state: StateDep) -> UsageResponse:
     """Statistics of the codes this service has produced for `name` (tokenize traffic),
     over the last `window` tokens: the definitions of shared DESIGN.md."""
-    model = state.get(name)
-    report = model.usage_report()
-    return UsageResponse(
-        model=model.name,
-        codebook_size=model.codebook_size,
-        window=report.window,
-        window_tokens=report.window_tokens,
-        tokens_seen=report.tokens_seen,
-        window_usage=report.window_usage,
-        perplexity=report.perplexity,
-        dead_codes=report.dead_codes,
-        histogram=report.histogram,
-    )
+    return state.get(name).usage_report()
