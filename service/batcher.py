@@ -226,6 +226,7 @@ class MicroBatcher:
                 continue
             if now > item.deadline:
                 self.items_expired += 1
+                self._leave(item)
                 item.future.set_exception(DeadlineExceeded("the request's deadline passed"))
                 continue
             self._leave(item, running=True)

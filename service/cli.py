@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType
@@ -32,6 +33,11 @@ class DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.service_state.begin_drain()
+        if sig == signal.SIGTERM:
+            # A drain is the orderly way out: exit 0 once it is done (uvicorn's own handler
+            # would re-raise SIGTERM after shutting down, ending the process with -15).
+            self.should_exit = True
+            return
         super().handle_exit(sig, frame)
 
 
