@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--request-timeout-s",
         type=float,
-        help="503 for requests not answered in time (default 30; env VQ_REQUEST_TIMEOUT_S)",
+        help="503 for requests not answered in time (default 60; env VQ_REQUEST_TIMEOUT_S)",
     )
     p.add_argument(
         "--max-queue",
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--drain-timeout-s",
         type=float,
-        help="on SIGTERM, how long in-flight requests may finish (default 40; env "
+        help="on SIGTERM, how long in-flight requests may finish (default 70; env "
         "VQ_DRAIN_TIMEOUT_S)",
     )
     p.add_argument(

@@ -100,8 +100,9 @@ class Settings(BaseSettings):
     # Request limits (bad input gets a 4xx, see docs/api.md).
     max_upload_bytes: int = Field(default=20 * MiB, ge=1)  # whole request body; 413 beyond
     # The side limits are checked on the image header / grid shape before any work; the
-    # defaults keep one maximal request to a few seconds and about 2-3 GB (docs/operations.md
-    # has the measurements). Memory itself is policed by memory_budget below.
+    # defaults keep one maximal request of the default model to 1.2 GB (bf16; 2.1 GB fp32)
+    # and well inside request_timeout_s on 2 busy cores (docs/operations.md has the
+    # measurements). Memory itself is policed by memory_budget below.
     max_image_side: int = Field(default=2048, ge=1)  # pixels, either side, checked before decoding
     max_images_per_request: int = Field(default=64, ge=1)
     max_grid_side: int = Field(default=256, ge=1)  # detokenize: code grid rows/columns
@@ -116,14 +117,14 @@ class Settings(BaseSettings):
     # beyond that 503 + Retry-After at once. A request not answered within
     # request_timeout_s gets 503 and its queued items never run.
     max_queue: int = Field(default=256, ge=1)
-    request_timeout_s: float = Field(default=30.0, gt=0.0)
+    request_timeout_s: float = Field(default=60.0, gt=0.0)
     # Slow clients: a body must arrive within body_timeout_s and, after its first
     # body_grace_s, at min_body_rate bytes/s on average; 408 otherwise.
     body_timeout_s: float = Field(default=60.0, gt=0.0)
     body_grace_s: float = Field(default=5.0, ge=0.0)
     min_body_rate: int = Field(default=16 * 1024, ge=0)
     # SIGTERM: readiness turns 503, new work is refused, in-flight requests get this long.
-    drain_timeout_s: float = Field(default=40.0, ge=0.0)
+    drain_timeout_s: float = Field(default=70.0, ge=0.0)
 
     # Micro-batching: concurrent requests for one model share a forward pass of up to
     # max_batch_size images, waiting at most batch_wait_ms for company. batching=False (or
