@@ -10,6 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 # The schema states the shape rules; ids in [0, codebook_size), equal row lengths and the
 # grid-side limit depend on the model and settings and are checked once, in
 # routes/detokenize.check_grid.
+# Two integers, e.g. [H, W]: a fixed-length array (plain JSON Schema; tuple types would
+# produce prefixItems, which OpenAPI 3.0 tools misread).
+Pair = Annotated[list[int], Field(min_length=2, max_length=2)]
 CodeRow = Annotated[list[StrictInt], Field(min_length=1)]
 CodeGrid = Annotated[list[CodeRow], Field(min_length=1, description="[h][w] code ids")]
 
@@ -30,8 +33,8 @@ class TokenizeJSONRequest(BaseModel):
 
 class TokenizeResult(BaseModel):
     codes: list[list[int]] = Field(description="Code ids, shape [h][w]")
-    grid: tuple[int, int] = Field(description="[h, w] = image size after fit / f")
-    image_size: tuple[int, int] = Field(description="[H, W] of the image as sent")
+    grid: Pair = Field(description="[h, w] = image size after fit / f")
+    image_size: Pair = Field(description="[H, W] of the image as sent")
 
 
 class TokenizeResponse(BaseModel):
@@ -59,7 +62,7 @@ class DetokenizeBatchRequest(BaseModel):
 class DetokenizeBatchResponse(BaseModel):
     model: str
     images: list[str] = Field(description="Base64 PNGs, one per grid, in request order")
-    image_size: list[tuple[int, int]] = Field(description="[H, W] of each image")
+    image_size: list[Pair] = Field(description="[H, W] of each image")
 
 
 class ModelInfo(BaseModel):

@@ -30,6 +30,8 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorResponse} for code in (400, 404, 408, 413, 415, 422, 500, 503)
 }
 
+IMAGE_MEDIA_TYPES = "image/png, image/jpeg, image/webp, image/bmp, image/gif"
+
 _REQUEST_BODY = {
     "requestBody": {
         "required": True,
@@ -40,11 +42,14 @@ _REQUEST_BODY = {
                     "properties": {
                         "files": {
                             "type": "array",
+                            "minItems": 1,
                             "items": {"type": "string", "format": "binary"},
+                            "description": "Image files: PNG, JPEG, WebP, BMP or GIF",
                         }
                     },
                     "required": ["files"],
-                }
+                },
+                "encoding": {"files": {"contentType": IMAGE_MEDIA_TYPES}},
             },
             "application/json": {"schema": TokenizeJSONRequest.model_json_schema()},
         },

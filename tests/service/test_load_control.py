@@ -12,32 +12,30 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 import torch
-import uvicorn
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
 from service.batcher import DeadlineExceeded, MicroBatcher, QueueFull
 from service.budget import BudgetExceeded, MemoryBudget, ModelCost, current_rss, per_pixel
-from service.cli import DrainingServer, build_parser, settings_from_args
+from service.cli import build_parser, settings_from_args
 from service.settings import Settings
-from service.state import ServiceState
 from tests.service.helpers import (
     encode_file,
-    free_port,
     make_settings,
     png_with_header,
     random_image,
+    serving,
     start_server,
     stop_server,
+    wait_until,
 )
 
 
@@ -72,36 +70,6 @@ class SlowEncode:
         self.images += int(images.shape[0])
         time.sleep(self.delay_s)
         return self.original(images)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
-
-
-@contextmanager
-def serving(settings: Settings) -> Iterator[tuple[str, ServiceState, DrainingServer]]:
-    """The app under a real uvicorn server on a thread (a loopback port), so sockets can be
-    dropped mid-request and the model patched from here."""
-    port = free_port()
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=10
-    )
-    server = DrainingServer(config, app.state.service)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}", app.state.service, server
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
 
 
 # -- precision ------------------------------------------------------------------------------
