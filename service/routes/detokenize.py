@@ -143,5 +143,5 @@ async def detokenize_batch(
     return DetokenizeBatchResponse(
         model=body.model,
         images=[base64.b64encode(png).decode("ascii") for png in pngs],
-        image_size=sizes,
+        image_size=[list(size) for size in sizes],
     )

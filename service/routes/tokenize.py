@@ -198,7 +198,9 @@ async def tokenize(
     state.metrics.images.labels(model, "tokenize").inc(len(codes))
     state.metrics.tokens.labels(model, "tokenize").inc(tokens)
     results = [
-        TokenizeResult(codes=c.tolist(), grid=(int(c.shape[0]), int(c.shape[1])), image_size=size)
+        TokenizeResult(
+            codes=c.tolist(), grid=[int(c.shape[0]), int(c.shape[1])], image_size=list(size)
+        )
         for c, size in zip(codes, sizes, strict=True)
     ]
     return TokenizeResponse(model=model, codebook_size=served.codebook_size, results=results)
