@@ -8,10 +8,13 @@ Flags override the ``VQ_*`` environment variables, which override the defaults.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import math
 import signal
+import socket
 import sys
+import threading
 from collections.abc import Sequence
 from types import FrameType
 from typing import Any
@@ -23,6 +26,8 @@ from service.app import create_app
 from service.settings import Settings
 from service.state import ServiceState
 
+LINGER_S = 0.5  # after the listener closes, for requests on just-accepted connections
+
 
 class DrainingServer(uvicorn.Server):
     """uvicorn, with readiness turned 503 and new work refused the moment SIGTERM arrives."""
@@ -32,13 +37,32 @@ class DrainingServer(uvicorn.Server):
         self.service_state = state
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self.service_state.begin_drain()
-        if sig == signal.SIGTERM:
-            # A drain is the orderly way out: exit 0 once it is done (uvicorn's own handler
-            # would re-raise SIGTERM after shutting down, ending the process with -15).
-            self.should_exit = True
+        state = self.service_state
+        first = not state.draining
+        state.begin_drain()
+        if sig == signal.SIGTERM and first:
+            # A drain is the orderly way out: keep the listener open for shutdown_delay_s
+            # (readiness 503, new requests 503 + Connection: close), then let uvicorn stop
+            # accepting and wait for in-flight requests; exit 0 once done (uvicorn's own
+            # handler would re-raise SIGTERM after shutting down, ending with -15).
+            timer = threading.Timer(state.settings.shutdown_delay_s, self._stop)
+            timer.daemon = True
+            timer.start()
             return
         super().handle_exit(sig, frame)
+
+    def _stop(self) -> None:
+        self.should_exit = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn closes the listener and then every connection not mid-request at once; a
+        # connection accepted a moment earlier whose request has not been parsed yet would
+        # be cut (the client sees a reset). Stop accepting first, give those requests a
+        # moment to arrive and be answered (503 while draining), then shut down as usual.
+        for server in self.servers:
+            server.close()
+        await asyncio.sleep(LINGER_S)
+        await super().shutdown(sockets)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
@@ -124,3 +125,43 @@ class SlowBodyMiddleware:
             return message
 
         await self.app(scope, timed_receive, send)
+
+
+class DrainMiddleware:
+    """While the service drains (after SIGTERM): requests with a body are refused here with
+    503 ``shutting_down`` after their body has been read (answering before it and closing
+    would make the kernel reset the connection, and the client would see an error instead of
+    the 503), and every response carries ``Connection: close``, so keep-alive clients
+    reconnect (to another replica) instead of reusing a connection that is about to close.
+    Requests already inside the app when draining began are not touched."""
+
+    def __init__(self, app: ASGIApp, draining: Callable[[], bool]) -> None:
+        self.app = app
+        self.draining = draining
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start" and self.draining():
+                headers = [(k, v) for k, v in message.get("headers", []) if k != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        if self.draining() and scope.get("method") in ("POST", "PUT", "PATCH"):
+            more = True
+            while more:
+                try:
+                    message = await receive()
+                except HTTPException:  # too large or too slow: stop reading, refuse anyway
+                    break
+                more = message["type"] == "http.request" and message.get("more_body", False)
+            detail = "the service is shutting down; retry on another replica"
+            response = JSONResponse(
+                error_body("shutting_down", detail), status_code=503, headers={"Retry-After": "1"}
+            )
+            await response(scope, receive, send_wrapper)
+            return
+        await self.app(scope, receive, send_wrapper)

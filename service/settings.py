@@ -123,8 +123,16 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(default=60.0, gt=0.0)
     body_grace_s: float = Field(default=5.0, ge=0.0)
     min_body_rate: int = Field(default=16 * 1024, ge=0)
-    # SIGTERM: readiness turns 503, new work is refused, in-flight requests get this long.
+    # SIGTERM: readiness turns 503 and new requests get 503 + "Connection: close" for
+    # shutdown_delay_s (so balancers and keep-alive clients move away without a request
+    # racing a closing connection); then the listener closes and in-flight requests get
+    # drain_timeout_s to finish.
+    shutdown_delay_s: float = Field(default=2.0, ge=0.0)
     drain_timeout_s: float = Field(default=70.0, ge=0.0)
+    # Nice value of the inference thread (and the torch threads it starts): above the event
+    # loop's, so that probes, parsing and shedding stay responsive while compute saturates
+    # the cores. 0 turns it off.
+    inference_nice: int = Field(default=5, ge=0, le=19)
 
     # Micro-batching: concurrent requests for one model share a forward pass of up to
     # max_batch_size images, waiting at most batch_wait_ms for company. batching=False (or

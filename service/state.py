@@ -123,6 +123,17 @@ def _encode_fn(
     return encode_batch
 
 
+def _lower_priority(nice: int) -> None:
+    """Raise this thread's nice value (Linux: PRIO_PROCESS with a thread id is per thread;
+    the torch worker threads it starts inherit it). The event loop keeps its priority, so
+    /healthz, admission and shedding answer while inference saturates the cores."""
+    if nice > 0 and hasattr(os, "setpriority"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except OSError as exc:
+            logger.warning("could not lower the inference thread's priority: %s", exc)
+
+
 class ServiceState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -253,7 +264,12 @@ class ServiceState:
             raise RuntimeError("device=cuda was asked for but torch sees no CUDA device")
         if settings.torch_threads is not None:
             torch.set_num_threads(settings.torch_threads)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vq-inference")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="vq-inference",
+            initializer=_lower_priority,
+            initargs=(settings.inference_nice,),
+        )
         loop = asyncio.get_running_loop()
         for name, path in settings.models.items():
             model = await loop.run_in_executor(

@@ -3,6 +3,7 @@ own traffic and says which process it is; summing their /metrics gives the fleet
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -21,7 +22,8 @@ def _images_total(text: str) -> float:
 
 def test_two_replicas_report_their_own_process_and_sum(artifact_dir: Path, tmp_path: Path) -> None:
     args = ["--model", f"default={artifact_dir}", "--torch-threads", "1", "--memory-budget", "2G"]
-    replicas = [start_server(args, tmp_path / f"r{i}.log") for i in range(2)]
+    with ThreadPoolExecutor(2) as pool:  # start both at once
+        replicas = list(pool.map(lambda i: start_server(args, tmp_path / f"r{i}.log"), range(2)))
     try:
         files = [("files", ("a.png", encode_file(random_image(8, 8)), "image/png"))]
         sent = [3, 5]  # a round-robin balancer would spread them; here by hand
