@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--quick", action="store_true", help="small counts (a smoke run)")
     p.add_argument("--model", help="artifact directory (default models/default)")
-    p.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    p.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
     p.add_argument("--memory-budget", default="2G", help="vq-serve --memory-budget (default 2G)")
     p.add_argument("--request-timeout-s", type=float, default=10.0, help="vq-serve deadline")
     p.add_argument("--max-seconds", type=float, default=150.0, help="cap per phase")
