@@ -52,6 +52,8 @@ async def _disconnected(request: Request) -> None:
 async def guarded(request: Request, deadline: float, work: Callable[[], Awaitable[T]]) -> T:
     """``await work()``, cancelled when ``deadline`` (time.monotonic) passes or the client
     disconnects (``DeadlineExceeded`` / ``ClientGone``)."""
+    if time.monotonic() >= deadline:
+        raise DeadlineExceeded("the request's deadline passed before its work began")
     task = asyncio.ensure_future(work())
     watcher = asyncio.ensure_future(_disconnected(request))
     try:
@@ -109,5 +111,8 @@ def refusals(state: ServiceState, model: str, op: str) -> Iterator[None]:
         raise APIError(500, "internal", f"internal error: {exc}") from None
 
 
-def request_deadline(state: ServiceState) -> float:
-    return time.monotonic() + state.settings.request_timeout_s
+def request_deadline(state: ServiceState, request: Request) -> float:
+    """``request_timeout_s`` after the request arrived (stamped by ConcurrencyMiddleware),
+    so time spent waiting before the handler ran counts too."""
+    arrival = request.scope.get("state", {}).get("arrival", time.monotonic())
+    return float(arrival) + state.settings.request_timeout_s

@@ -11,7 +11,12 @@ from fastapi.staticfiles import StaticFiles
 
 from service.errors import install_error_handlers
 from service.images import set_pixel_limit
-from service.limits import BodyLimitMiddleware, DrainMiddleware, SlowBodyMiddleware
+from service.limits import (
+    BodyLimitMiddleware,
+    ConcurrencyMiddleware,
+    DrainMiddleware,
+    SlowBodyMiddleware,
+)
 from service.metrics import RequestMetricsMiddleware
 from service.routes import dashboard, detokenize, health, metrics, models, tokenize
 from service.settings import Settings, get_settings
@@ -57,6 +62,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         timeout_s=settings.body_timeout_s,
         grace_s=settings.body_grace_s,
         min_rate=settings.min_body_rate,
+    )
+    app.add_middleware(
+        ConcurrencyMiddleware,
+        limit=settings.max_concurrent_requests,
+        on_shed=state.metrics.shed.labels("*", "*", "concurrency").inc,
     )
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
     return app

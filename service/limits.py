@@ -74,7 +74,9 @@ class SlowBodyMiddleware:
     holds a connection for a bounded time and never blocks other requests.
 
     The body must be complete within ``timeout_s``; after ``grace_s`` it must also have
-    averaged at least ``min_rate`` bytes/s. Each ``receive`` waits only until the earliest
+    averaged at least ``min_rate`` bytes/s. Time counts only while the server waits in
+    ``receive`` for the client, so a server busy under load never blames its clients for
+    its own delay. Each ``receive`` waits only until the earliest
     moment one of the two rules could fail, so a client that sends nothing is cut off too.
     Once the body is complete, ``receive`` passes through untouched (it then only reports a
     disconnect, which the handlers watch for).
@@ -98,25 +100,26 @@ class SlowBodyMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        start = time.monotonic()
+        waited = 0.0  # seconds spent waiting for the client's bytes
         received = 0
         complete = False
 
         async def timed_receive() -> Message:
-            nonlocal received, complete
+            nonlocal received, complete, waited
             if complete:
                 return await receive()
-            elapsed = time.monotonic() - start
+            start = time.monotonic()
             try:
-                message = await asyncio.wait_for(receive(), self._wait_limit(elapsed, received))
+                message = await asyncio.wait_for(receive(), self._wait_limit(waited, received))
             except TimeoutError:
-                elapsed = time.monotonic() - start
+                elapsed = waited + time.monotonic() - start
                 raise BodyTimeout(
                     f"request body too slow: {received} bytes in {elapsed:.1f} s; bodies must "
                     f"arrive within {self.timeout_s:g} s (setting body_timeout_s) at "
                     f"{self.min_rate} bytes/s or more after {self.grace_s:g} s "
                     "(settings min_body_rate, body_grace_s)"
                 ) from None
+            waited += time.monotonic() - start
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 complete = not message.get("more_body", False)
@@ -165,3 +168,52 @@ class DrainMiddleware:
             await response(scope, receive, send_wrapper)
             return
         await self.app(scope, receive, send_wrapper)
+
+
+class ConcurrencyMiddleware:
+    """Admission at the door: at most ``limit`` work requests (POST) inside the app at once.
+
+    Under overload the costly part of a request is not always the model: parsing bodies and
+    decoding images run on the same few cores, and hundreds of admitted requests would all
+    slow down together, past any deadline. Beyond ``limit`` a POST is refused at once with
+    503 ``overloaded`` + Retry-After (after its body has been read, so the connection stays
+    clean). It also stamps each request's arrival time, from which the request deadline runs.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, on_shed: Callable[[], None]) -> None:
+        self.app = app
+        self.limit = limit
+        self.on_shed = on_shed
+        self.inside = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope.setdefault("state", {})["arrival"] = time.monotonic()
+        if scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        if self.inside >= self.limit:
+            self.on_shed()
+            more = True
+            while more:
+                try:
+                    message = await receive()
+                except HTTPException:
+                    break
+                more = message["type"] == "http.request" and message.get("more_body", False)
+            detail = (
+                f"overloaded: {self.inside} requests are in progress, the limit is "
+                f"{self.limit} (setting max_concurrent_requests); retry later"
+            )
+            response = JSONResponse(
+                error_body("overloaded", detail), status_code=503, headers={"Retry-After": "1"}
+            )
+            await response(scope, receive, send)
+            return
+        self.inside += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.inside -= 1

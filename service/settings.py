@@ -117,6 +117,8 @@ class Settings(BaseSettings):
     # beyond that 503 + Retry-After at once. A request not answered within
     # request_timeout_s gets 503 and its queued items never run.
     max_queue: int = Field(default=256, ge=1)
+    # At most this many tokenize/detokenize requests inside the app at once; 503 beyond.
+    max_concurrent_requests: int = Field(default=64, ge=1)
     request_timeout_s: float = Field(default=60.0, gt=0.0)
     # Slow clients: a body must arrive within body_timeout_s and, after its first
     # body_grace_s, at min_body_rate bytes/s on average; 408 otherwise.

@@ -88,7 +88,7 @@ async def _detokenize(
     model: str,
     grids: list[tuple[str, list[list[int]]]],
 ) -> tuple[list[bytes], list[tuple[int, int]]]:
-    deadline = request_deadline(state)
+    deadline = request_deadline(state, request)
     served = state.get(model)
     if len(grids) > settings.max_images_per_request:
         raise unprocessable(

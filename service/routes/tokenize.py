@@ -170,7 +170,7 @@ async def tokenize(
 ) -> TokenizeResponse:
     """Send images as multipart `files` or as JSON `{"images": [base64, ...]}`; get one
     code grid per image, in request order."""
-    deadline = request_deadline(state)
+    deadline = request_deadline(state, request)
     served = state.get(model)
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media == "multipart/form-data":
