@@ -432,3 +432,24 @@ def test_draining_readiness_and_new_work(artifact_dir: Path) -> None:
         assert refused.status_code == 503 and refused.json()["code"] == "shutting_down"
         assert "Retry-After" in refused.headers
         assert client.get("/healthz").status_code == 200  # alive while it drains
+
+
+def test_requests_beyond_the_concurrency_limit_are_503_at_once(artifact_dir: Path) -> None:
+    settings = make_settings(artifact_dir, max_concurrent_requests=1, batch_wait_ms=0.0)
+    with serving(settings) as (url, state, _):
+        served = state.models["default"]
+        slow = SlowEncode(served.tokenizer.encode, delay_s=1.0)
+        served.tokenizer.encode = slow  # type: ignore[method-assign]
+        body = {"images": [png_b64()]}
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(httpx.post, f"{url}/v1/tokenize", json=body, timeout=10)
+            wait_until(lambda: slow.calls == 1)
+            start = time.monotonic()
+            refused = httpx.post(f"{url}/v1/tokenize", json=body, timeout=10)
+            assert time.monotonic() - start < 0.9  # not queued behind the first
+            assert refused.status_code == 503 and refused.json()["code"] == "overloaded"
+            assert "Retry-After" in refused.headers
+            assert httpx.get(f"{url}/healthz").status_code == 200  # GETs are not limited
+            assert first.result().status_code == 200
+        key = ("vq_requests_shed_total", (("model", "*"), ("op", "*"), ("reason", "concurrency")))
+        assert samples(httpx.get(f"{url}/metrics").text)[key] == 1
