@@ -169,6 +169,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         # uvicorn's own drain: after SIGTERM it stops accepting, lets open requests finish
         # for this long, then runs the app's shutdown.
         timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
+        # Longer than clients' and balancers' idle timeouts (httpx 5 s, nginx 75 s): the side
+        # that closes an idle keep-alive connection first races a request sent on it.
+        timeout_keep_alive=75,
     )
     server = DrainingServer(config, app.state.service)
     server.run()
