@@ -27,6 +27,12 @@ USER 10001:10001
 ENV VQ_MODELS=default=/app/models/default \
     VQ_PORT=8000
 EXPOSE 8000
-HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('VQ_PORT', '8000'), timeout=4)"]
+# Readiness, not just liveness: /readyz is 503 while the models load and from the moment
+# SIGTERM arrives (draining), so `docker ps` and Swarm route only to a container that can
+# take work. Orchestrators with separate probes: liveness on /healthz, readiness on /readyz
+# (docs/operations.md). `docker stop` sends SIGTERM: give it more than VQ_DRAIN_TIMEOUT_S,
+# e.g. `docker stop -t 80`, so in-flight requests finish before SIGKILL.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('VQ_PORT', '8000'), timeout=4)"]
+STOPSIGNAL SIGTERM
 ENTRYPOINT ["vq-serve", "--host", "0.0.0.0"]

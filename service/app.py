@@ -12,7 +12,12 @@ from fastapi_offline import FastAPIOffline
 
 from service.errors import install_error_handlers
 from service.images import set_pixel_limit
-from service.limits import BodyLimitMiddleware
+from service.limits import (
+    BodyLimitMiddleware,
+    ConcurrencyMiddleware,
+    DrainMiddleware,
+    SlowBodyMiddleware,
+)
 from service.metrics import RequestMetricsMiddleware
 from service.routes import dashboard, detokenize, health, metrics, models, tokenize
 from service.settings import Settings, get_settings
@@ -56,7 +61,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (tokenize, detokenize, models, health, metrics, dashboard):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=dashboard.STATIC_DIR), name="static")
-    # Outermost first: metrics see every response, the 413 check included.
+    # Each add wraps the ones before: the drain refusal (innermost) reads bodies through the
+    # size and speed limits; metrics (outermost) see every response, the 413 and 408 included.
+    app.add_middleware(DrainMiddleware, draining=lambda: state.draining)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(
+        SlowBodyMiddleware,
+        timeout_s=settings.body_timeout_s,
+        grace_s=settings.body_grace_s,
+        min_rate=settings.min_body_rate,
+    )
+    app.add_middleware(
+        ConcurrencyMiddleware,
+        limit=settings.max_concurrent_requests,
+        on_shed=state.metrics.shed.labels("*", "*", "concurrency").inc,
+    )
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
     return app

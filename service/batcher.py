@@ -9,12 +9,19 @@ the event loop) and hands each row back to its own future.
 Under load nothing waits for the timer: items that arrive while a batch is computing are
 already older than ``max_wait_s`` when it finishes, so the next batch starts at once with
 everything that queued up. ``max_batch_size=1`` turns batching off (one item per pass).
+
+Load shedding lives here too, because only the batcher knows what is waiting: at most
+``max_queue`` items wait (``submit_many`` refuses the whole request with ``QueueFull``
+beyond that), an item whose deadline has passed when its batch forms fails with
+``DeadlineExceeded`` instead of running, and an item whose future was cancelled (its
+client left, or gave up at the deadline) frees its place at once and never runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -30,11 +37,21 @@ BatchFn = Callable[[torch.Tensor], torch.Tensor]
 class _Item:
     tensor: torch.Tensor
     future: asyncio.Future[torch.Tensor]
+    deadline: float = math.inf  # time.monotonic() after which the item must not run
     enqueued: float = field(default_factory=time.perf_counter)
+    waiting: bool = True  # counted in queue_depth until it runs or is dropped
 
 
 class BatcherClosed(RuntimeError):
     """The batcher was stopped while the item waited."""
+
+
+class QueueFull(RuntimeError):
+    """The request's items would take the queue past ``max_queue``."""
+
+
+class DeadlineExceeded(RuntimeError):
+    """The item's deadline passed before its batch ran."""
 
 
 class MicroBatcher:
@@ -44,6 +61,7 @@ class MicroBatcher:
     max_batch_numel: caps a batch's total elements as well (N * numel of one item), so
         that large images batch fewer at a time; one item always fits.
     on_batch: called on the event loop with each batch's size (metrics).
+    max_queue: most items waiting at once (None: unbounded).
     """
 
     def __init__(
@@ -55,6 +73,7 @@ class MicroBatcher:
         max_wait_s: float,
         max_batch_numel: int | None = None,
         on_batch: Callable[[int], None] | None = None,
+        max_queue: int | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size={max_batch_size} is not allowed; expected >= 1")
@@ -62,7 +81,13 @@ class MicroBatcher:
             raise ValueError(f"max_wait_s={max_wait_s} is not allowed; expected >= 0")
         if max_batch_numel is not None and max_batch_numel < 1:
             raise ValueError(f"max_batch_numel={max_batch_numel} is not allowed; expected >= 1")
+        if max_queue is not None and max_queue < 1:
+            raise ValueError(f"max_queue={max_queue} is not allowed; expected >= 1")
         self.fn = fn
+        self.max_queue = max_queue
+        self.queue_depth = 0  # items submitted that have neither run nor been dropped
+        self.items_expired = 0  # dropped at their deadline, never run
+        self.items_cancelled = 0  # dropped because their waiter left, never run
         self.executor = executor
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
@@ -103,13 +128,48 @@ class MicroBatcher:
             if not item.future.done():
                 item.future.set_exception(BatcherClosed("the service is shutting down"))
 
-    async def submit(self, tensor: torch.Tensor) -> torch.Tensor:
+    async def submit(self, tensor: torch.Tensor, deadline: float = math.inf) -> torch.Tensor:
         """Queue one item and wait for its row of the batch result."""
+        (future,) = self.submit_many([tensor], deadline=deadline)
+        return await future
+
+    def submit_many(
+        self, tensors: list[torch.Tensor], *, deadline: float = math.inf
+    ) -> list[asyncio.Future[torch.Tensor]]:
+        """Queue a request's items, all or none, and return one future per item.
+
+        ``deadline`` is a ``time.monotonic()`` instant. Cancelling a future drops its item
+        if it has not run yet. Raises ``QueueFull`` (nothing queued) when the items do not
+        fit under ``max_queue``, ``BatcherClosed`` when the batcher is not running.
+        """
         if self._queue is None or not self.running:
             raise BatcherClosed("the batcher is not running")
-        future: asyncio.Future[torch.Tensor] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Item(tensor, future))
-        return await future
+        if self.max_queue is not None and self.queue_depth + len(tensors) > self.max_queue:
+            raise QueueFull(
+                f"{self.queue_depth} items are queued; {len(tensors)} more would pass the "
+                f"limit of {self.max_queue} (setting max_queue)"
+            )
+        loop = asyncio.get_running_loop()
+        futures = []
+        for tensor in tensors:
+            item = _Item(tensor, loop.create_future(), deadline)
+            self.queue_depth += 1
+            item.future.add_done_callback(functools.partial(self._on_done, item))
+            self._queue.put_nowait(item)
+            futures.append(item.future)
+        return futures
+
+    def _on_done(self, item: _Item, future: asyncio.Future[torch.Tensor]) -> None:
+        self._leave(item)
+
+    def _leave(self, item: _Item, *, running: bool = False) -> None:
+        """The item stops waiting: it runs now, or its future finished while it waited."""
+        if not item.waiting:
+            return
+        item.waiting = False
+        self.queue_depth -= 1
+        if not running and item.future.cancelled():
+            self.items_cancelled += 1
 
     def _add(self, item: _Item) -> None:
         if item.future.done():  # the client went away while queued
@@ -159,7 +219,19 @@ class MicroBatcher:
             await self._run(batch)
 
     async def _run(self, batch: list[_Item]) -> None:
-        batch = [item for item in batch if not item.future.done()]
+        now = time.monotonic()
+        live = []
+        for item in batch:
+            if item.future.done():
+                continue
+            if now > item.deadline:
+                self.items_expired += 1
+                self._leave(item)
+                item.future.set_exception(DeadlineExceeded("the request's deadline passed"))
+                continue
+            self._leave(item, running=True)
+            live.append(item)
+        batch = live
         if not batch:
             return
         stacked = torch.stack([item.tensor for item in batch])  # (N, *shape)

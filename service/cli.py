@@ -8,9 +8,15 @@ Flags override the ``VQ_*`` environment variables, which override the defaults.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import math
+import signal
+import socket
 import sys
+import threading
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -18,6 +24,45 @@ from pydantic import ValidationError
 
 from service.app import create_app
 from service.settings import Settings
+from service.state import ServiceState
+
+LINGER_S = 0.5  # after the listener closes, for requests on just-accepted connections
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, with readiness turned 503 and new work refused the moment SIGTERM arrives."""
+
+    def __init__(self, config: uvicorn.Config, state: ServiceState) -> None:
+        super().__init__(config)
+        self.service_state = state
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        state = self.service_state
+        first = not state.draining
+        state.begin_drain()
+        if sig == signal.SIGTERM and first:
+            # A drain is the orderly way out: keep the listener open for shutdown_delay_s
+            # (readiness 503, new requests 503 + Connection: close), then let uvicorn stop
+            # accepting and wait for in-flight requests; exit 0 once done (uvicorn's own
+            # handler would re-raise SIGTERM after shutting down, ending with -15).
+            timer = threading.Timer(state.settings.shutdown_delay_s, self._stop)
+            timer.daemon = True
+            timer.start()
+            return
+        super().handle_exit(sig, frame)
+
+    def _stop(self) -> None:
+        self.should_exit = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn closes the listener and then every connection not mid-request at once; a
+        # connection accepted a moment earlier whose request has not been parsed yet would
+        # be cut (the client sees a reset). Stop accepting first, give those requests a
+        # moment to arrive and be answered (503 while draining), then shut down as usual.
+        for server in self.servers:
+            server.close()
+        await asyncio.sleep(LINGER_S)
+        await super().shutdown(sockets)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +80,30 @@ def build_parser() -> argparse.ArgumentParser:
         "(default default=models/default, relative to the current directory; env VQ_MODELS)",
     )
     p.add_argument("--device", choices=["cpu", "cuda"], help="env VQ_DEVICE")
+    p.add_argument(
+        "--precision",
+        help="fp32, bf16 or auto: bf16 where the device runs it natively (env VQ_PRECISION)",
+    )
+    p.add_argument(
+        "--memory-budget",
+        help="the process's memory, e.g. 8G (default: half the machine; env VQ_MEMORY_BUDGET)",
+    )
+    p.add_argument(
+        "--request-timeout-s",
+        type=float,
+        help="503 for requests not answered in time (default 60; env VQ_REQUEST_TIMEOUT_S)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        help="items waiting per model before 503 (default 256; env VQ_MAX_QUEUE)",
+    )
+    p.add_argument(
+        "--drain-timeout-s",
+        type=float,
+        help="on SIGTERM, how long in-flight requests may finish (default 70; env "
+        "VQ_DRAIN_TIMEOUT_S)",
+    )
     p.add_argument(
         "--torch-threads", type=int, help="torch intra-op threads (env VQ_TORCH_THREADS)"
     )
@@ -68,6 +137,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             ("batch_wait_ms", args.batch_wait_ms),
             ("max_upload_bytes", args.max_upload_bytes),
             ("max_image_side", args.max_image_side),
+            ("precision", args.precision),
+            ("memory_budget", args.memory_budget),
+            ("request_timeout_s", args.request_timeout_s),
+            ("max_queue", args.max_queue),
+            ("drain_timeout_s", args.drain_timeout_s),
         )
         if value is not None
     }
@@ -87,8 +161,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
-    sys.exit(0)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level,
+        # uvicorn's own drain: after SIGTERM it stops accepting, lets open requests finish
+        # for this long, then runs the app's shutdown.
+        timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
+        # Longer than clients' and balancers' idle timeouts (httpx 5 s, nginx 75 s): the side
+        # that closes an idle keep-alive connection first races a request sent on it.
+        timeout_keep_alive=75,
+    )
+    server = DrainingServer(config, app.state.service)
+    server.run()
+    sys.exit(0 if server.started else 1)
 
 
 if __name__ == "__main__":

@@ -157,7 +157,7 @@ class Client:
 
     def detokenize_batch(self, grids: Sequence[Any], *, model: str = "default") -> list[bytes]:
         payload = {"model": model, "batch": [np.asarray(g).tolist() for g in grids]}
-        body = self._check(self.http.post("/v1/detokenize", json=payload)).json()
+        body = self._check(self.http.post("/v1/detokenize/batch", json=payload)).json()
         return [base64.b64decode(s) for s in body["images"]]
 
     def models(self) -> list[dict[str, Any]]:

@@ -38,6 +38,27 @@ def set_pixel_limit(max_pixels: int) -> None:
     Image.MAX_IMAGE_PIXELS = max_pixels
 
 
+def header_size(data: bytes, *, label: str, max_side: int) -> tuple[int, int]:
+    """(H, W) the decoded image will have, from the header alone (``vqio.image_size``), or
+    the 4xx decoding would give: what admission control prices before decoding a pixel."""
+    try:
+        return vqio.image_size(data, label=label, max_side=max_side)
+    except vqio.ImageDecodeError as exc:
+        status, code = _DECODE_STATUS[exc.kind]
+        raise APIError(status, code, str(exc)) from None
+
+
+def fitted_size(h: int, w: int, *, f: int, fit: FitMode) -> tuple[int, int]:
+    """The size ``fit_image`` will produce from (h, w) (reject: unchanged, or refused)."""
+    if fit == "crop":
+        return h - h % f, w - w % f
+    if fit == "pad":
+        return h + (-h) % f, w + (-w) % f
+    if fit == "resize":
+        return max(f, round(h / f) * f), max(f, round(w / f) * f)
+    return h, w
+
+
 def decode_image(data: bytes, *, label: str, max_side: int) -> np.ndarray:
     """Image file bytes -> (H, W, 3) uint8 RGB (``vqio.decode_image``), or a 4xx.
 
@@ -79,7 +100,7 @@ def fit_image(arr: np.ndarray, *, f: int, fit: FitMode, label: str) -> np.ndarra
     if fit == "pad":
         return np.pad(arr, ((0, (-h) % f), (0, (-w) % f), (0, 0)), mode="edge")
     if fit == "resize":
-        nh, nw = max(f, round(h / f) * f), max(f, round(w / f) * f)
+        nh, nw = fitted_size(h, w, f=f, fit=fit)
         resized = Image.fromarray(arr).resize((nw, nh), Image.Resampling.BICUBIC)
         return np.asarray(resized, dtype=np.uint8)
     raise unprocessable(f"fit={fit!r} is not allowed; choose reject, crop, pad or resize")
@@ -112,6 +133,8 @@ __all__ = [
     "decode_image",
     "encode_png",
     "fit_image",
+    "fitted_size",
+    "header_size",
     "load_image",
     "set_pixel_limit",
 ]

@@ -1,4 +1,4 @@
-"""Request body size limit (413), enforced while the body streams in.
+"""Request body limits: size (413) and arrival time (408), enforced while the body streams in.
 
 A declared Content-Length over the limit is refused before reading a byte; a body without
 one (chunked) is counted as it arrives and refused as soon as it passes the limit, so a
@@ -6,6 +6,10 @@ client cannot make the service buffer more than ``max_bytes``.
 """
 
 from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
 
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
@@ -58,3 +62,158 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class BodyTimeout(HTTPException):
+    def __init__(self, detail: str) -> None:
+        super().__init__(status_code=408, detail=detail)
+
+
+class SlowBodyMiddleware:
+    """Cuts off request bodies that arrive too slowly (408), so a slow or stalled client
+    holds a connection for a bounded time and never blocks other requests.
+
+    The body must be complete within ``timeout_s``; after ``grace_s`` it must also have
+    averaged at least ``min_rate`` bytes/s. Time counts only while the server waits in
+    ``receive`` for the client, so a server busy under load never blames its clients for
+    its own delay. Each ``receive`` waits only until the earliest
+    moment one of the two rules could fail, so a client that sends nothing is cut off too.
+    Once the body is complete, ``receive`` passes through untouched (it then only reports a
+    disconnect, which the handlers watch for).
+    """
+
+    def __init__(self, app: ASGIApp, timeout_s: float, grace_s: float, min_rate: int) -> None:
+        self.app = app
+        self.timeout_s = timeout_s
+        self.grace_s = grace_s
+        self.min_rate = min_rate
+
+    def _wait_limit(self, elapsed: float, received: int) -> float:
+        """Seconds the next chunk may take before a rule fails (at least a little)."""
+        limit = self.timeout_s - elapsed
+        if self.min_rate > 0:
+            # received + rate * 0 >= min_rate * t  <=>  t <= received / min_rate
+            limit = min(limit, max(self.grace_s, received / self.min_rate) - elapsed)
+        return max(limit, 0.001)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        waited = 0.0  # seconds spent waiting for the client's bytes
+        received = 0
+        complete = False
+
+        async def timed_receive() -> Message:
+            nonlocal received, complete, waited
+            if complete:
+                return await receive()
+            start = time.monotonic()
+            try:
+                message = await asyncio.wait_for(receive(), self._wait_limit(waited, received))
+            except TimeoutError:
+                elapsed = waited + time.monotonic() - start
+                raise BodyTimeout(
+                    f"request body too slow: {received} bytes in {elapsed:.1f} s; bodies must "
+                    f"arrive within {self.timeout_s:g} s (setting body_timeout_s) at "
+                    f"{self.min_rate} bytes/s or more after {self.grace_s:g} s "
+                    "(settings min_body_rate, body_grace_s)"
+                ) from None
+            waited += time.monotonic() - start
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
+            else:
+                complete = True
+            return message
+
+        await self.app(scope, timed_receive, send)
+
+
+class DrainMiddleware:
+    """While the service drains (after SIGTERM): requests with a body are refused here with
+    503 ``shutting_down`` after their body has been read (answering before it and closing
+    would make the kernel reset the connection, and the client would see an error instead of
+    the 503), and every response carries ``Connection: close``, so keep-alive clients
+    reconnect (to another replica) instead of reusing a connection that is about to close.
+    Requests already inside the app when draining began are not touched."""
+
+    def __init__(self, app: ASGIApp, draining: Callable[[], bool]) -> None:
+        self.app = app
+        self.draining = draining
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start" and self.draining():
+                headers = [(k, v) for k, v in message.get("headers", []) if k != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        if self.draining() and scope.get("method") in ("POST", "PUT", "PATCH"):
+            more = True
+            while more:
+                try:
+                    message = await receive()
+                except HTTPException:  # too large or too slow: stop reading, refuse anyway
+                    break
+                more = message["type"] == "http.request" and message.get("more_body", False)
+            detail = "the service is shutting down; retry on another replica"
+            response = JSONResponse(
+                error_body("shutting_down", detail), status_code=503, headers={"Retry-After": "1"}
+            )
+            await response(scope, receive, send_wrapper)
+            return
+        await self.app(scope, receive, send_wrapper)
+
+
+class ConcurrencyMiddleware:
+    """Admission at the door: at most ``limit`` work requests (POST) inside the app at once.
+
+    Under overload the costly part of a request is not always the model: parsing bodies and
+    decoding images run on the same few cores, and hundreds of admitted requests would all
+    slow down together, past any deadline. Beyond ``limit`` a POST is refused at once with
+    503 ``overloaded`` + Retry-After (after its body has been read, so the connection stays
+    clean). It also stamps each request's arrival time, from which the request deadline runs.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, on_shed: Callable[[], None]) -> None:
+        self.app = app
+        self.limit = limit
+        self.on_shed = on_shed
+        self.inside = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope.setdefault("state", {})["arrival"] = time.monotonic()
+        if scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        if self.inside >= self.limit:
+            self.on_shed()
+            more = True
+            while more:
+                try:
+                    message = await receive()
+                except HTTPException:
+                    break
+                more = message["type"] == "http.request" and message.get("more_body", False)
+            detail = (
+                f"overloaded: {self.inside} requests are in progress, the limit is "
+                f"{self.limit} (setting max_concurrent_requests); retry later"
+            )
+            response = JSONResponse(
+                error_body("overloaded", detail), status_code=503, headers={"Retry-After": "1"}
+            )
+            await response(scope, receive, send)
+            return
+        self.inside += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.inside -= 1

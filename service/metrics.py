@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.schemas import UsageResponse
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -23,21 +26,61 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
-class UsageSnapshot:
-    """What the collector needs from one served model, read under the model's usage lock."""
+@dataclass(frozen=True)
+class LoadSnapshot:
+    """Queues and memory at scrape time. queues: (model, op) -> (depth, expired, cancelled)."""
 
-    def __init__(
-        self, model: str, codebook_size: int, window_usage: float, perplexity: float, dead: int
-    ) -> None:
-        self.model = model
-        self.codebook_size = codebook_size
-        self.window_usage = window_usage
-        self.perplexity = perplexity
-        self.dead_codes = dead
+    queues: dict[tuple[str, str], tuple[int, int, int]]
+    budget_capacity: int
+    budget_used: int
+    budget_waiting: int
+    rss: int
+
+
+class _LoadCollector(Collector):
+    def __init__(self, snapshot: Callable[[], LoadSnapshot]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._snapshot()
+        depth = GaugeMetricFamily(
+            "vq_queue_depth", "Items (images or grids) waiting to run", labels=["model", "op"]
+        )
+        dropped = CounterMetricFamily(
+            "vq_items_dropped",
+            "Queued items that never ran: reason=deadline (expired in the queue) or "
+            "cancelled (their request was abandoned or timed out)",
+            labels=["model", "op", "reason"],
+        )
+        for (model, op), (n, expired, cancelled) in snap.queues.items():
+            depth.add_metric([model, op], n)
+            dropped.add_metric([model, op, "deadline"], expired)
+            dropped.add_metric([model, op, "cancelled"], cancelled)
+        yield depth
+        yield dropped
+        yield GaugeMetricFamily(
+            "vq_memory_pool_bytes",
+            "Bytes requests may reserve (memory_budget less the resident size after loading)",
+            value=snap.budget_capacity,
+        )
+        yield GaugeMetricFamily(
+            "vq_memory_reserved_bytes", "Bytes reserved by requests now", value=snap.budget_used
+        )
+        yield GaugeMetricFamily(
+            "vq_memory_waiting_requests",
+            "Requests waiting for memory budget",
+            value=snap.budget_waiting,
+        )
+        yield GaugeMetricFamily(
+            "vq_resident_memory_bytes", "Resident set size of this process", value=snap.rss
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
 
 
 class _UsageCollector(Collector):
-    def __init__(self, snapshots: Callable[[], Iterable[UsageSnapshot]]) -> None:
+    def __init__(self, snapshots: Callable[[], Iterable[UsageResponse]]) -> None:
         self._snapshots = snapshots
 
     def collect(self) -> Iterator[Metric]:
@@ -75,7 +118,11 @@ class _UsageCollector(Collector):
 class ServiceMetrics:
     """All metrics of one app."""
 
-    def __init__(self, snapshots: Callable[[], Iterable[UsageSnapshot]]) -> None:
+    def __init__(
+        self,
+        snapshots: Callable[[], Iterable[UsageResponse]],
+        load: Callable[[], LoadSnapshot],
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "vq_http_requests",
@@ -109,7 +156,16 @@ class ServiceMetrics:
             ["model", "op"],
             registry=self.registry,
         )
+        self.shed = Counter(
+            "vq_requests_shed",
+            "Requests refused or dropped under load, by reason: queue_full (503 at once), "
+            "deadline (503 after request_timeout_s), memory (413: can never fit the budget), "
+            "client_disconnected (the client left before its answer; work not run)",
+            ["model", "op", "reason"],
+            registry=self.registry,
+        )
         self.registry.register(_UsageCollector(snapshots))
+        self.registry.register(_LoadCollector(load))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 # Code grids arrive as JSON; strict ints refuse 1.5, "3" and true instead of coercing them.
-CodeGrid = list[list[StrictInt]]
+# The schema states the shape rules; ids in [0, codebook_size), equal row lengths and the
+# grid-side limit depend on the model and settings and are checked once, in
+# routes/detokenize.check_grid.
+# Two integers, e.g. [H, W]: a fixed-length array (plain JSON Schema; tuple types would
+# produce prefixItems, which OpenAPI 3.0 tools misread).
+Pair = Annotated[list[int], Field(min_length=2, max_length=2)]
+CodeRow = Annotated[list[StrictInt], Field(min_length=1)]
+CodeGrid = Annotated[list[CodeRow], Field(min_length=1, description="[h][w] code ids")]
 
 
 class ErrorResponse(BaseModel):
@@ -26,8 +33,8 @@ class TokenizeJSONRequest(BaseModel):
 
 class TokenizeResult(BaseModel):
     codes: list[list[int]] = Field(description="Code ids, shape [h][w]")
-    grid: tuple[int, int] = Field(description="[h, w] = image size after fit / f")
-    image_size: tuple[int, int] = Field(description="[H, W] of the image as sent")
+    grid: Pair = Field(description="[h, w] = image size after fit / f")
+    image_size: Pair = Field(description="[H, W] of the image as sent")
 
 
 class TokenizeResponse(BaseModel):
@@ -40,24 +47,22 @@ class DetokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = "default"
-    codes: CodeGrid | None = Field(
-        default=None, description="One grid [h][w] of code ids -> an image/png response"
-    )
-    batch: list[CodeGrid] | None = Field(
-        default=None, description="Several grids -> JSON with one base64 PNG per grid"
-    )
+    codes: CodeGrid = Field(description="One grid [h][w] of code ids -> an image/png response")
 
-    @model_validator(mode="after")
-    def _one_of(self) -> DetokenizeRequest:
-        if (self.codes is None) == (self.batch is None):
-            raise ValueError("give exactly one of 'codes' (one grid) or 'batch' (a list of grids)")
-        return self
+
+class DetokenizeBatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "default"
+    batch: list[CodeGrid] = Field(
+        min_length=1, description="Several grids -> JSON with one base64 PNG per grid"
+    )
 
 
 class DetokenizeBatchResponse(BaseModel):
     model: str
     images: list[str] = Field(description="Base64 PNGs, one per grid, in request order")
-    image_size: list[tuple[int, int]] = Field(description="[H, W] of each image")
+    image_size: list[Pair] = Field(description="[H, W] of each image")
 
 
 class ModelInfo(BaseModel):
@@ -75,6 +80,7 @@ class ModelInfo(BaseModel):
     versions: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict, description="From the model card")
     device: str
+    precision: str = Field(description="fp32 or bf16: what the encoder and decoder run at")
 
 
 class ModelList(BaseModel):
@@ -84,6 +90,10 @@ class ModelList(BaseModel):
 class UsageResponse(BaseModel):
     model: str
     codebook_size: int
+    process: str = Field(
+        description="host:pid of the process these figures describe; every vq-serve process "
+        "(worker or replica) counts its own traffic"
+    )
     window: int = Field(description="Capacity of the usage window, in tokens")
     window_tokens: int = Field(description="Tokens in the window now (min(tokens_seen, window))")
     tokens_seen: int = Field(description="Tokens counted since the service started")
@@ -98,7 +108,7 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: str
+    status: str = Field(description="ready (200), loading or draining (503)")
     models: list[str]
 
 

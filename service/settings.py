@@ -16,8 +16,26 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from vq.precision import Precision, check_precision
+
 MiB = 1024 * 1024
+GiB = 1024 * MiB
+_BYTES = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1024, "M": MiB, "G": GiB, "T": 1024 * GiB}
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def parse_bytes(value: Any) -> int | None:
+    """``12G``, ``512MiB``, ``3.5GB`` (binary units, 1G = 2**30) or a plain byte count -> bytes."""
+    if value is None or isinstance(value, int):
+        return value
+    match = _BYTES.match(str(value))
+    if match is None:
+        raise ValueError(
+            f"memory_budget={value!r} is not a size; give bytes or a number with K, M, G or T "
+            "(binary units), e.g. 12G"
+        )
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
 
 
 def parse_model_specs(value: Any) -> dict[str, str]:
@@ -81,9 +99,42 @@ class Settings(BaseSettings):
 
     # Request limits (bad input gets a 4xx, see docs/api.md).
     max_upload_bytes: int = Field(default=20 * MiB, ge=1)  # whole request body; 413 beyond
-    max_image_side: int = Field(default=4096, ge=1)  # pixels, either side, checked before decoding
+    # The side limits are checked on the image header / grid shape before any work; the
+    # defaults keep one maximal request of the default model to 1.2 GB (bf16; 2.1 GB fp32)
+    # and well inside request_timeout_s on 2 busy cores (docs/operations.md has the
+    # measurements). Memory itself is policed by memory_budget below.
+    max_image_side: int = Field(default=2048, ge=1)  # pixels, either side, checked before decoding
     max_images_per_request: int = Field(default=64, ge=1)
-    max_grid_side: int = Field(default=512, ge=1)  # detokenize: code grid rows/columns
+    max_grid_side: int = Field(default=256, ge=1)  # detokenize: code grid rows/columns
+
+    # Memory admission control (service/budget.py): the process's total memory, in bytes or
+    # with a binary unit ("12G"). None: half of the machine's (or cgroup's) memory. Requests
+    # reserve their predicted peak before decoding; one that can never fit gets 413, others
+    # wait for room (up to request_timeout_s).
+    memory_budget: Annotated[int | None, NoDecode] = None
+    memory_probe_side: int = Field(default=256, ge=1)  # probe image side for the measurement
+    # Load shedding: at most max_queue items (images or grids) wait per model and direction;
+    # beyond that 503 + Retry-After at once. A request not answered within
+    # request_timeout_s gets 503 and its queued items never run.
+    max_queue: int = Field(default=256, ge=1)
+    # At most this many tokenize/detokenize requests inside the app at once; 503 beyond.
+    max_concurrent_requests: int = Field(default=64, ge=1)
+    request_timeout_s: float = Field(default=60.0, gt=0.0)
+    # Slow clients: a body must arrive within body_timeout_s and, after its first
+    # body_grace_s, at min_body_rate bytes/s on average; 408 otherwise.
+    body_timeout_s: float = Field(default=60.0, gt=0.0)
+    body_grace_s: float = Field(default=5.0, ge=0.0)
+    min_body_rate: int = Field(default=16 * 1024, ge=0)
+    # SIGTERM: readiness turns 503 and new requests get 503 + "Connection: close" for
+    # shutdown_delay_s (so balancers and keep-alive clients move away without a request
+    # racing a closing connection); then the listener closes and in-flight requests get
+    # drain_timeout_s to finish.
+    shutdown_delay_s: float = Field(default=2.0, ge=0.0)
+    drain_timeout_s: float = Field(default=70.0, ge=0.0)
+    # Nice value of the inference thread (and the torch threads it starts): above the event
+    # loop's, so that probes, parsing and shedding stay responsive while compute saturates
+    # the cores. 0 turns it off.
+    inference_nice: int = Field(default=5, ge=0, le=19)
 
     # Micro-batching: concurrent requests for one model share a forward pass of up to
     # max_batch_size images, waiting at most batch_wait_ms for company. batching=False (or
@@ -96,6 +147,9 @@ class Settings(BaseSettings):
     max_batch_pixels: int = Field(default=32 * 256 * 256, ge=1)
 
     device: Literal["cpu", "cuda"] = "cpu"
+    # fp32 or bf16 (vq/precision.py); None ("auto"): bf16 where the device runs it natively
+    # (unless the artifact recommends fp32), else fp32. The start-up log says which and why.
+    precision: Precision | None = None
     torch_threads: int | None = Field(default=None, ge=1)  # None: torch's default
     usage_window: int = Field(default=65536, ge=1)  # tokens in the served-usage window
 
@@ -103,6 +157,23 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_models(cls, value: Any) -> dict[str, str]:
         return parse_model_specs(value)
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _check_precision(cls, value: Any) -> Precision | None:
+        if value is None or (isinstance(value, str) and value.lower() in ("", "auto")):
+            return None
+        return check_precision(value)
+
+    @field_validator("memory_budget", mode="before")
+    @classmethod
+    def _parse_budget(cls, value: Any) -> int | None:
+        if isinstance(value, str) and value.strip().lower() in ("", "auto"):
+            return None
+        budget = parse_bytes(value)
+        if budget is not None and budget < 64 * MiB:
+            raise ValueError(f"memory_budget={value!r} is below the minimum of 64 MiB")
+        return budget
 
     @property
     def effective_batch_size(self) -> int:

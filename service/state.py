@@ -1,4 +1,5 @@
-"""What one running app holds: the loaded tokenizers, their batchers and served-usage stats.
+"""What one running app holds: the loaded tokenizers, their batchers, the memory budget and
+the served-usage stats.
 
 Built by the app factory, filled by the lifespan (``load``), emptied on shutdown (``close``).
 All inference runs on one dedicated thread: forward passes of different models and
@@ -10,50 +11,60 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
 import vq
 from service.batcher import MicroBatcher
+from service.budget import (
+    MemoryBudget,
+    ModelCost,
+    current_rss,
+    default_budget,
+    peak_bytes_of,
+    per_pixel,
+)
 from service.errors import APIError
-from service.metrics import ServiceMetrics, UsageSnapshot
+from service.metrics import LoadSnapshot, ServiceMetrics
+from service.schemas import UsageResponse
 from service.settings import Settings
 from service.usage_history import UsageHistory, UsagePoint
+from vq.precision import bf16_native
 
 logger = logging.getLogger("service")
 
+PROCESS = f"{socket.gethostname()}:{os.getpid()}"  # which process a usage report describes
 
-@dataclass
-class UsageReport:
-    """The served-traffic codebook statistics of one model (shared DESIGN.md definitions)."""
 
-    window: int
-    window_tokens: int
-    tokens_seen: int
-    window_usage: float
-    perplexity: float
-    dead_codes: int
-    histogram: list[int]
+class InvalidCodes(RuntimeError):
+    """The network produced code ids outside [0, codebook_size): a server fault (e.g.
+    non-finite weights), never the client's."""
 
 
 @dataclass
 class ServedModel:
+    """One served artifact with everything it needs, built complete by ``ServiceState``."""
+
     name: str
     path: Path
     tokenizer: vq.Tokenizer
     usage: vq.CodebookUsage
-    encoder: MicroBatcher | None = None
-    decoder: MicroBatcher | None = None
+    cost: ModelCost
+    encoder: MicroBatcher
+    decoder: MicroBatcher
+    precision_reason: str
+    # Window usage and perplexity since loading (the dashboard's line), under usage_lock.
+    history: UsageHistory
     # CodebookUsage is updated on the inference thread and read by handlers and scrapes.
     usage_lock: threading.Lock = field(default_factory=threading.Lock)
-    # Window usage and perplexity since loading (the dashboard's line), under usage_lock.
-    history: UsageHistory = field(default_factory=lambda: UsageHistory(time.monotonic()))
 
     @property
     def codebook_size(self) -> int:
@@ -63,36 +74,26 @@ class ServedModel:
     def f(self) -> int:
         return self.tokenizer.f
 
-    def encode_batch(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, 3, H, W) -> int64 (N, H/f, W/f); counts the codes as served traffic."""
-        codes = self.tokenizer.encode(images)
-        with self.usage_lock:
-            u = self.usage
-            u.update(codes)
-            self.history.record(time.monotonic(), u.tokens_seen, u.window_usage, u.perplexity)
-        return codes
-
-    def decode_batch(self, codes: torch.Tensor) -> torch.Tensor:
-        """int64 (N, h, w) -> uint8 (N, 3, h*f, w*f)."""
-        return self.tokenizer.decode(codes)
-
     def usage_history(self) -> tuple[list[UsagePoint], float]:
         """(points, their spacing in seconds), read together."""
         with self.usage_lock:
             return self.history.points(), self.history.spacing
 
-    def usage_report(self, *, with_histogram: bool = True) -> UsageReport:
+    def usage_report(self, *, with_histogram: bool = True) -> UsageResponse:
+        """The served-traffic statistics (docs/design.md definitions), in their one shape."""
         with self.usage_lock:
             u = self.usage
-            histogram = u.histogram.tolist() if with_histogram else []
-            return UsageReport(
+            return UsageResponse(
+                model=self.name,
+                codebook_size=self.codebook_size,
+                process=PROCESS,
                 window=int(u.window),
                 window_tokens=int(u.window_tokens),
                 tokens_seen=int(u.tokens_seen),
                 window_usage=float(u.window_usage),
                 perplexity=float(u.perplexity),
                 dead_codes=int(u.dead_codes),
-                histogram=histogram,
+                histogram=u.histogram.tolist() if with_histogram else [],
             )
 
 
@@ -101,35 +102,174 @@ def resolve_artifact_path(path: str) -> Path:
     return Path(path).expanduser().resolve()
 
 
+def precision_reason(tokenizer: vq.Tokenizer, requested: str | None) -> str:
+    """Why ``tokenizer`` runs at its precision, for the start-up log."""
+    if requested is not None:
+        return "set by VQ_PRECISION / --precision"
+    if tokenizer.metadata.get("recommended_precision") == "fp32":
+        return "auto: the artifact's config.json recommends fp32"
+    if bf16_native(tokenizer.device):
+        return f"auto: {tokenizer.device} computes bf16 natively"
+    return f"auto: {tokenizer.device} has no native bf16 (emulated bf16 is slower than fp32)"
+
+
+def _encode_fn(
+    tokenizer: vq.Tokenizer, usage: vq.CodebookUsage, lock: threading.Lock, history: UsageHistory
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    def encode_batch(images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 3, H, W) -> int64 (N, H/f, W/f); counts the codes as served traffic."""
+        codes = tokenizer.encode(images)
+        low, high = int(codes.min()), int(codes.max())
+        if low < 0 or high >= tokenizer.codebook_size:
+            raise InvalidCodes(
+                f"the model produced code ids in [{low}, {high}], outside "
+                f"[0, {tokenizer.codebook_size}); its weights may be corrupt"
+            )
+        with lock:
+            usage.update(codes)
+            history.record(
+                time.monotonic(), usage.tokens_seen, usage.window_usage, usage.perplexity
+            )
+        return codes
+
+    return encode_batch
+
+
+def _lower_priority(nice: int) -> None:
+    """Raise this thread's nice value (Linux: PRIO_PROCESS with a thread id is per thread;
+    the torch worker threads it starts inherit it). The event loop keeps its priority, so
+    /healthz, admission and shedding answer while inference saturates the cores."""
+    if nice > 0 and hasattr(os, "setpriority"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except OSError as exc:
+            logger.warning("could not lower the inference thread's priority: %s", exc)
+
+
 class ServiceState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.models: dict[str, ServedModel] = {}
         self.ready = False
-        self.metrics = ServiceMetrics(self.usage_snapshots)
+        self.draining = False
+        self._budget: MemoryBudget | None = None  # sized once the models are loaded
+        self.metrics = ServiceMetrics(self.usage_snapshots, self.load_snapshot)
         self._executor: ThreadPoolExecutor | None = None
 
-    def usage_snapshots(self) -> list[UsageSnapshot]:
-        out = []
-        for model in list(self.models.values()):
-            report = model.usage_report(with_histogram=False)
-            out.append(
-                UsageSnapshot(
-                    model.name,
-                    model.codebook_size,
-                    report.window_usage,
-                    report.perplexity,
-                    report.dead_codes,
-                )
-            )
-        return out
+    def usage_snapshots(self) -> list[UsageResponse]:
+        return [m.usage_report(with_histogram=False) for m in list(self.models.values())]
 
-    def _load_one(self, name: str, path: str) -> ServedModel:
+    def load_snapshot(self) -> LoadSnapshot:
+        queues = {}
+        for model in list(self.models.values()):
+            for op, batcher in (("tokenize", model.encoder), ("detokenize", model.decoder)):
+                queues[(model.name, op)] = (
+                    batcher.queue_depth,
+                    batcher.items_expired,
+                    batcher.items_cancelled,
+                )
+        budget = self._budget
+        return LoadSnapshot(
+            queues=queues,
+            budget_capacity=budget.capacity if budget else 0,
+            budget_used=budget.used if budget else 0,
+            budget_waiting=budget.waiting if budget else 0,
+            rss=current_rss(),
+        )
+
+    def _measure_cost(self, tokenizer: vq.Tokenizer) -> ModelCost:
+        """Peak bytes per pixel of encode and decode at the tokenizer's precision (one probe
+        image after a warm-up, so one-time allocations such as oneDNN's caches are excluded)."""
+        f = tokenizer.f
+        side = max(f, self.settings.memory_probe_side // f * f)
+        image = torch.zeros(1, 3, side, side, dtype=torch.uint8)
+        codes = torch.zeros(1, side // f, side // f, dtype=torch.int64)
+        tokenizer.encode(image)
+        encode = peak_bytes_of(lambda: tokenizer.encode(image))
+        tokenizer.decode(codes)
+        decode = peak_bytes_of(lambda: tokenizer.decode(codes))
+        return ModelCost(per_pixel(encode, side * side), per_pixel(decode, side * side))
+
+    def _load_one(self, name: str, path: str, executor: Executor) -> ServedModel:
+        settings = self.settings
         root = resolve_artifact_path(path)
-        tokenizer = vq.load_tokenizer(root, device=self.settings.device)
-        usage = vq.CodebookUsage(tokenizer.codebook_size, window=self.settings.usage_window)
-        logger.info("loaded model %r from %s: %r", name, root, tokenizer)
-        return ServedModel(name=name, path=root, tokenizer=tokenizer, usage=usage)
+        tokenizer = vq.load_tokenizer(root, device=settings.device, precision=settings.precision)
+        reason = precision_reason(tokenizer, settings.precision)
+        cost = self._measure_cost(tokenizer)
+        usage = vq.CodebookUsage(tokenizer.codebook_size, window=settings.usage_window)
+        lock = threading.Lock()
+        history = UsageHistory(time.monotonic())
+        wait_s = settings.batch_wait_ms / 1000.0
+        encoder = MicroBatcher(
+            _encode_fn(tokenizer, usage, lock, history),
+            executor=executor,
+            max_batch_size=settings.effective_batch_size,
+            max_wait_s=wait_s,
+            max_batch_numel=3 * settings.max_batch_pixels,  # items are (3, H, W)
+            on_batch=self.metrics.batch_size.labels(name, "tokenize").observe,
+            max_queue=settings.max_queue,
+        )
+        decoder = MicroBatcher(
+            tokenizer.decode,
+            executor=executor,
+            max_batch_size=settings.effective_batch_size,
+            max_wait_s=wait_s,
+            # items are (h, w) code grids; each becomes h * w * f^2 pixels
+            max_batch_numel=max(1, settings.max_batch_pixels // tokenizer.f**2),
+            on_batch=self.metrics.batch_size.labels(name, "detokenize").observe,
+            max_queue=settings.max_queue,
+        )
+        logger.info(
+            "loaded model %r from %s: %r; precision %s (%s); memory per pixel: encode %d B, "
+            "decode %d B",
+            name,
+            root,
+            tokenizer,
+            tokenizer.precision,
+            reason,
+            cost.encode_per_pixel,
+            cost.decode_per_pixel,
+        )
+        return ServedModel(
+            name=name,
+            path=root,
+            tokenizer=tokenizer,
+            usage=usage,
+            cost=cost,
+            encoder=encoder,
+            decoder=decoder,
+            precision_reason=reason,
+            usage_lock=lock,
+            history=history,
+        )
+
+    def _make_budget(self) -> MemoryBudget:
+        """The pool requests reserve from: the budget less what the loaded process holds."""
+        settings = self.settings
+        total = settings.memory_budget or default_budget()
+        baseline = current_rss()
+        pool = total - baseline
+        if pool < 16 * 2**20:
+            raise RuntimeError(
+                f"memory_budget={total} bytes leaves {pool} bytes for requests after the "
+                f"loaded models ({baseline} bytes resident); raise VQ_MEMORY_BUDGET"
+            )
+        logger.info(
+            "memory budget %.2f GiB: %.2f GiB resident after loading, %.2f GiB for requests",
+            total / 2**30,
+            baseline / 2**30,
+            pool / 2**30,
+        )
+        for model in self.models.values():
+            side = int((pool / model.cost.tokenize(1, 1)) ** 0.5) // model.f * model.f
+            logger.info(
+                "model %r: the largest single image the pool takes is %dx%d (max_image_side %d)",
+                model.name,
+                side,
+                side,
+                settings.max_image_side,
+            )
+        return MemoryBudget(pool)
 
     async def load(self) -> None:
         """Load every configured artifact (off the event loop) and start the batchers."""
@@ -138,49 +278,60 @@ class ServiceState:
             raise RuntimeError("device=cuda was asked for but torch sees no CUDA device")
         if settings.torch_threads is not None:
             torch.set_num_threads(settings.torch_threads)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vq-inference")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="vq-inference",
+            initializer=_lower_priority,
+            initargs=(settings.inference_nice,),
+        )
+        loop = asyncio.get_running_loop()
         for name, path in settings.models.items():
-            model = await asyncio.to_thread(self._load_one, name, path)
-            wait_s = settings.batch_wait_ms / 1000.0
-            model.encoder = MicroBatcher(
-                model.encode_batch,
-                executor=self._executor,
-                max_batch_size=settings.effective_batch_size,
-                max_wait_s=wait_s,
-                max_batch_numel=3 * settings.max_batch_pixels,  # items are (3, H, W)
-                on_batch=self._batch_observer(name, "tokenize"),
-            )
-            model.decoder = MicroBatcher(
-                model.decode_batch,
-                executor=self._executor,
-                max_batch_size=settings.effective_batch_size,
-                max_wait_s=wait_s,
-                # items are (h, w) code grids; each becomes h * w * f^2 pixels
-                max_batch_numel=max(1, settings.max_batch_pixels // model.f**2),
-                on_batch=self._batch_observer(name, "detokenize"),
+            model = await loop.run_in_executor(
+                self._executor, self._load_one, name, path, self._executor
             )
             model.encoder.start()
             model.decoder.start()
             self.models[name] = model
+        self._budget = self._make_budget()
         self.ready = True
 
-    def _batch_observer(self, name: str, op: str) -> Any:
-        histogram = self.metrics.batch_size.labels(name, op)
-        return histogram.observe
+    @property
+    def budget(self) -> MemoryBudget:
+        if self._budget is None:
+            self.require_ready()
+            raise APIError(503, "not_ready", "the memory budget is not set up yet")
+        return self._budget
+
+    def begin_drain(self) -> None:
+        """SIGTERM: readiness turns 503 and new work is refused; in-flight work goes on."""
+        if not self.draining:
+            logger.info("draining: readiness is 503, new requests are refused")
+        self.draining = True
 
     async def close(self) -> None:
         self.ready = False
         for model in self.models.values():
             for batcher in (model.encoder, model.decoder):
-                if batcher is not None:
-                    await batcher.stop()
+                await batcher.stop()
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
 
     def require_ready(self) -> None:
+        if self.draining:
+            raise APIError(
+                503,
+                "shutting_down",
+                "the service is shutting down; retry on another replica",
+                headers={"Retry-After": "1"},
+            )
         if not self.ready:
-            raise APIError(503, "not_ready", "models are still loading; retry shortly")
+            raise APIError(
+                503,
+                "not_ready",
+                "models are still loading; retry shortly",
+                headers={"Retry-After": "1"},
+            )
 
     def get(self, name: str) -> ServedModel:
         self.require_ready()

@@ -162,10 +162,24 @@ def read_image(
     return _decode(Path(path), os.fspath(path), max_side, max_pixels)
 
 
-def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
-    """(H, W) that ``read_image(path)`` will return, from the header and the EXIF
-    orientation only (nothing is decompressed). Raises ``ImageDecodeError``."""
-    with _open(Path(path), os.fspath(path)) as img:
+def image_size(
+    source: bytes | str | os.PathLike[str],
+    *,
+    label: str | None = None,
+    max_side: int | None = None,
+    max_pixels: int | None = None,
+) -> tuple[int, int]:
+    """(H, W) that decoding ``source`` (file bytes or a path) will return, from the header
+    and the EXIF orientation only (nothing is decompressed), with the same size checks as
+    ``decode_image``. Raises ``ImageDecodeError``."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        src: bytes | Path = bytes(source)
+        name = label or "image"
+    else:
+        src, name = Path(source), label or os.fspath(source)
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    with _open(src, name, max_side) as img:
+        _check_size(img, name, max_side, 2**62 if limit is None else int(limit))
         width, height = img.size
         try:
             orientation = img.getexif().get(_ORIENTATION_TAG)

@@ -1,4 +1,4 @@
-"""POST /v1/detokenize: code grids -> images (PNG)."""
+"""POST /v1/detokenize (one grid -> image/png) and /v1/detokenize/batch (grids -> JSON)."""
 
 from __future__ import annotations
 
@@ -6,39 +6,40 @@ import asyncio
 import base64
 
 import torch
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from service.batcher import BatcherClosed
+from service.admission import guarded, refusals, request_deadline
 from service.deps import SettingsDep, StateDep
-from service.errors import APIError, unprocessable
+from service.errors import unprocessable
 from service.images import encode_png
-from service.schemas import DetokenizeBatchResponse, DetokenizeRequest, ErrorResponse
+from service.schemas import (
+    DetokenizeBatchRequest,
+    DetokenizeBatchResponse,
+    DetokenizeRequest,
+    ErrorResponse,
+)
+from service.settings import Settings
+from service.state import ServedModel, ServiceState
 from vqio import format_size
 
 router = APIRouter(prefix="/v1", tags=["detokenize"])
 
-_RESPONSES: dict[int | str, dict[str, object]] = {
-    200: {
-        "content": {
-            "image/png": {"description": "with 'codes': the image"},
-            "application/json": {"schema": DetokenizeBatchResponse.model_json_schema()},
-        },
-        "description": "'codes' -> image/png; 'batch' -> JSON with base64 PNGs",
-    },
-    **{code: {"model": ErrorResponse} for code in (404, 413, 422, 503)},
+_ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorResponse} for code in (404, 408, 413, 422, 500, 503)
+}
+_PNG: dict[int | str, dict[str, object]] = {
+    200: {"content": {"image/png": {}}, "description": "The image, PNG"},
+    **_ERRORS,
 }
 
 
 def check_grid(
     rows: list[list[int]], *, label: str, codebook_size: int, max_side: int
 ) -> torch.Tensor:
-    """A JSON grid -> int64 (h, w); 422 naming the problem if it is empty, ragged, too big
-    or holds ids outside [0, codebook_size)."""
-    if not rows or not rows[0]:
-        raise unprocessable(
-            f"{label} is empty; expected a [h][w] grid with h, w >= 1", "invalid_codes"
-        )
+    """A JSON grid -> int64 (h, w): the one check of code ids on the detokenize path.
+    422 naming the problem if it is ragged, too big or holds ids outside [0, codebook_size);
+    the schema has already refused empty grids and non-integers."""
     h, w = len(rows), len(rows[0])
     for i, row in enumerate(rows):
         if len(row) != w:
@@ -67,51 +68,82 @@ def _to_pngs(images: list[torch.Tensor]) -> list[bytes]:
     return [encode_png(img.permute(1, 2, 0).contiguous().numpy()) for img in images]  # (H, W, 3)
 
 
-@router.post("/detokenize", summary="Code grids -> images", responses=_RESPONSES)
-async def detokenize(body: DetokenizeRequest, state: StateDep, settings: SettingsDep) -> Response:
-    """`{"codes": [[...]]}` returns one image/png; `{"batch": [grid, ...]}` returns JSON
-    with one base64 PNG per grid, in request order."""
-    served = state.get(body.model)
-    if body.codes is not None:
-        grids = [("codes", body.codes)]
-    else:
-        assert body.batch is not None  # the request model requires one of the two
-        if not body.batch:
-            raise unprocessable("batch is empty; give at least one grid", "invalid_codes")
-        if len(body.batch) > settings.max_images_per_request:
-            raise unprocessable(
-                f"{len(body.batch)} grids in one request; the limit is "
-                f"{settings.max_images_per_request} (setting max_images_per_request)",
-                "too_many_images",
-            )
-        grids = [(f"batch[{i}]", grid) for i, grid in enumerate(body.batch)]
+async def _decode(
+    served: ServedModel, grids: list[torch.Tensor], state: ServiceState, deadline: float
+) -> list[bytes]:
+    """Reserve the memory of the grids' images, decode them in the batcher, encode PNGs."""
+    pixels = sum(g.numel() * served.f**2 for g in grids)
+    async with state.budget.reserve(served.cost.detokenize(pixels)):
+        futures = served.decoder.submit_many(grids, deadline=deadline)
+        try:
+            images = await asyncio.gather(*futures)
+        finally:
+            for future in futures:
+                future.cancel()  # a no-op for those that ran; drops the rest unrun
+        return await run_in_threadpool(_to_pngs, list(images))
+
+
+async def _detokenize(
+    request: Request,
+    state: ServiceState,
+    settings: Settings,
+    model: str,
+    grids: list[tuple[str, list[list[int]]]],
+) -> tuple[list[bytes], list[tuple[int, int]]]:
+    deadline = request_deadline(state, request)
+    served = state.get(model)
+    if len(grids) > settings.max_images_per_request:
+        raise unprocessable(
+            f"{len(grids)} grids in one request; the limit is "
+            f"{settings.max_images_per_request} (setting max_images_per_request)",
+            "too_many_images",
+        )
     tensors = [
         check_grid(
             rows, label=label, codebook_size=served.codebook_size, max_side=settings.max_grid_side
         )
         for label, rows in grids
     ]
-    assert served.decoder is not None  # set when the model is loaded
-    try:
-        images = await asyncio.gather(*(served.decoder.submit(t) for t in tensors))
-    except BatcherClosed as exc:
-        raise APIError(503, "not_ready", str(exc)) from None
-    except ValueError as exc:
-        raise unprocessable(str(exc)) from None
-    state.metrics.images.labels(body.model, "detokenize").inc(len(images))
-    state.metrics.tokens.labels(body.model, "detokenize").inc(sum(t.numel() for t in tensors))
+    with refusals(state, model, "detokenize"):
+        pngs = await guarded(request, deadline, lambda: _decode(served, tensors, state, deadline))
+    state.metrics.images.labels(model, "detokenize").inc(len(pngs))
+    state.metrics.tokens.labels(model, "detokenize").inc(sum(t.numel() for t in tensors))
+    sizes = [(int(t.shape[0]) * served.f, int(t.shape[1]) * served.f) for t in tensors]
+    return pngs, sizes
 
-    pngs = await run_in_threadpool(_to_pngs, list(images))
-    if body.codes is not None:
-        h, w = images[0].shape[-2:]
-        return Response(
-            content=pngs[0],
-            media_type="image/png",
-            headers={"X-Model": body.model, "X-Image-Size": f"{h}x{w}"},
-        )
-    payload = DetokenizeBatchResponse(
+
+@router.post(
+    "/detokenize",
+    summary="One code grid -> image/png",
+    response_class=Response,
+    responses=_PNG,
+)
+async def detokenize(
+    body: DetokenizeRequest, request: Request, state: StateDep, settings: SettingsDep
+) -> Response:
+    """`{"model": ..., "codes": [[...], ...]}` -> the image as PNG; `X-Image-Size` is `HxW`."""
+    pngs, sizes = await _detokenize(request, state, settings, body.model, [("codes", body.codes)])
+    h, w = sizes[0]
+    return Response(
+        content=pngs[0],
+        media_type="image/png",
+        headers={"X-Model": body.model, "X-Image-Size": f"{h}x{w}"},
+    )
+
+
+@router.post(
+    "/detokenize/batch",
+    summary="Several code grids -> base64 PNGs",
+    responses=_ERRORS,
+)
+async def detokenize_batch(
+    body: DetokenizeBatchRequest, request: Request, state: StateDep, settings: SettingsDep
+) -> DetokenizeBatchResponse:
+    """`{"model": ..., "batch": [grid, ...]}` -> one base64 PNG per grid, in request order."""
+    grids = [(f"batch[{i}]", grid) for i, grid in enumerate(body.batch)]
+    pngs, sizes = await _detokenize(request, state, settings, body.model, grids)
+    return DetokenizeBatchResponse(
         model=body.model,
         images=[base64.b64encode(png).decode("ascii") for png in pngs],
-        image_size=[(int(img.shape[-2]), int(img.shape[-1])) for img in images],
+        image_size=[list(size) for size in sizes],
     )
-    return Response(content=payload.model_dump_json(), media_type="application/json")

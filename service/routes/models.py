@@ -32,7 +32,7 @@ def model_info(model: ServedModel) -> ModelInfo:
     levels = quantizer.get("levels")
     return ModelInfo(
         name=model.name,
-        kind=str(quantizer.get("kind", model.tokenizer.config.quantizer.kind)),
+        kind=str(quantizer.get("kind", model.tokenizer.config.resolved_quantizer.kind)),
         codebook_size=model.codebook_size,
         f=model.f,
         code_dim=model.tokenizer.code_dim,
@@ -45,6 +45,7 @@ def model_info(model: ServedModel) -> ModelInfo:
         versions=dict(meta.get("versions") or {}),
         metrics=dict(meta.get("metrics") or {}),
         device=str(model.tokenizer.device),
+        precision=model.tokenizer.precision,
     )
 
 
@@ -63,19 +64,7 @@ async def get_model(name: str, state: StateDep) -> ModelInfo:
 async def get_usage(name: str, state: StateDep) -> UsageResponse:
     """Statistics of the codes this service has produced for `name` (tokenize traffic),
     over the last `window` tokens: the definitions of shared DESIGN.md."""
-    model = state.get(name)
-    report = model.usage_report()
-    return UsageResponse(
-        model=model.name,
-        codebook_size=model.codebook_size,
-        window=report.window,
-        window_tokens=report.window_tokens,
-        tokens_seen=report.tokens_seen,
-        window_usage=report.window_usage,
-        perplexity=report.perplexity,
-        dead_codes=report.dead_codes,
-        histogram=report.histogram,
-    )
+    return state.get(name).usage_report()
 
 
 @router.get(

@@ -15,18 +15,22 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from service.batcher import BatcherClosed
+from service.admission import guarded, refusals, request_deadline
+from service.budget import MemoryBudget
 from service.deps import SettingsDep, StateDep
 from service.errors import APIError, bad_request, unprocessable
-from service.images import FitMode, load_image
+from service.images import FitMode, fitted_size, header_size, load_image
 from service.schemas import ErrorResponse, TokenizeJSONRequest, TokenizeResponse, TokenizeResult
 from service.settings import Settings
+from service.state import ServedModel
 
 router = APIRouter(prefix="/v1", tags=["tokenize"])
 
 _ERRORS: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422, 503)
+    code: {"model": ErrorResponse} for code in (400, 404, 408, 413, 415, 422, 500, 503)
 }
+
+IMAGE_MEDIA_TYPES = "image/png, image/jpeg, image/webp, image/bmp, image/gif"
 
 _REQUEST_BODY = {
     "requestBody": {
@@ -38,11 +42,14 @@ _REQUEST_BODY = {
                     "properties": {
                         "files": {
                             "type": "array",
+                            "minItems": 1,
                             "items": {"type": "string", "format": "binary"},
+                            "description": "Image files: PNG, JPEG, WebP, BMP or GIF",
                         }
                     },
                     "required": ["files"],
-                }
+                },
+                "encoding": {"files": {"contentType": IMAGE_MEDIA_TYPES}},
             },
             "application/json": {"schema": TokenizeJSONRequest.model_json_schema()},
         },
@@ -109,6 +116,42 @@ def _prepare(
     return out
 
 
+def _memory_cost(
+    payloads: list[tuple[str, bytes]], served: ServedModel, *, fit: FitMode, max_side: int
+) -> int:
+    """Predicted peak bytes of the request, from the images' headers (nothing decoded)."""
+    total = 0
+    for label, data in payloads:
+        h, w = header_size(data, label=label, max_side=max_side)
+        fh, fw = fitted_size(h, w, f=served.f, fit=fit)
+        total += served.cost.tokenize(h * w, fh * fw)
+    return total
+
+
+async def _encode(
+    served: ServedModel,
+    payloads: list[tuple[str, bytes]],
+    *,
+    budget: MemoryBudget,
+    fit: FitMode,
+    settings: Settings,
+    deadline: float,
+) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
+    """Reserve the request's memory, decode its images and run them through the batcher."""
+    cost = _memory_cost(payloads, served, fit=fit, max_side=settings.max_image_side)
+    async with budget.reserve(cost):
+        prepared = await run_in_threadpool(
+            _prepare, payloads, f=served.f, fit=fit, max_side=settings.max_image_side
+        )
+        futures = served.encoder.submit_many([image for image, _ in prepared], deadline=deadline)
+        try:
+            codes = await asyncio.gather(*futures)
+        finally:
+            for future in futures:
+                future.cancel()  # a no-op for those that ran; drops the rest unrun
+    return list(codes), [size for _, size in prepared]
+
+
 @router.post(
     "/tokenize",
     summary="Images -> code grids",
@@ -127,6 +170,7 @@ async def tokenize(
 ) -> TokenizeResponse:
     """Send images as multipart `files` or as JSON `{"images": [base64, ...]}`; get one
     code grid per image, in request order."""
+    deadline = request_deadline(state, request)
     served = state.get(model)
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media == "multipart/form-data":
@@ -140,22 +184,23 @@ async def tokenize(
             f"content-type {media or 'missing'!r} is not supported; send multipart/form-data "
             "with 'files' or application/json with {'images': [base64, ...]}",
         )
-    prepared = await run_in_threadpool(
-        _prepare, payloads, f=served.f, fit=fit, max_side=settings.max_image_side
-    )
-    assert served.encoder is not None  # set when the model is loaded
-    try:
-        codes = await asyncio.gather(*(served.encoder.submit(image) for image, _ in prepared))
-    except BatcherClosed as exc:
-        raise APIError(503, "not_ready", str(exc)) from None
-    except ValueError as exc:
-        raise unprocessable(str(exc)) from None
+    budget = state.budget
+    with refusals(state, model, "tokenize"):
+        codes, sizes = await guarded(
+            request,
+            deadline,
+            lambda: _encode(
+                served, payloads, budget=budget, fit=fit, settings=settings, deadline=deadline
+            ),
+        )
 
     tokens = sum(int(np.prod(c.shape)) for c in codes)
     state.metrics.images.labels(model, "tokenize").inc(len(codes))
     state.metrics.tokens.labels(model, "tokenize").inc(tokens)
     results = [
-        TokenizeResult(codes=c.tolist(), grid=(int(c.shape[0]), int(c.shape[1])), image_size=size)
-        for c, (_, size) in zip(codes, prepared, strict=True)
+        TokenizeResult(
+            codes=c.tolist(), grid=[int(c.shape[0]), int(c.shape[1])], image_size=list(size)
+        )
+        for c, size in zip(codes, sizes, strict=True)
     ]
     return TokenizeResponse(model=model, codebook_size=served.codebook_size, results=results)

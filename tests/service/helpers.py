@@ -8,16 +8,23 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import uvicorn
 from PIL import Image
 
 import vq
+from service.app import create_app
+from service.cli import DrainingServer
 from service.client import Client
 from service.settings import Settings
+from service.state import ServiceState
 
 F = 4  # the tiny model's downsampling factor
 CODEBOOK_SIZE = 64
@@ -115,3 +122,33 @@ def png_with_header(width: int, height: int) -> bytes:
         + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
         + chunk(b"IEND", b"")
     )
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+@contextmanager
+def serving(settings: Settings) -> Iterator[tuple[str, ServiceState, DrainingServer]]:
+    """The app under a real uvicorn server on a thread (a loopback port), so sockets can be
+    dropped mid-request and the model patched from here."""
+    port = free_port()
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=10
+    )
+    server = DrainingServer(config, app.state.service)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}", app.state.service, server
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)

@@ -35,3 +35,21 @@ def test_service_benchmark_quick(artifact_dir: Path, tmp_path: Path) -> None:
         "batched service / unbatched",
     ):
         assert needle in report, report
+
+
+def test_load_benchmark_quick(artifact_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "load.md"
+    cmd = [sys.executable, "-m", "bench.load", "--quick", "--model", str(artifact_dir)]
+    cmd += ["--size", "16", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = out.read_text()
+    for needle in (
+        "| sustained | 8 |",
+        "| overload | 32 |",
+        "| SIGTERM drain |",
+        "exited with code 0",
+    ):
+        assert needle in report, report
+    assert "| 0 x 5xx (other than 503 shedding) | 0 | holds |" in report
+    assert "| 0 requests lost on SIGTERM | 0 | holds |" in report

@@ -43,7 +43,7 @@ def test_defaults() -> None:
     s = Settings()
     assert s.models == {"default": "models/default"}
     assert (s.host, s.port) == ("127.0.0.1", 8000)
-    assert s.max_upload_bytes == 20 * 1024 * 1024 and s.max_image_side == 4096
+    assert s.max_upload_bytes == 20 * 1024 * 1024 and s.max_image_side == 2048
     assert s.effective_batch_size == s.max_batch_size > 1
 
 

@@ -1,0 +1,118 @@
+"""Getting one request's work done within the service's limits, or refusing it clearly.
+
+``guarded`` runs a request's work (reserve memory, decode, queue, wait for the batcher)
+against two things that end it early: the request's deadline (``request_timeout_s``) and
+the client going away. Either way the work is cancelled, which cancels the request's
+queued items, so the batcher drops them before they run (``service.batcher``). Every way a
+request is refused under load maps to one status here:
+
+    BudgetExceeded    413 memory_budget       can never fit the memory pool
+    QueueFull         503 overloaded          Retry-After, at once
+    DeadlineExceeded  503 timeout             Retry-After, the work never ran (or was dropped)
+    client left       499 client_disconnected nobody reads it; counted in /metrics
+    BatcherClosed     503 not_ready           shutting down
+    InvalidCodes      500 internal            the model produced impossible codes
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
+
+from starlette.requests import Request
+
+from service.batcher import BatcherClosed, DeadlineExceeded, QueueFull
+from service.budget import BudgetExceeded
+from service.errors import APIError
+from service.state import InvalidCodes, ServiceState
+
+logger = logging.getLogger("service")
+
+T = TypeVar("T")
+CLIENT_CLOSED = 499  # nginx's status for "client closed the request"; never seen by a client
+
+
+class ClientGone(Exception):
+    """The client disconnected while its request waited."""
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client disconnects. Call only after the body has been read: from
+    then on the server's ``receive`` yields nothing but ``http.disconnect``."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def guarded(request: Request, deadline: float, work: Callable[[], Awaitable[T]]) -> T:
+    """``await work()``, cancelled when ``deadline`` (time.monotonic) passes or the client
+    disconnects (``DeadlineExceeded`` / ``ClientGone``)."""
+    if time.monotonic() >= deadline:
+        raise DeadlineExceeded("the request's deadline passed before its work began")
+    task = asyncio.ensure_future(work())
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        timeout = max(0.0, deadline - time.monotonic())
+        done, _ = await asyncio.wait(
+            {task, watcher}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if task in done:
+            return task.result()
+        if watcher in done:
+            raise ClientGone()
+        raise DeadlineExceeded("the request's deadline passed")
+    finally:
+        for pending in (task, watcher):
+            if not pending.done():
+                pending.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
+@contextlib.contextmanager
+def refusals(state: ServiceState, model: str, op: str) -> Iterator[None]:
+    """Turn the load-control exceptions of one request into their statuses (module docstring)
+    and count each in ``vq_requests_shed_total``."""
+    settings = state.settings
+    shed = state.metrics.shed
+    retry = {"Retry-After": str(max(1, round(settings.request_timeout_s / 10)))}
+    try:
+        yield
+    except BudgetExceeded as exc:
+        shed.labels(model, op, "memory").inc()
+        raise APIError(413, "memory_budget", f"this request {exc}") from None
+    except QueueFull as exc:
+        shed.labels(model, op, "queue_full").inc()
+        raise APIError(
+            503, "overloaded", f"overloaded: {exc}; retry later", headers=retry
+        ) from None
+    except DeadlineExceeded:
+        shed.labels(model, op, "deadline").inc()
+        raise APIError(
+            503,
+            "timeout",
+            f"not answered within {settings.request_timeout_s:g} s (setting request_timeout_s); "
+            "the service is busy, retry later",
+            headers=retry,
+        ) from None
+    except ClientGone:
+        shed.labels(model, op, "client_disconnected").inc()
+        logger.info("%s for %r: the client disconnected; its queued work was dropped", op, model)
+        raise APIError(CLIENT_CLOSED, "client_disconnected", "the client disconnected") from None
+    except BatcherClosed as exc:
+        raise APIError(503, "not_ready", str(exc), headers={"Retry-After": "1"}) from None
+    except InvalidCodes as exc:
+        logger.error("%s for %r: %s", op, model, exc)
+        raise APIError(500, "internal", f"internal error: {exc}") from None
+
+
+def request_deadline(state: ServiceState, request: Request) -> float:
+    """``request_timeout_s`` after the request arrived (stamped by ConcurrencyMiddleware),
+    so time spent waiting before the handler ran counts too."""
+    arrival = request.scope.get("state", {}).get("arrival", time.monotonic())
+    return float(arrival) + state.settings.request_timeout_s

@@ -1,0 +1,168 @@
+"""Memory as a budget: what a request will cost, measured per model, and a byte semaphore.
+
+A request's peak memory is predictable from its pixel count: the convolutions' activations
+grow linearly with H * W and everything else (weights, code) is fixed. At start-up the
+service measures each model's bytes per pixel for encode and decode, at the precision it
+runs, by running one probe image and reading the kernel's peak-RSS counter (VmHWM, reset
+through /proc/self/clear_refs). Requests then reserve their predicted cost from a
+``MemoryBudget`` before any pixel is decoded: a cost larger than the whole pool can never
+run (413), a cost that does not fit now waits, first come first served. Because every byte
+that requests hold is reserved first, no mix of requests takes the process past its budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import resource
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+# Decoding one image file costs a few bytes per pixel on top of the network: Pillow's
+# decoded frame (up to 4 B/px for RGBA), the alpha composite (4), the RGB array (3), the
+# fitted copy (3) and the (3, H, W) tensor view (0): 16 B/px covers the worst path.
+DECODE_BYTES_PER_PIXEL = 16
+# PNG encoding of a decoded image: the (H, W, 3) array (3 B/px) plus the compressed file
+# (at most about the raw size at compress_level=1) and its base64 copy (4/3).
+PNG_BYTES_PER_PIXEL = 8
+# Measurements carry allocator slack (freed blocks kept, page granularity): a margin on top.
+SAFETY_FACTOR = 1.25
+# Below this the probe is noise (tiny test models); no real network costs less.
+MIN_BYTES_PER_PIXEL = 32
+
+
+class BudgetExceeded(RuntimeError):
+    """The request needs more memory than the whole pool; it can never run."""
+
+
+def machine_memory() -> int:
+    """Bytes of memory this process may use: the cgroup limit if one is set, else RAM."""
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        with contextlib.suppress(OSError, ValueError):
+            text = Path(path).read_text().strip()
+            if text != "max":
+                return min(ram, int(text))
+    return ram
+
+
+def default_budget() -> int:
+    """Half the machine: leaves room for the OS, page cache and a neighbour process."""
+    return machine_memory() // 2
+
+
+def _status_kib(field: str) -> int | None:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return None
+
+
+def current_rss() -> int:
+    """Resident bytes of this process now (0 where /proc is missing)."""
+    kib = _status_kib("VmRSS")
+    return 1024 * kib if kib is not None else 0
+
+
+def peak_bytes_of(fn: Callable[[], object]) -> int:
+    """How far ``fn`` raises this process's resident memory above where it started.
+
+    Linux: reset the high-water mark (``echo 5 > /proc/self/clear_refs``, proc(5)) and read
+    VmHWM after. Elsewhere ru_maxrss, which only rises, so the figure is a lower bound
+    there; MIN_BYTES_PER_PIXEL and SAFETY_FACTOR cover it.
+    """
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        before = current_rss()
+        fn()
+        peak = _status_kib("VmHWM")
+        if peak is None:
+            raise OSError("no VmHWM")
+        return max(0, 1024 * peak - before)
+    except OSError:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        fn()
+        return max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    """Predicted peak bytes per request pixel of one model (measured, margin included)."""
+
+    encode_per_pixel: int  # per input pixel (H * W after fit)
+    decode_per_pixel: int  # per output pixel (h * f * w * f)
+
+    def tokenize(self, decoded_pixels: int, fitted_pixels: int) -> int:
+        return DECODE_BYTES_PER_PIXEL * decoded_pixels + self.encode_per_pixel * fitted_pixels
+
+    def detokenize(self, pixels: int) -> int:
+        return (self.decode_per_pixel + PNG_BYTES_PER_PIXEL) * pixels
+
+
+def per_pixel(measured_bytes: int, pixels: int) -> int:
+    """Measured bytes of a probe of ``pixels`` -> the bytes per pixel the budget charges."""
+    return max(MIN_BYTES_PER_PIXEL, math.ceil(SAFETY_FACTOR * measured_bytes / pixels))
+
+
+class MemoryBudget:
+    """An asyncio byte semaphore, first come first served (a large request is not starved
+    by a stream of small ones behind it)."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity={capacity} is not allowed; expected >= 1 byte")
+        self.capacity = capacity
+        self.used = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def acquire(self, nbytes: int) -> None:
+        if nbytes > self.capacity:
+            raise BudgetExceeded(
+                f"needs {nbytes / 2**20:.0f} MiB of working memory; the pool is "
+                f"{self.capacity / 2**20:.0f} MiB (setting memory_budget, env VQ_MEMORY_BUDGET)"
+            )
+        if not self._waiters and self.used + nbytes <= self.capacity:
+            self.used += nbytes
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (nbytes, future)
+        self._waiters.append(entry)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release(nbytes)  # granted just as the waiter gave up
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(entry)
+                self._wake()  # the head may have been the one blocking the others
+            raise
+
+    def release(self, nbytes: int) -> None:
+        self.used -= nbytes
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.used + self._waiters[0][0] <= self.capacity:
+            nbytes, future = self._waiters.popleft()
+            if future.done():
+                continue
+            self.used += nbytes
+            future.set_result(None)
+
+    @contextlib.asynccontextmanager
+    async def reserve(self, nbytes: int) -> AsyncIterator[None]:
+        await self.acquire(nbytes)
+        try:
+            yield
+        finally:
+            self.release(nbytes)
