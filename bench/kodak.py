@@ -99,7 +99,8 @@ def load_images(folder: str | Path, limit: int | None = None) -> Images:
     if not paths:
         raise ValueError(f"no images under {str(folder)!r}")
     paths = paths[:limit] if limit else paths
-    return Images([p.name for p in paths], [read_image(p) for p in paths])
+    # np.array: writable copies (PIL's arrays are read-only, which torch.from_numpy warns about).
+    return Images([p.name for p in paths], [np.array(read_image(p)) for p in paths])
 
 
 @dataclass
@@ -226,7 +227,7 @@ def plot_rd(
             )
     for i, r in enumerate(tokenizers):
         color = f"C{i}"
-        label = f"{r.name} (K={r.codebook_size:,}, f={r.f})"
+        label = r.name if "K=" in r.name else f"{r.name} (K={r.codebook_size:,}, f={r.f})"
         ax.plot([r.bpp_nominal], [r.psnr], "o", color=color, label=f"{label}: log2(K)/f²")
         ax.plot([r.bpp_entropy], [r.psnr], "x", color=color, ms=8, label=f"{label}: code entropy")
         ax.plot([r.bpp_entropy, r.bpp_nominal], [r.psnr, r.psnr], ":", color=color, lw=1)
@@ -259,7 +260,9 @@ def run(
             images, "webp", qualities or WEBP_QUALITIES
         )
     results = [
-        evaluate_tokenizer(load_tokenizer(path, device=device, precision="fp32"), images, name, path)
+        evaluate_tokenizer(
+            load_tokenizer(path, device=device, precision="fp32"), images, name, path
+        )
         for name, path in tokenizers
     ]
     out.mkdir(parents=True, exist_ok=True)
