@@ -29,7 +29,7 @@ logger = logging.getLogger("service")
 
 @dataclass
 class UsageReport:
-    """The served-traffic codebook statistics of one model (shared DESIGN.md definitions)."""
+    """The served-traffic codebook statistics of one model (docs/design.md, "Codebook usage: definitions")."""
 
     window: int
     window_tokens: int

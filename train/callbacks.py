@@ -87,7 +87,7 @@ def collapse_fix(pl_module: L.LightningModule) -> str:
 
 class CodebookMonitor(Callback):
     """Codebook utilization during training and validation, for any quantizer
-    (shared DESIGN.md, "Codebook utilization: definitions").
+    (docs/design.md, "Codebook usage: definitions").
 
     Training, every ``trainer.log_every_n_steps`` steps: ``usage/batch_usage``,
     ``usage/window_usage``, ``usage/perplexity``, ``usage/dead_codes`` (window of

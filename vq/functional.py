@@ -1,4 +1,4 @@
-"""Pure math shared by the quantizers (shared DESIGN.md, "The math").
+"""Pure math shared by the quantizers (docs/design.md, "The quantizers").
 
 Every function here is stateless and works on flat rows: ``e`` and ``q`` are (N, D),
 one encoder vector and its chosen code per row. The quantizer modules flatten

@@ -95,7 +95,7 @@ def _from_mapping(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class QuantizerConfig:
-    """Which quantizer sits between encoder and decoder (shared DESIGN.md, "The quantizer interface").
+    """Which quantizer sits between encoder and decoder (docs/design.md, "Architecture").
 
     kind="vq" uses ``codebook``, ``grad_estimator``, ``beta``, ``codebook_update``,
     ``ema_decay``, ``dead_code_threshold`` and ``codebook_init`` (plain codebooks: "uniform"

@@ -2,8 +2,8 @@
 
 Both take encoder output ``z`` of shape (B, D, *spatial), channel first, with any number of
 spatial dims (0 for vectors, 1 for sequences, 2 for images), flatten it to (N, D) rows,
-quantize the rows, and return a ``QuantizerOutput`` (shared DESIGN.md, "The quantizer
-interface"). The math lives in ``vq.functional``; the nearest-code search in ``vq.search``.
+quantize the rows, and return a ``QuantizerOutput`` (docs/design.md,
+"Architecture"). The math lives in ``vq.functional``; the nearest-code search in ``vq.search``.
 """
 
 from __future__ import annotations

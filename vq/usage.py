@@ -1,4 +1,4 @@
-"""Codebook utilization statistics (shared DESIGN.md, "Codebook utilization: definitions").
+"""Codebook utilization statistics (docs/design.md, "Codebook usage: definitions").
 
 Papers disagree on "usage"; each figure here has its own name:
 
