@@ -142,7 +142,7 @@ class VQVAEModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         # channels_last is the fast convolution layout of oneDNN (CPU) and cuDNN, in float32
         # as in bf16; state dicts stay layout-agnostic (save_tokenizer makes them contiguous).
-        self.model.to(memory_format=torch.channels_last)
+        self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def compute_losses(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], Any]:
         """images float (B, 3, H, W) in [-1, 1] -> ({"loss", "mse", "quant_loss"[, "l1"]},
