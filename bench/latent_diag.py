@@ -44,14 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     module, rec = Q.build_module(args.method, args.size, cfg)
     model = module.model
     if args.simvq_bias:
-        old = model.quantizer.proj
+        old = model.quantizer.book.proj
         if not isinstance(old, torch.nn.Linear):
             p.error("--simvq-bias needs a SimVQ method")
         new = torch.nn.Linear(old.in_features, old.out_features, bias=True)
         with torch.no_grad():
             new.weight.copy_(old.weight)
             new.bias.zero_()
-        model.quantizer.proj = new
+        model.quantizer.book.proj = new
     result = Q.RunResult(args.method, args.size)
     Q.train(module, rec, data, cfg, result, log=lambda s: None)
     model.eval()

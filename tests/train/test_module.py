@@ -125,7 +125,7 @@ def test_resume_continues_step_count_and_keeps_codebook(
     saved = read_checkpoint(last)
     fresh = tiny_module()  # a new random codebook: the checkpoint must replace it
     assert not torch.equal(
-        fresh.model.quantizer.codebook, saved["state_dict"]["model.quantizer.codebook"]
+        fresh.model.quantizer.book.codebook, saved["state_dict"]["model.quantizer.codebook"]
     )
     probe = _Probe()
     trainer = tiny_trainer(tmp_path, max_steps=6, callbacks=[probe])
