@@ -30,27 +30,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--method", choices=Q.METHODS, default="simvq")
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--steps", type=int, default=80)
-    p.add_argument("--lr", type=float, default=Q.BenchConfig.lr)
+    p.add_argument("--lr", type=float, default=None, help="default: the method's config")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--simvq-bias", action="store_true", help="give SimVQ's W a bias (zero-init)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = Q.BenchConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, history_points=8)
-    data = Q.load_data(cfg)
-    torch.manual_seed(cfg.seed)
-    model = Q.VQVAE(Q.model_config(args.method, args.size, cfg))
+    overrides = () if args.lr is None else (f"model.lr={args.lr!r}",)
+    cfg = Q.BenchConfig(
+        steps=args.steps, batch_size=args.batch_size, overrides=overrides, history_points=8
+    )
+    data = Q.load_data(cfg, with_codecs=False)  # the bundled photographs
+    module, rec = Q.build_module(args.method, args.size, cfg)
+    model = module.model
     if args.simvq_bias:
-        old = model.quantizer.proj
+        old = model.quantizer.book.proj
         if not isinstance(old, torch.nn.Linear):
             p.error("--simvq-bias needs a SimVQ method")
         new = torch.nn.Linear(old.in_features, old.out_features, bias=True)
         with torch.no_grad():
             new.weight.copy_(old.weight)
             new.bias.zero_()
-        model.quantizer.proj = new
+        model.quantizer.book.proj = new
     result = Q.RunResult(args.method, args.size)
-    Q.train(model, data, cfg, result, log=lambda s: None)
+    Q.train(module, rec, data, cfg, result, log=lambda s: None)
     model.eval()
     with torch.no_grad():
         out = model(data.val_crops)
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         s2 = torch.linalg.svdvals(centred) ** 2
         share = (s2 / s2.sum())[:4].tolist()
         print(
-            f"{args.method} K={args.size} lr={args.lr:g} steps={args.steps}"
+            f"{args.method} K={args.size} lr={module.hparams['lr']:g} steps={args.steps}"
             + (" (W with bias)" if args.simvq_bias else "")
         )
         print(f"  variance share of e's top principal directions: {[round(x, 3) for x in share]}")

@@ -1,31 +1,41 @@
 """Quality benchmark: STE vs rotation trick vs SimVQ (+ rotation) vs FSQ across codebook sizes.
 
-    .venv/bin/python bench/quality.py                 # full run, writes docs/benchmarks/quality.md
-    .venv/bin/python bench/quality.py --quick --out /tmp/q/quality.md    # a smoke run (seconds)
-    .venv/bin/python bench/quality.py --jobs 2 --threads 1   # two runs at a time, 1 thread each
+    python bench/quality.py --steps 2000 --jobs 2 --threads 1   # the corpus run (long)
+    python bench/quality.py --resume ...same arguments...      # continue an interrupted run
+    python bench/quality.py --quick --out /tmp/q/quality.md     # a smoke run (seconds)
 
-For every (method, K) the same VQ-VAE (f=8, same widths), the same data (random crops of the
-bundled scikit-image training photographs, drawn from one seeded stream so every run sees the
-same crops in the same order), the same budget (steps, batch, crop, AdamW with warmup + cosine,
-gradient clipping) and the same seed are used; the loss is the training loss of
-``train.module``: MSE(recon, x) + the quantizer's own loss. Then, on the held-out photographs
-(``train.data.BUNDLED_VAL``) and in eval mode, it measures:
+The recipe is not defined here. Each method trains the model, loss, optimizer groups and
+schedule of ``configs/<method>.yaml`` through ``train.module.VQVAEModule`` (its
+``compute_losses`` and ``configure_optimizers``), with only the codebook size changed (FSQ:
+the recommended levels nearest K); a change to the recipe reaches the benchmark. By default
+(``--plain papers``) the plain codebooks (ste, rotation) run the papers' setting, uniform
+init and no dead-code restart, because the comparison is between the estimators;
+``--plain recipe`` keeps the configs' data init + restart. ``--set model.lr=1e-3`` overrides
+any ``model`` option of every config. The warmup is the config's share of its budget.
 
-- PSNR and SSIM (torchmetrics, images in [0, 1]) of the reconstructions;
-- ``epoch_usage`` over the validation tokens, with their count;
-- window usage, perplexity and dead codes over a window of at least 4*K tokens of training
-  crops, so that a 65,536-code codebook is not judged on a few thousand tokens;
-- the quantization error ||e - q||^2 per token (absolute and relative to ||e||^2);
-- wall time.
+Data: with the photo corpus beside the checkout (``../shared/data``: ``train/``, ``val/``,
+``kodak/``) it trains on ``train/`` (``ImageDataModule(root, val_root)``, each file decoded
+once), reports held-out crops of ``val/`` and evaluates on the full Kodak images
+(``bench/kodak.py``: PSNR, SSIM, code usage, rate; JPEG and WebP measured in the same run).
+Without it (or with ``--corpus none``, and in ``--quick``) it uses the bundled scikit-image
+photographs and skips Kodak. Every run sees the same crops in the same order (one seeded
+stream) and trains with the fast path: channels_last, bf16 autocast where native
+(``vq.precision``).
 
-During training the window usage of the training tokens is recorded every ``log_every``
-steps (usage vs step). Each (method, K) runs in its own function; an exception (e.g. out of
-memory) is recorded in the report instead of ending the benchmark.
+Each configuration works in ``--work-dir/<method>_K<K>/``: its training state (model,
+optimizer, scheduler, crop stream, usage window, history) is saved every ``--save-every``
+seconds and at the end; then it is exported as an artifact and evaluated from it with
+``vq.load_tokenizer(path, precision="fp32")``; ``result.json`` marks it finished.
+``--resume`` skips finished configurations and continues unfinished ones from their state;
+without it, a work dir holding an earlier run is an error (no work is overwritten).
 
-Outputs next to ``--out``: the Markdown report, ``quality.json`` (all numbers, for re-plotting)
-and PNG plots ``quality_usage_vs_step.png``, ``quality_usage_vs_k.png``,
-``quality_psnr_vs_k.png``. Text after the ``ANALYSIS_MARKER`` line of an existing report is
-kept when the report is rewritten (the hand-written analysis of the results).
+Measured per (method, K), in eval mode: Kodak PSNR/SSIM/usage/perplexity/dead codes/bpp
+(log2(K)/f² and the code entropy); held-out crop PSNR/SSIM, ``epoch_usage`` and the
+quantization error ||e - q||²; window usage, perplexity and dead codes over a window of
+max(4K, min_window) tokens of training crops; usage vs step during training; wall time.
+Outputs next to ``--out``: the report, ``quality.json``, and the PNG plots (usage vs step,
+usage vs K, PSNR vs K, and ``quality_rd.png``: Kodak PSNR vs bpp against JPEG/WebP). Text
+after the ``ANALYSIS_MARKER`` line of an existing report is kept when it is rewritten.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ import math
 import multiprocessing
 import os
 import platform
+import shutil
 import sys
 import time
 import traceback
@@ -46,32 +57,38 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import numpy as np
 import torch
-import torch.nn.functional as F
+import yaml
 from torchmetrics.functional.image import (
     peak_signal_noise_ratio,
     structural_similarity_index_measure,
 )
 
-from train.data import (
-    BUNDLED_TRAIN,
-    BUNDLED_VAL,
-    RandomCropDataset,
-    grid_crops,
-    load_bundled_image,
-    to_tensor,
-)
-from train.module import warmup_cosine
-from vq import CodebookUsage
-from vq.model import FSQ_RECOMMENDED_LEVELS, VQVAE, FSQConfig, QuantizerConfig, VQVAEConfig
-
 ROOT = Path(__file__).resolve().parent.parent
+for _path in (ROOT, ROOT / "bench"):  # run as a script: vq/, train/ and kodak.py importable
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+import kodak  # noqa: E402 - bench/ is a folder of scripts
+
+from train.data import ImageDataModule, RandomCropDataset  # noqa: E402
+from train.module import VQVAEModule  # noqa: E402
+from vq import CodebookUsage, load_tokenizer, save_tokenizer  # noqa: E402
+from vq.config import FSQConfig  # noqa: E402
+from vq.model import FSQ_RECOMMENDED_LEVELS  # noqa: E402
+from vq.pixels import float_to_unit  # noqa: E402
+from vq.precision import autocast, check_precision, default_precision  # noqa: E402
+
 DEFAULT_OUT = ROOT / "docs" / "benchmarks" / "quality.md"
+DEFAULT_CORPUS = ROOT.parent / "shared" / "data"
+DEFAULT_WORK_DIR = ROOT / "runs" / "quality"
+CONFIGS = ROOT / "configs"
 ANALYSIS_MARKER = "<!-- analysis: written by hand, kept when the script rewrites this file -->"
 
+# One name per method everywhere (bench/quantizers.py too): configs/<method>.yaml.
 Method = Literal["ste", "rotation", "simvq", "simvq_rotation", "fsq"]
 METHODS: tuple[Method, ...] = get_args(Method)
+PLAIN_METHODS = ("ste", "rotation")
 SIZES = (1024, 8192, 65536)
 
 # Issue 5's targets.
@@ -82,30 +99,21 @@ TARGET_ROTATION_MIN_K = 8192
 TARGET_BEST_PSNR = 24.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class BenchConfig:
-    """Architecture, data and budget shared by every (method, K) run."""
+    """Budget, data and measurement shared by every (method, K) run (not the recipe)."""
 
-    steps: int = 600
+    steps: int = 400
     batch_size: int = 16
     crop: int = 64
-    lr: float = 3e-4  # 2e-3 collapsed the latent to ~1 dimension in < 100 steps (see quality.md)
-    weight_decay: float = 1e-4
-    warmup_fraction: float = 0.05  # linear warmup over this share of the steps, then cosine
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
     seed: int = 0
+    plain: Literal["papers", "recipe"] = "papers"
+    overrides: tuple[str, ...] = ()  # "model.KEY.KEY=VALUE" applied to every config
+    tiny: bool = False  # a tiny architecture (the --quick smoke run)
+    corpus: str | None = None  # folder with train/, val/, kodak/; None = bundled photographs
+    kodak_limit: int | None = None  # evaluate on the first N Kodak images only
+    codec_qualities: tuple[int, ...] | None = None  # None: bench/kodak.py's sweeps
     history_points: int = 40  # usage-vs-step samples per run
-    f: int = 8
-    widths: tuple[int, ...] = (32, 64, 128, 128)
-    num_res_blocks: int = 1
-    vq_code_dim: int = 32
-    beta: float = 0.25
-    # Plain-codebook (ste, rotation) options, for investigating a method that misses a target;
-    # SimVQ learns W by gradient and has no per-code state to restart.
-    codebook_update: Literal["gradient", "ema"] = "gradient"
-    dead_code_threshold: float = 0.0
-    codebook_init: Literal["uniform", "data"] = "uniform"
     val_crop: int = 128
     val_crops_per_image: int = 64
     # The eval-mode window over training crops holds max(window_factor * K, min_window) tokens.
@@ -113,17 +121,19 @@ class BenchConfig:
     min_window: int = 65536
     eval_batch: int = 64
     device: str = "cpu"
+    precision: str | None = None  # None: bf16 where the device runs it natively, else fp32
     # torch intra-op threads; None keeps torch's default. On a shared 2-core machine one
     # thread is several times faster for small models than two threads fighting other jobs.
     threads: int | None = None
-
-    @property
-    def warmup_steps(self) -> int:
-        return max(1, round(self.warmup_fraction * self.steps))
+    save_every: float = 300.0  # seconds between training-state saves
 
     @property
     def log_every(self) -> int:
         return max(1, self.steps // self.history_points)
+
+    @property
+    def resolved_precision(self) -> str:
+        return self.precision or default_precision(self.device)
 
 
 QUICK = BenchConfig(
@@ -131,15 +141,16 @@ QUICK = BenchConfig(
     batch_size=4,
     crop=32,
     history_points=3,
-    widths=(8, 8, 16, 16),
-    vq_code_dim=8,
+    tiny=True,
     val_crop=32,
     val_crops_per_image=4,
     min_window=0,
-    eval_batch=64,
+    kodak_limit=1,
+    codec_qualities=kodak.QUICK_QUALITIES,
     threads=1,
 )
 QUICK_SIZES = (256, 1024)
+TINY_VQVAE = {"widths": [8, 8, 16, 16], "code_dim": 8}
 
 
 def fsq_levels_for(size: int) -> tuple[int, ...]:
@@ -149,32 +160,78 @@ def fsq_levels_for(size: int) -> tuple[int, ...]:
     return FSQ_RECOMMENDED_LEVELS[best]
 
 
-def model_config(method: Method, size: int, cfg: BenchConfig) -> VQVAEConfig:
-    """The VQ-VAE for one method at nominal codebook size ``size`` (FSQ: nearest levels)."""
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for key in parents:
+        if not isinstance(node.get(key), dict):
+            raise ValueError(f"--set {dotted}: {key!r} is not a section of the config")
+        node = node[key]
+    if leaf not in node:
+        raise ValueError(f"--set {dotted}: no option {leaf!r} (allowed: {sorted(node)})")
+    node[leaf] = value
+
+
+def _parse_value(text: str) -> Any:
+    """A YAML scalar, with "1e-3" read as a number (YAML 1.1 wants "1.0e-3")."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What one (method, K) run trains: ``VQVAEModule`` arguments from configs/<method>.yaml."""
+
+    module_args: dict[str, Any]
+    grad_clip: float | None
+    source: str  # the config file
+
+
+def recipe(method: Method, size: int, cfg: BenchConfig) -> Recipe:
+    """configs/<method>.yaml's model at codebook size ``size`` (FSQ: nearest levels), the
+    plain-codebook setting of ``cfg.plain``, ``cfg.overrides``, and a schedule of
+    ``cfg.steps`` steps with the config's warmup share."""
+    path = CONFIGS / f"{method}.yaml"
+    config = yaml.safe_load(path.read_text())
+    model: dict[str, Any] = config["model"]
+    vqvae, quantizer = model["vqvae"], model["vqvae"]["quantizer"]
     if method == "fsq":
         levels = fsq_levels_for(size)
-        quantizer = QuantizerConfig(kind="fsq", codebook_size=math.prod(levels), levels=levels)
-        code_dim = None  # = len(levels): the encoder's 1x1 projection is FSQ's projection
+        quantizer.update(codebook_size=math.prod(levels), levels=list(levels))
+        vqvae["code_dim"] = len(levels)  # the encoder's 1x1 projection is FSQ's projection
     else:
-        plain = not method.startswith("simvq")
-        quantizer = QuantizerConfig(
-            kind="vq",
-            codebook_size=size,
-            codebook="plain" if plain else "linear",
-            grad_estimator="rotation" if method in ("rotation", "simvq_rotation") else "ste",
-            beta=cfg.beta,
-            codebook_update=cfg.codebook_update if plain else "gradient",
-            dead_code_threshold=cfg.dead_code_threshold if plain else 0.0,
-            codebook_init=cfg.codebook_init if plain else "uniform",
-        )
-        code_dim = cfg.vq_code_dim
-    return VQVAEConfig(
-        f=cfg.f,
-        widths=cfg.widths,
-        num_res_blocks=cfg.num_res_blocks,
-        code_dim=code_dim,
-        quantizer=quantizer,
-    )
+        quantizer["codebook_size"] = size
+    if method in PLAIN_METHODS and cfg.plain == "papers":
+        # The papers' plain codebook: uniform(-1/K, 1/K) init, no restart.
+        quantizer.update(codebook_init="uniform", dead_code_threshold=0.0)
+        quantizer.pop("ema_decay", None)
+    if cfg.tiny:
+        vqvae["widths"] = TINY_VQVAE["widths"]
+        if method != "fsq":
+            vqvae["code_dim"] = TINY_VQVAE["code_dim"]
+    budget = config["trainer"]["max_steps"]
+    model["warmup_steps"] = max(1, round(model.get("warmup_steps", 0) * cfg.steps / budget))
+    model["total_steps"] = cfg.steps
+    for item in cfg.overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("model."):
+            raise ValueError(f"--set {item!r}: expected model.KEY=VALUE, e.g. model.lr=1e-3")
+        _set_dotted(config, key, _parse_value(value))
+    return Recipe(model, config["trainer"].get("gradient_clip_val"), str(path.relative_to(ROOT)))
+
+
+def build_module(method: Method, size: int, cfg: BenchConfig) -> tuple[VQVAEModule, Recipe]:
+    """The seeded ``VQVAEModule`` of ``recipe`` on ``cfg.device``, in channels_last."""
+    rec = recipe(method, size, cfg)
+    torch.manual_seed(cfg.seed)
+    module = VQVAEModule(**rec.module_args).to(cfg.device)
+    module.setup("fit")
+    return module, rec
 
 
 # --- data ----------------------------------------------------------------------------------
@@ -182,38 +239,80 @@ def model_config(method: Method, size: int, cfg: BenchConfig) -> VQVAEConfig:
 
 @dataclass
 class BenchData:
-    train_images: list[np.ndarray]  # uint8 (H, W, 3)
+    train_crops: RandomCropDataset  # random training crops over the decoded images
     val_crops: torch.Tensor  # float (N, 3, val_crop, val_crop) in [-1, 1]
+    description: str
+    # bench/kodak.py's Images and CodecPoints (Any: mypy cannot resolve a sibling script)
+    kodak: Any = None
+    codecs: list[Any] = field(default_factory=list)
 
 
-def load_data(cfg: BenchConfig) -> BenchData:
-    """The bundled photographs (train.data's split) and the fixed held-out crops."""
-    train = [load_bundled_image(n) for n in BUNDLED_TRAIN]
-    val = [
-        to_tensor(crop)
-        for name in BUNDLED_VAL
-        for crop in grid_crops(load_bundled_image(name), cfg.val_crop, cfg.val_crops_per_image)
-    ]
-    return BenchData(train, torch.stack(val))
+def corpus_dir(arg: str | None) -> str | None:
+    """``--corpus``: a folder, "none" (bundled photographs), or None = ../shared/data if there."""
+    if arg == "none":
+        return None
+    if arg is None:
+        return str(DEFAULT_CORPUS) if (DEFAULT_CORPUS / "train").is_dir() else None
+    if not (Path(arg) / "train").is_dir():
+        raise ValueError(f"--corpus {arg!r} has no train/ folder")
+    return arg
+
+
+def load_data(cfg: BenchConfig, *, with_codecs: bool = True) -> BenchData:
+    """Training crops and held-out crops through ``ImageDataModule`` (each file decoded once),
+    plus the Kodak images and their JPEG/WebP sweep when the corpus has them."""
+    corpus = Path(cfg.corpus) if cfg.corpus else None
+    val = corpus / "val" if corpus else None
+    dm = ImageDataModule(
+        root=str(corpus / "train") if corpus else None,
+        val_root=str(val) if val and val.is_dir() else None,
+        crop_size=cfg.crop,
+        val_crop_size=cfg.val_crop,
+        val_crops_per_image=cfg.val_crops_per_image,
+        batch_size=cfg.batch_size,
+    )
+    dm.setup("fit")
+    crops = dm.train_dataloader().dataset
+    assert isinstance(crops, RandomCropDataset)
+    val_crops = torch.stack([t for t in dm.val_dataloader().dataset])  # type: ignore[attr-defined]
+    where = kodak.display_path(corpus) if corpus else "the bundled scikit-image photographs"
+    desc = (
+        f"{where}: {len(dm.train_names)} training images, {len(dm.val_names)} held-out images "
+        f"({len(val_crops)} {cfg.val_crop}x{cfg.val_crop} grid crops)"
+    )
+    data = BenchData(crops, val_crops, desc)
+    kodak_dir = corpus / "kodak" if corpus else None
+    if kodak_dir is not None and kodak_dir.is_dir():
+        data.kodak = kodak.load_images(kodak_dir, cfg.kodak_limit)
+        if with_codecs:
+            data.codecs = kodak.codec_sweep(
+                data.kodak, "jpeg", cfg.codec_qualities or kodak.JPEG_QUALITIES
+            ) + kodak.codec_sweep(data.kodak, "webp", cfg.codec_qualities or kodak.WEBP_QUALITIES)
+    return data
 
 
 class CropStream:
-    """Batches of random training crops from a private RNG state, so the stream is the same
-    for every run whatever the model does with torch's global generator."""
+    """Batches of random training crops from a private generator, so the stream is the same
+    for every run whatever the model does with torch's global generator, and its state can
+    be saved and restored (``state``)."""
 
-    def __init__(self, images: Sequence[np.ndarray], crop: int, seed: int) -> None:
-        self.dataset = RandomCropDataset(images, crop, length=1)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self._state = torch.get_rng_state()
+    def __init__(self, dataset: RandomCropDataset, seed: int) -> None:
+        self.dataset = dataset
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    @state.setter
+    def state(self, value: torch.Tensor) -> None:
+        self.generator.set_state(value)
 
     def next(self, batch_size: int) -> torch.Tensor:
         """(batch_size, 3, crop, crop) float in [-1, 1]."""
-        with torch.random.fork_rng(devices=[]):
-            torch.set_rng_state(self._state)
-            batch = torch.stack([self.dataset[0] for _ in range(batch_size)])
-            self._state = torch.get_rng_state()
-        return batch
+        # RandomCropDataset draws from its per-process generator: lend it this stream's.
+        self.dataset._gen, self.dataset._gen_pid = self.generator, os.getpid()
+        return torch.stack([self.dataset[0] for _ in range(batch_size)])
 
 
 # --- one run -------------------------------------------------------------------------------
@@ -227,11 +326,12 @@ class RunResult:
     levels: list[int] | None = None
     code_dim: int = 0
     params: int = 0
+    recipe: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     final_train_mse: float = math.nan
-    psnr: float = math.nan
+    psnr: float = math.nan  # held-out crops
     ssim: float = math.nan
     val_mse: float = math.nan
     epoch_usage: float = math.nan
@@ -243,6 +343,7 @@ class RunResult:
     window_tokens: int = 0
     quant_error: float = math.nan  # mean over tokens of ||e - q||^2
     quant_error_rel: float = math.nan  # sum ||e - q||^2 / sum ||e||^2
+    kodak: dict[str, Any] | None = None  # bench/kodak.py's TokenizerResult, without per-image
     # usage vs step: step, window usage of training tokens, batch usage, train mse
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -255,46 +356,78 @@ def window_size(size: int, cfg: BenchConfig) -> int:
     return max(cfg.window_factor * size, cfg.min_window)
 
 
-def optimizer_for(model: VQVAE, cfg: BenchConfig) -> torch.optim.Optimizer:
-    """AdamW grouped as train.module does: conv/linear weights decay, biases, norms and the
-    quantizer's tables do not."""
-    decay: list[torch.nn.Parameter] = []
-    no_decay: list[torch.nn.Parameter] = []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            is_quantizer = name.startswith("quantizer.")
-            (decay if param.ndim >= 2 and not is_quantizer else no_decay).append(param)
-    return torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=cfg.lr,
-    )
+def run_dir(work_dir: Path, method: str, size: int) -> Path:
+    return work_dir / f"{method}_K{size}"
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    """Atomically: a cut-off save leaves the previous state intact."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
 
 
 def train(
-    model: VQVAE, data: BenchData, cfg: BenchConfig, result: RunResult, log: Any = print
+    module: VQVAEModule,
+    rec: Recipe,
+    data: BenchData,
+    cfg: BenchConfig,
+    result: RunResult,
+    state_path: Path | None = None,
+    log: Any = print,
 ) -> None:
+    """``cfg.steps`` optimizer steps of the module's own loss, optimizer and schedule,
+    continuing from ``state_path`` when it exists and saving it every ``cfg.save_every`` s."""
     device = torch.device(cfg.device)
-    optimizer = optimizer_for(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: warmup_cosine(step, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio),
-    )
-    stream = CropStream(data.train_images, cfg.crop, cfg.seed + 1)
-    k = model.codebook_size
+    precision = check_precision(cfg.resolved_precision)
+    setup = module.configure_optimizers()
+    optimizer = setup["optimizer"]
+    scheduler = setup["lr_scheduler"]["scheduler"]
+    stream = CropStream(data.train_crops, cfg.seed + 1)
+    k = module.codebook_size
     usage = CodebookUsage(k, window=window_size(k, cfg), device=device)
-    model.train()
-    start = time.perf_counter()
-    for step in range(1, cfg.steps + 1):
+    first, elapsed = 1, 0.0
+    if state_path is not None and state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        module.model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        stream.state = state["stream"]
+        torch.set_rng_state(state["torch_rng"])
+        usage = CodebookUsage.from_state_tensor(state["usage"].to(device))
+        result.history = state["history"]
+        first, elapsed = state["step"] + 1, state["train_seconds"]
+        log(f"  resumed at step {state['step']} of {cfg.steps}")
+
+    def save(step: int) -> None:
+        if state_path is not None:
+            _save_state(
+                state_path,
+                {
+                    "step": step,
+                    "train_seconds": elapsed + time.perf_counter() - start,
+                    "model": module.model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "stream": stream.state,
+                    "torch_rng": torch.get_rng_state(),
+                    "usage": usage.state_tensor().cpu(),
+                    "history": result.history,
+                },
+            )
+
+    module.train()
+    start = last_save = time.perf_counter()
+    mse = torch.tensor(math.nan)
+    for step in range(first, cfg.steps + 1):
         images = stream.next(cfg.batch_size).to(device)
-        out = model(images)
-        mse = F.mse_loss(out.recon, images)
-        loss = mse + out.quantizer.loss
+        with autocast(device, precision):
+            losses, out = module.compute_losses(images)
+        loss, mse = losses["loss"], losses["mse"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        if rec.grad_clip:
+            torch.nn.utils.clip_grad_norm_(module.parameters(), rec.grad_clip)
         optimizer.step()
         scheduler.step()
         usage.update(out.quantizer.indices)
@@ -314,18 +447,27 @@ def train(
                     f"  step {step}/{cfg.steps} mse {float(mse.detach()):.4f} "
                     f"usage {usage.window_usage:.3f} ({time.perf_counter() - start:.0f}s)"
                 )
+        if time.perf_counter() - last_save >= cfg.save_every:
+            save(step)
+            last_save = time.perf_counter()
+    if first <= cfg.steps:
+        save(cfg.steps)
     result.final_train_mse = float(mse.detach())
-    result.train_seconds = time.perf_counter() - start
+    result.train_seconds = elapsed + time.perf_counter() - start
 
 
 @torch.no_grad()
-def evaluate(model: VQVAE, data: BenchData, cfg: BenchConfig, result: RunResult) -> None:
+def evaluate(
+    module: VQVAEModule, data: BenchData, cfg: BenchConfig, result: RunResult, artifact: Path
+) -> None:
+    """Held-out crops and the training-token window from the module in eval mode; Kodak from
+    the exported artifact, loaded as users load it (float32)."""
     device = torch.device(cfg.device)
-    model.eval()
+    model = module.model.eval()
     k = model.codebook_size
     start = time.perf_counter()
 
-    # Held-out photographs: reconstruction quality, epoch usage, quantization error.
+    # Held-out crops: reconstruction quality, epoch usage, quantization error.
     val_usage = CodebookUsage(k, window=1, device=device)
     psnrs, ssims, mses = [], [], []
     err_sum = norm_sum = 0.0
@@ -333,8 +475,7 @@ def evaluate(model: VQVAE, data: BenchData, cfg: BenchConfig, result: RunResult)
     for chunk in data.val_crops.split(cfg.eval_batch):
         images = chunk.to(device)
         out = model(images)
-        pred = ((out.recon.float() + 1) / 2).clamp(0, 1)
-        target = (images + 1) / 2
+        pred, target = float_to_unit(out.recon.float()), float_to_unit(images)
         psnrs.append(
             peak_signal_noise_ratio(pred, target, data_range=1.0, reduction="none", dim=(1, 2, 3))
         )
@@ -359,8 +500,8 @@ def evaluate(model: VQVAE, data: BenchData, cfg: BenchConfig, result: RunResult)
     # A window of >= 4K tokens of training crops, in eval mode, from a fixed stream.
     window = window_size(k, cfg)
     usage = CodebookUsage(k, window=window, device=device)
-    stream = CropStream(data.train_images, cfg.crop, cfg.seed + 2)
-    per_crop = (cfg.crop // cfg.f) ** 2
+    stream = CropStream(data.train_crops, cfg.seed + 2)
+    per_crop = (cfg.crop // model.f) ** 2
     remaining = math.ceil(window / per_crop)
     while remaining > 0:
         n = min(cfg.eval_batch, remaining)
@@ -370,29 +511,52 @@ def evaluate(model: VQVAE, data: BenchData, cfg: BenchConfig, result: RunResult)
     result.window_perplexity = usage.perplexity
     result.dead_codes = usage.dead_codes
     result.window_tokens = usage.window_tokens
+
+    if data.kodak is not None:
+        tok = load_tokenizer(artifact, device=cfg.device, precision="fp32")
+        name = f"{result.method} K={result.codebook_size}"
+        found = asdict(kodak.evaluate_tokenizer(tok, data.kodak, name, str(artifact)))
+        found.pop("per_image")
+        result.kodak = found
     result.eval_seconds = time.perf_counter() - start
 
 
 def run_one(
-    method: Method, size: int, data: BenchData, cfg: BenchConfig, log: Any = print
+    method: Method,
+    size: int,
+    data: BenchData,
+    cfg: BenchConfig,
+    work: Path | None = None,
+    log: Any = print,
 ) -> RunResult:
-    """Train and evaluate one configuration; any exception is recorded, not raised."""
+    """Train (or continue) and evaluate one configuration in ``work`` (None: a temporary
+    folder, no state kept); any exception is recorded, not raised."""
     result = RunResult(method=method, nominal_size=size)
+    tmp: Path | None = None
     try:
-        config = model_config(method, size, cfg)
-        result.codebook_size = config.quantizer.codebook_size
+        module, rec = build_module(method, size, cfg)
+        config = module.config
         q = config.resolved_quantizer
+        result.codebook_size = q.codebook_size
         result.levels = list(q.resolved_levels) if isinstance(q, FSQConfig) else None
         result.code_dim = config.resolved_code_dim
-        torch.manual_seed(cfg.seed)
-        model = VQVAE(config).to(cfg.device)
-        result.params = sum(p.numel() for p in model.parameters())
-        train(model, data, cfg, result, log)
-        evaluate(model, data, cfg, result)
+        result.params = sum(p.numel() for p in module.model.parameters())
+        result.recipe = {"config": rec.source, **rec.module_args}
+        if work is None:
+            import tempfile
+
+            tmp = work = Path(tempfile.mkdtemp(prefix="quality-"))
+        work.mkdir(parents=True, exist_ok=True)
+        train(module, rec, data, cfg, result, work / "state.pt", log)
+        artifact = save_tokenizer(module.model, work / "artifact")
+        evaluate(module, data, cfg, result, artifact)
+        (work / "result.json").write_text(json.dumps(asdict(result), indent=1) + "\n")
     except Exception as exc:  # noqa: BLE001 - one failed configuration must not end the benchmark
         result.error = f"{type(exc).__name__}: {exc}"
         log(traceback.format_exc())
     finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         if cfg.device.startswith("cuda"):
             torch.cuda.empty_cache()
     return result
@@ -555,6 +719,50 @@ def run_metadata(command: str, total_seconds: float, cfg: BenchConfig) -> dict[s
     }
 
 
+def recipe_summary(results: Sequence[RunResult]) -> str:
+    """The recipe as trained (from the first finished run: the configs share it)."""
+    ok = sorted((r for r in results if r.ok and r.recipe), key=lambda r: r.method == "fsq")
+    if not ok:
+        return "n/a"
+    a = ok[0].recipe
+    v = a["vqvae"]
+    return (
+        f"VQ-VAE f={v['f']}, widths {v['widths']}, {v['num_res_blocks']} res block(s) per "
+        f"level, code dim {v.get('code_dim')} for VQ (plain/SimVQ), len(levels) for FSQ; AdamW "
+        f"lr {a['lr']:g}, weight decay {a['weight_decay']:g}, {a['warmup_steps']} warmup steps "
+        f"then cosine to {a['min_lr_ratio']:g}x; loss MSE + quantizer loss "
+        f"(+ {a['l1_weight']:g} L1) — `train.module.VQVAEModule` with `configs/<method>.yaml`"
+    )
+
+
+def kodak_table(runs: Sequence[RunResult]) -> list[str]:
+    rows = [r for r in runs if r.ok and r.kodak]
+    if not rows:
+        return []
+    lines = [
+        "| method | K | Kodak PSNR dB | Kodak SSIM | usage over Kodak tokens | perplexity "
+        "| dead codes | bpp log2(K)/f² | bpp code entropy |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        k = r.kodak or {}
+        lines.append(
+            f"| {r.method} | {r.codebook_size:,} | {k['psnr']:.2f} | {k['ssim']:.3f} "
+            f"| {k['usage']:.1%} ({k['tokens']:,} tokens) | {k['perplexity']:,.0f} "
+            f"| {k['dead_codes']:,} | {k['bpp_nominal']:.4f} | {k['bpp_entropy']:.4f} |"
+        )
+    return lines
+
+
+def codec_table(codecs: Sequence[dict[str, Any]]) -> list[str]:
+    lines = ["| codec | quality | bpp | PSNR dB | SSIM |", "|---|---|---|---|---|"]
+    for p in codecs:
+        lines.append(
+            f"| {p['codec']} | {p['quality']} | {p['bpp']:.3f} | {p['psnr']:.2f} | {p['ssim']:.3f} |"
+        )
+    return lines
+
+
 def render_report(
     results: Sequence[RunResult],
     cfg: BenchConfig,
@@ -564,10 +772,7 @@ def render_report(
     analysis: str,
 ) -> str:
     sizes = sorted({r.nominal_size for r in results})
-    data_desc = (
-        f"train: {', '.join(BUNDLED_TRAIN)}; held out: {', '.join(BUNDLED_VAL)} "
-        f"({cfg.val_crop}x{cfg.val_crop} grid crops, at most {cfg.val_crops_per_image} per image)"
-    )
+    f = next((r.recipe["vqvae"]["f"] for r in results if r.recipe), 8)
     lines = [
         "# Quality benchmark: STE vs rotation trick vs SimVQ vs FSQ",
         "",
@@ -575,29 +780,32 @@ def render_report(
         "is written by hand).",
         "",
         f"- Command: `{meta['command']}`",
-        f"- Date: {meta['date']}; total wall time {meta['total_seconds'] / 60:.1f} min",
-        f"- Machine: {meta['machine']}; device `{cfg.device}`; torch {meta['torch']}, "
-        f"torch threads {meta['threads']}, Python {meta['python']}",
-        f"- Architecture (every run): VQ-VAE f={cfg.f}, widths {list(cfg.widths)}, "
-        f"{cfg.num_res_blocks} res block(s) per level, code dim {cfg.vq_code_dim} for VQ "
-        "(plain/SimVQ), len(levels) for FSQ; beta "
-        f"{cfg.beta}; plain codebooks (ste, rotation): init {cfg.codebook_init}, update "
-        f"{cfg.codebook_update}, dead-code threshold {cfg.dead_code_threshold:g}",
+        f"- Date: {meta['date']}; total wall time {meta['total_seconds'] / 60:.1f} min "
+        "(of this invocation; a resumed run adds to the per-run train seconds)",
+        f"- Machine: {meta['machine']}; device `{cfg.device}`, precision "
+        f"{meta.get('precision', 'fp32')}; torch {meta['torch']}, torch threads "
+        f"{meta['threads']}, Python {meta['python']}",
+        f"- Recipe (every run): {recipe_summary(results)}; plain codebooks (ste, rotation): "
+        + (
+            "the papers' setting (uniform init, no dead-code restart)"
+            if cfg.plain == "papers"
+            else "the configs' setting (data init + dead-code restart)"
+        )
+        + (f"; overrides {list(cfg.overrides)}" if cfg.overrides else ""),
         f"- Budget (every run): {cfg.steps} steps x batch {cfg.batch_size} of {cfg.crop}x{cfg.crop} "
         f"random crops ({cfg.steps * cfg.batch_size:,} crops, "
-        f"{cfg.steps * cfg.batch_size * (cfg.crop // cfg.f) ** 2:,} training tokens); AdamW lr "
-        f"{cfg.lr:g}, weight decay {cfg.weight_decay:g}, {cfg.warmup_steps} warmup steps then "
-        f"cosine to {cfg.min_lr_ratio:g}x, grad clip {cfg.grad_clip:g}; loss MSE + quantizer "
-        f"loss; seed {cfg.seed}, one crop stream shared by all runs",
-        f"- Data: the bundled scikit-image photographs, split by image ({data_desc})",
+        f"{cfg.steps * cfg.batch_size * (cfg.crop // f) ** 2:,} training tokens); seed "
+        f"{cfg.seed}, one crop stream shared by all runs",
+        f"- Data: {meta.get('data', 'n/a')}",
         "- Usage figures: *window usage* = fraction of the K codes hit in a window of "
         f"max({cfg.window_factor}·K, {cfg.min_window:,}) tokens of training crops encoded in "
         "eval mode after training (perplexity and dead codes over the same window); *epoch "
-        "usage* = fraction hit over the held-out tokens (few tokens: at K=65,536 it cannot "
-        "exceed val tokens / K). ‖e−q‖²: mean over held-out tokens of the squared distance "
-        "between the encoder output and its code (FSQ: before the tanh bound). PSNR: mean over "
-        "held-out crops; train-crop PSNR: from the training loss's MSE over the last quarter "
-        "of the steps (random training crops, train mode).",
+        "usage* = fraction hit over the held-out crops' tokens; *usage over Kodak tokens*: "
+        "over every token of the full Kodak images. ‖e−q‖²: mean over held-out tokens of the "
+        "squared distance between the encoder output and its code (FSQ: before the tanh "
+        "bound). Held-out PSNR: mean over crops; Kodak PSNR: mean over images of the per-image "
+        "PSNR (RGB, whole image, uint8), from the exported artifact loaded in float32; "
+        "train-crop PSNR: from the training MSE over the last quarter of the steps.",
         "",
         "## Targets",
         "",
@@ -611,6 +819,13 @@ def render_report(
         runs = [r for r in results if r.nominal_size == size]
         runs.sort(key=lambda r: METHODS.index(r.method) if r.method in METHODS else 99)
         lines += ["", f"## K = {size:,}", ""] + results_table(runs)
+        table = kodak_table(runs)
+        if table:
+            lines += ["", f"Kodak (K = {size:,}):", ""] + table
+    codecs = meta.get("codecs") or []
+    if codecs:
+        lines += ["", "## JPEG and WebP on the same Kodak images (Pillow)", ""]
+        lines += codec_table(codecs)
     if plots:
         lines += ["", "## Plots", ""]
         lines += [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
@@ -627,7 +842,9 @@ def kept_analysis(path: Path) -> str:
     return "\n## Analysis\n\n(not written yet)\n"
 
 
-def write_plots(results: Sequence[RunResult], out_dir: Path, stem: str) -> list[str]:
+def write_plots(
+    results: Sequence[RunResult], out_dir: Path, stem: str, codecs: Sequence[dict[str, Any]]
+) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -669,7 +886,7 @@ def write_plots(results: Sequence[RunResult], out_dir: Path, stem: str) -> list[
 
     for key, ylabel, name in (
         ("window_usage", "window usage (%), window >= 4K tokens", "usage_vs_k"),
-        ("psnr", "held-out PSNR (dB)", "psnr_vs_k"),
+        ("psnr", "held-out crop PSNR (dB)", "psnr_vs_k"),
     ):
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
         for m in methods:
@@ -689,6 +906,16 @@ def write_plots(results: Sequence[RunResult], out_dir: Path, stem: str) -> list[
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(str(path))
+
+    with_kodak = [r for r in ok if r.kodak]
+    if with_kodak:
+        path = out_dir / f"{stem}_rd.png"
+        tokenizers = [
+            kodak.TokenizerResult(**{**(r.kodak or {}), "per_image": []}) for r in with_kodak
+        ]
+        points = [kodak.CodecPoint(**p) for p in codecs]
+        kodak.plot_rd(tokenizers, points, path, "Kodak: PSNR vs bits per pixel")
+        paths.append(str(path))
     return paths
 
 
@@ -702,10 +929,11 @@ def write_outputs(
 ) -> None:
     """The report, its JSON (same stem) and (``plots=True``) the PNGs next to ``out``."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    plot_paths = write_plots(results, out.parent, out.stem) if plots else []
+    codecs = meta.get("codecs") or []
+    plot_paths = write_plots(results, out.parent, out.stem, codecs) if plots else []
     payload = {
         "meta": meta,
-        "config": {**asdict(cfg), "warmup_steps": cfg.warmup_steps, "log_every": cfg.log_every},
+        "config": {**asdict(cfg), "log_every": cfg.log_every},
         "results": [asdict(r) for r in results],
         "targets": [asdict(c) for c in check_targets(results)],
     }
@@ -719,20 +947,11 @@ def load_outputs(path: Path) -> tuple[list[RunResult], BenchConfig, dict[str, An
     payload = json.loads(path.read_text())
     names = {f.name for f in fields(BenchConfig)}
     config = {k: v for k, v in payload["config"].items() if k in names}
-    config["widths"] = tuple(config["widths"])
+    for key in ("overrides", "codec_qualities"):
+        if config.get(key) is not None:
+            config[key] = tuple(config[key])
     results = [RunResult(**r) for r in payload["results"]]
-    meta = payload.get("meta")
-    if meta is None:  # the first version of this script kept these at the top level
-        meta = {
-            "command": payload["command"],
-            "date": payload["date"].replace("T", " ").replace("+00:00", " UTC"),
-            "total_seconds": payload["total_seconds"],
-            "machine": payload["machine"],
-            "torch": payload["torch"],
-            "threads": config.get("threads") or "default",
-            "python": platform.python_version(),
-        }
-    return results, BenchConfig(**config), meta
+    return results, BenchConfig(**config), payload["meta"]
 
 
 # --- CLI -----------------------------------------------------------------------------------
@@ -743,33 +962,37 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny model and budget (a smoke test)")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--sizes", nargs="+", type=int, default=None, help="codebook sizes K")
-    p.add_argument("--steps", type=int, default=None, help="training steps per run")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--crop", type=int, default=None, help="training crop side (multiple of 8)")
-    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--steps", type=int, default=None, help="training steps per configuration")
+    p.add_argument("--batch-size", type=int, default=None, help="crops per step")
+    p.add_argument("--crop", type=int, default=None, help="training crop side (multiple of f)")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--beta", type=float, default=None, help="commitment weight (VQ methods)")
-    p.add_argument("--code-dim", type=int, default=None, help="code dim of VQ methods")
     p.add_argument(
-        "--codebook-update",
-        choices=("gradient", "ema"),
+        "--plain",
+        choices=["papers", "recipe"],
         default=None,
-        help="plain codebooks (ste, rotation) only",
+        help="plain codebooks (ste, rotation): the papers' uniform init without restart "
+        "(default), or the configs' data init + dead-code restart",
     )
     p.add_argument(
-        "--dead-code-threshold",
-        type=float,
-        default=None,
-        help="plain codebooks only: restart codes whose EMA hit count falls below this",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="model.KEY=VALUE",
+        help="override a model option of every config, e.g. --set model.lr=1e-3 "
+        "--set model.vqvae.quantizer.beta=0.5 (repeatable)",
     )
     p.add_argument(
-        "--codebook-init",
-        choices=["uniform", "data"],
+        "--corpus",
         default=None,
-        help="plain codebooks only: uniform(-1/K, 1/K) (default) or the first batch's encoder vectors",
+        help="folder with train/ (val/, kodak/); 'none' = the bundled photographs; "
+        "default ../shared/data when it exists",
     )
+    p.add_argument("--kodak-limit", type=int, default=None, help="first N Kodak images only")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default=None)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--save-every", type=float, default=None, help="seconds between state saves")
     p.add_argument(
         "--jobs",
         type=int,
@@ -778,6 +1001,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "on a small CPU use --jobs N --threads 1",
     )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="Markdown report path")
+    p.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help=f"per-configuration state, artifacts and results (default {DEFAULT_WORK_DIR.relative_to(ROOT)}/, "
+        "--quick: next to --out)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip finished configurations of --work-dir, continue unfinished ones",
+    )
     p.add_argument(
         "--from-json",
         type=Path,
@@ -794,22 +1029,24 @@ def config_from_args(args: argparse.Namespace) -> tuple[BenchConfig, tuple[int, 
         "steps": args.steps,
         "batch_size": args.batch_size,
         "crop": args.crop,
-        "lr": args.lr,
         "seed": args.seed,
+        "plain": args.plain,
         "device": args.device,
+        "precision": args.precision,
         "threads": args.threads,
-        "beta": args.beta,
-        "vq_code_dim": args.code_dim,
-        "codebook_update": args.codebook_update,
-        "dead_code_threshold": args.dead_code_threshold,
-        "codebook_init": args.codebook_init,
+        "save_every": args.save_every,
+        "kodak_limit": args.kodak_limit,
+        "overrides": tuple(args.overrides) or None,
     }
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    corpus = "none" if args.quick and args.corpus is None else args.corpus
+    cfg = replace(cfg, corpus=corpus_dir(corpus))
     for name in ("steps", "batch_size", "crop"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')}={getattr(cfg, name)} must be >= 1")
-    if cfg.crop % cfg.f:
-        raise ValueError(f"--crop={cfg.crop} must be a multiple of f={cfg.f}")
+    f = max(recipe(m, 1024, cfg).module_args["vqvae"]["f"] for m in METHODS)
+    if cfg.crop % f:
+        raise ValueError(f"--crop={cfg.crop} must be a multiple of f={f}")
     if args.jobs < 1:
         raise ValueError(f"--jobs={args.jobs} must be >= 1")
     bad = [s for s in sizes if s < 2]
@@ -832,6 +1069,11 @@ def iter_runs(methods: Sequence[Method], sizes: Sequence[int]) -> Iterator[tuple
             yield method, size
 
 
+def finished_result(work: Path) -> RunResult | None:
+    path = work / "result.json"
+    return RunResult(**json.loads(path.read_text())) if path.exists() else None
+
+
 # Per-process state of a --jobs worker (set by _init_worker).
 _WORKER_DATA: BenchData | None = None
 _WORKER_CFG: BenchConfig | None = None
@@ -841,17 +1083,21 @@ def _init_worker(cfg: BenchConfig) -> None:
     global _WORKER_DATA, _WORKER_CFG
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    _WORKER_DATA, _WORKER_CFG = load_data(cfg), cfg
+    _WORKER_DATA, _WORKER_CFG = load_data(cfg, with_codecs=False), cfg
 
 
-def _worker_run(method: Method, size: int) -> tuple[RunResult, float]:
+def _worker_run(method: Method, size: int, work: Path) -> tuple[RunResult, float]:
     """One (method, K) run in a --jobs worker process; log lines carry the run's name."""
     assert _WORKER_DATA is not None and _WORKER_CFG is not None, "_init_worker did not run"
-    cfg = _WORKER_CFG
     t0 = time.perf_counter()
     print(f"[{method} K={size}] start", flush=True)
     r = run_one(
-        method, size, _WORKER_DATA, cfg, log=lambda s: print(f"[{method} K={size}] {s}", flush=True)
+        method,
+        size,
+        _WORKER_DATA,
+        _WORKER_CFG,
+        work,
+        log=lambda s: print(f"[{method} K={size}] {s}", flush=True),
     )
     return r, time.perf_counter() - t0
 
@@ -868,37 +1114,69 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    work_dir = args.work_dir or (
+        args.out.parent / f"{args.out.stem}_runs" if args.quick else DEFAULT_WORK_DIR
+    )
+    runs = list(iter_runs(args.methods, sizes))
+    if not args.resume:
+        started = [w for m, k in runs if (w := run_dir(work_dir, m, k)).exists()]
+        if started:
+            print(
+                f"error: {started[0]} holds an earlier run; pass --resume to continue it "
+                "(finished configurations are skipped) or remove it",
+                file=sys.stderr,
+            )
+            return 2
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     command = "python bench/quality.py " + " ".join(
         _display_arg(a) for a in (sys.argv[1:] if argv is None else list(argv))
     )
     print(f"config: {cfg}", flush=True)
+    if cfg.corpus is None and not args.quick:
+        print("note: no photo corpus found; training on the bundled photographs, no Kodak")
     data = load_data(cfg)
-    print(f"data: {len(data.train_images)} train images, {len(data.val_crops)} val crops")
-    runs = list(iter_runs(args.methods, sizes))
+    print(f"data: {data.description}; Kodak: {len(data.kodak.names) if data.kodak else 0} images")
     results: list[RunResult] = []
     start = time.perf_counter()
+
+    def meta() -> dict[str, Any]:
+        return {
+            **run_metadata(command, time.perf_counter() - start, cfg),
+            "precision": cfg.resolved_precision,
+            "data": data.description
+            + (f"; Kodak: {len(data.kodak.names)} full images" if data.kodak else "; no Kodak"),
+            "codecs": [asdict(p) for p in data.codecs],
+        }
 
     def finished(r: RunResult, seconds: float) -> None:
         results.append(r)
         status = (
             f"PSNR {r.psnr:.2f} SSIM {r.ssim:.3f} usage {r.window_usage:.1%} "
             f"epoch {r.epoch_usage:.1%} dead {r.dead_codes}"
+            + (f" Kodak {r.kodak['psnr']:.2f} dB" if r.kodak else "")
             if r.ok
             else f"FAILED {r.error}"
         )
         print(f"    -> {r.method} K={r.nominal_size}: {status} ({seconds:.0f}s)", flush=True)
         # Rewrite report + JSON after every run, so a cut-off benchmark still leaves numbers.
         results.sort(key=lambda x: runs.index((x.method, x.nominal_size)))  # type: ignore[arg-type]
-        meta = run_metadata(command, time.perf_counter() - start, cfg)
-        write_outputs(results, cfg, args.out, meta, plots=False)
+        write_outputs(results, cfg, args.out, meta(), plots=False)
 
+    todo = []
+    for method, size in runs:
+        done = finished_result(run_dir(work_dir, method, size)) if args.resume else None
+        if done is not None:
+            print(f"{method} K={size}: finished earlier, skipped", flush=True)
+            finished(done, 0.0)
+        else:
+            todo.append((method, size))
     if args.jobs == 1:
-        for method, size in runs:
+        for method, size in todo:
             t0 = time.perf_counter()
             print(f"[{time.perf_counter() - start:7.0f}s] {method} K={size} ...", flush=True)
-            r = run_one(method, size, data, cfg, log=lambda s: print(s, flush=True))
+            work = run_dir(work_dir, method, size)
+            r = run_one(method, size, data, cfg, work, log=lambda s: print(s, flush=True))
             finished(r, time.perf_counter() - t0)
     else:
         # spawn: fresh interpreters (no forked torch thread pools); each loads the data once.
@@ -908,11 +1186,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             initializer=_init_worker,
             initargs=(cfg,),
         ) as pool:
-            futures = {pool.submit(_worker_run, m, k): (m, k) for m, k in runs}
+            futures = {
+                pool.submit(_worker_run, m, k, run_dir(work_dir, m, k)): (m, k) for m, k in todo
+            }
             for future in concurrent.futures.as_completed(futures):
                 r, seconds = future.result()
                 finished(r, seconds)
-    write_outputs(results, cfg, args.out, run_metadata(command, time.perf_counter() - start, cfg))
+    write_outputs(results, cfg, args.out, meta())
     print(f"wrote {args.out}")
     return 0 if any(r.ok for r in results) else 1
 

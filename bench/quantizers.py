@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from vq.model import FSQ_RECOMMENDED_LEVELS
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "docs" / "benchmarks" / "quantizers.md"
 DIM = 64
@@ -40,13 +42,19 @@ SPATIAL = 32 * 32  # vectors per feature map: inputs are (N / 1024, D, 32, 32)
 RESULT_MARK = "BENCH-RESULT "
 
 Impl = Literal["ours", "reference"]
-Method = Literal["vq-ste", "vq-rotation", "simvq-ste", "simvq-rotation", "fsq", "search"]
-VQ_METHODS: tuple[Method, ...] = ("vq-ste", "vq-rotation", "simvq-ste", "simvq-rotation")
-# FSQ has no free K: the recommended levels (Mentzer et al. 2024, Table 3) nearest each K.
+# Method names as in bench/quality.py and configs/<method>.yaml.
+Method = Literal["ste", "rotation", "simvq", "simvq_rotation", "fsq", "search"]
+VQ_METHODS: tuple[Method, ...] = ("ste", "rotation", "simvq", "simvq_rotation")
+# (codebook, grad_estimator) of each VQ method.
+VQ_SPEC: dict[str, tuple[str, str]] = {
+    "ste": ("plain", "ste"),
+    "rotation": ("plain", "rotation"),
+    "simvq": ("linear", "ste"),
+    "simvq_rotation": ("linear", "rotation"),
+}
+# FSQ has no free K: the recommended levels (vq.model's table) for each K.
 FSQ_LEVELS: dict[int, list[int]] = {
-    1024: [8, 5, 5, 5],
-    16384: [8, 8, 8, 6, 5],
-    65536: [8, 8, 8, 5, 5, 5],
+    k: list(FSQ_RECOMMENDED_LEVELS[k]) for k in (2**10, 2**14, 2**16)
 }
 QUICK_FSQ_LEVELS = [4, 4, 4, 4]
 
@@ -104,19 +112,20 @@ def _build(task: Task) -> Any:
             assert task.levels is not None
             ours: torch.nn.Module = FSQ(task.levels, dim=DIM)
         else:
-            kind, estimator = task.method.split("-")
+            kind, estimator = VQ_SPEC[task.method]
             ours = VectorQuantizer(
                 DIM,
                 task.k,
-                codebook="linear" if kind == "simvq" else "plain",
+                codebook=kind,  # type: ignore[arg-type]
                 grad_estimator=estimator,  # type: ignore[arg-type]
             )
         return ours, lambda z: tuple(ours(z))[::2]  # QuantizerOutput -> (quantized, loss)
 
     import vector_quantize_pytorch as ref
 
-    rotation = task.method.endswith("rotation")
-    if task.method.startswith("vq"):
+    kind, estimator = VQ_SPEC.get(task.method, ("", ""))
+    rotation = estimator == "rotation"
+    if kind == "plain":
         # A codebook learned by gradient (not EMA), as ours is by default.
         module = ref.VectorQuantize(
             dim=DIM,
@@ -126,7 +135,7 @@ def _build(task: Task) -> Any:
             ema_update=False,
             accept_image_fmap=True,
         )
-    elif task.method.startswith("simvq"):
+    elif kind == "linear":
         module = ref.SimVQ(
             dim=DIM, codebook_size=task.k, rotation_trick=rotation, channel_first=True
         )

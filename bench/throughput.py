@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import functools
 import json
 import math
 import os
@@ -89,13 +90,13 @@ def encode_decode(
         x = torch.rand(batch, 3, size, size, generator=g) * 2 - 1
         with torch.inference_mode():
             codes = model.encode(x)
-            enc_flops = flops(lambda x=x: model.encode(x[:1]))
-            dec_flops = flops(lambda c=codes: model.decode(c[:1]))
+            enc_flops = flops(functools.partial(model.encode, x[:1]))
+            dec_flops = flops(functools.partial(model.decode, codes[:1]))
             for config in CONFIGS:
                 with configured(model, config) as prep:
                     xc = prep(x)
-                    t_enc = best_time(lambda xc=xc: model.encode(xc), 5, budget_s)
-                    t_dec = best_time(lambda c=codes: model.decode(c), 5, budget_s)
+                    t_enc = best_time(functools.partial(model.encode, xc), 5, budget_s)
+                    t_dec = best_time(functools.partial(model.decode, codes), 5, budget_s)
                 rows.append(
                     {
                         "batch": batch,
@@ -224,7 +225,7 @@ def search(n: int, ks: list[int], d: int, budget_s: float) -> list[dict[str, Any
     try:
         import faiss
     except ImportError:
-        faiss = None
+        faiss = None  # type: ignore[assignment]  # the faiss columns stay empty
     rows = []
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, d, generator=g)
@@ -233,18 +234,16 @@ def search(n: int, ks: list[int], d: int, budget_s: float) -> list[dict[str, Any
         work = 2 * n * k * d / 1e9
         row: dict[str, Any] = {"k": k}
         ours = nearest_code(x, codebook)
-        row["ours"] = work / best_time(lambda cb=codebook: nearest_code(x, cb), 3, budget_s)
+        row["ours"] = work / best_time(functools.partial(nearest_code, x, codebook), 3, budget_s)
         row["ours_fp32"] = work / best_time(
-            lambda cb=codebook: nearest_code(x, cb, bf16_candidates=False), 3, budget_s
+            functools.partial(nearest_code, x, codebook, bf16_candidates=False), 3, budget_s
         )
         if faiss is not None:
             faiss.omp_set_num_threads(torch.get_num_threads())
             index = faiss.IndexFlatL2(d)
             index.add(codebook.numpy())
             xn = x.numpy()
-            row["faiss"] = work / best_time(
-                lambda index=index, xn=xn: index.search(xn, 1), 3, budget_s
-            )
+            row["faiss"] = work / best_time(functools.partial(index.search, xn, 1), 3, budget_s)
             _, ids = index.search(xn, 1)
             row["identical_to_faiss"] = float((torch.from_numpy(ids[:, 0]) == ours).float().mean())
         row["identical_to_fp32"] = float(

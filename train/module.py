@@ -1,9 +1,13 @@
-"""The LightningModule that trains a ``vq.model.VQVAE``.
+"""The LightningModule that trains a ``vq.model.VQVAE``: the one training recipe.
 
 Loss = MSE(recon, x) + l1_weight * L1(recon, x) + the quantizer's own loss
 (codebook + β·commitment for VQ, 0 for FSQ). AdamW with a step-based schedule:
 linear warmup, then cosine decay to ``min_lr_ratio * lr``. Gradient clipping lives in the
 trainer config (``trainer.gradient_clip_val``).
+
+``bench/quality.py`` trains through this module too (``compute_losses`` and
+``configure_optimizers`` without a Trainer, given ``total_steps``), so a change to the
+recipe here reaches the benchmark.
 """
 
 from __future__ import annotations
@@ -37,6 +41,23 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: flo
     decay_steps = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / decay_steps)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: conv/linear weights (ndim >= 2) decay; biases, norms and the quantizer's
+    tables (codebook, SimVQ's W, FSQ's projections) do not: decaying a codebook pulls the
+    codes to the origin."""
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_quantizer = name.startswith("quantizer.")
+        (decay if param.ndim >= 2 and not is_quantizer else no_decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
 
 
 class VQVAEModule(L.LightningModule):
@@ -141,7 +162,9 @@ class VQVAEModule(L.LightningModule):
             self.model.encoder.compile()
             self.model.decoder.compile()
 
-    def _losses(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], Any]:
+    def compute_losses(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], Any]:
+        """images float (B, 3, H, W) in [-1, 1] -> ({"loss", "mse", "quant_loss"[, "l1"]},
+        the model's ``VQVAEOutput``); "loss" is what the optimizer minimizes."""
         out = self.model(images.contiguous(memory_format=self.memory_format))
         recon = out.recon.float()
         target = images.float()
@@ -155,7 +178,7 @@ class VQVAEModule(L.LightningModule):
         return losses, out
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
-        losses, out = self._losses(batch)
+        losses, out = self.compute_losses(batch)
         self.log_dict(
             {f"train/{k}": v for k, v in losses.items()},
             prog_bar=False,
@@ -168,7 +191,7 @@ class VQVAEModule(L.LightningModule):
         return {"loss": losses["loss"], "indices": out.quantizer.indices.detach()}
 
     def _eval_step(self, batch: torch.Tensor, stage: str) -> dict[str, torch.Tensor]:
-        losses, out = self._losses(batch)
+        losses, out = self.compute_losses(batch)
         pred, target = float_to_unit(out.recon), float_to_unit(batch)
         psnr, ssim = (
             (self.val_psnr, self.val_ssim) if stage == "val" else (self.test_psnr, self.test_ssim)
@@ -217,20 +240,9 @@ class VQVAEModule(L.LightningModule):
         return {"codes": codes, "paths": paths, "errors": errors}
 
     def configure_optimizers(self) -> Any:
-        decay: list[torch.nn.Parameter] = []
-        no_decay: list[torch.nn.Parameter] = []
-        for name, param in self.model.named_parameters():
-            if not param.requires_grad:
-                continue
-            # Conv/linear weights (ndim >= 2) decay; biases, norms and codebook tables do not.
-            is_codebook = name.startswith("quantizer.")
-            (decay if param.ndim >= 2 and not is_codebook else no_decay).append(param)
         hp = self.hparams
         optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": hp["weight_decay"]},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
+            parameter_groups(self.model, hp["weight_decay"]),
             lr=hp["lr"],
             betas=tuple(hp["betas"]),
         )

@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from train.module import VQVAEModule
 from train.plots import figure_usage_histogram, reconstruction_grid
@@ -24,9 +24,30 @@ def _logs_this_step(trainer: L.Trainer) -> bool:
     return trainer.global_step % every == 0 or trainer.should_stop
 
 
+def collapse_fix(pl_module: L.LightningModule) -> str:
+    """The remedy for a collapsed codebook, for the quantizer being trained."""
+    config = getattr(pl_module, "config", None)
+    q = getattr(config, "resolved_quantizer", None)
+    if q is not None and q.kind == "vq" and getattr(q, "codebook", None) == "plain":
+        if q.codebook_init != "data" or q.dead_code_threshold <= 0:
+            return (
+                "start the codes from data and restart dead ones: "
+                "--model.vqvae.quantizer.codebook_init data "
+                "--model.vqvae.quantizer.dead_code_threshold 0.1"
+            )
+        return (
+            "restarts are on, so the encoder output itself has collapsed: "
+            "lower --model.lr (e.g. 3e-4) or raise --model.vqvae.quantizer.dead_code_threshold"
+        )
+    return (
+        "the encoder output has likely collapsed to a few directions: lower --model.lr "
+        "(at 2e-3 it collapsed, 3e-4 did not)"
+    )
+
+
 class CodebookMonitor(Callback):
     """Codebook utilization during training and validation, for any quantizer
-    (shared DESIGN.md, "Codebook utilization: definitions").
+    (docs/design.md, "Codebook utilization: definitions").
 
     Training, every ``trainer.log_every_n_steps`` steps: ``usage/batch_usage``,
     ``usage/window_usage``, ``usage/perplexity``, ``usage/dead_codes`` (window of
@@ -36,12 +57,24 @@ class CodebookMonitor(Callback):
     Under DDP the histograms are summed across ranks (``CodebookUsage.all_reduce``) before
     any figure is computed, at the same steps on every rank. ``vq-train test`` logs the
     epoch figures under ``test/``.
+
+    Collapse warning: once the window is full, if fewer than ``collapse_usage`` of the K codes
+    are used in it, a warning naming the fix is raised, once per fit (0 disables it).
     """
 
-    def __init__(self, window: int = 65536, num_images: int = 8) -> None:
+    def __init__(
+        self, window: int = 65536, num_images: int = 8, collapse_usage: float = 0.1
+    ) -> None:
         super().__init__()
+        if not 0.0 <= collapse_usage <= 1.0:
+            raise ValueError(
+                f"codebook_monitor.collapse_usage={collapse_usage!r} is not allowed; "
+                "expected a number in [0, 1]"
+            )
         self.window = window
         self.num_images = num_images
+        self.collapse_usage = collapse_usage
+        self._warned_collapse = False
         self.train_usage: CodebookUsage | None = None
         self.val_usage: CodebookUsage | None = None
         self._grid_batch: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -89,6 +122,7 @@ class CodebookMonitor(Callback):
         if not _logs_this_step(trainer):
             return
         usage = self.train_usage.all_reduce()
+        self._check_collapse(usage, pl_module, trainer.global_step)
         pl_module.log_dict(
             {
                 "usage/batch_usage": usage.batch_usage,
@@ -98,6 +132,22 @@ class CodebookMonitor(Callback):
             },
             on_step=True,
             on_epoch=False,
+        )
+
+    def _check_collapse(
+        self, usage: CodebookUsage, pl_module: L.LightningModule, step: int
+    ) -> None:
+        if self._warned_collapse or usage.window_tokens < usage.window:
+            return  # judge a full window only (a young window has seen few codes by design)
+        if usage.window_usage >= self.collapse_usage:
+            return
+        self._warned_collapse = True
+        k = usage.codebook_size
+        rank_zero_warn(
+            f"CODEBOOK COLLAPSE at step {step}: only {usage.window_usage:.1%} of the {k:,} codes "
+            f"({k - usage.dead_codes:,}) were used in the last {usage.window_tokens:,} training "
+            f"tokens. Fix: {collapse_fix(pl_module)} (docs/training.md, 'Healthy tokenizers').",
+            category=UserWarning,
         )
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -1,7 +1,7 @@
 """Tokenizer artifacts: a directory with ``config.json`` and ``model.safetensors``.
 
 The artifact is how a trained tokenizer leaves training and the only thing the service
-loads (shared DESIGN.md, "Layout"): JSON plus safetensors, so loading never unpickles and
+loads (docs/design.md, "Architecture"): JSON plus safetensors, so loading never unpickles and
 never imports Lightning. ``load_tokenizer`` checks every file before trusting it and
 raises ``ArtifactError`` naming what is wrong.
 

@@ -1,4 +1,4 @@
-"""Pure math shared by the quantizers (shared DESIGN.md, "The math").
+"""Pure math shared by the quantizers (docs/design.md, "The quantizers").
 
 Every function here is stateless and works on flat rows: ``e`` and ``q`` are (N, D),
 one encoder vector and its chosen code per row. The quantizer modules flatten
@@ -157,22 +157,10 @@ def fsq_levels_to_codes(level_ids: torch.Tensor, levels: torch.Tensor) -> torch.
 
 
 def ema(average: torch.Tensor, value: torch.Tensor, decay: float) -> torch.Tensor:
-    """Exponential moving average step ``γ · average + (1 - γ) · value``."""
+    """Exponential moving average step ``γ · average + (1 - γ) · value``; the EMA codebook
+    applies it to the hit counts (``N_k ← γ N_k + (1-γ) n_k``) and the assigned sums
+    (``m_k ← γ m_k + (1-γ) Σ_{e→k} e``)."""
     return decay * average + (1.0 - decay) * value
-
-
-def ema_update(
-    counts: torch.Tensor,
-    sums: torch.Tensor,
-    batch_counts: torch.Tensor,
-    batch_sums: torch.Tensor,
-    decay: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One EMA step: ``N_k ← γ N_k + (1-γ) n_k`` and ``m_k ← γ m_k + (1-γ) Σ_{e→k} e``.
-
-    counts, batch_counts: (K,) float; sums, batch_sums: (K, D). Returns new (counts, sums).
-    """
-    return ema(counts, batch_counts, decay), ema(sums, batch_sums, decay)
 
 
 def assignment_stats(

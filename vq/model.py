@@ -175,10 +175,6 @@ class VQVAEOutput(NamedTuple):
     quantizer: QuantizerOutput
     z: torch.Tensor
 
-    @property
-    def quantizer_output(self) -> QuantizerOutput:
-        return self.quantizer
-
 
 class VQVAE(nn.Module):
     """Images in [-1, 1] <-> integer code grids. See the module docstring for the layout."""

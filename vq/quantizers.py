@@ -2,14 +2,15 @@
 
 Both take encoder output ``z`` of shape (B, D, *spatial), channel first, with any number of
 spatial dims (0 for vectors, 1 for sequences, 2 for images), flatten it to (N, D) rows,
-quantize the rows, and return a ``QuantizerOutput`` (shared DESIGN.md, "The quantizer
-interface"). The math lives in ``vq.functional``; the nearest-code search in ``vq.search``.
+quantize the rows, and return a ``QuantizerOutput`` (docs/design.md,
+"Architecture"). The math lives in ``vq.functional``; the nearest-code search in ``vq.search``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -70,182 +71,106 @@ def _codes_to_channel_first(codes: torch.Tensor) -> torch.Tensor:
     return codes.movedim(-1, 1).contiguous()  # (B, *spatial, D) -> (B, D, *spatial)
 
 
-class VectorQuantizer(Quantizer):
-    """Nearest-code vector quantizer with a choice of codebook and gradient estimator.
+class PlainCodebook(nn.Module):
+    """A learned (K, D) table that owns its init, its update rule and its dead-code restart.
 
-    codebook:
-      - ``"plain"``: a learned (K, D) table (van den Oord et al. 2017, "Neural Discrete
-        Representation Learning", §3). ``codebook_init="uniform"`` (default) draws it
-        uniform(-1/K, 1/K) as the original VQ-VAE and taming-transformers' VQGAN do: all codes
-        start near the origin and the first assignments go by direction (argmax e·c).
-        ``codebook_init="data"`` instead sets the codes, at the first forward pass in
-        training mode, to encoder vectors of that batch (sampled without replacement when the
-        batch has at least K vectors, otherwise with replacement plus a little noise so the
-        copies differ), as SoundStream/Jukebox-style data initialization does without the
-        k-means: the codes start where the encoder outputs are, instead of 1/K from the
-        origin where only the few codes that win early ever get a gradient (the collapse
-        measured in docs/benchmarks/quality.md). A persistent ``data_initialized`` flag keeps
-        a loaded or resumed model from being re-initialized.
-      - ``"linear"``: SimVQ (Zhu et al. 2024, arXiv 2411.02038, §3): a frozen C ~ N(0, 1/D)
-        registered as a buffer (so it is saved in the state dict) and a learned
-        W = ``nn.Linear(D, D, bias=False)``; code k is ``W(C[k])``. Every update of W moves all
-        K codes, which keeps utilization high. ``decode`` applies W too.
-    grad_estimator:
-      - ``"ste"``: straight-through (identity gradient to the encoder).
-      - ``"rotation"``: the rotation trick (Fifty et al., ICLR 2025, §4.2).
-    codebook_update (plain only):
-      - ``"gradient"``: loss ``||sg(e) - q||² + β ||e - sg(q)||²``.
-      - ``"ema"``: the codebook is a buffer updated by exponential moving averages of the
-        assigned encoder vectors (VQ-VAE Appendix A.1, with Laplace smoothing ``ema_eps``);
-        the loss is the commitment term ``β ||e - sg(q)||²`` alone.
-    dead_code_threshold (plain only): 0 disables restarts. Otherwise, in training mode, an EMA
-      of per-code hit counts (``ema_count``, decay ``ema_decay``, starts at 1) is kept, and
-      after each step codes whose count is below the threshold are replaced by encoder
-      vectors sampled from the current batch (their count is reset to the threshold, as
-      vector_quantize_pytorch does, to give them a few steps to get picked).
+    init ``"uniform"``: uniform(-1/K, 1/K), as the original VQ-VAE and taming-transformers'
+    VQGAN: all codes start near the origin and the first assignments go by direction.
+    init ``"data"``: at the first training forward pass the codes are set to encoder vectors
+    of that batch (without replacement when the batch has at least K vectors, otherwise with
+    replacement plus a little noise so the copies differ), as SoundStream/Jukebox-style data
+    initialization does without the k-means: the codes start where the encoder outputs are,
+    instead of 1/K from the origin where only the few codes that win early ever get a
+    gradient (the collapse measured in docs/benchmarks/quality.md). A persistent
+    ``data_initialized`` flag keeps a loaded or resumed model from being re-initialized.
 
-    Under torch.distributed (when initialized) the per-batch counts and sums are all-reduced
-    before the EMA step, and rank 0 samples the restart vectors and broadcasts them, so every
-    rank keeps the same codebook.
+    update ``"gradient"``: a Parameter trained by the loss ``||sg(e) - q||² + β ||e - sg(q)||²``.
+    update ``"ema"``: a buffer set from exponential moving averages of the assigned encoder
+    vectors (VQ-VAE Appendix A.1, Laplace smoothing ``ema_eps``); the loss keeps only the
+    commitment term ``β ||e - sg(q)||²``.
 
-    All quantization math runs in float32 (autocast is disabled inside), so bf16/fp16 encoder
-    outputs work; ``quantized`` is returned in z's dtype, ``loss`` in float32.
+    ``dead_code_threshold`` > 0: an EMA of per-code hit counts (``ema_count``, decay
+    ``ema_decay``, starts at 1) is kept in training mode, and after each step codes whose
+    count is below the threshold are replaced by vectors sampled from the current batch (their
+    count reset to the threshold, as vector_quantize_pytorch does, to give them a few steps).
+
+    Under torch.distributed the per-batch counts and sums are all-reduced before the EMA step,
+    and rank 0 samples the init and restart vectors and broadcasts them, so every rank keeps
+    the same codebook.
     """
 
-    # Registered in __init__ depending on the options (annotations for type checkers).
-    codebook: torch.Tensor  # plain: (K, D) Parameter, or buffer when updated by EMA
-    ema_count: torch.Tensor  # plain with EMA or dead-code restart: (K,) EMA of hit counts
-    ema_sum: torch.Tensor  # plain with EMA: (K, D) EMA of assigned vector sums
-    data_initialized: torch.Tensor  # plain with codebook_init="data": () bool
-    frozen_codebook: torch.Tensor  # linear: (K, D) buffer C ~ N(0, 1/D)
-    proj: nn.Linear  # linear: W
+    codebook: torch.Tensor  # (K, D) Parameter, or a buffer when updated by EMA
+    ema_count: torch.Tensor  # with EMA or dead-code restart: (K,) EMA of hit counts
+    ema_sum: torch.Tensor  # with EMA: (K, D) EMA of assigned vector sums
+    data_initialized: torch.Tensor  # with init "data": () bool
 
     def __init__(
         self,
         dim: int,
         codebook_size: int,
         *,
-        codebook: CodebookKind = "plain",
-        grad_estimator: GradEstimator = "ste",
-        beta: float = 0.25,
-        codebook_update: CodebookUpdate = "gradient",
+        update: CodebookUpdate = "gradient",
+        init: CodebookInit = "uniform",
         ema_decay: float = 0.99,
         ema_eps: float = 1e-5,
         dead_code_threshold: float = 0.0,
-        codebook_init: CodebookInit = "uniform",
-        search_max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         super().__init__()
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
-        # The options are defined and validated once, in vq.config.
-        VQConfig(
-            codebook_size=codebook_size,
-            codebook=codebook,
-            grad_estimator=grad_estimator,
-            beta=beta,
-            codebook_update=codebook_update,
-            ema_decay=ema_decay,
-            ema_eps=ema_eps,
-            dead_code_threshold=dead_code_threshold,
-            codebook_init=codebook_init,
-            search_max_bytes=search_max_bytes,
-        )
-
-        self._dim = dim
-        self._codebook_size = codebook_size
-        self.codebook_kind: CodebookKind = codebook
-        self.grad_estimator: GradEstimator = grad_estimator
-        self.beta = float(beta)
-        self.codebook_update: CodebookUpdate = codebook_update
+        # Options arrive validated (VectorQuantizer checks them through vq.config.VQConfig).
+        self.dim, self.size = dim, codebook_size
+        self.update: CodebookUpdate = update
+        self.init: CodebookInit = init
         self.ema_decay = float(ema_decay)
         self.ema_eps = float(ema_eps)
         self.dead_code_threshold = float(dead_code_threshold)
-        self.codebook_init: CodebookInit = codebook_init
-        self.search_max_bytes = int(search_max_bytes)
-
-        if codebook == "plain":
-            init = torch.empty(codebook_size, dim).uniform_(
-                -1.0 / codebook_size, 1.0 / codebook_size
-            )
-            if codebook_update == "ema":
-                self.register_buffer("codebook", init)
-                self.register_buffer("ema_sum", init.clone())
-            else:
-                self.codebook = nn.Parameter(init)
-            if self._tracks_counts:
-                self.register_buffer("ema_count", torch.ones(codebook_size))
-            if codebook_init == "data":
-                self.register_buffer("data_initialized", torch.zeros((), dtype=torch.bool))
+        table = torch.empty(codebook_size, dim).uniform_(-1.0 / codebook_size, 1.0 / codebook_size)
+        if update == "ema":
+            self.register_buffer("codebook", table)
+            self.register_buffer("ema_sum", table.clone())
         else:
-            self.register_buffer(
-                "frozen_codebook", torch.randn(codebook_size, dim) / math.sqrt(dim)
-            )
-            self.proj = nn.Linear(dim, dim, bias=False)
-
-    @property
-    def codebook_size(self) -> int:
-        return self._codebook_size
-
-    @property
-    def dim(self) -> int:
-        return self._dim
+            self.codebook = nn.Parameter(table)
+        if self._tracks_counts:
+            self.register_buffer("ema_count", torch.ones(codebook_size))
+        if init == "data":
+            self.register_buffer("data_initialized", torch.zeros((), dtype=torch.bool))
 
     @property
     def _tracks_counts(self) -> bool:
-        return self.codebook_update == "ema" or self.dead_code_threshold > 0
+        return self.update == "ema" or self.dead_code_threshold > 0
 
     def extra_repr(self) -> str:
         return (
-            f"dim={self.dim}, codebook_size={self.codebook_size}, codebook={self.codebook_kind!r}, "
-            f"grad_estimator={self.grad_estimator!r}, beta={self.beta}, "
-            f"codebook_update={self.codebook_update!r}, dead_code_threshold={self.dead_code_threshold}, "
-            f"codebook_init={self.codebook_init!r}"
+            f"update={self.update!r}, init={self.init!r}, "
+            f"dead_code_threshold={self.dead_code_threshold}, ema_decay={self.ema_decay}"
         )
 
-    def _lookup(self, indices: torch.Tensor) -> torch.Tensor:
-        """Codes for int64 ids of any shape -> (*shape, D) float32, differentiable w.r.t. the codebook/W."""
-        if self.codebook_kind == "linear":
-            return self.proj(self.frozen_codebook[indices])
+    def codes(self) -> torch.Tensor:
+        """The (K, D) codes, without gradient."""
+        return self.codebook.detach()
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        """Codes of int64 ids (*shape) -> (*shape, D), differentiable w.r.t. the table."""
         return F.embedding(indices, self.codebook)
 
-    def get_codebook(self) -> torch.Tensor:
-        """The effective (K, D) codebook: the plain table, or ``W(C)`` for SimVQ (no grad)."""
-        with torch.no_grad():
-            if self.codebook_kind == "linear":
-                return self.proj(self.frozen_codebook)
-            return self.codebook.detach()
+    def loss(self, e: torch.Tensor, q: torch.Tensor, beta: float) -> torch.Tensor:
+        if self.update == "ema":  # the EMA moves the codes; only the encoder is pulled
+            return beta * VF.commitment_loss(e, q)
+        return VF.vq_loss(e, q, beta)
 
-    def forward(self, z: torch.Tensor) -> QuantizerOutput:
-        """z (B, D, *spatial) -> QuantizerOutput(quantized (B, D, *spatial), indices (B, *spatial), loss)."""
-        rows, unflatten = _flatten(z, self.dim)
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            e = rows.float()  # (N, D)
-            if self.training and self.codebook_init == "data" and not bool(self.data_initialized):
-                self._init_from_data(e.detach())
-            indices = nearest_code(e, self.get_codebook(), max_bytes=self.search_max_bytes)  # (N,)
-            q = self._lookup(indices)  # (N, D)
-            if self.codebook_update == "ema":
-                loss = self.beta * VF.commitment_loss(e, q)
-            else:
-                loss = VF.vq_loss(e, q, self.beta)
-            estimator = VF.rotate_to if self.grad_estimator == "rotation" else VF.ste
-            out = estimator(e, q)  # value q, gradient to e per the estimator
-            if self.training and self._tracks_counts:
-                self._update_statistics(e.detach(), indices)
-        quantized = unflatten(out).to(z.dtype)
-        return QuantizerOutput(quantized, indices.reshape(z.shape[0], *z.shape[2:]), loss)
+    def before_search(self, e: torch.Tensor) -> None:
+        """Training mode, encoder rows e (N, D): data init on the first batch."""
+        if self.init == "data" and not bool(self.data_initialized):
+            self._init_from_data(e.detach())
 
-    def decode(self, indices: torch.Tensor) -> torch.Tensor:
-        """(B, *spatial) integer ids -> (B, D, *spatial) float32 codes (SimVQ: W applied)."""
-        _check_indices(indices, self.codebook_size)
-        with torch.no_grad():
-            return _codes_to_channel_first(self._lookup(indices.long()))
+    def after_assignment(self, e: torch.Tensor, indices: torch.Tensor) -> None:
+        """Training mode: EMA statistics, EMA codes and dead-code restart for this batch."""
+        if self._tracks_counts:
+            self._update_statistics(e.detach(), indices)
 
     @torch.no_grad()
     def _init_from_data(self, e: torch.Tensor) -> None:
-        """Set every code to an encoder vector of this batch e (N, D) (codebook_init="data")."""
-        k = self.codebook_size
+        """Set every code to an encoder vector of this batch e (N, D)."""
+        k = self.size
         if not _distributed() or dist.get_rank() == 0:
             n = e.shape[0]
             if n >= k:
@@ -259,20 +184,20 @@ class VectorQuantizer(Quantizer):
         if _distributed():
             dist.broadcast(fresh, src=0)
         self.codebook.data.copy_(fresh)
-        if self.codebook_update == "ema":
+        if self.update == "ema":
             self.ema_sum.copy_(fresh * self.ema_count.unsqueeze(1))
         self.data_initialized.fill_(True)
 
     @torch.no_grad()
     def _update_statistics(self, e: torch.Tensor, indices: torch.Tensor) -> None:
         """EMA step on hit counts (and sums, for the EMA codebook), then dead-code restart."""
-        counts, sums = VF.assignment_stats(e, indices, self.codebook_size)  # (K,), (K, D)
+        counts, sums = VF.assignment_stats(e, indices, self.size)  # (K,), (K, D)
         if _distributed():
             dist.all_reduce(counts)
-            if self.codebook_update == "ema":
+            if self.update == "ema":
                 dist.all_reduce(sums)
         self.ema_count.copy_(VF.ema(self.ema_count, counts, self.ema_decay))
-        if self.codebook_update == "ema":
+        if self.update == "ema":
             self.ema_sum.copy_(VF.ema(self.ema_sum, sums, self.ema_decay))
             self.codebook.copy_(VF.ema_codebook(self.ema_count, self.ema_sum, self.ema_eps))
         if self.dead_code_threshold > 0:
@@ -300,8 +225,174 @@ class VectorQuantizer(Quantizer):
             dist.broadcast(fresh, src=0)
         self.codebook.data[dead] = fresh
         self.ema_count[dead] = self.dead_code_threshold
-        if self.codebook_update == "ema":
+        if self.update == "ema":
             self.ema_sum[dead] = fresh * self.dead_code_threshold
+
+
+class LinearCodebook(nn.Module):
+    """SimVQ's codebook (Zhu et al. 2024, arXiv 2411.02038, §3): a frozen C ~ N(0, 1/D),
+    registered as a buffer (so it is saved: it is random), and a learned
+    W = ``nn.Linear(D, D, bias=False)``; code k is ``W(C[k])``. Every update of W moves all K
+    codes. Nothing to initialize from data, no per-code statistics, nothing to restart."""
+
+    frozen_codebook: torch.Tensor  # (K, D)
+
+    def __init__(self, dim: int, codebook_size: int) -> None:
+        super().__init__()
+        self.register_buffer("frozen_codebook", torch.randn(codebook_size, dim) / math.sqrt(dim))
+        self.proj = nn.Linear(dim, dim, bias=False)
+
+    def codes(self) -> torch.Tensor:
+        with torch.no_grad():
+            return self.proj(self.frozen_codebook)
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.frozen_codebook[indices])
+
+    def loss(self, e: torch.Tensor, q: torch.Tensor, beta: float) -> torch.Tensor:
+        return VF.vq_loss(e, q, beta)  # the codebook term trains W
+
+    def before_search(self, e: torch.Tensor) -> None:
+        pass
+
+    def after_assignment(self, e: torch.Tensor, indices: torch.Tensor) -> None:
+        pass
+
+
+# The codebook's tensors sit at the quantizer's level of the state dict ("codebook",
+# "ema_count", "frozen_codebook", "proj.weight", ...), as before the codebook was a component,
+# so artifacts and checkpoints keep loading.
+_BOOK = "book."
+
+
+def _flatten_book_keys(
+    module: nn.Module, state: dict[str, Any], prefix: str, local_metadata: Any
+) -> None:
+    for key in [k for k in state if k.startswith(prefix + _BOOK)]:
+        state[prefix + key[len(prefix + _BOOK) :]] = state.pop(key)
+
+
+def _nest_book_keys(module: nn.Module, state: dict[str, Any], prefix: str, *args: Any) -> None:
+    book = module.get_submodule("book")
+    own = set(book.state_dict().keys())
+    for key in [k for k in state if k.startswith(prefix) and k[len(prefix) :] in own]:
+        state[prefix + _BOOK + key[len(prefix) :]] = state.pop(key)
+
+
+class VectorQuantizer(Quantizer):
+    """Nearest-code vector quantizer: a codebook component and a gradient estimator.
+
+    codebook:
+      - ``"plain"``: a learned (K, D) table, ``PlainCodebook`` (van den Oord et al. 2017,
+        "Neural Discrete Representation Learning", §3), with ``codebook_init``
+        (``"uniform"``/``"data"``), ``codebook_update`` (``"gradient"``/``"ema"``, with
+        ``ema_decay``, ``ema_eps``) and ``dead_code_threshold`` (0 = no restart).
+      - ``"linear"``: SimVQ, ``LinearCodebook``; the plain-only options must stay at their
+        defaults.
+    grad_estimator:
+      - ``"ste"``: straight-through (identity gradient to the encoder).
+      - ``"rotation"``: the rotation trick (Fifty et al., ICLR 2025, §4.2).
+
+    ``self.book`` is the codebook; its tensors keep their flat state-dict keys.
+    All quantization math runs in float32 (autocast is disabled inside), so bf16/fp16 encoder
+    outputs work; ``quantized`` is returned in z's dtype, ``loss`` in float32.
+    """
+
+    book: PlainCodebook | LinearCodebook
+
+    def __init__(
+        self,
+        dim: int,
+        codebook_size: int,
+        *,
+        codebook: CodebookKind = "plain",
+        grad_estimator: GradEstimator = "ste",
+        beta: float = 0.25,
+        codebook_update: CodebookUpdate = "gradient",
+        ema_decay: float = 0.99,
+        ema_eps: float = 1e-5,
+        dead_code_threshold: float = 0.0,
+        codebook_init: CodebookInit = "uniform",
+        search_max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
+        super().__init__()
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        # The options are defined and validated once, in vq.config (which also rejects the
+        # plain-table options for a linear codebook).
+        VQConfig(
+            codebook_size=codebook_size,
+            codebook=codebook,
+            grad_estimator=grad_estimator,
+            beta=beta,
+            codebook_update=codebook_update,
+            ema_decay=ema_decay,
+            ema_eps=ema_eps,
+            dead_code_threshold=dead_code_threshold,
+            codebook_init=codebook_init,
+            search_max_bytes=search_max_bytes,
+        )
+        self._dim = dim
+        self._codebook_size = codebook_size
+        self.codebook_kind: CodebookKind = codebook
+        self.grad_estimator: GradEstimator = grad_estimator
+        self.beta = float(beta)
+        self.search_max_bytes = int(search_max_bytes)
+        if codebook == "plain":
+            self.book = PlainCodebook(
+                dim,
+                codebook_size,
+                update=codebook_update,
+                init=codebook_init,
+                ema_decay=ema_decay,
+                ema_eps=ema_eps,
+                dead_code_threshold=dead_code_threshold,
+            )
+        else:
+            self.book = LinearCodebook(dim, codebook_size)
+        self.register_state_dict_post_hook(_flatten_book_keys)
+        self.register_load_state_dict_pre_hook(_nest_book_keys)
+
+    @property
+    def codebook_size(self) -> int:
+        return self._codebook_size
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, codebook_size={self.codebook_size}, codebook={self.codebook_kind!r}, "
+            f"grad_estimator={self.grad_estimator!r}, beta={self.beta}"
+        )
+
+    def get_codebook(self) -> torch.Tensor:
+        """The effective (K, D) codebook: the plain table, or ``W(C)`` for SimVQ (no grad)."""
+        return self.book.codes()
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        """z (B, D, *spatial) -> QuantizerOutput(quantized (B, D, *spatial), indices (B, *spatial), loss)."""
+        rows, unflatten = _flatten(z, self.dim)
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            e = rows.float()  # (N, D)
+            if self.training:
+                self.book.before_search(e)
+            indices = nearest_code(e, self.book.codes(), max_bytes=self.search_max_bytes)  # (N,)
+            q = self.book.lookup(indices)  # (N, D)
+            loss = self.book.loss(e, q, self.beta)
+            estimator = VF.rotate_to if self.grad_estimator == "rotation" else VF.ste
+            out = estimator(e, q)  # value q, gradient to e per the estimator
+            if self.training:
+                self.book.after_assignment(e, indices)
+        quantized = unflatten(out).to(z.dtype)
+        return QuantizerOutput(quantized, indices.reshape(z.shape[0], *z.shape[2:]), loss)
+
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B, *spatial) integer ids -> (B, D, *spatial) float32 codes (SimVQ: W applied)."""
+        _check_indices(indices, self.codebook_size)
+        with torch.no_grad():
+            return _codes_to_channel_first(self.book.lookup(indices.long()))
 
 
 class FSQ(Quantizer):

@@ -1,4 +1,4 @@
-"""Nearest-code search (shared DESIGN.md, "Nearest code").
+"""Nearest-code search (docs/design.md, "Nearest code").
 
 ``k* = argmin_k ||e - c_k||²`` is computed as ``argmin_k (||c_k||² - 2 e·c_k)``: the ``||e||²``
 term is the same for every code, so one matmul per tile gives the ranking. The search runs in

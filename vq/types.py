@@ -1,4 +1,4 @@
-"""Types shared by every quantizer (see shared DESIGN.md, "The quantizer interface")."""
+"""Types shared by every quantizer (docs/design.md, "Architecture")."""
 
 from __future__ import annotations
 

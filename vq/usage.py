@@ -1,4 +1,4 @@
-"""Codebook utilization statistics (shared DESIGN.md, "Codebook utilization: definitions").
+"""Codebook utilization statistics (docs/design.md, "Codebook usage: definitions").
 
 Papers disagree on "usage"; each figure here has its own name:
 
@@ -177,17 +177,6 @@ class CodebookUsage:
     def dead_codes(self) -> int:
         """Number of codes with zero hits in the window."""
         return int((self._window_hist == 0).sum())
-
-    def summary(self) -> dict[str, float]:
-        """All scalar figures in one dict (for loggers and metrics endpoints)."""
-        return {
-            "batch_usage": self.batch_usage,
-            "window_usage": self.window_usage,
-            "epoch_usage": self.epoch_usage,
-            "perplexity": self.perplexity,
-            "dead_codes": float(self.dead_codes),
-            "tokens_seen": float(self.tokens_seen),
-        }
 
     def _used_fraction(self, hist: torch.Tensor) -> float:
         return int((hist > 0).sum()) / self.codebook_size

@@ -63,7 +63,7 @@ async def get_model(name: str, state: StateDep) -> ModelInfo:
 @router.get("/{name}/usage", summary="Served-traffic codebook usage", responses=_ERRORS)
 async def get_usage(name: str, state: StateDep) -> UsageResponse:
     """Statistics of the codes this service has produced for `name` (tokenize traffic),
-    over the last `window` tokens: the definitions of shared DESIGN.md."""
+    over the last `window` tokens: the definitions of docs/design.md."""
     return state.get(name).usage_report()
 
 

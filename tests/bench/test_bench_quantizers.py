@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "quantizers.py"
-METHODS = ("vq-ste", "vq-rotation", "simvq-ste", "simvq-rotation")
+METHODS = ("ste", "rotation", "simvq", "simvq_rotation")
 
 
 @pytest.fixture(scope="module")

@@ -132,7 +132,7 @@ def test_resume_continues_step_count_and_keeps_codebook(
     saved = read_checkpoint(last)
     fresh = tiny_module()  # a new random codebook: the checkpoint must replace it
     assert not torch.equal(
-        fresh.model.quantizer.codebook, saved["state_dict"]["model.quantizer.codebook"]
+        fresh.model.quantizer.book.codebook, saved["state_dict"]["model.quantizer.codebook"]
     )
     probe = _Probe()
     trainer = tiny_trainer(tmp_path, max_steps=6, callbacks=[probe])
@@ -243,3 +243,42 @@ def test_test_stage_reports_quality_and_usage(
         assert math.isfinite(metrics[key]), key
     assert 0.0 < metrics["test/epoch_usage"] <= 1.0
     assert metrics["test/tokens"] == 2 * 2 * (32 // 4) ** 2  # 2 images x 2 crops x 8x8 codes
+
+
+@pytest.mark.parametrize(
+    ("quantizer", "fix"),
+    [
+        ({"codebook_size": 1024}, "--model.vqvae.quantizer.codebook_init data"),
+        ({"codebook_size": 1024, "codebook": "linear"}, "lower --model.lr"),
+    ],
+)
+def test_monitor_warns_once_when_usage_collapses(
+    tmp_path: Path, one_thread: None, quantizer: dict[str, object], fix: str
+) -> None:
+    """A window of 256 tokens (4 steps of 4 crops x 4x4 codes) can use at most 25 % of 1,024
+    codes, below a 30 % collapse floor: one warning, naming the fix for this quantizer."""
+    from vq.model import QuantizerConfig, VQVAEConfig
+
+    config = VQVAEConfig(f=4, widths=(8, 8, 16), code_dim=4, quantizer=QuantizerConfig(**quantizer))
+    trainer = L.Trainer(
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        max_steps=4,
+        log_every_n_steps=1,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        logger=False,
+        callbacks=[CodebookMonitor(window=256, collapse_usage=0.3)],
+    )
+    with pytest.warns(UserWarning, match="CODEBOOK COLLAPSE") as caught:
+        trainer.fit(VQVAEModule(config), datamodule=tiny_data())
+    collapse = [w for w in caught if "CODEBOOK COLLAPSE" in str(w.message)]
+    assert len(collapse) == 1 and fix in str(collapse[0].message)
+
+
+def test_monitor_rejects_a_bad_collapse_floor() -> None:
+    with pytest.raises(ValueError, match="collapse_usage=1.5"):
+        CodebookMonitor(collapse_usage=1.5)

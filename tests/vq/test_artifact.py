@@ -104,8 +104,10 @@ def test_simvq_frozen_codebook_is_saved(tmp_path: Path) -> None:
     model = tiny_model("simvq")
     save_tokenizer(model, tmp_path / "tok")
     saved = safetensors.torch.load_file(str(tmp_path / "tok" / WEIGHTS_NAME))
-    buffers = {f"quantizer.{name}" for name, _ in model.quantizer.named_buffers()}
-    assert buffers and buffers <= set(saved)
+    # Every persistent tensor is saved (the random C too), under its state-dict key.
+    keys = {f"quantizer.{name}" for name in model.quantizer.state_dict()}
+    assert "quantizer.frozen_codebook" in keys and keys <= set(saved)
+    assert torch.equal(saved["quantizer.frozen_codebook"], model.quantizer.book.frozen_codebook)
 
 
 def test_non_finite_metric_is_refused(tmp_path: Path) -> None:

@@ -194,7 +194,7 @@ def test_ema_update_formula() -> None:
     n, s = VF.assignment_stats(e, idx, 3)
     assert n.tolist() == [2.0, 0.0, 1.0]
     assert s.tolist() == [[4.0, 2.0], [0.0, 0.0], [0.0, 4.0]]
-    new_counts, new_sums = VF.ema_update(counts, sums, n, s, decay=0.9)
+    new_counts, new_sums = VF.ema(counts, n, 0.9), VF.ema(sums, s, 0.9)
     torch.testing.assert_close(new_counts, torch.tensor([0.9 + 0.2, 1.8, 0.45 + 0.1]))
     torch.testing.assert_close(
         new_sums, torch.tensor([[0.9 + 0.4, 0.2], [0.0, 1.8], [0.9, 0.9 + 0.4]])

@@ -185,7 +185,7 @@ def test_ste_gradient_to_z_is_identity() -> None:
     g = torch.randn_like(z)
     out.quantized.backward(g)
     assert torch.equal(z.grad, g)
-    assert quantizer.codebook.grad is None  # nothing reaches the codebook through quantized
+    assert quantizer.book.codebook.grad is None  # nothing reaches the codebook through quantized
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.25, 2.0])
@@ -196,11 +196,11 @@ def test_codebook_gradient_only_from_codebook_term_and_beta_weights_commitment(b
     out = quantizer(z)
     (out.quantized.sum() * 0 + out.loss).backward()
     rows = z.detach().movedim(1, -1).reshape(-1, D)
-    q = quantizer.codebook.detach()[out.indices.reshape(-1)]
+    q = quantizer.book.codebook.detach()[out.indices.reshape(-1)]
     n = rows.numel()
     # Codebook: d/dc mean((c - e)²) summed over the rows assigned to c; independent of β.
     expected_codebook = torch.zeros(K, D).index_add_(0, out.indices.reshape(-1), 2 * (q - rows) / n)
-    torch.testing.assert_close(quantizer.codebook.grad, expected_codebook)
+    torch.testing.assert_close(quantizer.book.codebook.grad, expected_codebook)
     # Encoder: β · d/de mean((e - q)²).
     expected_z = (beta * 2 * (rows - q) / n).reshape(4, 3, D).movedim(-1, 1)
     torch.testing.assert_close(z.grad, expected_z)
@@ -215,7 +215,7 @@ def test_rotation_gradient_through_module(codebook: str) -> None:
     quantizer = VectorQuantizer(D, K, codebook=codebook, grad_estimator="rotation")
     with torch.no_grad():  # codes of a sensible scale so the rotation is far from the identity
         if codebook == "plain":
-            quantizer.codebook.normal_()
+            quantizer.book.codebook.normal_()
     z = torch.randn(2, D, 5, requires_grad=True)
     out = quantizer(z)
     g = torch.randn_like(z)
@@ -239,18 +239,18 @@ def test_simvq_frozen_C_in_state_dict_and_only_W_learns() -> None:
     quantizer = VectorQuantizer(D, K, codebook="linear")
     state = quantizer.state_dict()
     assert set(state) == {"frozen_codebook", "proj.weight"}
-    assert [name for name, _ in quantizer.named_parameters()] == ["proj.weight"]
-    c0, w0 = quantizer.frozen_codebook.clone(), quantizer.proj.weight.detach().clone()
+    assert [name for name, _ in quantizer.named_parameters()] == ["book.proj.weight"]
+    c0, w0 = quantizer.book.frozen_codebook.clone(), quantizer.book.proj.weight.detach().clone()
     torch.testing.assert_close(c0.var().item(), 1 / D, rtol=0.3, atol=0)  # C ~ N(0, 1/D)
     optimizer = torch.optim.Adam(quantizer.parameters(), lr=1e-2)
     out = quantizer(torch.randn(4, D, 6))
     out.loss.backward()
     optimizer.step()
-    assert torch.equal(quantizer.frozen_codebook, c0)
-    assert not torch.equal(quantizer.proj.weight, w0)
+    assert torch.equal(quantizer.book.frozen_codebook, c0)
+    assert not torch.equal(quantizer.book.proj.weight, w0)
     # decode applies W: the codes are W(C), not C.
     ids = torch.arange(K)[None]
-    torch.testing.assert_close(quantizer.decode(ids)[0].T, quantizer.proj(c0).detach())
+    torch.testing.assert_close(quantizer.decode(ids)[0].T, quantizer.book.proj(c0).detach())
     # A fresh module loads the saved C and W and decodes identically.
     clone = VectorQuantizer(D, K, codebook="linear")
     clone.load_state_dict(quantizer.state_dict())
@@ -272,7 +272,7 @@ def test_simvq_keeps_usage_high_where_a_badly_initialized_plain_codebook_collaps
     torch.manual_seed(0)
     plain = VectorQuantizer(D, K)
     with torch.no_grad():  # bad init: a tight cluster far from the data
-        plain.codebook.copy_(torch.randn(K, D) * 0.01 + 3.0)
+        plain.book.codebook.copy_(torch.randn(K, D) * 0.01 + 3.0)
     torch.manual_seed(0)
     simvq = VectorQuantizer(D, K, codebook="linear")
     plain_usage, simvq_usage = _train_usage(plain), _train_usage(simvq)
@@ -287,30 +287,30 @@ def test_simvq_keeps_usage_high_where_a_badly_initialized_plain_codebook_collaps
 def test_data_init_sets_codes_to_batch_vectors_once(update: str) -> None:
     torch.manual_seed(1)
     quantizer = VectorQuantizer(D, K, codebook_init="data", codebook_update=update)
-    assert not bool(quantizer.data_initialized)
+    assert not bool(quantizer.book.data_initialized)
     quantizer.eval()
-    uniform = quantizer.codebook.detach().clone()
+    uniform = quantizer.book.codebook.detach().clone()
     quantizer(torch.randn(2, D, 40))  # eval mode: no initialization
-    assert torch.equal(quantizer.codebook.detach(), uniform)
+    assert torch.equal(quantizer.book.codebook.detach(), uniform)
     assert uniform.abs().max() <= 1.0 / K  # the uniform(-1/K, 1/K) table before
     quantizer.train()
     z = torch.randn(2, D, 40) * 3 + 5  # 80 vectors >= K: sampled without replacement
     out = quantizer(z)
     rows = z.movedim(1, -1).reshape(-1, D)
-    assert bool(quantizer.data_initialized)
+    assert bool(quantizer.book.data_initialized)
     # The forward quantized against the new codes: every output is one of the batch vectors,
     # and the vectors that became codes are their own nearest code.
     q_rows = out.quantized.movedim(1, -1).reshape(-1, D)
     is_row = (q_rows[:, None, :] == rows[None, :, :]).all(dim=-1)  # (N, N)
     assert is_row.any(dim=1).all()
     assert out.indices.unique().numel() == K, "each of the K codes is a different batch vector"
-    codes = quantizer.codebook.detach().clone()
+    codes = quantizer.book.codebook.detach().clone()
     if update == "gradient":  # (EMA moved the table towards the batch means afterwards)
         match = (codes[:, None, :] == rows[None, :, :]).all(dim=-1)  # (K, N)
         assert match.any(dim=1).all() and (match.sum(dim=0) <= 1).all()
         # Later batches do not re-initialize: without an optimizer step the table stays put.
         quantizer(torch.randn(2, D, 40) - 5)
-        assert torch.equal(quantizer.codebook.detach(), codes)
+        assert torch.equal(quantizer.book.codebook.detach(), codes)
 
 
 def test_data_init_with_fewer_vectors_than_codes_gives_distinct_codes_near_the_data() -> None:
@@ -319,7 +319,7 @@ def test_data_init_with_fewer_vectors_than_codes_gives_distinct_codes_near_the_d
     z = torch.randn(1, D, 5) + 10  # 5 vectors for 32 codes: drawn with replacement + jitter
     quantizer(z)
     rows = z.movedim(1, -1).reshape(-1, D)
-    codes = quantizer.codebook.detach()
+    codes = quantizer.book.codebook.detach()
     assert torch.unique(codes, dim=0).shape[0] == K
     nearest = torch.cdist(codes, rows).min(dim=1).values
     assert float(nearest.max()) < 0.2 * float(rows.std()) * math.sqrt(D)
@@ -334,7 +334,7 @@ def test_data_init_flag_survives_state_dict_so_a_loaded_model_is_not_reinitializ
     loaded = VectorQuantizer(D, K, codebook_init="data")
     loaded.load_state_dict(state)
     loaded(torch.randn(2, D, 40) + 7)  # training mode, but already initialized
-    assert torch.equal(loaded.codebook.detach(), trained.codebook.detach())
+    assert torch.equal(loaded.book.codebook.detach(), trained.book.codebook.detach())
     assert "data_initialized" not in VectorQuantizer(D, K).state_dict()  # default: unchanged
 
 
@@ -361,9 +361,9 @@ def test_ema_counts_and_sums_follow_the_formula() -> None:
     torch.manual_seed(4)
     decay, eps = 0.9, 1e-5
     quantizer = VectorQuantizer(D, K, codebook_update="ema", ema_decay=decay, ema_eps=eps)
-    assert "codebook" not in dict(quantizer.named_parameters())
-    codebook0 = quantizer.codebook.clone()
-    count0, sum0 = quantizer.ema_count.clone(), quantizer.ema_sum.clone()
+    assert "book.codebook" not in dict(quantizer.named_parameters())
+    codebook0 = quantizer.book.codebook.clone()
+    count0, sum0 = quantizer.book.ema_count.clone(), quantizer.book.ema_sum.clone()
     z = torch.randn(3, D, 4)
     out = quantizer(z)
     rows = z.movedim(1, -1).reshape(-1, D)
@@ -372,18 +372,18 @@ def test_ema_counts_and_sums_follow_the_formula() -> None:
     s = torch.zeros(K, D).index_add_(0, ids, rows)
     count1 = decay * count0 + (1 - decay) * n
     sum1 = decay * sum0 + (1 - decay) * s
-    torch.testing.assert_close(quantizer.ema_count, count1)
-    torch.testing.assert_close(quantizer.ema_sum, sum1)
+    torch.testing.assert_close(quantizer.book.ema_count, count1)
+    torch.testing.assert_close(quantizer.book.ema_sum, sum1)
     smoothed = (count1 + eps) / (count1.sum() + K * eps) * count1.sum()
-    torch.testing.assert_close(quantizer.codebook, sum1 / smoothed[:, None])
+    torch.testing.assert_close(quantizer.book.codebook, sum1 / smoothed[:, None])
     # The output used the codebook from before the update; loss is the commitment term only.
     torch.testing.assert_close(out.quantized.movedim(1, -1).reshape(-1, D), codebook0[ids])
     torch.testing.assert_close(out.loss, 0.25 * ((rows - codebook0[ids]) ** 2).mean())
     # No update in eval mode.
     quantizer.eval()
-    before = quantizer.codebook.clone()
+    before = quantizer.book.codebook.clone()
     quantizer(z)
-    assert torch.equal(quantizer.codebook, before)
+    assert torch.equal(quantizer.book.codebook, before)
 
 
 @pytest.mark.parametrize("update", ["gradient", "ema"])
@@ -393,28 +393,28 @@ def test_dead_code_gets_restarted_from_batch_vectors(update: str) -> None:
         D, K, codebook_update=update, ema_decay=0.5, dead_code_threshold=0.9
     )
     with torch.no_grad():
-        quantizer.codebook.normal_()
-        quantizer.codebook[7] = 1000.0  # never the nearest code
-        quantizer.ema_count.fill_(1000.0)  # everyone else alive
-        quantizer.ema_count[7] = 1.0
+        quantizer.book.codebook.normal_()
+        quantizer.book.codebook[7] = 1000.0  # never the nearest code
+        quantizer.book.ema_count.fill_(1000.0)  # everyone else alive
+        quantizer.book.ema_count[7] = 1.0
     z = torch.randn(2, D, 8)
     out = quantizer(z)
     assert 7 not in out.indices
     rows = z.movedim(1, -1).reshape(-1, D)
     # count 7: 0.5 · 1 + 0.5 · 0 = 0.5 < 0.9 -> restarted from a batch vector, count reset.
-    assert (quantizer.codebook[7] == rows).all(dim=1).any()
-    assert float(quantizer.ema_count[7]) == pytest.approx(0.9)
-    assert (quantizer.ema_count[torch.arange(K) != 7] >= 0.9).all()
+    assert (quantizer.book.codebook[7] == rows).all(dim=1).any()
+    assert float(quantizer.book.ema_count[7]) == pytest.approx(0.9)
+    assert (quantizer.book.ema_count[torch.arange(K) != 7] >= 0.9).all()
     if update == "ema":
-        torch.testing.assert_close(quantizer.ema_sum[7], quantizer.codebook[7] * 0.9)
+        torch.testing.assert_close(quantizer.book.ema_sum[7], quantizer.book.codebook[7] * 0.9)
 
 
 def test_no_restart_when_threshold_is_zero() -> None:
     quantizer = VectorQuantizer(D, K)
-    assert "ema_count" not in dict(quantizer.named_buffers())
-    before = quantizer.codebook.detach().clone()
+    assert "book.ema_count" not in dict(quantizer.named_buffers())
+    before = quantizer.book.codebook.detach().clone()
     quantizer(torch.randn(2, D, 3))
-    assert torch.equal(quantizer.codebook.detach(), before)
+    assert torch.equal(quantizer.book.codebook.detach(), before)
 
 
 def _ddp_worker(rank: int, world: int, init_file: str, result_dir: str) -> None:
@@ -507,3 +507,35 @@ def test_fsq_projection_is_a_1x1_linear() -> None:
     }
     assert quantizer.implicit_codebook().shape == (120, 16)
     assert FSQ([8, 5, 3], dim=3).project_in is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "keys"),
+    [
+        ({}, {"codebook"}),
+        ({"codebook_update": "ema"}, {"codebook", "ema_count", "ema_sum"}),
+        (
+            {"dead_code_threshold": 0.1, "codebook_init": "data"},
+            {"codebook", "ema_count", "data_initialized"},
+        ),
+        ({"codebook": "linear"}, {"frozen_codebook", "proj.weight"}),
+    ],
+)
+def test_codebook_component_keeps_flat_state_dict_keys(
+    kwargs: dict[str, Any], keys: set[str]
+) -> None:
+    """The codebook is a component (``book``) but its tensors keep the keys artifacts were
+    saved with; a state dict round-trips into a fresh quantizer, strictly, inside a parent."""
+    from vq.quantizers import LinearCodebook, PlainCodebook
+
+    torch.manual_seed(0)
+    quantizer = VectorQuantizer(D, K, **kwargs)
+    expected = LinearCodebook if kwargs.get("codebook") == "linear" else PlainCodebook
+    assert isinstance(quantizer.book, expected)
+    assert set(quantizer.state_dict()) == keys
+    parent = torch.nn.Sequential(quantizer)
+    assert set(parent.state_dict()) == {f"0.{k}" for k in keys}
+    torch.manual_seed(1)
+    fresh = torch.nn.Sequential(VectorQuantizer(D, K, **kwargs))
+    fresh.load_state_dict(parent.state_dict(), strict=True)
+    torch.testing.assert_close(fresh[0].get_codebook(), quantizer.get_codebook())

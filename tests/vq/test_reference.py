@@ -57,7 +57,7 @@ def test_vq_nearest_code_ids_agree_with_reference() -> None:
     )
     ours = VectorQuantizer(dim, k)
     with torch.no_grad():
-        ours.codebook.copy_(ref.codebook)
+        ours.book.codebook.copy_(ref.codebook)
     ref.eval()
     ours.eval()
     x = torch.randn(2, 64, dim)  # reference: (B, N, D) channel-last
