@@ -272,8 +272,9 @@ def load_data(cfg: BenchConfig, *, with_codecs: bool = True) -> BenchData:
         batch_size=cfg.batch_size,
     )
     dm.setup("fit")
-    crops = dm.train_dataloader().dataset
-    assert isinstance(crops, RandomCropDataset)
+    # The DataModule's decoded training images, cropped by a stream this bench controls.
+    assert dm._train_images is not None
+    crops = RandomCropDataset(dm._train_images, cfg.crop, length=1)
     val_crops = torch.stack([t for t in dm.val_dataloader().dataset])  # type: ignore[attr-defined]
     where = kodak.display_path(corpus) if corpus else "the bundled scikit-image photographs"
     desc = (

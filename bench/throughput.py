@@ -111,6 +111,35 @@ def encode_decode(
     return rows
 
 
+def onnxruntime_rows(
+    tok: vq.Tokenizer, size: int, batch: int, budget_s: float
+) -> dict[str, Any] | None:
+    """encode/decode images/s of the ``vq-export --onnx`` graphs under onnxruntime (CPU),
+    with as many intra-op threads as torch uses; None if onnxruntime is not installed."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    import tempfile
+
+    from vq.onnx_export import export_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        enc_path, dec_path = export_onnx(tok.model, tmp)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        enc = ort.InferenceSession(str(enc_path), options, providers=["CPUExecutionProvider"])
+        dec = ort.InferenceSession(str(dec_path), options, providers=["CPUExecutionProvider"])
+        g = torch.Generator().manual_seed(0)
+        images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=g)
+        feed = {enc.get_inputs()[0].name: images.numpy()}
+        codes = enc.run(None, feed)[0]
+        t_enc = best_time(functools.partial(enc.run, None, feed), 5, budget_s)
+        dfeed = {dec.get_inputs()[0].name: codes}
+        t_dec = best_time(functools.partial(dec.run, None, dfeed), 5, budget_s)
+    return {"batch": batch, "encode_img_s": batch / t_enc, "decode_img_s": batch / t_dec}
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     mse = (a.double() - b.double()).pow(2).mean().item()
     return 10 * math.log10(255.0**2 / max(mse, 1e-12))
@@ -348,6 +377,14 @@ def write_report(r: dict[str, Any], out: Path, command: str) -> None:
             f"| {x['batch']} | {x['config']} | {x['encode_img_s']:.2f} | {x['encode_gflops']:.0f} "
             f"| {x['decode_img_s']:.2f} | {x['decode_gflops']:.0f} |"
         )
+    ort_row = r.get("onnxruntime")
+    if ort_row:
+        lines += [
+            "",
+            f"onnxruntime (CPU provider, `vq-export --onnx` graphs, float32), batch "
+            f"{ort_row['batch']}: encode {ort_row['encode_img_s']:.2f} img/s, decode "
+            f"{ort_row['decode_img_s']:.2f} img/s.",
+        ]
     lines += ["", "## bf16 against fp32 on Kodak", ""]
     k = r.get("kodak")
     if k:
@@ -419,6 +456,8 @@ def main(argv: list[str] | None = None) -> None:
     r["size"] = 32 if quick else 256
     print("encode/decode", flush=True)
     r["encode_decode"] = encode_decode(tok, r["size"], [1, 2] if quick else [1, 8, 32], budget)
+    print("onnxruntime", flush=True)
+    r["onnxruntime"] = onnxruntime_rows(tok, r["size"], 2 if quick else 8, budget)
     print("Kodak agreement", flush=True)
     r["kodak"] = kodak_agreement(Path(args.model), Path(args.kodak), 2 if quick else None)
     print("training", flush=True)

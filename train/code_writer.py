@@ -72,7 +72,7 @@ class CodeWriter(BasePredictionWriter):
       ``{"path", "shard", "row", "grid": [h, w], "crop": [H', W'], "size": [H, W]}``;
     - ``skipped-rank{R}.jsonl``: one line per file that could not be tokenized:
       ``{"path", "error"}`` (also counted in a warning);
-    - ``info.json`` (rank 0): root, f, codebook_size, dtype, world size.
+    - ``info.json`` (rank 0): root, f, codebook_size, dtype, world size, precision.
 
     Paths are relative to ``data.predict_root``.
 
@@ -158,6 +158,8 @@ class CodeWriter(BasePredictionWriter):
                 "dtype": self._dtype.name,
                 "world_size": trainer.world_size,
                 "crop": "centre crop to the largest multiple of f",
+                # Lightning's precision plugin: "bf16-mixed" is the Tokenizer's "bf16" path.
+                "precision": str(trainer.precision),
             }
             text = json.dumps(info, indent=2) + "\n"
             atomic_write_bytes(out / "info.json", text.encode("utf-8"))

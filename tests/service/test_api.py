@@ -444,7 +444,7 @@ def test_one_size_order_everywhere(app_client: TestClient) -> None:
     png = app_client.post("/v1/detokenize", json={"codes": result["codes"]})
     assert png.headers["x-image-size"] == "12x20"
     assert Image.open(io.BytesIO(png.content)).size == (20, 12)  # PIL's own order is (W, H)
-    batch = app_client.post("/v1/detokenize", json={"batch": [result["codes"]]}).json()
+    batch = app_client.post("/v1/detokenize/batch", json={"batch": [result["codes"]]}).json()
     assert batch["image_size"] == [[12, 20]]
     response = post_files(app_client, [encode_file(random_image(10, 13))])
     assert_error(response, 422, "bad_image_size", "10x13 (HxW)")

@@ -21,6 +21,9 @@ def test_vqgan_architecture_trains_exports_and_predicts(tmp_path: Path, one_thre
             "--model.vqvae.widths=[32, 32, 32, 32]",
             "--model.vqvae.attn_levels=[3]",
             "--model.vqvae.quantizer.codebook_norm=l2",
+            # LlamaGen's lookup: no data init or restarts (configs/ste.yaml turns them on).
+            "--model.vqvae.quantizer.codebook_init=uniform",
+            "--model.vqvae.quantizer.dead_code_threshold=0",
             f"--trainer.default_root_dir={tmp_path}",
             "--trainer.enable_progress_bar=false",
         ]

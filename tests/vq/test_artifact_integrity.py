@@ -24,7 +24,8 @@ from vq.artifact import CONFIG_NAME, WEIGHTS_NAME, ArtifactError, load_tokenizer
 from vq.model import VQVAE, QuantizerConfig, VQVAEConfig
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_MODEL = REPO / "models" / "default"
+# The previous release's shipped tokenizer, written before checksums existed.
+LEGACY_MODEL = REPO / "tests" / "fixtures" / "legacy_fsq_artifact"
 
 
 def tiny(quantizer: QuantizerConfig | None = None) -> VQVAE:
@@ -157,10 +158,9 @@ def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path: Path, bad: f
 
 
 def test_artifact_without_checksums_still_loads(tmp_path: Path) -> None:
-    # models/default was written before checksums and the weights' config record existed.
-    assert "files" not in json.loads((DEFAULT_MODEL / CONFIG_NAME).read_text())
+    assert "files" not in json.loads((LEGACY_MODEL / CONFIG_NAME).read_text())
     copy = tmp_path / "default"
-    shutil.copytree(DEFAULT_MODEL, copy)
+    shutil.copytree(LEGACY_MODEL, copy)
     tok = load_tokenizer(copy, precision="fp32")
     assert tok.model.codebook_size == 1000
 

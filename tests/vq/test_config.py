@@ -16,6 +16,8 @@ from vq.model import build_quantizer
 
 VQ_DIR = Path(vq.__file__).parent
 ROOT = VQ_DIR.parent
+# The shipped tokenizer of the previous release (format 1, written before the config tree).
+LEGACY = ROOT / "tests" / "fixtures" / "legacy_fsq_artifact"
 
 
 @pytest.mark.parametrize(
@@ -50,9 +52,21 @@ def test_build_quantizer_passes_every_option() -> None:
     for field in dataclasses.fields(VQConfig):
         if field.name in ("kind", "codebook_norm"):
             continue
-        attr = "codebook_kind" if field.name == "codebook" else field.name
-        attr = "_codebook_size" if field.name == "codebook_size" else attr
-        assert getattr(module, attr) == getattr(cfg, field.name), field.name
+        # The plain codebook component owns its update rule, init, EMA and restart options.
+        book_attr = {
+            "codebook_update": "update",
+            "codebook_init": "init",
+            "ema_decay": "ema_decay",
+            "ema_eps": "ema_eps",
+            "dead_code_threshold": "dead_code_threshold",
+        }
+        if field.name in book_attr:
+            owner, attr = module.book, book_attr[field.name]
+        else:
+            owner = module
+            attr = "codebook_kind" if field.name == "codebook" else field.name
+            attr = "_codebook_size" if field.name == "codebook_size" else attr
+        assert getattr(owner, attr) == getattr(cfg, field.name), field.name
 
 
 @pytest.mark.parametrize(
@@ -78,8 +92,8 @@ def test_config_and_module_validators_agree(options: dict[str, Any], ok: bool) -
 
 
 def test_format_1_quantizer_sections_load_with_defaults() -> None:
-    # What models/default/config.json and every format-1 artifact hold.
-    data = json.loads((ROOT / "models" / "default" / "config.json").read_text())
+    # What every format-1 artifact written before the config tree holds.
+    data = json.loads((LEGACY / "config.json").read_text())
     cfg = VQVAEConfig.from_dict(data["model"])
     assert cfg.architecture == "vqvae" and isinstance(cfg.quantizer, FSQConfig)
     old_vq = {k: v for k, v in VQConfig().to_dict().items()}
@@ -92,8 +106,8 @@ def test_format_1_quantizer_sections_load_with_defaults() -> None:
         )
 
 
-def test_default_model_still_loads() -> None:
-    tok = vq.load_tokenizer(ROOT / "models" / "default", precision="fp32")
+def test_legacy_artifact_still_loads() -> None:
+    tok = vq.load_tokenizer(LEGACY, precision="fp32")
     assert tok.codebook_size == 1000 and tok.config.architecture == "vqvae"
 
 

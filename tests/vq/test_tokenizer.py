@@ -97,3 +97,14 @@ def test_bf16_path_agrees_with_float32(quantizer: QuantizerConfig) -> None:
     recon16 = bf16.decode(codes32).float()
     mse = (recon32 - recon16).pow(2).mean().item()
     assert 10 * math.log10(255**2 / max(mse, 1e-12)) > 30.0
+
+
+@pytest.mark.parametrize("quantizer", [FSQ, VQ], ids=["fsq", "vq"])
+def test_fp32_codes_do_not_depend_on_the_rest_of_the_batch(quantizer: QuantizerConfig) -> None:
+    # Users pre-tokenize datasets in batches and compare with codes served one at a time.
+    tok = tiny_tokenizer(quantizer, "fp32")
+    images = [photo_like(32, 48, seed) for seed in range(6)]
+    together = tok.encode(images)
+    alone = torch.cat([tok.encode(image) for image in images])
+    assert torch.equal(together, alone)
+    assert torch.equal(tok.encode(images[2:5]), together[2:5])
