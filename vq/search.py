@@ -21,10 +21,11 @@ the argmin of the computed distances.
 Ties go to the lowest code index, as with ``torch.argmin``: every step keeps the first minimum
 (first group, first position in the group, first code tile).
 
-On a CPU with native bf16 (AVX-512 BF16 / AMX: bf16 matmuls at ~2.7x the float32 rate) large
-searches first pick *candidates* from bf16 distance tiles and then re-rank every candidate
-exactly in float32 (``_search_bf16``; the error bound that makes this exact is proved there).
-The result is the same as the float32 search's.
+``nearest_code(..., bf16_candidates=True)`` first picks *candidates* from bf16 distance tiles
+(bf16 matmuls run at ~2.7x the float32 rate on AVX-512 BF16 / AMX CPUs) and then re-ranks every
+candidate exactly in float32 (``_search_bf16``; the error bound that makes this exact is proved
+there). The result is the same as the float32 search's; it is opt-in because on the CPU we
+measured it was slower (``bf16_search_pays``).
 """
 
 from __future__ import annotations
@@ -95,13 +96,12 @@ def tile_shape(n: int, k: int, max_bytes: int, device_type: str = "cpu") -> tupl
 
 
 def bf16_search_pays(device: torch.device, k: int) -> bool:
-    """Whether ``nearest_code`` takes the bf16 candidate route on ``device`` for ``k`` codes:
-    on CPUs with native bf16 and codebooks of at least ``_BF16_MIN_CODES`` codes."""
-    if device.type != "cpu" or k < _BF16_MIN_CODES:
-        return False
-    from vq.precision import bf16_native  # lazy: precision imports nothing from search
-
-    return bf16_native(device)
+    """Whether ``nearest_code`` takes the bf16 candidate route by default. Not yet anywhere:
+    on a 2-core AVX-512 BF16 EPYC it measured slower than the float32 tiles (20 vs 75 GFLOP/s
+    at K = 1,024, 57 vs 74 at K = 65,536; docs/benchmarks/throughput.md): the group minima
+    over bf16 tiles cost more than the faster matmul saves. ``bf16_candidates=True`` runs it
+    (exact either way) for hardware where that balance differs."""
+    return False
 
 
 @torch.no_grad()
@@ -117,7 +117,8 @@ def nearest_code(
     x: (N, D), codebook: (K, D) -> (N,) int64 on x's device; ties go to the lowest index.
     The result is that of the float32 search (``||c||² - 2 x·c`` in float32) whichever route
     runs: ``bf16_candidates`` None picks the bf16 candidate route where it pays
-    (``bf16_search_pays``), True forces it (on any CPU), False forces plain float32 tiles.
+    (``bf16_search_pays``: nowhere yet), True forces it (on any CPU), False forces plain
+    float32 tiles.
     At most ``max_bytes`` of float32 distances exist at once (plus O(N + K) bookkeeping;
     the bf16 route holds a fixed 1 MiB tile and (K / 16) x 1024 group minima).
     Raises ``ValueError`` for non-2-D inputs, mismatched D, an empty codebook, inputs on two

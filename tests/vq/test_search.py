@@ -266,12 +266,10 @@ def test_non_finite_rows_do_not_break_the_others() -> None:
     assert torch.equal(ids[keep], _fp32_search(x[keep], codebook))
 
 
-def test_route_choice_follows_the_hardware() -> None:
-    from vq.precision import bf16_native
-
-    assert search.bf16_search_pays(torch.device("cpu"), 4096) == bf16_native("cpu")
-    assert not search.bf16_search_pays(torch.device("cpu"), 64)
-    assert not search.bf16_search_pays(torch.device("meta"), 4096)
+def test_default_route_is_float32_until_bf16_measures_faster() -> None:
+    # bench/throughput.py measured the bf16 route slower on our CPU: auto must not pick it.
+    for k in (64, 4096, 262_144):
+        assert not search.bf16_search_pays(torch.device("cpu"), k)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
