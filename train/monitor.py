@@ -170,19 +170,8 @@ class CodebookMonitor(Callback):
             self._eval_end(trainer, pl_module, "val")
 
     # `vq-train test` gets the same epoch figures under test/ (no images).
-    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.on_validation_epoch_start(trainer, pl_module)
-
-    def on_test_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._eval_batch(outputs, batch)
+    on_test_epoch_start = on_validation_epoch_start
+    on_test_batch_end = on_validation_batch_end
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._eval_end(trainer, pl_module, "test")
