@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from service.app import create_app
 from service.settings import Settings
-from service.state import ServiceState, StartupError, check_backend_available, resolve_models
+from service.state import ServiceState, StartupError, check_backend_available, check_models
 
 LINGER_S = 0.5  # after the listener closes, for requests on just-accepted connections
 
@@ -171,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # here with one line, not a traceback from inside the lifespan.
     try:
         check_backend_available(settings)
-        settings = resolve_models(settings)
+        check_models(settings)
     except StartupError as exc:
         parser.exit(1, f"vq-serve: error: {exc}\n")
     app = create_app(settings)

@@ -104,30 +104,33 @@ class StartupError(RuntimeError):
     """The service cannot start as configured; the message says why and what to change."""
 
 
+def is_hub_id(path: str) -> bool:
+    """A model spec names a Hub repo when no such local path exists and it reads "owner/name"."""
+    return not Path(path).expanduser().exists() and looks_like_repo_id(path)
+
+
 def resolve_artifact_path(path: str) -> Path:
     """A model spec -> a local artifact directory. A path that exists wins (relative paths are
     relative to the current directory, where ``vq-serve`` starts); else a Hugging Face Hub repo
     id ("owner/name") is fetched through ``vq.hub`` (its cache, or the network); else the path
     itself, which loading then reports missing. StartupError when the Hub cannot provide it."""
-    local = Path(path).expanduser()
-    if local.exists() or not looks_like_repo_id(path):
-        return local.resolve()
+    if not is_hub_id(path):
+        return Path(path).expanduser().resolve()
     try:
         return resolve_artifact(path)
     except ValueError as exc:  # vq.hub.HubError: offline, not found, huggingface_hub missing
         raise StartupError(str(exc)) from None
 
 
-def resolve_models(settings: Settings) -> Settings:
-    """``settings`` with every model spec resolved to a local directory (Hub ids fetched), so
-    that a model that cannot be had stops start-up with one clear message."""
-    models = {}
+def check_models(settings: Settings) -> None:
+    """Fetch every Hub id among the models into the local Hub cache, so that a model that
+    cannot be had stops start-up with one clear message (StartupError) before the server
+    starts; loading then finds it in the cache."""
     for name, path in settings.models.items():
         try:
-            models[name] = str(resolve_artifact_path(path))
+            resolve_artifact_path(path)
         except StartupError as exc:
             raise StartupError(f"model {name!r}: {exc}") from None
-    return settings.model_copy(update={"models": models})
 
 
 def check_backend_available(settings: Settings) -> None:
@@ -237,7 +240,10 @@ class ServiceState:
         root = resolve_artifact_path(path)
         onnx = settings.backend == "onnxruntime"
         precision = "fp32" if onnx else settings.precision  # the ONNX graphs are float32
-        tokenizer = vq.load_tokenizer(root, device=settings.device, precision=precision)
+        # A Hub id is loaded by its id (a cache hit by now): vq.load_tokenizer then trusts the
+        # snapshot's links into the cache's blobs/, which it refuses in a plain directory.
+        source = path if is_hub_id(path) else root
+        tokenizer = vq.load_tokenizer(source, device=settings.device, precision=precision)
         reason = precision_reason(tokenizer, settings.precision, settings.backend)
         backend = make_backend(settings.backend, tokenizer, root, threads=settings.torch_threads)
         cost = self._measure_cost(backend, tokenizer.f)

@@ -21,7 +21,7 @@ from skimage import data as skdata
 from service.app import create_app
 from service.cli import build_parser, main, settings_from_args
 from service.settings import Settings
-from service.state import StartupError, check_backend_available
+from service.state import StartupError, check_backend_available, check_models
 from tests.service.helpers import encode_file, make_settings
 
 ort = pytest.importorskip("onnxruntime")
@@ -172,25 +172,49 @@ def test_missing_onnxruntime_stops_start_up_naming_the_fix(
 # ---------------------------------------------------------------------------- Hub repo ids
 
 
+def hub_snapshot(artifact_dir: Path, cache: Path) -> Path:
+    """The tiny artifact laid out as huggingface_hub's cache keeps a snapshot: the files are
+    links to ../../blobs/ (https://huggingface.co/docs/huggingface_hub/guides/manage-cache)."""
+    repo = cache / "models--someone--tiny-tokenizer"
+    snapshot = repo / "snapshots" / "0123abcd"
+    if not snapshot.exists():
+        (repo / "blobs").mkdir(parents=True)
+        snapshot.mkdir(parents=True)
+        for i, file in enumerate(sorted(artifact_dir.iterdir())):
+            shutil.copy(file, repo / "blobs" / f"blob{i}")
+            (snapshot / file.name).symlink_to(Path("../../blobs") / f"blob{i}")
+    return snapshot
+
+
 @pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch, artifact_dir: Path) -> list[dict[str, Any]]:
+def hub(
+    monkeypatch: pytest.MonkeyPatch, artifact_dir: Path, tmp_path: Path
+) -> list[dict[str, Any]]:
     """snapshot_download replaced: it records its calls and 'downloads' the tiny artifact."""
     huggingface_hub = pytest.importorskip("huggingface_hub")
     calls: list[dict[str, Any]] = []
 
     def fake_download(**kwargs: Any) -> str:
         calls.append(kwargs)
-        return str(artifact_dir)
+        return str(hub_snapshot(artifact_dir, tmp_path / "hub-cache"))
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
     return calls
 
 
-def test_a_hub_repo_id_is_served(hub: list[dict[str, Any]]) -> None:
-    settings = Settings(models="default=someone/tiny-tokenizer")
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_a_hub_repo_id_is_served(hub: list[dict[str, Any]], backend: str) -> None:
+    settings = Settings(models="default=someone/tiny-tokenizer", backend=backend)
     with TestClient(create_app(settings)) as client:
         assert client.get("/v1/models/default").json()["codebook_size"] == 64
         assert tokenize(client, "default", photo(32)).shape == (8, 8)
+    assert {call["repo_id"] for call in hub} == {"someone/tiny-tokenizer"}
+
+
+def test_vq_serve_fetches_a_hub_id_before_it_starts(
+    hub: list[dict[str, Any]], artifact_dir: Path
+) -> None:
+    check_models(Settings(models=f"default=someone/tiny-tokenizer,local={artifact_dir}"))
     assert [call["repo_id"] for call in hub] == ["someone/tiny-tokenizer"]
 
 
