@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 import vq
-from service.backends import Backend, OnnxRuntimeBackend, import_onnxruntime, make_backend
+from service.backends import Backend, import_onnxruntime, make_backend
 from service.batcher import MicroBatcher
 from service.budget import (
     MemoryBudget,
@@ -271,13 +271,13 @@ class ServiceState:
             max_queue=settings.max_queue,
         )
         logger.info(
-            "loaded model %r from %s: %r; backend %s%s; precision %s (%s); memory per pixel: "
+            "loaded model %r from %s: %r; backend %s (%s); precision %s (%s); memory per pixel: "
             "encode %d B, decode %d B",
             name,
             root,
             tokenizer,
             backend.name,
-            f" ({backend.source})" if isinstance(backend, OnnxRuntimeBackend) else "",
+            backend.source,
             backend.precision,
             reason,
             cost.encode_per_pixel,
