@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from service.app import create_app
 from service.settings import Settings
-from service.state import ServiceState
+from service.state import ServiceState, StartupError, check_backend_available, check_models
 
 LINGER_S = 0.5  # after the listener closes, for requests on just-accepted connections
 
@@ -76,13 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         action="append",
         metavar="NAME=PATH",
-        help="artifact directory to serve under NAME; repeat for several models "
-        "(default default=models/default, relative to the current directory; env VQ_MODELS)",
+        help="artifact directory (or Hugging Face Hub repo id owner/name) to serve under NAME; "
+        "repeat for several models (default default=models/default, relative to the current "
+        "directory; a local path that exists wins over a Hub id; env VQ_MODELS)",
     )
     p.add_argument("--device", choices=["cpu", "cuda"], help="env VQ_DEVICE")
     p.add_argument(
         "--precision",
         help="fp32, bf16 or auto: bf16 where the device runs it natively (env VQ_PRECISION)",
+    )
+    p.add_argument(
+        "--backend",
+        help="torch (default) or onnxruntime: what runs the encoder and decoder (onnxruntime: "
+        "float32 ONNX graphs on the CPU, needs pip install onnxruntime; env VQ_BACKEND)",
     )
     p.add_argument(
         "--memory-budget",
@@ -138,6 +144,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             ("max_upload_bytes", args.max_upload_bytes),
             ("max_image_side", args.max_image_side),
             ("precision", args.precision),
+            ("backend", args.backend),
             ("memory_budget", args.memory_budget),
             ("request_timeout_s", args.request_timeout_s),
             ("max_queue", args.max_queue),
@@ -160,6 +167,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # Before uvicorn: a missing library or a model that cannot be had (a Hub id offline) ends
+    # here with one line, not a traceback from inside the lifespan.
+    try:
+        check_backend_available(settings)
+        check_models(settings)
+    except StartupError as exc:
+        parser.exit(1, f"vq-serve: error: {exc}\n")
     app = create_app(settings)
     config = uvicorn.Config(
         app,

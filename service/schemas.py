@@ -80,6 +80,7 @@ class ModelInfo(BaseModel):
     versions: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict, description="From the model card")
     device: str
+    backend: str = Field(description="torch or onnxruntime: what runs the encoder and decoder")
     precision: str = Field(description="fp32 or bf16: what the encoder and decoder run at")
 
 

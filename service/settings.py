@@ -13,9 +13,10 @@ import re
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.backends import BackendName, check_backend
 from vq.precision import Precision, check_precision
 
 MiB = 1024 * 1024
@@ -150,7 +151,12 @@ class Settings(BaseSettings):
     # fp32 or bf16 (vq/precision.py); None ("auto"): bf16 where the device runs it natively
     # (unless the artifact recommends fp32), else fp32. The start-up log says which and why.
     precision: Precision | None = None
-    torch_threads: int | None = Field(default=None, ge=1)  # None: torch's default
+    # What runs the encoder and decoder (service/backends.py): torch (the Tokenizer, at
+    # `precision`) or onnxruntime (the vq.onnx_export graphs, float32, CPU; faster decode on
+    # this project's CPU, see docs/operations.md).
+    backend: BackendName = "torch"
+    # Intra-op threads of torch, or of the onnxruntime sessions. None: the library's default.
+    torch_threads: int | None = Field(default=None, ge=1)
     usage_window: int = Field(default=65536, ge=1)  # tokens in the served-usage window
 
     @field_validator("models", mode="before")
@@ -164,6 +170,26 @@ class Settings(BaseSettings):
         if value is None or (isinstance(value, str) and value.lower() in ("", "auto")):
             return None
         return check_precision(value)
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _check_backend(cls, value: Any) -> BackendName:
+        return check_backend(value)
+
+    @model_validator(mode="after")
+    def _backend_fits(self) -> Settings:
+        if self.backend == "onnxruntime":
+            if self.precision == "bf16":
+                raise ValueError(
+                    "precision='bf16' is not allowed with backend='onnxruntime' (its graphs "
+                    "run float32); use precision fp32 or auto, or backend torch"
+                )
+            if self.device != "cpu":
+                raise ValueError(
+                    f"device={self.device!r} is not allowed with backend='onnxruntime' (it runs "
+                    "on the CPU here); use device cpu, or backend torch"
+                )
+        return self
 
     @field_validator("memory_budget", mode="before")
     @classmethod

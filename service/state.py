@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 import vq
+from service.backends import Backend, import_onnxruntime, make_backend
 from service.batcher import MicroBatcher
 from service.budget import (
     MemoryBudget,
@@ -37,6 +38,7 @@ from service.metrics import LoadSnapshot, ServiceMetrics
 from service.schemas import UsageResponse
 from service.settings import Settings
 from service.usage_history import UsageHistory, UsagePoint
+from vq.hub import looks_like_repo_id, resolve_artifact
 from vq.precision import bf16_native
 
 logger = logging.getLogger("service")
@@ -55,7 +57,8 @@ class ServedModel:
 
     name: str
     path: Path
-    tokenizer: vq.Tokenizer
+    tokenizer: vq.Tokenizer  # the artifact's metadata and config; also the torch backend's
+    backend: Backend  # what the batchers run (service/backends.py)
     usage: vq.CodebookUsage
     cost: ModelCost
     encoder: MicroBatcher
@@ -97,13 +100,52 @@ class ServedModel:
             )
 
 
+class StartupError(RuntimeError):
+    """The service cannot start as configured; the message says why and what to change."""
+
+
+def is_hub_id(path: str) -> bool:
+    """A model spec names a Hub repo when no such local path exists and it reads "owner/name"."""
+    return not Path(path).expanduser().exists() and looks_like_repo_id(path)
+
+
 def resolve_artifact_path(path: str) -> Path:
-    """Relative paths are relative to the current directory (where ``vq-serve`` starts)."""
-    return Path(path).expanduser().resolve()
+    """A model spec -> a local artifact directory. A path that exists wins (relative paths are
+    relative to the current directory, where ``vq-serve`` starts); else a Hugging Face Hub repo
+    id ("owner/name") is fetched through ``vq.hub`` (its cache, or the network); else the path
+    itself, which loading then reports missing. StartupError when the Hub cannot provide it."""
+    if not is_hub_id(path):
+        return Path(path).expanduser().resolve()
+    try:
+        return resolve_artifact(path)
+    except ValueError as exc:  # vq.hub.HubError: offline, not found, huggingface_hub missing
+        raise StartupError(str(exc)) from None
 
 
-def precision_reason(tokenizer: vq.Tokenizer, requested: str | None) -> str:
+def check_models(settings: Settings) -> None:
+    """Fetch every Hub id among the models into the local Hub cache, so that a model that
+    cannot be had stops start-up with one clear message (StartupError) before the server
+    starts; loading then finds it in the cache."""
+    for name, path in settings.models.items():
+        try:
+            resolve_artifact_path(path)
+        except StartupError as exc:
+            raise StartupError(f"model {name!r}: {exc}") from None
+
+
+def check_backend_available(settings: Settings) -> None:
+    """StartupError naming the fix when the configured backend's library is missing."""
+    if settings.backend == "onnxruntime":
+        try:
+            import_onnxruntime()
+        except RuntimeError as exc:
+            raise StartupError(str(exc)) from None
+
+
+def precision_reason(tokenizer: vq.Tokenizer, requested: str | None, backend: str) -> str:
     """Why ``tokenizer`` runs at its precision, for the start-up log."""
+    if backend == "onnxruntime":
+        return "backend onnxruntime runs the float32 ONNX graphs"
     if requested is not None:
         return "set by VQ_PRECISION / --precision"
     if tokenizer.metadata.get("recommended_precision") == "fp32":
@@ -114,16 +156,20 @@ def precision_reason(tokenizer: vq.Tokenizer, requested: str | None) -> str:
 
 
 def _encode_fn(
-    tokenizer: vq.Tokenizer, usage: vq.CodebookUsage, lock: threading.Lock, history: UsageHistory
+    backend: Backend,
+    codebook_size: int,
+    usage: vq.CodebookUsage,
+    lock: threading.Lock,
+    history: UsageHistory,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     def encode_batch(images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, H, W) -> int64 (N, H/f, W/f); counts the codes as served traffic."""
-        codes = tokenizer.encode(images)
+        codes = backend.encode(images)
         low, high = int(codes.min()), int(codes.max())
-        if low < 0 or high >= tokenizer.codebook_size:
+        if low < 0 or high >= codebook_size:
             raise InvalidCodes(
                 f"the model produced code ids in [{low}, {high}], outside "
-                f"[0, {tokenizer.codebook_size}); its weights may be corrupt"
+                f"[0, {codebook_size}); its weights may be corrupt"
             )
         with lock:
             usage.update(codes)
@@ -177,31 +223,36 @@ class ServiceState:
             rss=current_rss(),
         )
 
-    def _measure_cost(self, tokenizer: vq.Tokenizer) -> ModelCost:
-        """Peak bytes per pixel of encode and decode at the tokenizer's precision (one probe
+    def _measure_cost(self, backend: Backend, f: int) -> ModelCost:
+        """Peak bytes per pixel of encode and decode on the backend at its precision (one probe
         image after a warm-up, so one-time allocations such as oneDNN's caches are excluded)."""
-        f = tokenizer.f
         side = max(f, self.settings.memory_probe_side // f * f)
         image = torch.zeros(1, 3, side, side, dtype=torch.uint8)
         codes = torch.zeros(1, side // f, side // f, dtype=torch.int64)
-        tokenizer.encode(image)
-        encode = peak_bytes_of(lambda: tokenizer.encode(image))
-        tokenizer.decode(codes)
-        decode = peak_bytes_of(lambda: tokenizer.decode(codes))
+        backend.encode(image)
+        encode = peak_bytes_of(lambda: backend.encode(image))
+        backend.decode(codes)
+        decode = peak_bytes_of(lambda: backend.decode(codes))
         return ModelCost(per_pixel(encode, side * side), per_pixel(decode, side * side))
 
     def _load_one(self, name: str, path: str, executor: Executor) -> ServedModel:
         settings = self.settings
         root = resolve_artifact_path(path)
-        tokenizer = vq.load_tokenizer(root, device=settings.device, precision=settings.precision)
-        reason = precision_reason(tokenizer, settings.precision)
-        cost = self._measure_cost(tokenizer)
+        onnx = settings.backend == "onnxruntime"
+        precision = "fp32" if onnx else settings.precision  # the ONNX graphs are float32
+        # A Hub id is loaded by its id (a cache hit by now): vq.load_tokenizer then trusts the
+        # snapshot's links into the cache's blobs/, which it refuses in a plain directory.
+        source = path if is_hub_id(path) else root
+        tokenizer = vq.load_tokenizer(source, device=settings.device, precision=precision)
+        reason = precision_reason(tokenizer, settings.precision, settings.backend)
+        backend = make_backend(settings.backend, tokenizer, root, threads=settings.torch_threads)
+        cost = self._measure_cost(backend, tokenizer.f)
         usage = vq.CodebookUsage(tokenizer.codebook_size, window=settings.usage_window)
         lock = threading.Lock()
         history = UsageHistory(time.monotonic())
         wait_s = settings.batch_wait_ms / 1000.0
         encoder = MicroBatcher(
-            _encode_fn(tokenizer, usage, lock, history),
+            _encode_fn(backend, tokenizer.codebook_size, usage, lock, history),
             executor=executor,
             max_batch_size=settings.effective_batch_size,
             max_wait_s=wait_s,
@@ -210,7 +261,7 @@ class ServiceState:
             max_queue=settings.max_queue,
         )
         decoder = MicroBatcher(
-            tokenizer.decode,
+            backend.decode,
             executor=executor,
             max_batch_size=settings.effective_batch_size,
             max_wait_s=wait_s,
@@ -220,12 +271,14 @@ class ServiceState:
             max_queue=settings.max_queue,
         )
         logger.info(
-            "loaded model %r from %s: %r; precision %s (%s); memory per pixel: encode %d B, "
-            "decode %d B",
+            "loaded model %r from %s: %r; backend %s (%s); precision %s (%s); memory per pixel: "
+            "encode %d B, decode %d B",
             name,
             root,
             tokenizer,
-            tokenizer.precision,
+            backend.name,
+            backend.source,
+            backend.precision,
             reason,
             cost.encode_per_pixel,
             cost.decode_per_pixel,
@@ -234,6 +287,7 @@ class ServiceState:
             name=name,
             path=root,
             tokenizer=tokenizer,
+            backend=backend,
             usage=usage,
             cost=cost,
             encoder=encoder,
@@ -276,6 +330,7 @@ class ServiceState:
         settings = self.settings
         if settings.device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device=cuda was asked for but torch sees no CUDA device")
+        check_backend_available(settings)
         if settings.torch_threads is not None:
             torch.set_num_threads(settings.torch_threads)
         self._executor = ThreadPoolExecutor(

@@ -45,7 +45,8 @@ def model_info(model: ServedModel) -> ModelInfo:
         versions=dict(meta.get("versions") or {}),
         metrics=dict(meta.get("metrics") or {}),
         device=str(model.tokenizer.device),
-        precision=model.tokenizer.precision,
+        backend=model.backend.name,
+        precision=model.backend.precision,
     )
 
 

@@ -1,0 +1,145 @@
+"""Inference backends: what the batchers call to encode and decode one stacked batch.
+
+Two implementations of one small interface (``Backend``): ``TorchBackend`` runs the loaded
+``vq.Tokenizer`` (fp32 or bf16, ``vq.precision``); ``OnnxRuntimeBackend`` runs the ONNX graphs
+of ``vq.onnx_export`` (float32) in onnxruntime InferenceSessions. The service picks one per
+process (``VQ_BACKEND``); everything around the two calls (validation, batching, the memory
+budget, usage statistics from the codes, the dashboard) is the same for both.
+
+Why onnxruntime: on this project's CPU it decodes the default model at 6.0 img/s against
+4.0 for torch bf16 (docs/benchmarks/throughput.md, batch 8, 256x256); torch bf16 encodes
+faster (10.6 against 6.2), so the choice is the operator's.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+
+import vq
+
+logger = logging.getLogger("service")
+
+BackendName = Literal["torch", "onnxruntime"]
+BACKENDS: tuple[BackendName, ...] = ("torch", "onnxruntime")
+ONNXRUNTIME_HINT = "pip install onnxruntime (or the project's [onnx] extra)"
+
+
+class Backend(Protocol):
+    """Encode and decode a stacked batch; called on the inference thread only."""
+
+    name: BackendName
+    precision: str  # what the encoder and decoder compute in: "fp32" or "bf16"
+    source: str  # where its graphs come from, for the start-up log
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 3, H, W), H and W multiples of f -> int64 codes (N, H/f, W/f)."""
+        ...
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """int64 codes (N, h, w) in [0, codebook_size) -> uint8 images (N, 3, h*f, w*f)."""
+        ...
+
+
+def check_backend(value: Any) -> BackendName:
+    """``value`` as a backend name; ValueError naming what is allowed otherwise."""
+    name = value.strip().lower() if isinstance(value, str) else value
+    if name not in BACKENDS:
+        raise ValueError(f"backend={value!r} is not allowed; choose one of {list(BACKENDS)}")
+    return name  # type: ignore[no-any-return]
+
+
+class TorchBackend:
+    name: BackendName = "torch"
+
+    def __init__(self, tokenizer: vq.Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.precision: str = tokenizer.precision
+        self.source = "vq.Tokenizer"
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.tokenizer.encode(images)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.tokenizer.decode(codes)
+
+
+def import_onnxruntime() -> Any:
+    """The onnxruntime module, or RuntimeError naming the fix (it is an optional dependency)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise RuntimeError(
+            f"backend 'onnxruntime' was asked for but onnxruntime is not installed; "
+            f"{ONNXRUNTIME_HINT}, or use backend 'torch'"
+        ) from None
+    return onnxruntime
+
+
+class OnnxRuntimeBackend:
+    """float32 ONNX graphs (uint8 images -> int64 codes, codes -> uint8 images) on the CPU.
+
+    Uses ``encoder.onnx`` / ``decoder.onnx`` from the artifact directory when both are there
+    (``vq-export --onnx ARTIFACT ARTIFACT`` writes them), else exports the tokenizer's model
+    into a temporary directory, which is removed once the sessions hold the graphs.
+    """
+
+    name: BackendName = "onnxruntime"
+    precision = "fp32"
+
+    def __init__(
+        self, tokenizer: vq.Tokenizer, artifact_dir: Path, *, threads: int | None = None
+    ) -> None:
+        ort = import_onnxruntime()
+        from vq.onnx_export import DECODER_NAME, ENCODER_NAME, export_onnx
+
+        # onnxruntime's CPU memory arena stays on: with it the start-up probe predicted the
+        # peak of a 1024 x 1024 decode of models/default (481 B/pixel charged, 461 used);
+        # without it the probe saw none of the decode's memory and decoding was slower.
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        enc, dec = artifact_dir / ENCODER_NAME, artifact_dir / DECODER_NAME
+        if enc.is_file() and dec.is_file():
+            self.source = f"{enc.name} and {dec.name} in {artifact_dir}"
+            self._open(ort, options, enc, dec)
+        else:
+            self.source = "exported at start-up from the artifact's weights"
+            with tempfile.TemporaryDirectory(prefix="vq-onnx-") as tmp:
+                export_onnx(tokenizer.model, tmp)
+                self._open(ort, options, Path(tmp) / ENCODER_NAME, Path(tmp) / DECODER_NAME)
+
+    def _open(self, ort: Any, options: Any, enc: Path, dec: Path) -> None:
+        providers = ["CPUExecutionProvider"]
+        self.encoder = ort.InferenceSession(str(enc), options, providers=providers)
+        self.decoder = ort.InferenceSession(str(dec), options, providers=providers)
+        given = self.encoder.get_inputs()[0].type
+        if given != "tensor(uint8)":
+            # vq-export --onnx-input float writes graphs of float images in [-1, 1].
+            raise RuntimeError(
+                f"{enc} takes {given}, not uint8 images; re-export it with "
+                "vq-export --onnx (default --onnx-input uint8) or remove it"
+            )
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        x = np.ascontiguousarray(images.numpy(), dtype=np.uint8)
+        (codes,) = self.encoder.run(None, {"images": x})
+        return torch.from_numpy(codes.astype(np.int64, copy=False))
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        x = np.ascontiguousarray(codes.numpy(), dtype=np.int64)
+        (images,) = self.decoder.run(None, {"codes": x})
+        return torch.from_numpy(images)
+
+
+def make_backend(
+    name: BackendName, tokenizer: vq.Tokenizer, artifact_dir: Path, *, threads: int | None
+) -> Backend:
+    if name == "onnxruntime":
+        return OnnxRuntimeBackend(tokenizer, artifact_dir, threads=threads)
+    return TorchBackend(tokenizer)
