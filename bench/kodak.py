@@ -48,9 +48,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: make vq/ and train/ importable
     sys.path.insert(0, str(ROOT))
 
-from train.data import find_images, read_image  # noqa: E402
+from train.images import find_images  # noqa: E402
 from vq import Tokenizer, load_tokenizer  # noqa: E402
 from vq.usage import histogram_perplexity  # noqa: E402
+from vqio import read_image  # noqa: E402
 
 DEFAULT_KODAK = ROOT.parent / "shared" / "data" / "kodak"
 # Quality sweeps down to each codec's lowest setting (JPEG and WebP quality 1 is legal).

@@ -71,7 +71,8 @@ for _path in (ROOT, ROOT / "bench"):  # run as a script: vq/, train/ and kodak.p
 
 import kodak  # noqa: E402 - bench/ is a folder of scripts
 
-from train.data import ImageDataModule, RandomCropDataset  # noqa: E402
+from train.crops import RandomCropDataset  # noqa: E402
+from train.data import ImageDataModule  # noqa: E402
 from train.module import VQVAEModule  # noqa: E402
 from vq import CodebookUsage, load_tokenizer, save_tokenizer  # noqa: E402
 from vq.config import FSQConfig  # noqa: E402

@@ -113,12 +113,7 @@ def _build(task: Task) -> Any:
             ours: torch.nn.Module = FSQ(task.levels, dim=DIM)
         else:
             kind, estimator = VQ_SPEC[task.method]
-            ours = VectorQuantizer(
-                DIM,
-                task.k,
-                codebook=kind,  # type: ignore[arg-type]
-                grad_estimator=estimator,  # type: ignore[arg-type]
-            )
+            ours = VectorQuantizer(DIM, task.k, codebook=kind, grad_estimator=estimator)
         return ours, lambda z: tuple(ours(z))[::2]  # QuantizerOutput -> (quantized, loss)
 
     import vector_quantize_pytorch as ref

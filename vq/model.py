@@ -56,27 +56,9 @@ def build_quantizer(cfg: AnyQuantizerConfig, dim: int) -> Quantizer:
         levels = cfg.resolved_levels
         # FSQ only needs its own projection when z is wider than the number of levels.
         return FSQ(levels, dim=None if dim == len(levels) else dim)
-    if cfg.codebook_norm == "l2":
-        return L2NormVectorQuantizer(
-            dim,
-            cfg.codebook_size,
-            grad_estimator=cfg.grad_estimator,
-            beta=cfg.beta,
-            search_max_bytes=cfg.search_max_bytes,
-        )
-    return VectorQuantizer(
-        dim,
-        cfg.codebook_size,
-        codebook=cfg.codebook,
-        grad_estimator=cfg.grad_estimator,
-        beta=cfg.beta,
-        codebook_update=cfg.codebook_update,
-        ema_decay=cfg.ema_decay,
-        ema_eps=cfg.ema_eps,
-        dead_code_threshold=cfg.dead_code_threshold,
-        codebook_init=cfg.codebook_init,
-        search_max_bytes=cfg.search_max_bytes,
-    )
+    # Every VQConfig field goes through (none copied by hand, none dropped).
+    vq_class = L2NormVectorQuantizer if cfg.codebook_norm == "l2" else VectorQuantizer
+    return vq_class(dim, **cfg.to_dict())
 
 
 def _norm(channels: int) -> nn.GroupNorm:

@@ -9,14 +9,16 @@ unit-norm (and in released checkpoints they are not).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vq import functional as VF
-from vq.config import GradEstimator, VQConfig
-from vq.quantizers import _check_indices, _codes_to_channel_first, _flatten
-from vq.search import DEFAULT_MAX_BYTES, nearest_code
+from vq.config import GradEstimator
+from vq.quantizers import _check_indices, _codes_to_channel_first, _flatten, vq_config
+from vq.search import nearest_code
 from vq.types import Quantizer, QuantizerOutput
 
 
@@ -31,46 +33,26 @@ class L2NormVectorQuantizer(Quantizer):
     forward: e = unit(z rows), c = unit(codebook); index = argmin ||e - c_k||² (first
     minimum); output ``grad_estimator(e, c[index])``; loss ``||sg(e) - q||² + β ||e - sg(q)||²``
     on the normalised vectors (LlamaGen's training loss). decode: unit(codebook)[ids].
+
+    Options: ``VQConfig`` fields as keywords (``grad_estimator``, ``beta``,
+    ``search_max_bytes``), defaults there; ``codebook_norm`` is "l2", and the config rejects
+    the options a unit-sphere codebook does not support (EMA, dead-code restart, data init,
+    a linear codebook).
     """
 
-    def __init__(
-        self,
-        dim: int,
-        codebook_size: int,
-        *,
-        grad_estimator: GradEstimator = "ste",
-        beta: float = 0.25,
-        search_max_bytes: int = DEFAULT_MAX_BYTES,
-    ) -> None:
-        super().__init__()
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
-        VQConfig(
-            codebook_size=codebook_size,
-            grad_estimator=grad_estimator,
-            beta=beta,
-            codebook_norm="l2",
-            search_max_bytes=search_max_bytes,
-        )  # validates the options, in one place
-        self._dim = dim
-        self._codebook_size = codebook_size
-        self.grad_estimator: GradEstimator = grad_estimator
-        self.beta = float(beta)
-        self.search_max_bytes = int(search_max_bytes)
+    def __init__(self, dim: int, codebook_size: int, **options: Any) -> None:
+        config = vq_config(codebook_size, options, norm="l2")
+        super().__init__(dim, config.codebook_size)
+        self.config = config
+        self.grad_estimator: GradEstimator = config.grad_estimator
+        self.beta = float(config.beta)
+        self.search_max_bytes = int(config.search_max_bytes)
         init = torch.empty(codebook_size, dim).uniform_(-1.0 / codebook_size, 1.0 / codebook_size)
         self.codebook = nn.Parameter(init)
 
-    @property
-    def codebook_size(self) -> int:
-        return self._codebook_size
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
     def extra_repr(self) -> str:
         return (
-            f"dim={self.dim}, codebook_size={self.codebook_size}, codebook_norm='l2', "
+            f"{super().extra_repr()}, codebook_norm='l2', "
             f"grad_estimator={self.grad_estimator!r}, beta={self.beta}"
         )
 

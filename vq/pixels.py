@@ -1,6 +1,6 @@
 """Pixel ranges, written once: uint8 [0, 255] images <-> the float [-1, 1] the networks see.
 
-Training (``train.data``), the ``Tokenizer`` and the service all convert through these.
+Training (``train.images``), the ``Tokenizer`` and the service all convert through these.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ quantize the rows, and return a ``QuantizerOutput`` (docs/design.md,
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -18,8 +18,15 @@ from torch import distributed as dist
 from torch import nn
 
 from vq import functional as VF
-from vq.config import CodebookInit, CodebookKind, CodebookUpdate, GradEstimator, VQConfig
-from vq.search import DEFAULT_MAX_BYTES, nearest_code
+from vq.config import (
+    CodebookInit,
+    CodebookKind,
+    CodebookNorm,
+    CodebookUpdate,
+    GradEstimator,
+    VQConfig,
+)
+from vq.search import nearest_code
 from vq.types import Quantizer, QuantizerOutput
 
 
@@ -71,6 +78,26 @@ def _codes_to_channel_first(codes: torch.Tensor) -> torch.Tensor:
     return codes.movedim(-1, 1).contiguous()  # (B, *spatial, D) -> (B, D, *spatial)
 
 
+# The module class of each codebook_norm (``vq.model.build_quantizer`` picks it from a config).
+_CLASS_OF_NORM: dict[CodebookNorm, str] = {
+    "none": "vq.VectorQuantizer",
+    "l2": "vq.normalized.L2NormVectorQuantizer",
+}
+
+
+def vq_config(codebook_size: int, options: Mapping[str, Any], *, norm: CodebookNorm) -> VQConfig:
+    """The validated ``VQConfig`` of a nearest-code quantizer's keyword options, for the class
+    implementing ``codebook_norm=norm``: options left out take the config's defaults (written
+    only there); an unknown option, or another norm, is a ValueError saying what is allowed."""
+    config = VQConfig.from_dict({"codebook_norm": norm, **options, "codebook_size": codebook_size})
+    if config.codebook_norm != norm:
+        raise ValueError(
+            f"codebook_norm={config.codebook_norm!r} is not allowed for {_CLASS_OF_NORM[norm]}; "
+            f"use {_CLASS_OF_NORM[config.codebook_norm]} (or build_quantizer with a VQConfig)"
+        )
+    return config
+
+
 class PlainCodebook(nn.Module):
     """A learned (K, D) table that owns its init, its update rule and its dead-code restart.
 
@@ -104,34 +131,25 @@ class PlainCodebook(nn.Module):
     ema_sum: torch.Tensor  # with EMA: (K, D) EMA of assigned vector sums
     data_initialized: torch.Tensor  # with init "data": () bool
 
-    def __init__(
-        self,
-        dim: int,
-        codebook_size: int,
-        *,
-        update: CodebookUpdate = "gradient",
-        init: CodebookInit = "uniform",
-        ema_decay: float = 0.99,
-        ema_eps: float = 1e-5,
-        dead_code_threshold: float = 0.0,
-    ) -> None:
+    def __init__(self, dim: int, config: VQConfig) -> None:
         super().__init__()
-        # Options arrive validated (VectorQuantizer checks them through vq.config.VQConfig).
+        # The options (and their defaults) are the validated VQConfig's: defined once there.
+        codebook_size = config.codebook_size
         self.dim, self.size = dim, codebook_size
-        self.update: CodebookUpdate = update
-        self.init: CodebookInit = init
-        self.ema_decay = float(ema_decay)
-        self.ema_eps = float(ema_eps)
-        self.dead_code_threshold = float(dead_code_threshold)
+        self.update: CodebookUpdate = config.codebook_update
+        self.init: CodebookInit = config.codebook_init
+        self.ema_decay = float(config.ema_decay)
+        self.ema_eps = float(config.ema_eps)
+        self.dead_code_threshold = float(config.dead_code_threshold)
         table = torch.empty(codebook_size, dim).uniform_(-1.0 / codebook_size, 1.0 / codebook_size)
-        if update == "ema":
+        if self.update == "ema":
             self.register_buffer("codebook", table)
             self.register_buffer("ema_sum", table.clone())
         else:
             self.codebook = nn.Parameter(table)
         if self._tracks_counts:
             self.register_buffer("ema_count", torch.ones(codebook_size))
-        if init == "data":
+        if self.init == "data":
             self.register_buffer("data_initialized", torch.zeros((), dtype=torch.bool))
 
     @property
@@ -293,6 +311,12 @@ class VectorQuantizer(Quantizer):
       - ``"ste"``: straight-through (identity gradient to the encoder).
       - ``"rotation"``: the rotation trick (Fifty et al., ICLR 2025, §4.2).
 
+    Options: the fields of ``vq.config.VQConfig`` as keywords (``codebook``,
+    ``grad_estimator``, ``beta``, ``codebook_update``, ``ema_decay``, ``ema_eps``,
+    ``dead_code_threshold``, ``codebook_init``, ``search_max_bytes``): their defaults and
+    allowed values are defined there, once, and ``self.config`` is the resolved config.
+    ``codebook_norm="l2"`` is ``vq.normalized.L2NormVectorQuantizer``'s.
+
     ``self.book`` is the codebook; its tensors keep their flat state-dict keys.
     All quantization math runs in float32 (autocast is disabled inside), so bf16/fp16 encoder
     outputs work; ``quantized`` is returned in z's dtype, ``loss`` in float32.
@@ -300,70 +324,26 @@ class VectorQuantizer(Quantizer):
 
     book: PlainCodebook | LinearCodebook
 
-    def __init__(
-        self,
-        dim: int,
-        codebook_size: int,
-        *,
-        codebook: CodebookKind = "plain",
-        grad_estimator: GradEstimator = "ste",
-        beta: float = 0.25,
-        codebook_update: CodebookUpdate = "gradient",
-        ema_decay: float = 0.99,
-        ema_eps: float = 1e-5,
-        dead_code_threshold: float = 0.0,
-        codebook_init: CodebookInit = "uniform",
-        search_max_bytes: int = DEFAULT_MAX_BYTES,
-    ) -> None:
-        super().__init__()
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
-        # The options are defined and validated once, in vq.config (which also rejects the
-        # plain-table options for a linear codebook).
-        VQConfig(
-            codebook_size=codebook_size,
-            codebook=codebook,
-            grad_estimator=grad_estimator,
-            beta=beta,
-            codebook_update=codebook_update,
-            ema_decay=ema_decay,
-            ema_eps=ema_eps,
-            dead_code_threshold=dead_code_threshold,
-            codebook_init=codebook_init,
-            search_max_bytes=search_max_bytes,
-        )
-        self._dim = dim
-        self._codebook_size = codebook_size
-        self.codebook_kind: CodebookKind = codebook
-        self.grad_estimator: GradEstimator = grad_estimator
-        self.beta = float(beta)
-        self.search_max_bytes = int(search_max_bytes)
-        if codebook == "plain":
-            self.book = PlainCodebook(
-                dim,
-                codebook_size,
-                update=codebook_update,
-                init=codebook_init,
-                ema_decay=ema_decay,
-                ema_eps=ema_eps,
-                dead_code_threshold=dead_code_threshold,
-            )
+    def __init__(self, dim: int, codebook_size: int, **options: Any) -> None:
+        # Validated once, in vq.config (which also rejects the plain-table options for a
+        # linear codebook); an unknown option is a ValueError naming the allowed ones.
+        config = vq_config(codebook_size, options, norm="none")
+        super().__init__(dim, config.codebook_size)
+        self.config = config
+        self.codebook_kind: CodebookKind = config.codebook
+        self.grad_estimator: GradEstimator = config.grad_estimator
+        self.beta = float(config.beta)
+        self.search_max_bytes = int(config.search_max_bytes)
+        if config.codebook == "plain":
+            self.book = PlainCodebook(dim, config)
         else:
-            self.book = LinearCodebook(dim, codebook_size)
+            self.book = LinearCodebook(dim, config.codebook_size)
         self.register_state_dict_post_hook(_flatten_book_keys)
         self.register_load_state_dict_pre_hook(_nest_book_keys)
 
-    @property
-    def codebook_size(self) -> int:
-        return self._codebook_size
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
     def extra_repr(self) -> str:
         return (
-            f"dim={self.dim}, codebook_size={self.codebook_size}, codebook={self.codebook_kind!r}, "
+            f"{super().extra_repr()}, codebook={self.codebook_kind!r}, "
             f"grad_estimator={self.grad_estimator!r}, beta={self.beta}"
         )
 
@@ -415,18 +395,14 @@ class FSQ(Quantizer):
     _basis: torch.Tensor  # (d,) int64 buffer: mixed-radix place values
 
     def __init__(self, levels: Sequence[int], dim: int | None = None) -> None:
-        super().__init__()
         levels = list(levels) if not isinstance(levels, (str, bytes)) else []
         if not levels or any(
             isinstance(n, bool) or not isinstance(n, int) or n < 2 for n in levels
         ):
             raise ValueError(f"levels must be a non-empty sequence of ints >= 2, got {levels!r}")
         d = len(levels)
-        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
-            raise ValueError(f"dim must be a positive int or None, got {dim!r}")
+        super().__init__(d if dim is None else dim, math.prod(levels))  # dim None: d channels
         self.levels: list[int] = levels
-        self._dim = d if dim is None else dim
-        self._codebook_size = math.prod(levels)
         # Config, not learned state: not saved in the state dict.
         self.register_buffer("_levels", torch.tensor(levels, dtype=torch.long), persistent=False)
         self.register_buffer("_basis", VF.fsq_basis(levels), persistent=False)
@@ -436,16 +412,8 @@ class FSQ(Quantizer):
             self.project_in = nn.Linear(self._dim, d)
             self.project_out = nn.Linear(d, self._dim)
 
-    @property
-    def codebook_size(self) -> int:
-        return self._codebook_size
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
     def extra_repr(self) -> str:
-        return f"levels={self.levels}, dim={self.dim}, codebook_size={self.codebook_size}"
+        return f"{super().extra_repr()}, levels={self.levels}"
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         """z (B, D, *spatial) -> QuantizerOutput(quantized (B, D, *spatial), indices (B, *spatial), 0)."""

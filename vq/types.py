@@ -23,16 +23,31 @@ class QuantizerOutput(NamedTuple):
 
 
 class Quantizer(nn.Module, ABC):
-    """One interface for VQ (STE / rotation, plain / SimVQ codebook) and FSQ."""
+    """One interface for VQ (STE / rotation, plain / SimVQ codebook) and FSQ.
+
+    Every quantizer has a channel count ``dim`` (D of the encoder output it takes) and a
+    number of codes ``codebook_size`` (K), fixed at construction; subclasses add their own
+    options to ``extra_repr`` after these two.
+    """
+
+    def __init__(self, dim: int, codebook_size: int) -> None:
+        super().__init__()
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        self._dim = dim
+        self._codebook_size = codebook_size
 
     @property
-    @abstractmethod
-    def codebook_size(self) -> int: ...
+    def codebook_size(self) -> int:
+        return self._codebook_size
 
     @property
-    @abstractmethod
     def dim(self) -> int:
         """Channel count D of the encoder output this quantizer takes."""
+        return self._dim
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, codebook_size={self.codebook_size}"
 
     @abstractmethod
     def forward(self, z: torch.Tensor) -> QuantizerOutput: ...

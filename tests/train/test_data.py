@@ -10,15 +10,10 @@ import torch
 from PIL import Image
 
 from tests.train.helpers import write_image
-from train.data import (
-    BUNDLED_TRAIN,
-    BUNDLED_VAL,
-    ImageDataModule,
-    RandomCropDataset,
-    grid_crops,
-    read_image,
-    split_by_image,
-)
+from train.crops import RandomCropDataset, grid_crops
+from train.data import ImageDataModule
+from train.images import BUNDLED_TRAIN, BUNDLED_VAL, split_by_image
+from vqio import read_image
 
 
 def test_empty_or_unreadable_folder_is_a_clear_error(tmp_path: Path) -> None:
@@ -136,12 +131,12 @@ def test_grid_crops_cover_centre_and_cap() -> None:
 def test_random_crops_differ_between_ranks_and_repeat_per_seed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import train.data
+    import train.crops
 
     image = np.random.default_rng(0).integers(0, 255, (100, 120, 3)).astype(np.uint8)
 
     def draws(rank: int) -> torch.Tensor:
-        monkeypatch.setattr(train.data, "_rank", lambda: rank)
+        monkeypatch.setattr(train.crops, "_rank", lambda: rank)
         torch.manual_seed(7)  # what seed_everything does on every rank
         ds = RandomCropDataset([image], 16, 4)
         return torch.stack([ds[i] for i in range(4)])

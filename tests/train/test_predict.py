@@ -14,8 +14,11 @@ import torch
 from tests.train.helpers import write_image
 from tests.train.test_module import tiny_module
 from train.callbacks import CodeWriter
-from train.data import ImageDataModule, PredictImages, read_image, to_tensor
+from train.data import ImageDataModule
+from train.images import to_tensor
 from train.module import center_crop_to_multiple
+from train.predict_data import PredictImages
+from vqio import read_image
 
 GOOD = {
     "a.png": (40, 48),

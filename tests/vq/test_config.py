@@ -4,6 +4,7 @@ every option reaching the module it configures, and old artifacts still loading.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ import pytest
 import vq
 from vq.config import FSQConfig, VQConfig, VQVAEConfig, quantizer_config
 from vq.model import build_quantizer
+from vq.normalized import L2NormVectorQuantizer
+from vq.quantizers import FSQ, PlainCodebook, VectorQuantizer
 
 VQ_DIR = Path(vq.__file__).parent
 ROOT = VQ_DIR.parent
@@ -67,6 +70,56 @@ def test_build_quantizer_passes_every_option() -> None:
             attr = "codebook_kind" if field.name == "codebook" else field.name
             attr = "_codebook_size" if field.name == "codebook_size" else attr
         assert getattr(owner, attr) == getattr(cfg, field.name), field.name
+    assert module.config == cfg
+    l2 = dataclasses.replace(cfg, codebook_update="gradient", dead_code_threshold=0.0)
+    l2 = dataclasses.replace(l2, codebook_init="uniform", codebook_norm="l2")
+    module = build_quantizer(l2, dim=4)
+    assert isinstance(module, L2NormVectorQuantizer) and module.config == l2
+
+
+@pytest.mark.parametrize("cls", [VectorQuantizer, L2NormVectorQuantizer, PlainCodebook])
+def test_quantizer_option_defaults_come_from_the_config(cls: type) -> None:
+    # No constructor restates a default: options left out are VQConfig's.
+    defaults = [n for n, p in inspect.signature(cls).parameters.items() if p.default is not p.empty]
+    assert defaults == []
+    if cls is not PlainCodebook:
+        module = cls(4, 16)
+        norm = "l2" if cls is L2NormVectorQuantizer else "none"
+        assert module.config == VQConfig(codebook_size=16, codebook_norm=norm)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: VectorQuantizer(4, 16, betta=0.5), r"unknown VQConfig field\(s\) \['betta'\]"),
+        (lambda: VectorQuantizer(4, 16, codebook_norm="l2"), "use vq.normalized.L2Norm"),
+        (lambda: L2NormVectorQuantizer(4, 16, codebook_norm="none"), "use vq.VectorQuantizer"),
+        (lambda: L2NormVectorQuantizer(4, 16, codebook_update="ema"), "codebook_norm='l2'"),
+        (lambda: VectorQuantizer(0, 16), "dim must be a positive int, got 0"),
+        (lambda: FSQ([8, 5], dim=True), "dim must be a positive int, got True"),
+    ],
+)
+def test_quantizer_options_are_checked_with_clear_errors(build: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+@pytest.mark.parametrize(
+    ("module", "size", "options"),
+    [
+        (VectorQuantizer(4, 16, codebook="linear"), (4, 16), "codebook='linear'"),
+        (L2NormVectorQuantizer(4, 16, beta=0.5), (4, 16), "codebook_norm='l2'"),
+        (FSQ([8, 5], dim=6), (6, 40), "levels=[8, 5]"),
+        (FSQ([8, 5]), (2, 40), "levels=[8, 5]"),
+    ],
+)
+def test_quantizers_share_dim_codebook_size_and_repr(
+    module: Any, size: tuple[int, int], options: str
+) -> None:
+    assert (module.dim, module.codebook_size) == size
+    dim, k = size
+    assert module.extra_repr().startswith(f"dim={dim}, codebook_size={k}, ")
+    assert options in module.extra_repr()
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,275 @@
+"""Crops of decoded images: random ones for training, a fixed grid for validation.
+
+``draw_crop`` is one random crop; ``CropBatches`` (with its ``CropLoader``) makes the training
+batches as a function of their number, so a resumed run sees the crops the uninterrupted run
+would have; ``RandomCropDataset`` is a stream of random crops; ``grid_crops`` and
+``TensorListDataset`` give the fixed validation/test crops. Tensors are float32 in [-1, 1],
+(3, H, W) per crop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from train.images import to_tensor
+
+
+def _rank() -> int:
+    """This process's rank under torch.distributed (0 when not initialized)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return 0
+
+
+def ensure_min_side(image: np.ndarray, size: int) -> np.ndarray:
+    """Upscale (bicubic) so both sides are >= size; images already large enough pass through."""
+    h, w = image.shape[:2]
+    if min(h, w) >= size:
+        return image
+    scale = size / min(h, w)
+    new = (max(size, math.ceil(w * scale)), max(size, math.ceil(h * scale)))  # PIL: (W, H)
+    return np.asarray(Image.fromarray(image).resize(new, Image.Resampling.BICUBIC), dtype=np.uint8)
+
+
+def crop_weights(images: Sequence[np.ndarray]) -> torch.Tensor:
+    """Sampling probability of each image: its share of all pixels."""
+    weights = torch.tensor([im.shape[0] * im.shape[1] for im in images], dtype=torch.float)
+    return weights / weights.sum()
+
+
+def draw_crop(
+    images: Sequence[np.ndarray],
+    weights: torch.Tensor,
+    size: int,
+    gen: torch.Generator,
+    *,
+    min_std: float = 0.02,
+    max_tries: int = 10,
+    flip: bool = True,
+) -> np.ndarray:
+    """One random ``size`` x ``size`` crop, uint8 (size, size, 3), drawn with ``gen``: an
+    image (with probability ``weights``), a position, redrawn up to ``max_tries`` times while
+    the crop is near-constant (std of its [0, 1] pixels below ``min_std``), then a random
+    horizontal flip. Images must be at least ``size`` on both sides (``ensure_min_side``)."""
+
+    def one() -> np.ndarray:
+        image = images[int(torch.multinomial(weights, 1, generator=gen))]
+        h, w = image.shape[:2]
+        top = int(torch.randint(h - size + 1, (), generator=gen))
+        left = int(torch.randint(w - size + 1, (), generator=gen))
+        return image[top : top + size, left : left + size]
+
+    crop = one()
+    for _ in range(max(1, max_tries) - 1):
+        if crop.std() / 255.0 >= min_std:
+            break
+        crop = one()
+    if flip and bool(torch.rand((), generator=gen) < 0.5):
+        crop = crop[:, ::-1]
+    return crop
+
+
+class RandomCropDataset(Dataset[torch.Tensor]):
+    """``length`` random crops (``draw_crop``), each from a random image (weighted by pixel
+    count), with a random horizontal flip. Near-constant crops (std of [0, 1] pixels <
+    ``min_std``, e.g. the black border of ``retina``, empty sky of ``hubble_deep_field``) are
+    redrawn up to ``max_tries`` times so they do not dominate the loss.
+
+    A stream: item ``i`` is the next draw of a generator per process (main or DataLoader
+    worker) seeded from ``torch.initial_seed()`` plus the distributed rank, not a function
+    of ``i``. Training uses ``CropBatches`` instead, whose batches are a function of their
+    number (what an exact resume needs).
+    """
+
+    def __init__(
+        self,
+        images: Sequence[np.ndarray],
+        crop_size: int,
+        length: int,
+        *,
+        min_std: float = 0.02,
+        max_tries: int = 10,
+        flip: bool = True,
+    ) -> None:
+        self.images = [ensure_min_side(im, crop_size) for im in images]
+        self.crop_size = crop_size
+        self.length = length
+        self.min_std = min_std
+        self.max_tries = max(1, max_tries)
+        self.flip = flip
+        self.weights = crop_weights(self.images)
+
+        self._gen: torch.Generator | None = None
+        self._gen_pid = -1
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _generator(self) -> torch.Generator:
+        # Created lazily in the process that draws (a forked worker must not reuse the
+        # parent's generator state, or all workers would draw the same crops).
+        if self._gen is None or self._gen_pid != os.getpid():
+            seed = (torch.initial_seed() + 1_000_003 * _rank()) % 2**63
+            self._gen = torch.Generator().manual_seed(seed)
+            self._gen_pid = os.getpid()
+        return self._gen
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        crop = draw_crop(
+            self.images,
+            self.weights,
+            self.crop_size,
+            self._generator(),
+            min_std=self.min_std,
+            max_tries=self.max_tries,
+            flip=self.flip,
+        )
+        return to_tensor(crop)
+
+
+def batch_seed(seed: int, rank: int, batch: int) -> int:
+    """The generator seed of training batch number ``batch`` on ``rank``: a hash, so nearby
+    numbers give unrelated streams."""
+    digest = hashlib.blake2b(f"{seed}:{rank}:{batch}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % 2**63
+
+
+class CropBatches(IterableDataset[torch.Tensor]):
+    """Training batches: batch number ``b`` (counted from the start of training, per rank)
+    is ``batch_size`` crops (``draw_crop``) drawn from a generator seeded with
+    ``batch_seed(seed, rank, b)``.
+
+    The stream is a function of the batch number, not of what was drawn before, so:
+    - a run resumed after ``g`` steps starts at batch ``g`` (``start``) and sees exactly the
+      crops the uninterrupted run would have seen (Lightning restarts the data iterator on
+      resume; a generator-state stream would either repeat or, with prefetching, skip batches);
+    - any number of DataLoader workers gives the same batches (worker ``w`` of ``n`` makes
+      batches ``start + w, start + w + n, ...``, which the DataLoader returns in order), so
+      the length is exact whatever Lightning's generic ``__len__`` warning says;
+    - ranks differ through ``rank`` in the seed.
+
+    An epoch is ``batches_per_epoch`` batches: iterating yields the batches from ``start``
+    to the end of its epoch, then the next iteration continues with the next epoch. Keep the
+    workers persistent (``persistent_workers=True``): each worker's copy counts epochs itself.
+    """
+
+    def __init__(
+        self,
+        images: Sequence[np.ndarray],
+        crop_size: int,
+        batch_size: int,
+        batches_per_epoch: int,
+        *,
+        seed: int,
+        rank: int = 0,
+        start: int = 0,
+        min_std: float = 0.02,
+        max_tries: int = 10,
+        flip: bool = True,
+    ) -> None:
+        if batches_per_epoch < 1 or batch_size < 1 or start < 0:
+            raise ValueError(
+                f"CropBatches needs batch_size >= 1, batches_per_epoch >= 1 and start >= 0; got "
+                f"{batch_size}, {batches_per_epoch}, {start}"
+            )
+        self.images = [ensure_min_side(im, crop_size) for im in images]
+        self.weights = crop_weights(self.images)
+        self.crop_size = crop_size
+        self.batch_size = batch_size
+        self.batches_per_epoch = batches_per_epoch
+        self.seed = seed
+        self.rank = rank
+        self.start = start
+        self.min_std = min_std
+        self.max_tries = max_tries
+        self.flip = flip
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def batch(self, number: int) -> torch.Tensor:
+        """Batch ``number``: float (batch_size, 3, crop_size, crop_size) in [-1, 1]."""
+        gen = torch.Generator().manual_seed(batch_seed(self.seed, self.rank, number))
+        crops = [
+            to_tensor(
+                draw_crop(
+                    self.images,
+                    self.weights,
+                    self.crop_size,
+                    gen,
+                    min_std=self.min_std,
+                    max_tries=self.max_tries,
+                    flip=self.flip,
+                )
+            )
+            for _ in range(self.batch_size)
+        ]
+        return torch.stack(crops)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        start = self.start
+        end = (start // self.batches_per_epoch + 1) * self.batches_per_epoch
+        self.start = end  # the next iteration is the next epoch
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        for number in range(start + worker, end, workers):
+            yield self.batch(number)
+
+
+class CropLoader(DataLoader[torch.Tensor]):
+    """The DataLoader of ``CropBatches``. Its position needs no saving (the dataset starts at
+    the restored step), but Lightning treats a loader with ``state_dict``/``load_state_dict``
+    as resumable mid-epoch; the state kept is the epoch geometry, checked on resume because
+    a different batch size, epoch length or number of ranks changes the stream."""
+
+    def state_dict(self) -> dict[str, int]:
+        ds = self.dataset
+        assert isinstance(ds, CropBatches)
+        return {"batch_size": ds.batch_size, "batches_per_epoch": ds.batches_per_epoch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state != self.state_dict():
+            warnings.warn(
+                f"resuming with another batch size or epoch length ({self.state_dict()}, the "
+                f"checkpoint has {state}): training continues, but not with the crops and "
+                "epochs the interrupted run would have used",
+                stacklevel=2,
+            )
+
+
+def grid_crops(image: np.ndarray, size: int, max_crops: int) -> list[np.ndarray]:
+    """Deterministic crops: the non-overlapping size x size tiles of a grid centred in the
+    image, evenly subsampled to at most ``max_crops``."""
+    image = ensure_min_side(image, size)
+    h, w = image.shape[:2]
+    rows, cols = h // size, w // size
+    top0, left0 = (h - rows * size) // 2, (w - cols * size) // 2
+    tiles = [
+        image[top0 + r * size : top0 + (r + 1) * size, left0 + c * size : left0 + (c + 1) * size]
+        for r in range(rows)
+        for c in range(cols)
+    ]
+    if len(tiles) > max_crops:
+        keep = np.linspace(0, len(tiles) - 1, max_crops).round().astype(int)
+        tiles = [tiles[i] for i in keep]
+    return tiles
+
+
+class TensorListDataset(Dataset[torch.Tensor]):
+    def __init__(self, items: Sequence[np.ndarray]) -> None:
+        self.items = list(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return to_tensor(self.items[index])

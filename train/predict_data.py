@@ -1,0 +1,117 @@
+"""Prediction (dataset tokenization) input: a folder's images in same-size batches, split
+over ranks and DataLoader workers so every file lands in exactly one batch."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from train.images import find_images, to_tensor
+from vqio import IMAGE_EXTENSIONS, ImageDecodeError, image_size, read_image
+
+
+@dataclass
+class PredictItem:
+    """One entry of a prediction batch: an image file, or why it could not be read."""
+
+    path: str
+    error: str | None = None
+
+
+def _image_size(path: Path) -> tuple[int, int] | None:
+    """(H, W) from the file header (EXIF orientation applied), or None if it cannot be read."""
+    try:
+        return image_size(path)
+    except ImageDecodeError:
+        return None
+
+
+class PredictImages(IterableDataset[dict[str, Any]]):
+    """Yields ready-made batches of same-size images from a folder: dicts with
+    ``images`` float (B, 3, H, W) in [-1, 1] (B may be 0), ``paths`` (B names, relative to
+    root) and ``errors`` (list of {"path", "error"} for files that could not be read).
+
+    Work is split by position, batch ``i`` going to rank ``i % world_size`` and then to
+    worker ``(i // world_size) % num_workers``, so with any number of ranks and workers every
+    file lands in exactly one batch (an IterableDataset: Lightning does not wrap it in a
+    DistributedSampler that would pad by repeating files).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        exclude: Collection[str] = (),
+    ) -> None:
+        self.root = Path(root)
+        self.rank = rank
+        self.world_size = world_size
+        paths = find_images(self.root)
+        if not paths:
+            raise ValueError(
+                f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {str(self.root)!r}"
+            )
+        # Files an earlier, interrupted run already finished (relative paths), left out
+        # before batches are formed so every rank agrees on the rest.
+        skip = set(exclude)
+        paths = [p for p in paths if p.relative_to(self.root).as_posix() not in skip]
+        # Group by size so a batch stacks; files whose header is unreadable become error
+        # batches of their own (also assigned to exactly one rank).
+        by_size: dict[tuple[int, int], list[Path]] = {}
+        self.batches: list[list[Path]] = []
+        for path in paths:
+            size = _image_size(path)
+            if size is None:
+                self.batches.append([path])
+            else:
+                by_size.setdefault(size, []).append(path)
+        for size in sorted(by_size):
+            group = by_size[size]
+            self.batches += [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
+        self.num_files = len(paths)
+
+    def _mine(self) -> list[list[Path]]:
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        rank_batches = self.batches[self.rank :: self.world_size]
+        return rank_batches[worker::workers]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for batch in self._mine():
+            images: list[torch.Tensor] = []
+            names: list[str] = []
+            errors: list[dict[str, str]] = []
+            for path in batch:
+                name = path.relative_to(self.root).as_posix()
+                try:
+                    images.append(to_tensor(read_image(path)))
+                    names.append(name)
+                except ImageDecodeError as exc:
+                    errors.append({"path": name, "error": str(exc)})
+            # Header sizes agree within a group, decoded sizes may not (a lying header):
+            # keep the majority size and report the rest.
+            if images:
+                sizes = [tuple(t.shape) for t in images]
+                common = max(set(sizes), key=sizes.count)
+                kept = [
+                    (t, n) for t, n in zip(images, names, strict=True) if tuple(t.shape) == common
+                ]
+                for t, n in zip(images, names, strict=True):
+                    if tuple(t.shape) != common:
+                        errors.append(
+                            {
+                                "path": n,
+                                "error": f"decoded size {tuple(t.shape)} differs from header",
+                            }
+                        )
+                images = [t for t, _ in kept]
+                names = [n for _, n in kept]
+            stacked = torch.stack(images) if images else torch.empty(0, 3, 0, 0)
+            yield {"images": stacked, "paths": names, "errors": errors}
