@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vq.pixels import uint8_to_float
+from vq.pixels import hwc_to_chw, uint8_to_float
 from vqio import IMAGE_EXTENSIONS, ImageDecodeError, read_image
 
 # The bundled set: every natural RGB photograph in skimage.data that ships inside the wheel
@@ -63,9 +63,7 @@ def find_images(root: str | Path) -> list[Path]:
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """uint8 (H, W, 3) -> float32 (3, H, W) in [-1, 1]."""
-    # np.require copies only when needed (slices, read-only arrays from PIL).
-    x = torch.from_numpy(np.require(image, np.uint8, ["C", "W"])).permute(2, 0, 1)  # (3, H, W)
-    return uint8_to_float(x)
+    return uint8_to_float(hwc_to_chw(image))
 
 
 @dataclass

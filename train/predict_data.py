@@ -4,7 +4,6 @@ over ranks and DataLoader workers so every file lands in exactly one batch."""
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +12,6 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from train.images import find_images, to_tensor
 from vqio import IMAGE_EXTENSIONS, ImageDecodeError, image_size, read_image
-
-
-@dataclass
-class PredictItem:
-    """One entry of a prediction batch: an image file, or why it could not be read."""
-
-    path: str
-    error: str | None = None
 
 
 def _image_size(path: Path) -> tuple[int, int] | None:

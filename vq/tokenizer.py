@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from vq.model import VQVAE, VQVAEConfig
-from vq.pixels import float_to_uint8, uint8_to_float
+from vq.pixels import float_to_uint8, hwc_to_chw, uint8_to_float
 from vq.precision import Precision, autocast, check_precision, default_precision
 
 _INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -61,8 +61,7 @@ def _one_image(image: Any, where: str) -> torch.Tensor:
             )
         if image.ndim != 3:
             raise ValueError(f"{where} must be an (H, W, C) array, got shape {image.shape}")
-        # np.require copies read-only arrays (PIL hands those out) so torch may own them.
-        return torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)
+        return hwc_to_chw(image)
     raise ValueError(
         f"{where} has type {type(image).__name__}; pass a uint8 torch tensor (B, C, H, W), a "
         "uint8 numpy array (H, W, C) or (B, H, W, C), a PIL RGB image, or a list of them"
