@@ -303,3 +303,15 @@ def test_a_corpus_run_evaluates_full_kodak_images(tmp_path: Path) -> None:
     assert {p["codec"] for p in payload["meta"]["codecs"]} == {"jpeg", "webp"}
     assert "| jpeg | 1 |" in out.read_text() and "Kodak (K = 64)" in out.read_text()
     assert (tmp_path / "quality_rd.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_usage_trend_fits_log_steps_and_extrapolates(quality: ModuleType) -> None:
+    history = [{"step": s, "window_usage": 0.1 + 0.05 * math.log2(s)} for s in (50, 100, 200, 400)]
+    trend = quality.usage_trend(history, target=0.95, first_step=100)
+    assert trend.per_doubling == pytest.approx(0.05)
+    assert trend.steps_to_target == pytest.approx(2**17)  # 0.1 + 0.05 * 17 = 0.95
+    # Too few points after first_step: no trend; falling usage never reaches the target.
+    assert quality.usage_trend(history, target=0.95, first_step=300) is None
+    falling = [{"step": s, "window_usage": 1.0 - s / 1000} for s in (100, 200, 300)]
+    trend = quality.usage_trend(falling, target=0.95, first_step=0)
+    assert trend.per_doubling < 0 and trend.steps_to_target is None
