@@ -1,0 +1,55 @@
+"""bench/fsq_usage.py: the occupancy arithmetic behind its verdict, and its --quick run."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "bench" / "fsq_usage.py"
+KODAK = ROOT.parent / "shared" / "data" / "kodak"
+
+
+@pytest.fixture(scope="module")
+def fsq_usage() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_fsq_usage", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_independent_uniform_channels_give_the_occupancy_formula(fsq_usage: ModuleType) -> None:
+    levels, tokens = [8, 5, 5], 300
+    marginals = [torch.full((level,), 1.0 / level, dtype=torch.float64) for level in levels]
+    k = 8 * 5 * 5
+    expected = k * (1 - (1 - 1 / k) ** tokens)
+    assert fsq_usage.expected_distinct_independent(marginals, tokens) == pytest.approx(expected)
+
+
+def test_a_dead_level_removes_every_code_that_contains_it(fsq_usage: ModuleType) -> None:
+    # Channel 1 never leaves level 0: at most 4 x 1 codes, however many tokens.
+    marginals = [torch.full((4,), 0.25, dtype=torch.float64), torch.tensor([1.0, 0.0, 0.0])]
+    assert fsq_usage.expected_distinct_independent(marginals, 10**6) == pytest.approx(4.0)
+
+
+def test_level_histograms_are_per_channel_frequencies(fsq_usage: ModuleType) -> None:
+    ids = torch.tensor([[0, 1], [0, 2], [3, 2], [0, 0]])
+    h0, h1 = fsq_usage.level_histograms(ids, [4, 3])
+    assert h0.tolist() == [0.75, 0.0, 0.0, 0.25] and h1.tolist() == [0.25, 0.25, 0.5]
+
+
+@pytest.mark.skipif(not KODAK.is_dir(), reason="needs ../shared/data/kodak")
+def test_quick_run_reports_observed_and_independent_usage() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "codes hit:" in proc.stdout and "if the channels were independent" in proc.stdout
