@@ -189,7 +189,7 @@ def evaluate_tokenizer(
     f2 = tok.f**2
     return TokenizerResult(
         name=name,
-        path=path,
+        path=display_path(path),
         codebook_size=tok.codebook_size,
         f=tok.f,
         psnr=float(np.mean([r["psnr"] for r in per_image])),
@@ -237,9 +237,9 @@ def plot_rd(
     ax.set_ylabel("PSNR (dB, RGB, mean over images)")
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=6.5, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    # Outside the axes: with a dozen tokenizers the legend would hide the points.
+    ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -1012,7 +1012,11 @@ def write_outputs(
     plot_paths = write_plots(results, out.parent, out.stem, codecs) if plots else []
     payload = {
         "meta": meta,
-        "config": {**asdict(cfg), "log_every": cfg.log_every},
+        "config": {
+            **asdict(cfg),
+            "corpus": cfg.corpus and kodak.display_path(cfg.corpus),  # no machine paths
+            "log_every": cfg.log_every,
+        },
         "results": [asdict(r) for r in results],
         "targets": [asdict(c) for c in check_targets(results)],
     }
@@ -1135,11 +1139,9 @@ def config_from_args(args: argparse.Namespace) -> tuple[BenchConfig, tuple[int, 
 
 
 def _display_arg(arg: str) -> str:
-    """Paths inside the repository are shown relative to it (the report is committed)."""
-    path = Path(arg)
-    if path.is_absolute() and path.resolve().is_relative_to(ROOT):
-        return str(path.resolve().relative_to(ROOT))
-    return arg
+    """Paths inside or beside the repository are shown relative to it (the report is
+    committed)."""
+    return kodak.display_path(arg) if Path(arg).is_absolute() else arg
 
 
 def iter_runs(methods: Sequence[Method], sizes: Sequence[int]) -> Iterator[tuple[Method, int]]:
