@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,8 @@ from types import ModuleType
 import pytest
 import torch
 
+from tests.bench.helpers import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "fsq_usage.py"
 KODAK = ROOT.parent / "shared" / "data" / "kodak"
@@ -18,12 +19,7 @@ KODAK = ROOT.parent / "shared" / "data" / "kodak"
 
 @pytest.fixture(scope="module")
 def fsq_usage() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_fsq_usage", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("fsq_usage")
 
 
 def test_independent_uniform_channels_give_the_occupancy_formula(fsq_usage: ModuleType) -> None:

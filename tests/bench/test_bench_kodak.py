@@ -3,10 +3,8 @@ on small synthetic images (the Kodak set itself is not in the project)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -15,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.bench.helpers import load_script
 from vq import VQVAE, QuantizerConfig, VQVAEConfig, save_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,12 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def kodak() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_kodak", ROOT / "bench" / "kodak.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("kodak")
 
 
 @pytest.fixture()

@@ -3,7 +3,6 @@ are reported, not hidden."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import shutil
@@ -16,19 +15,15 @@ import numpy as np
 import pytest
 import torch
 
+from tests.bench.helpers import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "quality.py"
 
 
 @pytest.fixture(scope="module")
 def quality() -> ModuleType:
-    # bench/ is a folder of scripts, not a package: load the file as a module.
-    spec = importlib.util.spec_from_file_location("bench_quality", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("quality")
 
 
 @pytest.fixture(scope="module")

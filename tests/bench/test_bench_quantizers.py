@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,6 +10,8 @@ from types import ModuleType
 
 import pytest
 
+from tests.bench.helpers import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "quantizers.py"
 METHODS = ("ste", "rotation", "simvq", "simvq_rotation")
@@ -18,13 +19,7 @@ METHODS = ("ste", "rotation", "simvq", "simvq_rotation")
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    # bench/ is a folder of scripts, not a package: load the file as a module.
-    spec = importlib.util.spec_from_file_location("bench_quantizers", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("quantizers")
 
 
 @pytest.fixture(scope="module")
