@@ -673,8 +673,11 @@ def usage_trend(
 
 def trend_table(results: Sequence[RunResult], cfg: BenchConfig) -> list[str]:
     """Rows for the runs whose usage misses their method's target: the usage trend."""
-    targets = {"simvq": TARGET_SIMVQ_USAGE, "simvq_rotation": TARGET_SIMVQ_USAGE}
-    targets["fsq"] = TARGET_FSQ_USAGE
+    targets = {
+        "simvq": TARGET_SIMVQ_USAGE,
+        "simvq_rotation": TARGET_SIMVQ_USAGE,
+        "fsq": TARGET_FSQ_USAGE,
+    }
     rows = []
     for r in results:
         target = targets.get(r.method)
