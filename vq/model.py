@@ -32,6 +32,7 @@ from vq.config import (
     VQVAEConfig,
 )
 from vq.normalized import L2NormVectorQuantizer
+from vq.precision import float32_input, float32_output
 from vq.quantizers import FSQ, VectorQuantizer
 from vq.types import Quantizer, QuantizerOutput
 from vq.vqgan import VQGANDecoder, VQGANEncoder
@@ -123,8 +124,8 @@ class Encoder(nn.Module):
         self.pre_quant = nn.Conv2d(widths[-1], cfg.resolved_code_dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.blocks(self.stem(x))
-        return self.pre_quant(F.silu(self.norm_out(h)))
+        h = self.blocks(float32_input(self.stem, x))
+        return float32_output(self.pre_quant, F.silu(self.norm_out(h)))
 
 
 class Decoder(nn.Module):
@@ -145,7 +146,7 @@ class Decoder(nn.Module):
 
     def forward(self, q: torch.Tensor) -> torch.Tensor:
         h = self.blocks(self.post_quant(q))
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return float32_output(self.conv_out, F.silu(self.norm_out(h)))
 
 
 class VQVAEOutput(NamedTuple):

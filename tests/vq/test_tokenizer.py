@@ -108,3 +108,28 @@ def test_fp32_codes_do_not_depend_on_the_rest_of_the_batch(quantizer: QuantizerC
     alone = torch.cat([tok.encode(image) for image in images])
     assert torch.equal(together, alone)
     assert torch.equal(tok.encode(images[2:5]), together[2:5])
+
+
+def test_bf16_path_keeps_the_data_layers_in_float32() -> None:
+    # Under bf16 autocast the encoder's first convolution sees unrounded pixels, its latent
+    # and the decoder's pixels come out in float32; the layers in between run in bf16.
+    torch.manual_seed(0)
+    model = VQVAE(VQVAEConfig(f=4, widths=(8, 16, 16), num_res_blocks=1, quantizer=FSQ)).eval()
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [
+        model.encoder.stem.register_forward_hook(lambda m, i, o: seen.update(stem=o)),
+        model.encoder.blocks[0].register_forward_hook(lambda m, i, o: seen.update(block=o)),
+    ]
+    with torch.no_grad(), P.autocast("cpu", "bf16"):
+        z = model.encoder(x)
+        recon = model.decoder(model.quantizer(z).quantized)
+    for hook in hooks:
+        hook.remove()
+    assert z.dtype == torch.float32 and recon.dtype == torch.float32
+    assert seen["block"].dtype == torch.bfloat16  # the body still runs in bf16
+    with torch.no_grad():
+        exact = model.encoder.stem(x)  # float32 from the unrounded pixels
+    assert torch.equal(seen["stem"], exact)
+    rounded = model.encoder.stem(x.bfloat16().float())  # what rounding the pixels would give
+    assert not torch.equal(rounded, exact)
