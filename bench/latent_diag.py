@@ -1,23 +1,35 @@
-"""Why usage collapses: train one quality-benchmark configuration briefly and look at the latent.
+"""Why usage collapses: train one quality-benchmark configuration and look at the latent.
 
-    .venv/bin/python bench/latent_diag.py --method simvq --size 1024 --steps 80 --lr 2e-3
-    .venv/bin/python bench/latent_diag.py --method simvq --size 1024 --steps 80 --lr 2e-4
+    .venv/bin/python bench/latent_diag.py --method simvq --size 1024 --steps 600 --snapshots 100 300
+    .venv/bin/python bench/latent_diag.py --method simvq --size 1024 --steps 80 --lr 2e-3 --corpus none
 
-Uses bench/quality.py's model, data, crop stream and training loop (same seed), then reports
-on the held-out crops: the share of the encoder output's variance in its top principal
-directions (near 1.0 for the first one = the latent has collapsed to a line, and no codebook
-can be used well on a line), the norms of e's mean and spread next to the codebook's, the
-number of distinct codes hit, and the training curve (window usage and MSE). ``--simvq-bias``
-gives SimVQ's map W a bias (the official SimVQ code's nn.Linear default) to test whether the
-code cloud's fixed centre at the origin is the problem. Numbers are quoted in
-docs/benchmarks/quality.md ("Learning rate").
+Uses bench/quality.py's recipe, data, crop stream and training loop (same seed; the photo
+corpus beside the checkout when it is there, else the bundled photographs), and reports on
+held-out crops at each snapshot step and at the end (the learning-rate schedule is the one of
+the full ``--steps`` run, so a snapshot is a point of that run, not a shorter run):
+
+- the share of the encoder output's variance in its top principal directions (near 1.0 for
+  the first one = the latent has collapsed to a line, and no codebook can be used on a line)
+  and its effective dimension (participation ratio (Σλ)² / Σλ² of the covariance's
+  eigenvalues λ);
+- for codebooks: the same effective dimension of the code vectors, and the ratio of the codes'
+  spread to e's along each of e's top principal directions and over the rest of the space —
+  codes spread where e has no mass are codes no token can reach;
+- the number of distinct codes hit, and the training curve (window usage and MSE).
+
+``--simvq-bias`` gives SimVQ's map W a bias (the official SimVQ code's nn.Linear default) to
+test whether the code cloud's fixed centre at the origin is the problem. Numbers are quoted
+in docs/benchmarks/quality.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,64 +37,116 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality as Q  # noqa: E402 - bench/ is a folder of scripts
 
 
+def participation_ratio(eigenvalues: torch.Tensor) -> float:
+    """Effective dimension (Σλ)² / Σλ² of a covariance with these eigenvalues: D for an
+    isotropic cloud in D dimensions, 1 for a line."""
+    return float(eigenvalues.sum() ** 2 / (eigenvalues**2).sum())
+
+
+def principal_axes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (descending) and eigenvectors (columns) of the covariance of rows x (N, D)."""
+    centred = x - x.mean(0)
+    _, s, vh = torch.linalg.svd(centred, full_matrices=False)
+    return s**2 / max(1, x.shape[0] - 1), vh.T
+
+
+def spread_ratios(e: torch.Tensor, codes: torch.Tensor, top: int = 4) -> list[float]:
+    """Std of the codes over std of e along e's first ``top`` principal directions, then the
+    same ratio (root mean variance) over the remaining directions."""
+    lam, axes = principal_axes(e)
+    code_var = ((codes - codes.mean(0)) @ axes).var(0)
+    ratios = (code_var[:top] / lam[:top]).sqrt().tolist()
+    if axes.shape[1] > top:
+        ratios.append(float((code_var[top:].mean() / lam[top:].mean()).sqrt()))
+    return ratios
+
+
+def report(module: Q.VQVAEModule, val_crops: torch.Tensor, step: int) -> None:
+    model = module.model.eval()
+    with torch.no_grad():
+        out = model(val_crops)
+    e = out.z.movedim(1, -1).reshape(-1, out.z.shape[1]).float()
+    lam, _ = principal_axes(e)
+    share = (lam / lam.sum())[:4].tolist()
+    print(f"step {step}:")
+    print(f"  variance share of e's top principal directions: {[round(x, 3) for x in share]}")
+    print(f"  effective dimension of e: {participation_ratio(lam):.2f} of {e.shape[1]}")
+    print(
+        f"  |mean(e)| {e.mean(0).norm():.3f}, mean |e - mean(e)| {(e - e.mean(0)).norm(dim=1).mean():.3f}"
+    )
+    get_codebook = getattr(model.quantizer, "get_codebook", None)  # codebook quantizers
+    if get_codebook is not None:
+        cb = get_codebook().float()
+        print(f"  |mean(code)| {cb.mean(0).norm():.3f}, mean |code| {cb.norm(dim=1).mean():.3f}")
+        print(
+            f"  effective dimension of the codes: {participation_ratio(principal_axes(cb)[0]):.2f}"
+        )
+        ratios = [round(r, 2) for r in spread_ratios(e, cb)]
+        print(f"  code spread / e spread along e's top directions, then the rest: {ratios}")
+    hit = out.quantizer.indices.unique().numel()
+    print(f"  codes hit on held-out tokens: {hit} of {model.codebook_size} ({e.shape[0]} tokens)")
+    module.train()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--method", choices=Q.METHODS, default="simvq")
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--steps", type=int, default=80)
+    p.add_argument(
+        "--snapshots", type=int, nargs="*", default=[], help="also report at these steps"
+    )
     p.add_argument("--lr", type=float, default=None, help="default: the method's config")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--corpus", default=None, help='folder with train/ and val/; "none": bundled photos'
+    )
+    p.add_argument("--val-crops-per-image", type=int, default=4)
     p.add_argument("--simvq-bias", action="store_true", help="give SimVQ's W a bias (zero-init)")
     args = p.parse_args(argv)
+    if any(not 0 < s < args.steps for s in args.snapshots):
+        p.error(f"--snapshots must lie in (0, --steps={args.steps}), got {args.snapshots}")
     torch.set_num_threads(args.threads)
     overrides = () if args.lr is None else (f"model.lr={args.lr!r}",)
     cfg = Q.BenchConfig(
-        steps=args.steps, batch_size=args.batch_size, overrides=overrides, history_points=8
+        steps=args.steps,
+        batch_size=args.batch_size,
+        overrides=overrides,
+        corpus=Q.corpus_dir(args.corpus),
+        val_crops_per_image=args.val_crops_per_image,
     )
-    data = Q.load_data(cfg, with_codecs=False)  # the bundled photographs
+    data = Q.load_data(cfg, with_codecs=False)
+    print(data.description)
     module, rec = Q.build_module(args.method, args.size, cfg)
-    model = module.model
     if args.simvq_bias:
-        old = model.quantizer.book.proj
+        quantizer: Any = module.model.quantizer  # SimVQ's: quantizer.book.proj is W
+        old = quantizer.book.proj
         if not isinstance(old, torch.nn.Linear):
             p.error("--simvq-bias needs a SimVQ method")
         new = torch.nn.Linear(old.in_features, old.out_features, bias=True)
         with torch.no_grad():
             new.weight.copy_(old.weight)
             new.bias.zero_()
-        model.quantizer.book.proj = new
+        quantizer.book.proj = new
+    print(
+        f"{args.method} K={args.size} lr={module.hparams['lr']:g} steps={args.steps}"
+        + (" (W with bias)" if args.simvq_bias else "")
+    )
     result = Q.RunResult(args.method, args.size)
-    Q.train(module, rec, data, cfg, result, log=lambda s: None)
-    model.eval()
-    with torch.no_grad():
-        out = model(data.val_crops)
-        e = out.z.movedim(1, -1).reshape(-1, out.z.shape[1]).float()
-        centred = e - e.mean(0)
-        s2 = torch.linalg.svdvals(centred) ** 2
-        share = (s2 / s2.sum())[:4].tolist()
-        print(
-            f"{args.method} K={args.size} lr={module.hparams['lr']:g} steps={args.steps}"
-            + (" (W with bias)" if args.simvq_bias else "")
-        )
-        print(f"  variance share of e's top principal directions: {[round(x, 3) for x in share]}")
-        print(
-            f"  |mean(e)| {e.mean(0).norm():.3f}, mean |e - mean(e)| {centred.norm(dim=1).mean():.3f}"
-        )
-        if hasattr(model.quantizer, "get_codebook"):
-            cb = model.quantizer.get_codebook()
-            print(
-                f"  |mean(code)| {cb.mean(0).norm():.3f}, mean |code| {cb.norm(dim=1).mean():.3f}"
+    with tempfile.TemporaryDirectory() as tmp:
+        state = Path(tmp) / "state.pt"  # each leg resumes the one before
+        for stop in [*sorted(set(args.snapshots)), args.steps]:
+            # history every ~steps/16 steps whatever the leg's length
+            leg = dataclasses.replace(
+                cfg, steps=stop, history_points=max(1, 16 * stop // args.steps)
             )
-        hit = out.quantizer.indices.unique().numel()
-        print(
-            f"  codes hit on held-out tokens: {hit} of {model.codebook_size} ({e.shape[0]} tokens)"
-        )
-        curve = [
-            (h["step"], round(h["window_usage"], 3), round(h["train_mse"], 3))
-            for h in result.history
-        ]
-        print(f"  (step, training window usage, train MSE): {curve}")
+            Q.train(module, rec, data, leg, result, state, log=lambda s: None)
+            report(module, data.val_crops, stop)
+    curve = [
+        (h["step"], round(h["window_usage"], 3), round(h["train_mse"], 3)) for h in result.history
+    ]
+    print(f"  (step, training window usage, train MSE): {curve}")
     return 0
 
 
