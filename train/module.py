@@ -23,6 +23,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 
 from vq.model import VQVAE, VQVAEConfig
 from vq.pixels import float_to_unit
+from vq.tokenizer import chunk_size
 from vqio import center_crop, format_size
 
 
@@ -236,7 +237,10 @@ class VQVAEModule(L.LightningModule):
                 ]
                 paths = []
             else:
-                codes = self.model.encode(cropped).cpu()  # (B, H'/f, W'/f)
+                # The Tokenizer's chunking, so predict runs the same passes as the library.
+                n = chunk_size(cropped.shape[0], cropped.shape[2] * cropped.shape[3], self.device)
+                parts = [self.model.encode(part) for part in cropped.split(n)]
+                codes = torch.cat(parts).cpu()  # (B, H'/f, W'/f)
         return {"codes": codes, "paths": paths, "errors": errors}
 
     def configure_optimizers(self) -> Any:

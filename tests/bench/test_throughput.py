@@ -20,7 +20,12 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
         assert heading in report
     raw = json.loads(out.with_suffix(".json").read_text())
     configs = {row["config"] for row in raw["encode_decode"]}
-    assert configs == {"fp32 NCHW eager", "fp32 channels_last", "bf16 channels_last"}
+    assert configs == {
+        "fp32 NCHW eager",
+        "fp32 channels_last",
+        "bf16 channels_last",
+        "bf16 Tokenizer (chunked)",
+    }
     assert all(row["encode_img_s"] > 0 and row["decode_gflops"] > 0 for row in raw["encode_decode"])
     # The search is exact on every route.
     assert all(row["identical_to_fp32"] == 1.0 for row in raw["search"])

@@ -11,7 +11,7 @@ from PIL import Image
 
 from vq import precision as P
 from vq.model import VQVAE, QuantizerConfig, VQVAEConfig
-from vq.tokenizer import Tokenizer, as_image_batch, resolve_precision
+from vq.tokenizer import CPU_CHUNK_PIXELS, Tokenizer, as_image_batch, chunk_size, resolve_precision
 
 
 def tiny_tokenizer(quantizer: QuantizerConfig, precision: str | None = "fp32") -> Tokenizer:
@@ -108,6 +108,32 @@ def test_fp32_codes_do_not_depend_on_the_rest_of_the_batch(quantizer: QuantizerC
     alone = torch.cat([tok.encode(image) for image in images])
     assert torch.equal(together, alone)
     assert torch.equal(tok.encode(images[2:5]), together[2:5])
+
+
+def test_chunk_size_keeps_cpu_passes_near_the_pixel_budget() -> None:
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert CPU_CHUNK_PIXELS == 256 * 256
+    assert chunk_size(16, 256 * 256, cpu) == 1
+    assert chunk_size(16, 128 * 128, cpu) == 4
+    assert chunk_size(3, 64 * 64, cpu) == 3  # never more than the batch
+    assert chunk_size(2, 1024 * 1024, cpu) == 1  # at least one image
+    assert chunk_size(16, 256 * 256, gpu) == 16  # GPUs take the whole batch
+
+
+def test_cpu_batches_of_large_images_run_one_image_per_pass() -> None:
+    tok = tiny_tokenizer(FSQ, "fp32")
+    images = torch.stack(
+        [torch.from_numpy(photo_like(256, 256, s)).permute(2, 0, 1) for s in range(3)]
+    )
+    passes: list[int] = []
+    encode, decode = tok.model.encode, tok.model.decode
+    tok.model.encode = lambda x: passes.append(x.shape[0]) or encode(x)  # type: ignore[method-assign]
+    tok.model.decode = lambda c: passes.append(c.shape[0]) or decode(c)  # type: ignore[method-assign]
+    codes = tok.encode(images)
+    recon = tok.decode(codes)
+    assert passes == [1, 1, 1, 1, 1, 1]
+    assert codes.shape == (3, 64, 64) and recon.shape == (3, 3, 256, 256)
+    assert torch.equal(codes[1:2], tok.encode(images[1:2]))  # the chunks stay in order
 
 
 def test_bf16_path_keeps_the_data_layers_in_float32() -> None:
