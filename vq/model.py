@@ -124,7 +124,12 @@ class Encoder(nn.Module):
         self.pre_quant = nn.Conv2d(widths[-1], cfg.resolved_code_dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.blocks(float32_input(self.stem, x))
+        h = float32_input(self.stem, x)
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            # The block before the latent in float32 too (vq.precision: rounding there lands on
+            # the latent directly).
+            h = float32_output(block, h) if i == last else block(h)
         return float32_output(self.pre_quant, F.silu(self.norm_out(h)))
 
 

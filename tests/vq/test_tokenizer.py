@@ -146,6 +146,7 @@ def test_bf16_path_keeps_the_data_layers_in_float32() -> None:
     hooks = [
         model.encoder.stem.register_forward_hook(lambda m, i, o: seen.update(stem=o)),
         model.encoder.blocks[0].register_forward_hook(lambda m, i, o: seen.update(block=o)),
+        model.encoder.blocks[-1].register_forward_hook(lambda m, i, o: seen.update(last=o)),
     ]
     with torch.no_grad(), P.autocast("cpu", "bf16"):
         z = model.encoder(x)
@@ -154,6 +155,7 @@ def test_bf16_path_keeps_the_data_layers_in_float32() -> None:
         hook.remove()
     assert z.dtype == torch.float32 and recon.dtype == torch.float32
     assert seen["block"].dtype == torch.bfloat16  # the body still runs in bf16
+    assert seen["last"].dtype == torch.float32  # the block before the latent does not
     with torch.no_grad():
         exact = model.encoder.stem(x)  # float32 from the unrounded pixels
     assert torch.equal(seen["stem"], exact)
