@@ -23,7 +23,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 
 from vq.model import VQVAE, VQVAEConfig
 from vq.pixels import float_to_unit
-from vq.tokenizer import chunk_size
+from vq.tokenizer import in_chunks
 from vqio import center_crop, format_size
 
 
@@ -238,9 +238,10 @@ class VQVAEModule(L.LightningModule):
                 paths = []
             else:
                 # The Tokenizer's chunking, so predict runs the same passes as the library.
-                n = chunk_size(cropped.shape[0], cropped.shape[2] * cropped.shape[3], self.device)
-                parts = [self.model.encode(part) for part in cropped.split(n)]
-                codes = torch.cat(parts).cpu()  # (B, H'/f, W'/f)
+                pixels = cropped.shape[2] * cropped.shape[3]
+                codes = in_chunks(
+                    self.model.encode, cropped, pixels, self.device
+                ).cpu()  # (B, h, w)
         return {"codes": codes, "paths": paths, "errors": errors}
 
     def configure_optimizers(self) -> Any:

@@ -14,7 +14,7 @@ runs in float32 inside the quantizers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,8 +27,8 @@ from vq.precision import Precision, autocast, check_precision, default_precision
 _INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 # On CPU a batch runs in chunks of about this many pixels. A network's full-resolution
 # activations are its largest (the default's 32 channels x 256² x 4 bytes = 8 MiB per image):
-# one 256² image's keep its residual blocks inside a 32 MiB last-level cache, a batch of them
-# does not. Measured on a 2-core AVX-512 EPYC (docs/benchmarks/throughput.md): bf16 encode at
+# one 256² image's stay inside a 32 MiB last-level cache through the residual blocks, a batch's
+# do not. Measured on a 2-core AVX-512 EPYC (docs/benchmarks/throughput.md): bf16 encode at
 # 256², 12.2 img/s in chunks of 1 vs 9.7 in one batch of 16 (fp32: 6.6 vs 4.8); at 128²
 # chunks of 4-8 images are best. GPUs get the whole batch.
 CPU_CHUNK_PIXELS = 256 * 256
@@ -103,6 +103,17 @@ def chunk_size(batch: int, pixels_per_image: int, device: torch.device) -> int:
     return max(1, min(batch, CPU_CHUNK_PIXELS // max(1, pixels_per_image)))
 
 
+def in_chunks(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    batch: torch.Tensor,
+    pixels_per_image: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """``fn`` over ``batch`` (dim 0) in chunks of ``chunk_size`` images, outputs concatenated."""
+    n = chunk_size(batch.shape[0], pixels_per_image, device)
+    return torch.cat([fn(part) for part in batch.split(n)])
+
+
 class Tokenizer:
     """A loaded artifact: uint8 images <-> int64 code grids, in eval mode without autograd.
 
@@ -151,9 +162,8 @@ class Tokenizer:
         batch = as_image_batch(images)
         self.model.check_images(batch)
         x = uint8_to_float(batch.to(self.device)).contiguous(memory_format=torch.channels_last)
-        n = chunk_size(x.shape[0], x.shape[2] * x.shape[3], self.device)
         with autocast(self.device, self.precision):
-            codes = torch.cat([self.model.encode(part) for part in x.split(n)])
+            codes = in_chunks(self.model.encode, x, x.shape[2] * x.shape[3], self.device)
         return codes.to(batch.device)
 
     @torch.inference_mode()
@@ -168,7 +178,7 @@ class Tokenizer:
             )
         self.model.check_codes(codes)
         ids = codes.to(self.device, torch.long)
-        n = chunk_size(ids.shape[0], ids.shape[1] * ids.shape[2] * self.f**2, self.device)
+        pixels = ids.shape[1] * ids.shape[2] * self.f**2
         with autocast(self.device, self.precision):
-            images = torch.cat([self.model.decode(part) for part in ids.split(n)])
+            images = in_chunks(self.model.decode, ids, pixels, self.device)
         return float_to_uint8(images).to(codes.device)
