@@ -10,8 +10,11 @@ and records throughput, p50/p99 latency of the accepted requests, answers by sta
 service's shed counters, the server's peak RSS (sampled from /proc every 50 ms) and the
 latency of /healthz probes sent every 100 ms during the load. The last phase sends load,
 delivers SIGTERM mid-way and counts every request: answered, refused (503, or connection
-refused once the listener is closed) or lost (connected but never answered). Every phase is
-bounded in requests and seconds.
+refused once the listener is closed) or lost (connected but never answered). Each client
+behaves as the drain's 503 ``shutting_down`` asks and sends nothing more to this server
+after it (a balancer would retry on another replica); a client that kept reconnecting to
+the draining server could be reset by the kernel when the listener closes, which no server
+can prevent. Every phase is bounded in requests and seconds.
 
 Targets (issue 11): 0 x 5xx other than 503 shedding; RSS under the memory budget
 throughout; p99 of accepted requests within the request deadline; /healthz under 100 ms
@@ -174,6 +177,8 @@ async def run_phase(
             phase.statuses[str(r.status_code)] += 1
             if r.status_code == 200:
                 phase.accepted_ms.append(1000 * (time.perf_counter() - t0))
+            elif r.status_code == 503 and is_shutting_down(r):
+                return  # as the answer says: go to another replica, not back to this one
 
     async def terminator() -> None:
         nonlocal signalled
@@ -191,6 +196,14 @@ async def run_phase(
     stop.set()
     sampler.join()
     return signalled
+
+
+def is_shutting_down(response: httpx.Response) -> bool:
+    """A 503 from a draining service (``shutting_down``), as opposed to load shedding."""
+    try:
+        return response.json().get("code") == "shutting_down"
+    except ValueError:
+        return False
 
 
 def report(
