@@ -12,9 +12,8 @@ latency of /healthz probes sent every 100 ms during the load. The last phase sen
 delivers SIGTERM mid-way and counts every request: answered, refused (503, or connection
 refused once the listener is closed) or lost (connected but never answered). Each client
 behaves as the drain's 503 ``shutting_down`` asks and sends nothing more to this server
-after it (a balancer would retry on another replica); a client that kept reconnecting to
-the draining server could be reset by the kernel when the listener closes, which no server
-can prevent. Every phase is bounded in requests and seconds.
+after it (a balancer would retry on another replica) rather than reconnecting to a
+listener about to close. Every phase is bounded in requests and seconds.
 
 Targets (issue 11): 0 x 5xx other than 503 shedding; RSS under the memory budget
 throughout; p99 of accepted requests within the request deadline; /healthz under 100 ms
@@ -44,6 +43,7 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.service import png_bytes, resolve_model, synthetic_images
+from service.client import service_error
 
 ROOT = Path(__file__).resolve().parent.parent
 HEALTHZ_TARGET_MS = 100.0
@@ -177,7 +177,7 @@ async def run_phase(
             phase.statuses[str(r.status_code)] += 1
             if r.status_code == 200:
                 phase.accepted_ms.append(1000 * (time.perf_counter() - t0))
-            elif r.status_code == 503 and is_shutting_down(r):
+            elif r.status_code == 503 and service_error(r).code == "shutting_down":
                 return  # as the answer says: go to another replica, not back to this one
 
     async def terminator() -> None:
@@ -196,14 +196,6 @@ async def run_phase(
     stop.set()
     sampler.join()
     return signalled
-
-
-def is_shutting_down(response: httpx.Response) -> bool:
-    """A 503 from a draining service (``shutting_down``), as opposed to load shedding."""
-    try:
-        return response.json().get("code") == "shutting_down"
-    except ValueError:
-        return False
 
 
 def report(

@@ -37,6 +37,16 @@ class ServiceError(RuntimeError):
         self.detail = detail
 
 
+def service_error(response: httpx.Response) -> ServiceError:
+    """The service's JSON error body (``{"code", "detail"}``) of a failed response."""
+    try:
+        body = response.json()
+        code, detail = str(body.get("code", "error")), str(body.get("detail", body))
+    except ValueError:
+        code, detail = "error", response.text
+    return ServiceError(response.status_code, code, detail)
+
+
 @dataclass(frozen=True)
 class TokenizedImage:
     codes: list[list[int]]  # [h][w] code ids
@@ -103,12 +113,7 @@ class Client:
     def _check(self, response: httpx.Response) -> httpx.Response:
         if response.is_success:
             return response
-        try:
-            body = response.json()
-            code, detail = str(body.get("code", "error")), str(body.get("detail", body))
-        except ValueError:
-            code, detail = "error", response.text
-        raise ServiceError(response.status_code, code, detail)
+        raise service_error(response)
 
     def tokenize(
         self,
