@@ -139,6 +139,13 @@ class VQTrainCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
+        model = getattr(self, "model", None)
+        if isinstance(model, VQVAEModule) and not model.automatic_optimization:
+            # Lightning refuses trainer.gradient_clip_val under manual optimization (the
+            # adversarial recipe's two optimizers): the module clips the generator itself.
+            clip = trainer.gradient_clip_val
+            model.gradient_clip_val = float(clip) if clip else None
+            trainer.gradient_clip_val = None
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not a user's plugin
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if self.subcommand == "predict":

@@ -74,6 +74,10 @@ def module_from_checkpoint(ckpt: Mapping[str, Any], source: str = "checkpoint") 
     try:
         # LightningCLI adds private keys (_instantiator, _class_path) to the hyper-parameters.
         hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
+        # Only the network is rebuilt: neither the artifact a run started from nor the
+        # perceptual network's weight files are needed to export it.
+        hparams.pop("init_from", None)
+        hparams.pop("perceptual", None)
         module = VQVAEModule(**hparams)
         module.load_state_dict(ckpt["state_dict"], strict=True)
     except (ValueError, TypeError, RuntimeError, KeyError) as exc:
@@ -93,9 +97,12 @@ def export_module(
     source: str = "",
     extra: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Save ``module.model`` as an artifact with the chosen validation metrics."""
+    """Save ``module.inference_model`` (the EMA weights when on) as an artifact with the
+    chosen validation metrics."""
     info: dict[str, Any] = {"source": source, **(extra or {})}
-    return save_tokenizer(module.model, out_dir, metrics=_pick_metrics(metrics or {}), extra=info)
+    return save_tokenizer(
+        module.inference_model, out_dir, metrics=_pick_metrics(metrics or {}), extra=info
+    )
 
 
 def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path) -> Path:

@@ -1,27 +1,47 @@
-"""The LightningModule that trains a ``vq.model.VQVAE``: the one training recipe.
+"""The LightningModule that trains a ``vq.model.VQVAE``: the one training loop.
 
-Loss = MSE(recon, x) + l1_weight * L1(recon, x) + the quantizer's own loss
-(codebook + β·commitment for VQ, 0 for FSQ). AdamW with a step-based schedule:
-linear warmup, then cosine decay to ``min_lr_ratio * lr``. Gradient clipping lives in the
-trainer config (``trainer.gradient_clip_val``).
+The objective (``train.objective``, docs/training.md "The recipe"):
 
-``bench/quality.py`` trains through this module too (``compute_losses`` and
-``configure_optimizers`` without a Trainer, given ``total_steps``), so a change to the
-recipe here reaches the benchmark.
+    L_G = l2_weight · MSE + l1_weight · L1 + quantizer loss
+          [+ perceptual.weight · perceptual]                     (``model.perceptual``)
+          [+ λ · adversarial.weight · L_G^adv from start_step]    (``model.adversarial``)
+    L_D = hinge or non-saturating loss of a PatchGAN [+ LeCAM]
+
+AdamW for the VQ-VAE with a step-based schedule (linear warmup, then cosine to
+``min_lr_ratio · lr``; 1.0 keeps it constant) and Adam for the discriminator on the same
+schedule. Without the adversarial term the optimization is Lightning's automatic one
+(gradient clipping from ``trainer.gradient_clip_val``); with it, two optimizers step in
+``training_step`` (manual optimization) and ``vq-train`` hands the trainer's clipping value
+to the module. ``ema_decay`` keeps a moving average of the weights that validation, predict
+and export use. ``trainable="decoder"`` freezes the encoder and quantizer: codes stay
+bit-identical while the decoder is fine-tuned.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
-from typing import Any
+import copy
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from vq.model import VQVAE, VQVAEConfig
+from train.gan import AdversarialConfig, PatchDiscriminator
+from train.lpips import resolve_weights
+from train.objective import (
+    adaptive_weight,
+    discriminator_loss,
+    ema_update_,
+    generator_loss,
+    lecam_regularizer,
+    parameter_groups,
+    reconstruction_losses,
+    warmup_cosine,
+)
+from train.perceptual import PerceptualConfig, build_perceptual
+from vq.artifact import load_tokenizer
+from vq.model import VQVAE, VQVAEConfig, VQVAEOutput
 from vq.pixels import float_to_unit
 from vq.tokenizer import in_chunks
 from vqio import center_crop, format_size
@@ -34,31 +54,28 @@ def center_crop_to_multiple(images: torch.Tensor, f: int) -> torch.Tensor:
     return images[..., rows, cols]
 
 
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """LR multiplier: linear from 1/warmup to 1 over ``warmup_steps``, then cosine to
-    ``min_ratio`` at ``total_steps`` (and ``min_ratio`` after it)."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    decay_steps = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / decay_steps)
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+__all__ = ["VQVAEModule", "center_crop_to_multiple", "warmup_cosine"]
+
+Trainable = Literal["all", "decoder"]
 
 
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: conv/linear weights (ndim >= 2) decay; biases, norms and the quantizer's
-    tables (codebook, SimVQ's W, FSQ's projections) do not: decaying a codebook pulls the
-    codes to the origin."""
-    decay: list[torch.nn.Parameter] = []
-    no_decay: list[torch.nn.Parameter] = []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        is_quantizer = name.startswith("quantizer.")
-        (decay if param.ndim >= 2 and not is_quantizer else no_decay).append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+def _config(value: Any, cls: type, name: str) -> Any:
+    """A dataclass config from YAML (a mapping), an instance, or None."""
+    if value is None or isinstance(value, cls):
+        return value
+    if isinstance(value, Mapping):
+        try:
+            return cls(**value)
+        except TypeError as exc:
+            raise ValueError(f"model.{name}: {exc}") from None
+    raise ValueError(f"model.{name} must be a mapping, got {type(value).__name__}")
+
+
+def _schedule(scale: float, warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
+    def multiplier(step: int) -> float:
+        return scale * warmup_cosine(step, warmup, total, min_ratio)
+
+    return multiplier
 
 
 class VQVAEModule(L.LightningModule):
@@ -71,15 +88,29 @@ class VQVAEModule(L.LightningModule):
         biases or codebooks: decaying a codebook pulls codes to the origin).
     betas: AdamW betas.
     warmup_steps: linear warmup length in optimizer steps.
-    min_lr_ratio: final LR as a fraction of ``lr`` at the end of the cosine.
+    min_lr_ratio: final LR as a fraction of ``lr`` at the end of the cosine (1.0: constant).
     total_steps: length of the schedule; None = ``trainer.max_steps`` (or the estimated
         stepping batches when max_steps is -1).
-    l1_weight: weight of an extra L1 reconstruction term (0 disables it).
+    l1_weight: weight of the L1 reconstruction term (0 disables it).
+    l2_weight: weight of the MSE reconstruction term (0 disables it).
+    quantizer_lr_scale: the quantizer parameters' learning rate as a multiple of ``lr``
+        (SimVQ's W needs more than the encoder: docs/training.md, "SimVQ").
+    perceptual: the perceptual term (``train.perceptual.PerceptualConfig``; None = none).
+    adversarial: the PatchGAN term (``train.gan.AdversarialConfig``; None = none).
+    ema_decay: keep an exponential moving average of the VQ-VAE's weights with this decay and
+        validate, predict and export with it (None = off; the field uses 0.999-0.9999).
+    init_from: a tokenizer artifact (directory or Hub id) whose weights the run starts from;
+        ``vqvae`` may then be left out (the artifact's own config is used) or must equal it.
+    trainable: "all", or "decoder" to freeze the encoder and quantizer (codes stay
+        bit-identical; the decoder is fine-tuned, as Stable Diffusion's ft-EMA/ft-MSE VAEs).
     channels_last: run the convolutions in channels_last memory format (oneDNN's and cuDNN's
-        fast layout; 1.15x float32 training steps/s on a 2-core AVX-512 CPU, more in bf16).
+        fast layout; docs/benchmarks/throughput.md).
     compile: ``torch.compile`` the encoder and decoder (in place: checkpoint keys unchanged).
         Pays off only for long runs at one crop size: compilation takes a minute or more.
     """
+
+    lecam_ema_real: torch.Tensor
+    lecam_ema_fake: torch.Tensor
 
     def __init__(
         self,
@@ -93,29 +124,59 @@ class VQVAEModule(L.LightningModule):
         min_lr_ratio: float = 0.1,
         total_steps: int | None = None,
         l1_weight: float = 0.0,
+        l2_weight: float = 1.0,
+        quantizer_lr_scale: float = 1.0,
+        perceptual: PerceptualConfig | None = None,
+        adversarial: AdversarialConfig | None = None,
+        ema_decay: float | None = None,
+        init_from: str | None = None,
+        trainable: Trainable = "all",
         channels_last: bool = True,
         compile: bool = False,
     ) -> None:
         super().__init__()
+        start = None if init_from is None else load_tokenizer(init_from, precision="fp32").model
         if vqvae is None:
-            vqvae = VQVAEConfig()
+            vqvae = VQVAEConfig() if start is None else start.config
         if isinstance(vqvae, Mapping):
             vqvae = VQVAEConfig.from_dict(vqvae)
         if not isinstance(vqvae, VQVAEConfig):
             raise ValueError(
                 f"vqvae must be a VQVAEConfig or a mapping, got {type(vqvae).__name__}"
             )
+        if start is not None and start.config.to_dict() != vqvae.to_dict():
+            raise ValueError(
+                f"model.init_from={init_from!r} holds a {start.config.to_dict()} network, "
+                f"not model.vqvae={vqvae.to_dict()}; leave model.vqvae out to use the artifact's"
+            )
+        perceptual = _config(perceptual, PerceptualConfig, "perceptual")
+        if perceptual is not None and perceptual.kind == "lpips":
+            resolve_weights(perceptual.backbone, perceptual.heads)  # fail before any run starts
+        adversarial = _config(adversarial, AdversarialConfig, "adversarial")
         if not lr > 0:
             raise ValueError(f"model.lr={lr!r} is not allowed; expected > 0")
         if warmup_steps < 0:
             raise ValueError(f"model.warmup_steps={warmup_steps!r} is not allowed; expected >= 0")
         if not 0.0 <= min_lr_ratio <= 1.0:
             raise ValueError(f"model.min_lr_ratio={min_lr_ratio!r} is not allowed; expected [0, 1]")
-        if l1_weight < 0:
-            raise ValueError(f"model.l1_weight={l1_weight!r} is not allowed; expected >= 0")
-        # Hyper-parameters as plain values (the config as a dict, no pickled classes): the
+        for name, value in (("l1_weight", l1_weight), ("l2_weight", l2_weight)):
+            if not value >= 0:
+                raise ValueError(f"model.{name}={value!r} is not allowed; expected >= 0")
+        if not quantizer_lr_scale > 0:
+            raise ValueError(
+                f"model.quantizer_lr_scale={quantizer_lr_scale!r} is not allowed; expected > 0"
+            )
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise ValueError(
+                f"model.ema_decay={ema_decay!r} is not allowed; expected (0, 1) or null (off)"
+            )
+        if trainable not in ("all", "decoder"):
+            raise ValueError(
+                f"model.trainable={trainable!r} is not allowed; choose one of ['all', 'decoder']"
+            )
+        # Hyper-parameters as plain values (configs as dicts, no pickled classes): the
         # checkpoint then loads with torch.load(weights_only=True), and
-        # `load_from_checkpoint` / `vq-export` rebuild the config with VQVAEConfig.from_dict.
+        # `load_from_checkpoint` / `vq-export` rebuild the configs from the dicts.
         self.save_hyperparameters(
             {
                 "vqvae": vqvae.to_dict(),
@@ -126,11 +187,44 @@ class VQVAEModule(L.LightningModule):
                 "min_lr_ratio": min_lr_ratio,
                 "total_steps": total_steps,
                 "l1_weight": l1_weight,
+                "l2_weight": l2_weight,
+                "quantizer_lr_scale": quantizer_lr_scale,
+                "perceptual": None if perceptual is None else perceptual.to_dict(),
+                "adversarial": None if adversarial is None else adversarial.to_dict(),
+                "ema_decay": ema_decay,
+                "init_from": init_from,
+                "trainable": trainable,
                 "channels_last": channels_last,
                 "compile": compile,
             }
         )
         self.model = VQVAE(vqvae)
+        if start is not None:
+            self.model.load_state_dict(start.state_dict())
+        self.adversarial: AdversarialConfig | None = adversarial
+        self.perceptual_config: PerceptualConfig | None = perceptual
+        # The perceptual network's weights are the user's files, not part of the run: kept
+        # out of the checkpoint (a list is not a registered submodule) and built at setup.
+        self._perceptual: list[torch.nn.Module] = []
+        self.ema: VQVAE | None = None
+        if ema_decay is not None:
+            self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.discriminator: PatchDiscriminator | None = None
+        if adversarial is not None:
+            self.discriminator = PatchDiscriminator(
+                vqvae.in_channels, adversarial.channels, adversarial.layers
+            )
+            # LeCAM's moving averages of the logits (buffers: they resume with the run).
+            self.register_buffer("lecam_ema_real", torch.zeros(()))
+            self.register_buffer("lecam_ema_fake", torch.zeros(()))
+            # Two optimizers step in training_step; see the module docstring.
+            self.automatic_optimization = False
+        # Set by vq-train from trainer.gradient_clip_val under manual optimization, where
+        # Lightning refuses to clip by itself.
+        self.gradient_clip_val: float | None = None
+        if trainable == "decoder":
+            self.model.encoder.requires_grad_(False)
+            self.model.quantizer.requires_grad_(False)
         self.val_psnr = PeakSignalNoiseRatio(data_range=1.0)
         self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
         self.test_psnr = PeakSignalNoiseRatio(data_range=1.0)
@@ -148,9 +242,14 @@ class VQVAEModule(L.LightningModule):
     def codebook_size(self) -> int:
         return self.model.codebook_size
 
+    @property
+    def inference_model(self) -> VQVAE:
+        """The weights that validate, predict and export: the EMA copy when ``ema_decay`` is set."""
+        return self.ema if self.ema is not None else self.model
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images float (B, 3, H, W) in [-1, 1] -> int64 codes (B, H/f, W/f)."""
-        return self.model.encode(images)
+        return self.inference_model.encode(images)
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -158,28 +257,69 @@ class VQVAEModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         # State dicts stay layout-agnostic (save_tokenizer makes them contiguous).
-        self.model.to(memory_format=self.memory_format)  # type: ignore[call-overload]  # stubs lack it
+        for net in (self.model, self.ema, self.discriminator):
+            if net is not None:
+                net.to(memory_format=self.memory_format)  # type: ignore[call-overload]  # stubs lack it
         if self.hparams["compile"] and stage == "fit":
             self.model.encoder.compile()
             self.model.decoder.compile()
+        if stage == "fit" and self.perceptual_config is not None and not self._perceptual:
+            self._perceptual.append(build_perceptual(self.perceptual_config).to(self.device))
 
-    def compute_losses(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], Any]:
-        """images float (B, 3, H, W) in [-1, 1] -> ({"loss", "mse", "quant_loss"[, "l1"]},
-        the model's ``VQVAEOutput``); "loss" is what the optimizer minimizes."""
-        out = self.model(images.contiguous(memory_format=self.memory_format))
-        recon = out.recon.float()
-        target = images.float()
-        mse = F.mse_loss(recon, target)
-        losses = {"mse": mse, "quant_loss": out.quantizer.loss.float()}
-        total = mse + losses["quant_loss"]
-        if self.hparams["l1_weight"] > 0:
-            losses["l1"] = F.l1_loss(recon, target)
-            total = total + self.hparams["l1_weight"] * losses["l1"]
+    @property
+    def perceptual(self) -> torch.nn.Module | None:
+        if self.perceptual_config is None:
+            return None
+        if not self._perceptual:  # outside fit (a test, a bench): build on first use
+            self._perceptual.append(build_perceptual(self.perceptual_config).to(self.device))
+        return self._perceptual[0]
+
+    def _run(self, model: VQVAE, images: torch.Tensor) -> VQVAEOutput:
+        """The forward pass; with ``trainable="decoder"`` the frozen encoder and quantizer run
+        without a graph and in eval mode (no codebook statistics move)."""
+        images = images.contiguous(memory_format=self.memory_format)
+        if self.hparams["trainable"] != "decoder":
+            return model(images)
+        model.encoder.eval()
+        model.quantizer.eval()
+        with torch.no_grad():
+            model.check_images(images)
+            z = model.encoder(images)
+            q = model.quantizer(z)
+        return VQVAEOutput(recon=model.decoder(q.quantized), quantizer=q, z=z)
+
+    def compute_losses(
+        self, images: torch.Tensor, model: VQVAE | None = None
+    ) -> tuple[dict[str, torch.Tensor], VQVAEOutput]:
+        """images float (B, 3, H, W) in [-1, 1] -> (the reconstruction, quantizer and
+        perceptual terms, the model's ``VQVAEOutput``); "loss" is their weighted sum, what the
+        VQ-VAE minimizes apart from the adversarial term."""
+        out = self._run(model if model is not None else self.model, images)
+        recon, target = out.recon.float(), images.float()
+        hp = self.hparams
+        losses = reconstruction_losses(recon, target)
+        losses["quant_loss"] = out.quantizer.loss.float()
+        total = hp["l2_weight"] * losses["mse"] + hp["l1_weight"] * losses["l1"]
+        if hp["trainable"] != "decoder":
+            total = total + losses["quant_loss"]
+        perceptual = self.perceptual
+        if perceptual is not None:
+            assert self.perceptual_config is not None
+            losses["perceptual"] = perceptual(out.recon, images)
+            total = total + self.perceptual_config.weight * losses["perceptual"]
         losses["loss"] = total
         return losses, out
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
-        losses, out = self.compute_losses(batch)
+        if self.discriminator is None:
+            losses, out = self.compute_losses(batch)
+        else:
+            losses, out = self._adversarial_step(batch)
+        if self.ema is not None:
+            decay = float(self.hparams["ema_decay"])
+            ema_update_(
+                list(self.ema.state_dict().values()), list(self.model.state_dict().values()), decay
+            )
         self.log_dict(
             {f"train/{k}": v for k, v in losses.items()},
             prog_bar=False,
@@ -191,8 +331,77 @@ class VQVAEModule(L.LightningModule):
         # indices go to CodebookMonitor (on_train_batch_end receives this dict).
         return {"loss": losses["loss"], "indices": out.quantizer.indices.detach()}
 
-    def _eval_step(self, batch: torch.Tensor, stage: str) -> dict[str, torch.Tensor]:
+    def _adversarial_step(self, batch: torch.Tensor) -> tuple[dict[str, torch.Tensor], VQVAEOutput]:
+        """One generator step and one discriminator step (manual optimization)."""
+        adv, disc = self.adversarial, self.discriminator
+        assert adv is not None and disc is not None
+        optimizers, schedulers = self.optimizers(), self.lr_schedulers()
+        assert isinstance(optimizers, list) and isinstance(schedulers, list)
+        (opt_g, opt_d), (sched_g, sched_d) = optimizers, schedulers
+        gan_on = self.global_step >= adv.start_step
+
+        # Generator.
         losses, out = self.compute_losses(batch)
+        g_total = losses["loss"]
+        if gan_on:
+            disc.requires_grad_(False)  # the generator's step leaves D's gradients alone
+            logits_fake = disc(out.recon.contiguous(memory_format=self.memory_format)).float()
+            disc.requires_grad_(True)
+            losses["g_adv"] = generator_loss(logits_fake, adv.loss)
+            weight = torch.tensor(adv.weight, device=batch.device)
+            if adv.adaptive:
+                weight = weight * adaptive_weight(
+                    losses["loss"], losses["g_adv"], self._last_layer()
+                )
+            losses["adaptive_weight"] = weight.detach()
+            g_total = g_total + weight * losses["g_adv"]
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(g_total)
+        if self.gradient_clip_val:
+            self.clip_gradients(
+                opt_g.optimizer,
+                gradient_clip_val=self.gradient_clip_val,
+                gradient_clip_algorithm="norm",
+            )
+        opt_g.step()
+        sched_g.step()  # type: ignore[call-arg]  # LambdaLR, not ReduceLROnPlateau
+
+        # Discriminator, on the same batch's real images and (detached) reconstructions.
+        if gan_on:
+            pair = torch.cat([batch, out.recon.detach().to(batch.dtype)])
+            logits = disc(pair.contiguous(memory_format=self.memory_format)).float()
+            logits_real, logits_fake = logits.chunk(2)
+            d_loss = discriminator_loss(logits_real, logits_fake, adv.loss)
+            losses["d_loss"] = d_loss.detach()
+            if adv.lecam_weight > 0:
+                lecam = lecam_regularizer(
+                    logits_real, logits_fake, self.lecam_ema_real, self.lecam_ema_fake
+                )
+                losses["lecam"] = lecam.detach()
+                d_loss = d_loss + adv.lecam_weight * lecam
+                with torch.no_grad():
+                    self.lecam_ema_real.lerp_(logits_real.mean(), 1 - adv.lecam_decay)
+                    self.lecam_ema_fake.lerp_(logits_fake.mean(), 1 - adv.lecam_decay)
+            losses["d_logits_real"] = logits_real.detach().mean()
+            losses["d_logits_fake"] = logits_fake.detach().mean()
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(d_loss)
+            # The raw optimizer: Lightning counts every LightningOptimizer step as a global
+            # step, and one batch is one step of the run (max_steps, checkpoints, schedule).
+            opt_d.optimizer.step()
+        sched_d.step()  # type: ignore[call-arg]
+        losses["loss"] = g_total.detach()
+        return losses, out
+
+    def _last_layer(self) -> torch.Tensor:
+        """The weight where reconstruction and adversarial gradients meet (both decoders
+        end in ``conv_out``)."""
+        weight = self.model.decoder.get_submodule("conv_out").weight
+        assert isinstance(weight, torch.Tensor)
+        return weight
+
+    def _eval_step(self, batch: torch.Tensor, stage: str) -> dict[str, torch.Tensor]:
+        losses, out = self.compute_losses(batch, self.inference_model)
         pred, target = float_to_unit(out.recon), float_to_unit(batch)
         psnr, ssim = (
             (self.val_psnr, self.val_ssim) if stage == "val" else (self.test_psnr, self.test_ssim)
@@ -240,18 +449,12 @@ class VQVAEModule(L.LightningModule):
                 # The Tokenizer's chunking, so predict runs the same passes as the library.
                 pixels = cropped.shape[2] * cropped.shape[3]
                 codes = in_chunks(
-                    self.model.encode, cropped, pixels, self.device
+                    self.inference_model.encode, cropped, pixels, self.device
                 ).cpu()  # (B, h, w)
         return {"codes": codes, "paths": paths, "errors": errors}
 
-    def configure_optimizers(self) -> Any:
-        hp = self.hparams
-        optimizer = torch.optim.AdamW(
-            parameter_groups(self.model, hp["weight_decay"]),
-            lr=hp["lr"],
-            betas=tuple(hp["betas"]),
-        )
-        total = hp["total_steps"]
+    def _total_steps(self) -> int:
+        total = self.hparams["total_steps"]
         if total is None:
             max_steps = self.trainer.max_steps
             total = (
@@ -259,14 +462,46 @@ class VQVAEModule(L.LightningModule):
                 if max_steps and max_steps > 0
                 else self.trainer.estimated_stepping_batches
             )
-        warmup, min_ratio = hp["warmup_steps"], hp["min_lr_ratio"]
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, warmup, int(total), min_ratio)
+        return int(total)
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        warmup, min_ratio, total = hp["warmup_steps"], hp["min_lr_ratio"], self._total_steps()
+        groups = parameter_groups(
+            self.model.named_parameters(), hp["weight_decay"], hp["quantizer_lr_scale"]
         )
-        return {
+        optimizer = torch.optim.AdamW(groups, lr=hp["lr"], betas=tuple(hp["betas"]))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            [_schedule(g["lr_scale"], warmup, total, min_ratio) for g in groups],
+        )
+        gen = {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
         }
+        if self.discriminator is None:
+            return gen
+        adv = self.adversarial
+        assert adv is not None
+        d_opt = torch.optim.Adam(
+            self.discriminator.parameters(),
+            lr=adv.lr if adv.lr is not None else hp["lr"],
+            betas=tuple(adv.betas if adv.betas is not None else hp["betas"]),
+        )
+        d_sched = torch.optim.lr_scheduler.LambdaLR(d_opt, _schedule(1.0, warmup, total, min_ratio))
+        disc = {
+            "optimizer": d_opt,
+            "lr_scheduler": {"scheduler": d_sched, "interval": "step", "frequency": 1},
+        }
+        return [gen, disc]
+
+    def on_fit_start(self) -> None:
+        if self.discriminator is not None and str(self.trainer.precision) in ("16-mixed", "16"):
+            raise ValueError(
+                "the adversarial term steps the discriminator outside Lightning's loss "
+                f"scaling: trainer.precision={self.trainer.precision!r} is not supported; use "
+                "bf16-mixed or 32-true"
+            )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The latest validation figures travel with the checkpoint so that export (at the
