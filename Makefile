@@ -12,6 +12,13 @@ TORCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),gpu,cpu)
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 DATA ?= $(VQ_DATA_ROOT)
 
+# make train: configs/default.yaml on the corpus at $(DATA) (train/ and val/ inside; docs/data.md).
+ifneq ($(filter train,$(MAKECMDGOALS)),)
+ifeq ($(DATA),)
+$(error make train needs a photo corpus: make train DATA=DIR (DIR/train and DIR/val hold the images), or set VQ_DATA_ROOT=DIR; docs/data.md says where to get one)
+endif
+endif
+
 ifeq ($(filter $(TORCH),cpu gpu),)
 $(error TORCH=$(TORCH) is not allowed; use TORCH=cpu (CPU-only build) or TORCH=gpu (the index's default build, CUDA on Linux))
 endif
@@ -52,7 +59,7 @@ serve: install
 	$(BIN)/vq-serve --host $(HOST) --port $(PORT)
 
 train: install
-	$(BIN)/vq-train fit --config configs/default.yaml
+	VQ_DATA_ROOT='$(DATA)' $(BIN)/vq-train fit --config configs/default.yaml
 
 bench: install
 	$(BIN)/python bench/quantizers.py

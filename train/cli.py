@@ -116,6 +116,21 @@ class VQTrainCLI(LightningCLI):
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(RandomState, "random_state")
 
+    def _check_data(self) -> None:
+        # Before the Trainer runs: its logger creates version_N/ when the run starts, and a
+        # missing corpus would otherwise leave that folder empty.
+        if isinstance(self.datamodule, ImageDataModule):
+            self.datamodule.check_roots()
+
+    def before_fit(self) -> None:
+        self._check_data()
+
+    def before_validate(self) -> None:
+        self._check_data()
+
+    def before_test(self) -> None:
+        self._check_data()
+
     def before_predict(self) -> None:
         # Predict needs the weights only: load them here (weights_only, as vq-export does)
         # instead of letting Lightning restore the run's callback states, which only warned

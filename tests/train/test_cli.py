@@ -153,3 +153,37 @@ def test_print_config_and_bad_data_root(tmp_path: Path, capsys: pytest.CaptureFi
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "holds no image files" in err and str(empty) in err
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate"])
+def test_default_config_without_a_corpus_says_what_to_pass_and_leaves_no_run(
+    subcommand: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("VQ_DATA_ROOT", raising=False)
+    runs = tmp_path / "runs"
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                subcommand,
+                "--config",
+                str(CONFIGS / "default.yaml"),
+                "--trainer.precision=32-true",
+                f"--trainer.default_root_dir={runs}",
+            ]
+        )
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "VQ_DATA_ROOT" in err and "--data.root" in err and "docs/data.md" in err
+    assert not runs.exists()
+
+    monkeypatch.setenv("VQ_DATA_ROOT", str(tmp_path / "nowhere"))
+    with pytest.raises(SystemExit):
+        main(
+            ["fit", "--config", str(CONFIGS / "default.yaml"), f"--trainer.default_root_dir={runs}"]
+        )
+    err = capsys.readouterr().err
+    assert "does not exist: pass a folder of images with --data.root" in err
+    assert not runs.exists()

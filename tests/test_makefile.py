@@ -1,5 +1,6 @@
-"""`make install` chooses torch's build as the README says, checked in a dry run (`make -n`:
-the commands are printed, nothing is installed or downloaded)."""
+"""The Makefile does what the README says, checked in dry runs (`make -n`: the commands are
+printed, nothing is installed, downloaded or trained): which torch build `make install` takes,
+where `make train` gets its data."""
 
 from __future__ import annotations
 
@@ -16,14 +17,17 @@ CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 
 
-def dry_run(tmp_path: Path, *args: str, path: str | None = None) -> list[str]:
-    """The commands `make install` would run into a fresh venv under tmp_path."""
+def dry_run(
+    tmp_path: Path, *args: str, target: str = "install", path: str | None = None
+) -> list[str]:
+    """The commands `make TARGET` would run with a fresh venv under tmp_path."""
     env = dict(os.environ)
-    env.pop("TORCH", None)
+    for name in ("TORCH", "DATA", "VQ_DATA_ROOT"):
+        env.pop(name, None)
     if path is not None:
         env["PATH"] = path
     out = subprocess.run(
-        [shutil.which("make") or "make", "-n", "install", f"VENV={tmp_path / 'venv'}", *args],
+        [shutil.which("make") or "make", "-n", target, f"VENV={tmp_path / 'venv'}", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -72,3 +76,15 @@ def test_an_unknown_torch_choice_is_refused(tmp_path: Path) -> None:
     with pytest.raises(subprocess.CalledProcessError) as info:
         dry_run(tmp_path, "TORCH=cuda")
     assert "TORCH=cpu" in info.value.stderr and "TORCH=gpu" in info.value.stderr
+
+
+def test_train_takes_the_corpus_from_data(tmp_path: Path) -> None:
+    lines = dry_run(tmp_path, "DATA=/corpus", target="train")
+    assert lines[-1].startswith("VQ_DATA_ROOT='/corpus' ")
+    assert lines[-1].endswith("vq-train fit --config configs/default.yaml")
+
+
+def test_train_without_data_says_what_to_pass(tmp_path: Path) -> None:
+    with pytest.raises(subprocess.CalledProcessError) as info:
+        dry_run(tmp_path, target="train")
+    assert "make train DATA=DIR" in info.value.stderr and "VQ_DATA_ROOT" in info.value.stderr
