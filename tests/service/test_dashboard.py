@@ -190,3 +190,22 @@ def test_tryout_shows_full_size_reconstruction_psnr_bpp_and_grid(
     assert "bits per pixel" in dom and "token grid 64×64" in dom
     # Shown at its own size (1x zoom): 256 CSS px wide, not a 128 px thumbnail.
     assert re.search(r'data-output-shown="256x256"', section.group(0)), section.group(0)
+
+
+def test_a_full_window_calls_unhit_codes_dead(
+    artifact_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the window holds its capacity, codes without a hit are dead, and the note and
+    the heatmap say so (a 64-token window: one 32x32 image at f = 4)."""
+    monkeypatch.setenv("VQ_USAGE_WINDOW", "64")
+    server = start_server(["--model", f"full={artifact_dir}"], tmp_path / "vq-serve.log")
+    try:
+        with Client(server.url) as client:
+            client.tokenize([random_image(32, 32, seed=1)], model="full")
+        card = _card(dump_dom(f"{server.url}/", tmp_path / "profile", budget_ms=6000), "full")
+    finally:
+        stop_server(server.process)
+    assert 'data-filling="false"' in card
+    assert 'data-for="dead_codes">dead codes<' in card and "not yet seen" not in card
+    assert _stat(card, "reach_note").startswith("The window is full (64 tokens)")
+    assert "pink: no hit in the full window" in card
