@@ -21,6 +21,8 @@ Defaults added on top of Lightning's (each overridable from YAML or the command 
 
 ``--ckpt_path last`` with the default logger resumes the newest ``version_N`` under
 ``default_root_dir`` that has a ``last.ckpt``, and keeps logging into that directory.
+``validate``, ``test`` and ``predict`` create no ``version_N`` (the figures are printed; pass
+``--trainer.logger`` to log them somewhere).
 """
 
 from __future__ import annotations
@@ -36,7 +38,12 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import (
+    Callback,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    RichProgressBar,
+)
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -91,6 +98,19 @@ def checkpoint_step(path: str | Path) -> int | None:
         return None
 
 
+class OpenEndedRichProgressBar(RichProgressBar):
+    """Lightning's rich progress bar without ``Epoch 3/-2``: with ``max_epochs=-1`` (train
+    until ``max_steps``, as every config here does) the epoch count has no end to show."""
+
+    # Lightning formats "Epoch {n}/{max_epochs - 1}" in this one private method; it has no
+    # option for open-ended runs.
+    def _get_train_description(self, current_epoch: int) -> str:
+        if self.trainer.max_epochs is None or self.trainer.max_epochs >= 0:
+            return super()._get_train_description(current_epoch)
+        # Padded as Lightning pads it, so the bar does not jump when "Validation" replaces it.
+        return f"{f'Epoch {current_epoch}':{len(self.validation_description)}}"
+
+
 class VQTrainCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -116,11 +136,31 @@ class VQTrainCLI(LightningCLI):
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(RandomState, "random_state")
 
+    def _check_data(self) -> None:
+        # Before the Trainer runs: its logger creates version_N/ when the run starts, and a
+        # missing corpus would otherwise leave that folder empty.
+        if isinstance(self.datamodule, ImageDataModule):
+            self.datamodule.check_roots()
+
+    def before_fit(self) -> None:
+        self._check_data()
+
+    def before_validate(self) -> None:
+        self._check_data()
+        self._load_weights("validate")
+
+    def before_test(self) -> None:
+        self._check_data()
+        self._load_weights("test")
+
     def before_predict(self) -> None:
-        # Predict needs the weights only: load them here (weights_only, as vq-export does)
-        # instead of letting Lightning restore the run's callback states, which only warned
-        # about checkpoint callbacks that predict has no use for.
-        config = self.config_init["predict"]
+        self._load_weights("predict")
+
+    def _load_weights(self, subcommand: str) -> None:
+        # Validate, test and predict need the weights only: load them here (weights_only, as
+        # vq-export does) instead of letting Lightning restore the run's callback states,
+        # which only warned about checkpoint callbacks that these runs have no use for.
+        config = self.config_init[subcommand]
         ckpt_path = config.get("ckpt_path")
         if ckpt_path is None:
             return
@@ -148,19 +188,27 @@ class VQTrainCLI(LightningCLI):
             trainer.gradient_clip_val = None
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not a user's plugin
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        if self.subcommand == "predict":
-            # Predict trains nothing: no checkpoints to keep (restoring a ModelCheckpoint's
-            # state from the checkpoint only warned that its directory changed) and no
-            # runs/<name>/config.yaml of a run that does not exist.
-            # (Lightning assigns Trainer.callbacks in a connector, unseen by type checkers.)
-            callbacks: list[Callback] = vars(trainer)["callbacks"]
+        # (Lightning assigns Trainer.callbacks in a connector, unseen by type checkers.)
+        callbacks: list[Callback] = vars(trainer)["callbacks"]
+        # Lightning's own bar, told that max_epochs=-1 means "until max_steps".
+        callbacks[:] = [
+            OpenEndedRichProgressBar() if type(cb) is RichProgressBar else cb for cb in callbacks
+        ]
+        evaluating = self.subcommand in ("validate", "test", "predict")
+        if evaluating:
+            # Validate, test and predict train nothing: no checkpoints to keep (restoring a
+            # ModelCheckpoint's state from the checkpoint only warned that its directory
+            # changed) and no runs/<name>/config.yaml of a run that does not exist.
             callbacks[:] = [
                 cb
                 for cb in callbacks
                 if not isinstance(cb, ModelCheckpoint | LastCheckpoint | SaveConfigCallback)
             ]
-        if self.subcommand == "predict" and self._default_logger():
-            trainer.loggers = []  # predict logs nothing; don't leave an empty version_N/ behind
+        if evaluating and self._default_logger():
+            # No new version_N/ for a run that trains nothing: validate and test print their
+            # figures (Lightning's table), predict writes codes. Logging them into the
+            # checkpoint's run would put step-0 points into its training curves.
+            trainer.loggers = []
         elif self.subcommand is not None and self._default_logger():
             # One flat version_N/ per run under default_root_dir (Lightning's default adds a
             # "lightning_logs/" level). For `fit --ckpt_path last`, reuse the run being

@@ -12,7 +12,10 @@ Tensors are float32 in [-1, 1], (3, H, W) per image, the range the VQ-VAE expect
 from __future__ import annotations
 
 import math
+import os
+import re
 import warnings
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -33,10 +36,35 @@ from train.images import (
 from train.predict_data import PredictImages
 from vqio import IMAGE_EXTENSIONS
 
+_VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def existing_root(option: str, root: str) -> str:
+    """``root`` with environment variables expanded (``${VQ_DATA_ROOT}/train``: how
+    configs/default.yaml takes its corpus); ValueError naming ``--option`` when a variable is
+    not set or the folder does not exist."""
+    path = os.path.expandvars(root)
+    unset = _VARIABLE.search(path)
+    if unset is not None:
+        name = unset.group(1)
+        raise ValueError(
+            f"{option}={root!r} needs the environment variable {name}, which is not set: "
+            f"set {name}=DIR or pass --{option} DIR (docs/data.md says where to get a corpus)"
+        )
+    if not Path(path).is_dir():
+        source = "" if path == root else f" (from {root!r})"
+        what = "is not a folder" if Path(path).exists() else "does not exist"
+        raise ValueError(
+            f"{option}={path!r}{source} {what}: pass a folder of images with --{option} DIR "
+            "(docs/data.md says where to get a corpus)"
+        )
+    return path
+
 
 def _load_root(option: str, root: str) -> LoadedImages:
     """Every readable image under ``root``, decoded once; ValueError naming ``option`` if
     there is none."""
+    root = existing_root(option, root)
     paths = find_images(root)
     if not paths:
         raise ValueError(
@@ -58,6 +86,8 @@ class ImageDataModule(L.LightningDataModule):
     Args:
         root: folder of training images (recursive; png/jpg/jpeg/webp/bmp), or None for the
             bundled scikit-image photographs (train: ``BUNDLED_TRAIN``, val/test: ``BUNDLED_VAL``).
+            Environment variables in it are expanded when the images load
+            (``${VQ_DATA_ROOT}/train``); ``check_roots`` names one that is not set.
         val_root: folder of validation/test images. None: ``val_fraction`` of ``root``'s
             images are held out instead (split by image). Needs ``root``.
         crop_size: side of the square random training crops (a multiple of the model's f).
@@ -137,6 +167,14 @@ class ImageDataModule(L.LightningDataModule):
         # Relative paths under predict_root to leave out (CodeWriter fills it with what an
         # interrupted run already wrote, so a re-run resumes).
         self.predict_exclude: set[str] = set()
+
+    def check_roots(self) -> None:
+        """ValueError naming the option when ``root`` or ``val_root`` is not an existing
+        folder (an environment variable in it not set, a typo); ``vq-train`` calls it before
+        the run starts so a bad path leaves no empty ``version_N/`` behind."""
+        for option, root in (("data.root", self.root), ("data.val_root", self.val_root)):
+            if root is not None:
+                existing_root(option, root)
 
     # Loading happens in setup (every process), not prepare_data: nothing is downloaded.
     def _load(self) -> None:

@@ -8,10 +8,13 @@ const FONT = "11px system-ui, -apple-system, 'Segoe UI', sans-serif";
 const INK = "#1d2330";
 const MUTED = "#667085";
 const GRID = "#e4e7ec";
-const DEAD = "#f4d6d2"; // a code with no hit in the window
+const DEAD = "#f4d6d2"; // a code with no hit in a full window
+const UNSEEN = "#f7f7f5"; // a code with no hit yet, while the window is still filling
 const EMPTY = "#eef0f3"; // no traffic at all
 const USAGE_COLOUR = "#2f6fde";
 const PERPLEXITY_COLOUR = "#e07a1f";
+const HEATMAP_CELLS = 1024; // at most 32 x 32 heatmap cells; larger codebooks are binned
+const HEATMAP_PX = 320; // side of the heatmap's square of cells
 const state = { models: [] };
 
 function el(tag, attrs = {}, text) {
@@ -36,6 +39,13 @@ function fmt(value, digits = 3) {
 }
 
 const percent = (x) => `${(100 * x).toFixed(1)} %`;
+
+// Codes that n independent uniform draws from K codes hit on average: K (1 - (1 - 1/K)^n).
+// What a window of n tokens can show even when every code is equally likely.
+function expectedCoverage(k, n) {
+  if (n <= 0) return 0;
+  return k * -Math.expm1(n * Math.log1p(-1 / k));
+}
 
 function setStatus(text, kind) {
   const status = document.getElementById("status");
@@ -152,56 +162,104 @@ function showEmpty(figure, empty) {
 
 // --- the three usage charts ---------------------------------------------------------------
 
-// Colour of a code with `hits` >= 1 when the busiest has `max`: log scale, light to dark blue.
-function ramp(hits, max) {
-  const s = max > 1 ? Math.log(hits) / Math.log(max) : 1;
-  const t = 0.15 + 0.85 * s;
+// Pale to dark blue for s in [0, 1] (the palest still tells a hit from UNSEEN's near-white).
+function shade(s) {
+  const t = 0.3 + 0.7 * s;
   return `rgb(${Math.round(235 - 205 * t)},${Math.round(240 - 150 * t)},${Math.round(250 - 60 * t)})`;
 }
 
-// Heatmap: code k at row floor(k / side), column k % side, coloured by log(hits); with
-// code-id axes and a colour scale. Returns how many codes were hit (data-nonzero-bins).
-function drawHeatmap(canvas, histogram, empty) {
-  const k = histogram.length;
-  const side = Math.ceil(Math.sqrt(k));
-  const rows = Math.ceil(k / side);
-  const cell = Math.max(1, Math.floor(240 / side));
-  const box = { left: 54, top: 8, width: side * cell, height: rows * cell };
-  const ctx = canvas2d(canvas, box.left + box.width + 78, box.top + box.height + 40);
-  const max = Math.max(1, ...histogram);
-  let nonzero = 0;
-  for (let i = 0; i < k; i++) {
-    const hits = histogram[i];
-    if (hits > 0) nonzero++;
-    ctx.fillStyle = empty ? EMPTY : hits > 0 ? ramp(hits, max) : DEAD;
-    ctx.fillRect(box.left + (i % side) * cell, box.top + Math.floor(i / side) * cell, cell, cell);
+// Colour of a code with `hits` >= 1 when the busiest has `max`: log scale.
+const ramp = (hits, max) => shade(max > 1 ? Math.log(hits) / Math.log(max) : 1);
+
+// Per heatmap cell: `size` consecutive code ids, how many of them were hit, their hits.
+function binHistogram(histogram, size) {
+  const cells = [];
+  for (let start = 0; start < histogram.length; start += size) {
+    const codes = histogram.slice(start, start + size);
+    cells.push({
+      start,
+      codes: codes.length,
+      used: codes.filter((h) => h > 0).length,
+      hits: codes.reduce((a, b) => a + b, 0),
+    });
   }
-  const rowTicks = niceTicks(0, rows - 1, 4).map((r) => [box.top + (r + 0.5) * cell, shortNumber(r * side)]);
-  const colTicks = niceTicks(0, side - 1, 3).map((c) => [box.left + (c + 0.5) * cell, `+${c}`]);
-  axes(ctx, box, { xTicks: colTicks, yTicks: rowTicks, xLabel: "+ column", yLabel: "code id (row start)" });
-  // Colour scale: 1 hit (bottom) to the busiest code (top), log; pink = 0 hits.
+  return cells;
+}
+
+// Heatmap of the window's hits by code id, about HEATMAP_PX square whatever K is. Up to
+// HEATMAP_CELLS codes: one cell per code, coloured by log(hits). More: each cell holds `bin`
+// consecutive ids and is coloured by the share of them hit. Codes without a hit are
+// "not yet seen" (grey) while the window is filling, "dead" (pink) once it is full.
+// Sets data-nonzero-bins (codes hit), data-bin-size and data-cells on the canvas.
+function drawHeatmap(canvas, histogram, { empty, filling }) {
+  const k = histogram.length;
+  const bin = Math.ceil(k / HEATMAP_CELLS);
+  const cells = binHistogram(histogram, bin);
+  const side = Math.ceil(Math.sqrt(cells.length));
+  const rows = Math.ceil(cells.length / side);
+  const cell = Math.max(2, Math.floor(HEATMAP_PX / side));
+  const box = { left: 54, top: 8, width: side * cell, height: rows * cell };
+  const ctx = canvas2d(canvas, box.left + box.width + 112, box.top + box.height + 40);
+  const max = Math.max(1, ...histogram);
+  const none = filling ? UNSEEN : DEAD;
+  cells.forEach((c, i) => {
+    const colour = bin === 1 ? ramp(c.hits, max) : shade(c.used / c.codes);
+    ctx.fillStyle = empty ? EMPTY : c.used > 0 ? colour : none;
+    ctx.fillRect(box.left + (i % side) * cell, box.top + Math.floor(i / side) * cell, cell, cell);
+  });
+  const rowTicks = niceTicks(0, rows - 1, 4).map((r) => [box.top + (r + 0.5) * cell, shortNumber(r * side * bin)]);
+  const colTicks = niceTicks(0, side - 1, 3).map((c) => [box.left + (c + 0.5) * cell, `+${shortNumber(c * bin)}`]);
+  axes(ctx, box, { xTicks: colTicks, yTicks: rowTicks, xLabel: "+ code id", yLabel: "code id (row start)" });
+  // Colour scale beside the cells, the no-hit swatch below it.
   const bar = { left: box.left + box.width + 14, top: box.top, width: 12, height: box.height - 22 };
+  const at = (s) => bar.top + (1 - s) * (bar.height - 1);
   for (let y = 0; y < bar.height; y++) {
-    const hits = Math.exp((1 - y / Math.max(1, bar.height - 1)) * Math.log(max));
-    ctx.fillStyle = empty ? EMPTY : ramp(hits, max);
+    ctx.fillStyle = empty ? EMPTY : shade(1 - y / Math.max(1, bar.height - 1));
     ctx.fillRect(bar.left, bar.top + y, bar.width, 1);
   }
   ctx.strokeStyle = MUTED;
   ctx.strokeRect(bar.left + 0.5, bar.top + 0.5, bar.width, bar.height);
-  const barTicks = [1];
-  for (let p = 10; p < max; p *= 10) barTicks.push(p);
-  if (max > 1) barTicks.push(max);
-  for (const v of barTicks) {
-    const y = bar.top + (max > 1 ? (1 - Math.log(v) / Math.log(max)) * (bar.height - 1) : 0);
-    if (v !== max && max > 1 && Math.abs(Math.log(max) - Math.log(v)) / Math.log(max) < 0.12) continue;
-    text(ctx, shortNumber(v), bar.left + bar.width + 4, y, "left", "middle");
+  if (bin === 1) {
+    const barTicks = [1];
+    for (let p = 10; p < max; p *= 10) barTicks.push(p);
+    if (max > 1) barTicks.push(max);
+    for (const v of barTicks) {
+      const s = max > 1 ? Math.log(v) / Math.log(max) : 1;
+      if (v !== max && max > 1 && 1 - s < 0.12) continue;
+      text(ctx, shortNumber(v), bar.left + bar.width + 4, at(s), "left", "middle");
+    }
+  } else {
+    for (const s of [0.25, 0.5, 0.75, 1]) text(ctx, `${s * 100}%`, bar.left + bar.width + 4, at(s), "left", "middle");
   }
-  ctx.fillStyle = DEAD;
+  ctx.fillStyle = none;
   ctx.fillRect(bar.left, box.top + box.height - 12, bar.width, 12);
   ctx.strokeRect(bar.left + 0.5, box.top + box.height - 11.5, bar.width, 12);
-  text(ctx, "0", bar.left + bar.width + 4, box.top + box.height - 6, "left", "middle");
-  text(ctx, "hits", bar.left, box.top + box.height + 8, "left", "top", INK);
-  return nonzero;
+  text(ctx, filling ? "not yet seen" : "no hit", bar.left + bar.width + 4, box.top + box.height - 6, "left", "middle");
+  text(ctx, bin === 1 ? "hits" : "codes hit", bar.left, box.top + box.height + 8, "left", "top", INK);
+  canvas.dataset.binSize = String(bin);
+  canvas.dataset.cells = String(cells.length);
+  // For the hover read-out (heatmapHover).
+  canvas.heatmap = { box, side, cell, cells, bin };
+  return histogram.filter((h) => h > 0).length;
+}
+
+// The read-out under the heatmap: which code ids the cell under the pointer holds, and hits.
+function heatmapHover(event) {
+  const canvas = event.target;
+  const map = canvas.heatmap;
+  const out = canvas.closest("figure").querySelector(".readout");
+  if (!map || !out) return;
+  const rect = canvas.getBoundingClientRect();
+  const x = (event.clientX - rect.left) * (canvas.width / rect.width) - map.box.left;
+  const y = (event.clientY - rect.top) * (canvas.height / rect.height) - map.box.top;
+  const i = Math.floor(y / map.cell) * map.side + Math.floor(x / map.cell);
+  const c = x >= 0 && y >= 0 && x < map.box.width ? map.cells[i] : undefined;
+  if (!c) {
+    out.textContent = "";
+    return;
+  }
+  const ids = c.codes === 1 ? `code ${fmt(c.start)}` : `codes ${fmt(c.start)}–${fmt(c.start + c.codes - 1)}`;
+  out.textContent = `${ids}: ${fmt(c.hits)} hits, ${c.used} of ${c.codes} hit`;
 }
 
 // Rank plot: hits per code sorted from most to least used, on a log scale (one busy code
@@ -306,7 +364,8 @@ function table(cls, caption, note, rows) {
   for (let i = 0; i < rows.length; i += 2) {
     const tr = el("tr");
     for (const [key, value, stat] of rows.slice(i, i + 2)) {
-      tr.append(el("th", { scope: "row" }, key), el("td", stat ? { "data-stat": stat } : {}, String(value)));
+      const th = el("th", stat ? { scope: "row", "data-for": stat } : { scope: "row" }, key);
+      tr.append(th, el("td", stat ? { "data-stat": stat } : {}, String(value)));
     }
     body.append(tr);
   }
@@ -320,6 +379,16 @@ function chart(cls, caption) {
   plot.append(el("canvas", { class: cls }), el("div", { class: "no-traffic" }, "no traffic yet"));
   figure.append(plot, el("figcaption", {}, caption));
   return figure;
+}
+
+function heatmapCaption(bin, filling) {
+  const cells = bin === 1
+    ? "one cell per code id, coloured by its hits in the window (log scale)"
+    : `each cell: ${bin} consecutive code ids, coloured by the share of them hit in the window`;
+  const none = filling
+    ? "white: not yet seen (the window is still filling)"
+    : "pink: no hit in the full window";
+  return `${cells}; ${none}. Point at a cell for its ids and hits.`;
 }
 
 function modelCard(model) {
@@ -344,6 +413,7 @@ function modelCard(model) {
     ["tokens seen", "–", "tokens_seen"],
     ["tokens in window", "–", "window_tokens"],
     ["window usage", "–", "window_usage"],
+    ["uniform draws would hit", "–", "reachable"],
     ["perplexity", "–", "perplexity"],
     ["dead codes", "–", "dead_codes"],
   ];
@@ -352,10 +422,13 @@ function modelCard(model) {
     table("training-card", "Training card", "config.json: held-out figures at export", trained),
     table("live-traffic", "Served traffic", "live: window and totals since start", live),
   );
-  card.append(tables);
+  card.append(tables, el("p", { class: "hint reach-note", "data-stat": "reach_note" }));
   const charts = el("div", { class: "charts" });
+  const heatmap = chart("usage-heatmap", heatmapCaption(1, true));
+  heatmap.append(el("div", { class: "readout" }));
+  heatmap.querySelector("canvas").addEventListener("mousemove", heatmapHover);
   charts.append(
-    chart("usage-heatmap", "hits per code id in the window (log colour scale; pink: no hit)"),
+    heatmap,
     chart("usage-rank", "hits per code, most used first (log scale)"),
     chart("usage-history", "window usage and perplexity since start"),
   );
@@ -372,10 +445,16 @@ async function refreshUsage(model) {
     getJSON(`v1/models/${name}/usage/history`),
   ]);
   const k = usage.codebook_size;
+  const n = usage.window_tokens;
+  // Until the window holds `window` tokens a code without a hit has not had its chance yet:
+  // n uniform draws hit expectedCoverage(k, n) codes, and no traffic hits more than n.
+  const filling = n < usage.window;
+  const expected = expectedCoverage(k, n);
   const shown = {
     tokens_seen: fmt(usage.tokens_seen),
-    window_tokens: `${fmt(usage.window_tokens)} / ${shortNumber(usage.window)}`,
+    window_tokens: `${fmt(n)} / ${shortNumber(usage.window)}${filling ? " (filling)" : ""}`,
     window_usage: percent(usage.window_usage),
+    reachable: `${percent(expected / k)} (at most ${percent(Math.min(n, k) / k)})`,
     perplexity: usage.perplexity.toFixed(1),
     dead_codes: `${fmt(usage.dead_codes)} / ${fmt(k)}`,
   };
@@ -383,10 +462,21 @@ async function refreshUsage(model) {
     const cell = card.querySelector(`[data-stat="${key}"]`);
     if (cell) cell.textContent = value;
   }
-  const empty = usage.window_tokens === 0;
+  card.querySelector('th[data-for="dead_codes"]').textContent = filling ? "not yet seen" : "dead codes";
+  card.querySelector('[data-stat="reach_note"]').textContent = n === 0 ? "" : filling
+    ? `The window holds ${fmt(n)} of its ${fmt(usage.window)} tokens: ${fmt(n)} draws from ` +
+      `${fmt(k)} equally likely codes would hit ${fmt(Math.round(expected))} of them ` +
+      `(${percent(expected / k)}) on average, and no traffic can hit more than ` +
+      `${percent(Math.min(n, k) / k)}. Codes without a hit are "not yet seen" until the window is full; ` +
+      "compare the training card's usage then."
+    : `The window is full (${fmt(n)} tokens): ${fmt(n)} draws from ${fmt(k)} equally likely codes ` +
+      `would hit ${percent(expected / k)} of them; codes without a hit in it are dead for this traffic.`;
+  card.dataset.filling = String(filling);
+  const empty = n === 0;
   const heat = card.querySelector("canvas.usage-heatmap");
-  heat.dataset.nonzeroBins = String(drawHeatmap(heat, usage.histogram, empty));
+  heat.dataset.nonzeroBins = String(drawHeatmap(heat, usage.histogram, { empty, filling }));
   heat.dataset.tokensSeen = String(usage.tokens_seen);
+  heat.closest("figure").querySelector("figcaption").textContent = heatmapCaption(Number(heat.dataset.binSize), filling);
   showEmpty(heat.closest("figure"), empty);
   const rank = card.querySelector("canvas.usage-rank");
   rank.dataset.drawnBars = String(drawRankPlot(rank, usage.histogram, empty));
@@ -444,15 +534,15 @@ function drawCodes(canvas, codes) {
 // A synthetic picture (gradient + discs) for trying the service without a file at hand.
 function sampleImage() {
   const canvas = document.createElement("canvas");
-  canvas.width = 128;
-  canvas.height = 128;
+  canvas.width = 256;
+  canvas.height = 256;
   const ctx = canvas.getContext("2d");
-  const gradient = ctx.createLinearGradient(0, 0, 128, 128);
+  const gradient = ctx.createLinearGradient(0, 0, 256, 256);
   gradient.addColorStop(0, "#f6c177");
   gradient.addColorStop(1, "#31748f");
   ctx.fillStyle = gradient;
-  ctx.fillRect(0, 0, 128, 128);
-  for (const [x, y, r, colour] of [[40, 44, 22, "#eb6f92"], [90, 80, 30, "#9ccfd8"], [70, 30, 12, "#191724"]]) {
+  ctx.fillRect(0, 0, 256, 256);
+  for (const [x, y, r, colour] of [[80, 88, 44, "#eb6f92"], [180, 160, 60, "#9ccfd8"], [140, 60, 24, "#191724"]]) {
     ctx.beginPath();
     ctx.arc(x, y, r, 0, 2 * Math.PI);
     ctx.fillStyle = colour;
@@ -461,13 +551,83 @@ function sampleImage() {
   return new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
 }
 
+// RGBA pixels of an image blob as the browser decodes it (no colour-space conversion).
+async function pixelsOf(blob, width, height) {
+  const bitmap = await createImageBitmap(blob, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
+  const canvas = document.createElement("canvas");
+  canvas.width = width ?? bitmap.width;
+  canvas.height = height ?? bitmap.height;
+  const ctx = canvas.getContext("2d", { willReadFrequently: true });
+  ctx.imageSmoothingQuality = "high";
+  ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+  return ctx.getImageData(0, 0, canvas.width, canvas.height);
+}
+
+// PSNR (RGB, dB) of the reconstruction against the pixels the model was given. crop and pad
+// are exact (the service's centre crop; the padded border left out); a resized input is
+// compared with the browser's own resize of the original, so that figure is approximate.
+async function reconstructionPsnr(file, recon, fit, [h, w]) {
+  const out = await pixelsOf(recon);
+  const [oh, ow] = [out.height, out.width];
+  let ref;
+  let top = 0;
+  let left = 0;
+  let rows = oh;
+  let cols = ow;
+  let exact = true;
+  if (oh === h && ow === w) {
+    ref = await pixelsOf(file);
+  } else if (fit === "crop") {
+    ref = await pixelsOf(file);
+    top = Math.floor((h - oh) / 2);
+    left = Math.floor((w - ow) / 2);
+  } else if (fit === "pad") {
+    ref = await pixelsOf(file);
+    [rows, cols] = [h, w];
+  } else {
+    ref = await pixelsOf(file, ow, oh);
+    exact = false;
+  }
+  let sum = 0;
+  for (let i = 0; i < rows; i++) {
+    for (let j = 0; j < cols; j++) {
+      const o = 4 * (i * ow + j);
+      const r = 4 * ((i + top) * ref.width + (j + left));
+      for (let c = 0; c < 3; c++) sum += (out.data[o + c] - ref.data[r + c]) ** 2;
+    }
+  }
+  const mse = sum / (rows * cols * 3);
+  return { psnr: mse === 0 ? Infinity : 10 * Math.log10((255 * 255) / mse), exact };
+}
+
+function applyZoom() {
+  const zoom = Number(document.getElementById("tryout-zoom").value);
+  for (const id of ["tryout-input", "tryout-output"]) {
+    const img = document.getElementById(id);
+    if (!img.naturalWidth) continue;
+    img.style.width = `${img.naturalWidth * zoom}px`;
+    img.style.height = `${img.naturalHeight * zoom}px`;
+    img.dataset.zoom = String(zoom);
+  }
+}
+
+function loaded(img, blob) {
+  return new Promise((resolve, reject) => {
+    img.onload = () => resolve(img);
+    img.onerror = () => reject(new Error("the browser could not show the image"));
+    img.src = URL.createObjectURL(blob);
+  });
+}
+
 async function runTryout(file) {
   const section = document.getElementById("tryout");
   const message = document.getElementById("tryout-message");
+  const stats = document.getElementById("tryout-stats");
   section.dataset.status = "running";
+  stats.textContent = "";
   const model = document.getElementById("tryout-model").value;
   const fit = document.getElementById("tryout-fit").value;
-  document.getElementById("tryout-input").src = URL.createObjectURL(file);
+  const input = loaded(document.getElementById("tryout-input"), file);
   const form = new FormData();
   form.append("files", file, file.name || "sample.png");
   message.textContent = "tokenizing…";
@@ -476,9 +636,9 @@ async function runTryout(file) {
   const body = await tokenized.json();
   if (!tokenized.ok) throw new Error(`tokenize failed (${tokenized.status}): ${body.detail}`);
   const result = body.results[0];
+  const [gh, gw] = result.grid;
   drawCodes(document.getElementById("tryout-codes"), result.codes);
-  document.getElementById("tryout-codes-caption").textContent =
-    `codes: ${result.grid[0]}×${result.grid[1]} (h×w) ids in [0, ${body.codebook_size})`;
+  document.getElementById("tryout-codes-caption").textContent = `codes (ids as colours)`;
   message.textContent = "detokenizing…";
   const decoded = await fetch("v1/detokenize", {
     method: "POST",
@@ -489,11 +649,32 @@ async function runTryout(file) {
     const error = await decoded.json();
     throw new Error(`detokenize failed (${decoded.status}): ${error.detail}`);
   }
-  document.getElementById("tryout-output").src = URL.createObjectURL(await decoded.blob());
+  const recon = await decoded.blob();
+  const output = await loaded(document.getElementById("tryout-output"), recon);
+  await input;
+  applyZoom();
+  const f = output.naturalHeight / gh;
+  const { psnr, exact } = await reconstructionPsnr(file, recon, fit, result.image_size);
+  const tokens = gh * gw;
+  const bitsPerToken = Math.log2(body.codebook_size);
+  const pixels = output.naturalHeight * output.naturalWidth;
+  const bpp = (tokens * bitsPerToken) / pixels;
+  stats.replaceChildren(
+    el("b", {}, `PSNR ${exact ? "" : "≈ "}${psnr === Infinity ? "∞" : psnr.toFixed(2)} dB`),
+    ` · ${bpp.toFixed(3)} bits per pixel (${tokens.toLocaleString("en-US")} tokens × ` +
+      `${bitsPerToken.toFixed(2)} bits / ${pixels.toLocaleString("en-US")} px) · ` +
+      `token grid ${gh}×${gw} (h×w, f = ${f})`,
+  );
+  stats.dataset.psnr = psnr.toFixed(3);
+  stats.dataset.psnrExact = String(exact);
+  stats.dataset.bpp = bpp.toFixed(5);
+  stats.dataset.grid = `${gh}x${gw}`;
   message.textContent =
-    `${result.image_size[0]}×${result.image_size[1]} px (H×W) -> ${result.grid[0] * result.grid[1]} tokens -> image`;
+    `${result.image_size[0]}×${result.image_size[1]} px (H×W) -> ${tokens} tokens -> ` +
+    `${output.naturalHeight}×${output.naturalWidth} px` + (exact ? "" : " (PSNR against the browser's resize)");
   section.dataset.status = "done";
-  section.dataset.tokens = String(result.grid[0] * result.grid[1]);
+  section.dataset.tokens = String(tokens);
+  section.dataset.outputShown = `${output.getBoundingClientRect().width}x${output.naturalWidth}`;
   await Promise.all(state.models.map(refreshUsage));
 }
 
@@ -515,6 +696,7 @@ document.getElementById("tryout-form").addEventListener("submit", (event) => {
   tryout(() => document.getElementById("tryout-file").files[0]);
 });
 document.getElementById("tryout-sample").addEventListener("click", () => tryout(sampleImage));
+document.getElementById("tryout-zoom").addEventListener("change", applyZoom);
 refreshLoop().then(() => {
   // Where the tryout ends in the first screenful (tests check it is above the fold).
   const box = document.getElementById("tryout").getBoundingClientRect();

@@ -10,9 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import vq
 from service.client import Client
 from tests.service.browser import dump_dom, screenshot
 from tests.service.helpers import LiveServer, random_image, start_server, stop_server
+
+WIDE_K = 15360  # the shipped default's codebook size: the heatmap bins it
 
 
 @pytest.fixture(scope="module")
@@ -20,13 +23,31 @@ def two_models(
     artifact_dir: Path, fsq_artifact_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:
     """``busy`` gets traffic (three requests, a second apart: several history points);
-    ``idle`` gets none."""
-    log = tmp_path_factory.mktemp("dashboard") / "vq-serve.log"
+    ``idle`` gets none; ``wide`` (15,360 codes) one 64x64 image (256 tokens)."""
+    tmp = tmp_path_factory.mktemp("dashboard")
+    wide = tmp / "wide"
+    levels = [8, 8, 8, 6, 5]
+    cfg = vq.VQVAEConfig(
+        f=4,
+        widths=(8, 8, 8),
+        num_res_blocks=0,
+        quantizer=vq.QuantizerConfig(kind="fsq", codebook_size=WIDE_K, levels=levels),
+    )
+    vq.save_tokenizer(vq.VQVAE(cfg), wide)
     server = start_server(
-        ["--model", f"busy={artifact_dir}", "--model", f"idle={fsq_artifact_dir}"], log
+        [
+            "--model",
+            f"busy={artifact_dir}",
+            "--model",
+            f"idle={fsq_artifact_dir}",
+            "--model",
+            f"wide={wide}",
+        ],
+        tmp / "vq-serve.log",
     )
     try:
         with Client(server.url) as client:
+            client.tokenize([random_image(64, 64, seed=9)], model="wide")
             for seed in range(3):
                 client.tokenize([random_image(32, 32, seed=seed)], model="busy")
                 if seed < 2:
@@ -101,3 +122,90 @@ def test_screenshot_shows_the_charts(two_models: LiveServer, tmp_path: Path) -> 
         rgb = np.asarray(image.convert("RGB"), dtype=np.int16)
     blue = (np.abs(rgb - np.array([47, 111, 222])).sum(axis=2) < 30).sum()
     assert blue > 300, blue
+
+
+def expected_coverage(k: int, n: int) -> float:
+    """Codes hit on average by n uniform draws from k: k (1 - (1 - 1/k)^n)."""
+    return k * (1.0 - (1.0 - 1.0 / k) ** n)
+
+
+def _stat(card: str, key: str) -> str:
+    cell = re.search(rf'data-stat="{key}">([^<]*)<', card)
+    assert cell, card[:3000]
+    return cell.group(1)
+
+
+def test_served_traffic_says_what_the_window_can_reach(
+    two_models: LiveServer, tmp_path: Path
+) -> None:
+    """A window that is still filling: the table shows what n uniform draws would hit, calls
+    codes without a hit "not yet seen" (not dead), and the note explains the numbers."""
+    dom = dump_dom(f"{two_models.url}/", tmp_path / "profile", budget_ms=6000)
+    wide = _card(dom, "wide")
+    n = 256  # one 64x64 image at f = 4
+    assert _stat(wide, "window_tokens").startswith("256 / ") and "filling" in wide
+    reach = expected_coverage(WIDE_K, n) / WIDE_K
+    assert _stat(wide, "reachable") == f"{100 * reach:.1f} % (at most {100 * n / WIDE_K:.1f} %)"
+    assert 'data-for="dead_codes">not yet seen<' in wide and ">dead codes<" not in wide
+    note = _stat(wide, "reach_note")
+    assert f"would hit {round(expected_coverage(WIDE_K, n)):,} of them" in note
+    assert "not yet seen" in note
+    # The heatmap bins 15,360 codes into 15-code cells (1,024 cells), about 320 px square,
+    # and says so; the small codebook keeps one cell per code.
+    heat = re.search(r'<canvas class="usage-heatmap"[^>]*>', wide)
+    assert heat, wide[-3000:]
+    assert 'data-bin-size="15"' in heat.group(0) and 'data-cells="1024"' in heat.group(0)
+    assert "each cell: 15 consecutive code ids" in wide and "white: not yet seen" in wide
+    assert re.search(r'class="usage-heatmap"[^>]*data-bin-size="1"', _card(dom, "busy"))
+    nonzero = re.search(r'data-nonzero-bins="(\d+)"', heat.group(0))
+    assert nonzero and 0 < int(nonzero.group(1)) <= n
+
+
+def test_heatmap_of_a_large_codebook_is_drawn_large(two_models: LiveServer, tmp_path: Path) -> None:
+    """The binned heatmap of 15,360 codes is drawn at >= 300 px (it was ~130 px)."""
+    dom = dump_dom(f"{two_models.url}/", tmp_path / "profile", budget_ms=6000)
+    heat = re.search(
+        r'<canvas class="usage-heatmap"[^>]*width="(\d+)" height="(\d+)"', _card(dom, "wide")
+    )
+    assert heat, _card(dom, "wide")[-2000:]
+    assert int(heat.group(2)) >= 300 + 40
+
+
+def test_tryout_shows_full_size_reconstruction_psnr_bpp_and_grid(
+    two_models: LiveServer, tmp_path: Path
+) -> None:
+    """/?tryout=sample runs the 256x256 sample through the first model (``busy``: 64 codes,
+    f = 4): original and reconstruction at full size, PSNR, bits per pixel, token grid."""
+    dom = dump_dom(f"{two_models.url}/?tryout=sample", tmp_path / "profile", budget_ms=10000)
+    section = re.search(r'<section id="tryout"[^>]*>', dom)
+    assert section and 'data-status="done"' in section.group(0), dom[:4000]
+    stats = re.search(r'<p id="tryout-stats"[^>]*>', dom)
+    assert stats, dom[:4000]
+    tag = stats.group(0)
+    assert 'data-grid="64x64"' in tag
+    bpp = float(re.search(r'data-bpp="([\d.]+)"', tag).group(1))  # type: ignore[union-attr]
+    assert bpp == pytest.approx(6 / 16, abs=1e-4)  # log2(64) bits per 4x4 pixels
+    psnr = float(re.search(r'data-psnr="([\d.]+)"', tag).group(1))  # type: ignore[union-attr]
+    assert 3.0 < psnr < 60.0 and 'data-psnr-exact="true"' in tag  # untrained model, 256 = 64 f
+    assert "bits per pixel" in dom and "token grid 64×64" in dom
+    # Shown at its own size (1x zoom): 256 CSS px wide, not a 128 px thumbnail.
+    assert re.search(r'data-output-shown="256x256"', section.group(0)), section.group(0)
+
+
+def test_a_full_window_calls_unhit_codes_dead(
+    artifact_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the window holds its capacity, codes without a hit are dead, and the note and
+    the heatmap say so (a 64-token window: one 32x32 image at f = 4)."""
+    monkeypatch.setenv("VQ_USAGE_WINDOW", "64")
+    server = start_server(["--model", f"full={artifact_dir}"], tmp_path / "vq-serve.log")
+    try:
+        with Client(server.url) as client:
+            client.tokenize([random_image(32, 32, seed=1)], model="full")
+        card = _card(dump_dom(f"{server.url}/", tmp_path / "profile", budget_ms=6000), "full")
+    finally:
+        stop_server(server.process)
+    assert 'data-filling="false"' in card
+    assert 'data-for="dead_codes">dead codes<' in card and "not yet seen" not in card
+    assert _stat(card, "reach_note").startswith("The window is full (64 tokens)")
+    assert "pink: no hit in the full window" in card

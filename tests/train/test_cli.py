@@ -129,6 +129,20 @@ def test_fit_resume_last_then_predict(tmp_path: Path, one_thread: None) -> None:
     assert [json.loads(line)["path"] for line in skipped] == ["bad.png"]
     assert not (tmp_path / "version_1").exists()  # predict leaves no empty run directory
 
+    # validate logs nowhere new: no version_1, and the run's own files are untouched.
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    main(
+        [
+            "validate",
+            "--config",
+            str(tmp_path / "version_0" / "config.yaml"),
+            f"--ckpt_path={tmp_path / 'version_0' / 'checkpoints' / 'last.ckpt'}",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
+    after = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before
+
 
 def test_print_config_and_bad_data_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
@@ -153,3 +167,48 @@ def test_print_config_and_bad_data_root(tmp_path: Path, capsys: pytest.CaptureFi
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "holds no image files" in err and str(empty) in err
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate"])
+def test_default_config_without_a_corpus_says_what_to_pass_and_leaves_no_run(
+    subcommand: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("VQ_DATA_ROOT", raising=False)
+    runs = tmp_path / "runs"
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                subcommand,
+                "--config",
+                str(CONFIGS / "default.yaml"),
+                "--trainer.precision=32-true",
+                f"--trainer.default_root_dir={runs}",
+            ]
+        )
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "VQ_DATA_ROOT" in err and "--data.root" in err and "docs/data.md" in err
+    assert not runs.exists()
+
+    monkeypatch.setenv("VQ_DATA_ROOT", str(tmp_path / "nowhere"))
+    with pytest.raises(SystemExit):
+        main(
+            ["fit", "--config", str(CONFIGS / "default.yaml"), f"--trainer.default_root_dir={runs}"]
+        )
+    err = capsys.readouterr().err
+    assert "does not exist: pass a folder of images with --data.root" in err
+    assert not runs.exists()
+
+
+@pytest.mark.parametrize(("max_epochs", "expected"), [(-1, "Epoch 3"), (5, "Epoch 3/4")])
+def test_progress_bar_epoch_has_no_negative_end(max_epochs: int, expected: str) -> None:
+    from types import SimpleNamespace
+
+    from train.cli import OpenEndedRichProgressBar
+
+    bar = OpenEndedRichProgressBar()
+    bar._trainer = SimpleNamespace(max_epochs=max_epochs)  # type: ignore[assignment]
+    assert bar._get_train_description(3).strip() == expected

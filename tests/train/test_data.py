@@ -32,8 +32,36 @@ def test_empty_or_unreadable_folder_is_a_clear_error(tmp_path: Path) -> None:
     ):
         ImageDataModule(root=str(broken)).setup("fit")
 
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(
+        ValueError, match="does not exist: pass a folder of images with --data.root"
+    ):
         ImageDataModule(root=str(tmp_path / "nope")).setup("fit")
+    with pytest.raises(ValueError, match="is not a folder: .* --data.val_root"):
+        ImageDataModule(root=str(empty), val_root=str(empty / "notes.txt")).check_roots()
+
+
+def test_data_paths_expand_environment_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for split in ("train", "val"):
+        write_image(tmp_path / split / "a.png", 40, 40)
+    module = ImageDataModule(
+        root="${VQ_TEST_CORPUS}/train", val_root="$VQ_TEST_CORPUS/val", crop_size=32
+    )
+    monkeypatch.delenv("VQ_TEST_CORPUS", raising=False)
+    with pytest.raises(
+        ValueError, match=r"needs the environment variable VQ_TEST_CORPUS.*--data\.root"
+    ):
+        module.check_roots()
+    monkeypatch.setenv("VQ_TEST_CORPUS", str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match=r"from '\$\{VQ_TEST_CORPUS\}/train'\) does not exist"):
+        module.check_roots()
+    monkeypatch.setenv("VQ_TEST_CORPUS", str(tmp_path))
+    module.setup("fit")
+    assert [Path(n).parent.name for n in (*module.train_names, *module.val_names)] == [
+        "train",
+        "val",
+    ]
 
 
 def test_bad_arguments_raise() -> None:
