@@ -35,7 +35,7 @@ from train.images import (
     load_folder,
     split_by_image,
 )
-from train.predict_data import PredictImages
+from train.predict_data import PredictImages, PredictUnits
 from train.sources import Source, Unit, open_source
 from train.stream import CropSpec, StreamBatches, StreamVal, _Decoder, cat_crops, default_workers
 from vqio import IMAGE_EXTENSIONS, ImageDecodeError, image_size
@@ -133,6 +133,9 @@ class ImageDataModule(L.LightningDataModule):
         min_scale: ``random_resized_crop``'s smallest share of the image area.
         val_max_images: streamed validation uses at most this many held-out images.
         image_column: the image column of Parquet / Arrow sources (None: found by name).
+        predict_shard_size: images of a folder per output shard of ``vq-train predict``'s
+            Parquet / tar output (shard sources keep their own: one output per tar shard,
+            Parquet row group or Arrow slice).
         predict_root: folder to tokenize with ``vq-train predict``.
         predict_batch_size: images per prediction batch (same-size images are grouped).
     """
@@ -159,6 +162,7 @@ class ImageDataModule(L.LightningDataModule):
         min_scale: float = 0.35,
         val_max_images: int = 500,
         image_column: str | None = None,
+        predict_shard_size: int = 1024,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -169,6 +173,7 @@ class ImageDataModule(L.LightningDataModule):
             ("val_crops_per_image", val_crops_per_image),
             ("predict_batch_size", predict_batch_size),
             ("val_max_images", val_max_images),
+            ("predict_shard_size", predict_shard_size),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"data.{name}={value!r} is not allowed; expected an integer >= 1")
@@ -227,6 +232,12 @@ class ImageDataModule(L.LightningDataModule):
         # Relative paths under predict_root to leave out (CodeWriter fills it with what an
         # interrupted run already wrote, so a re-run resumes).
         self.predict_exclude: set[str] = set()
+        self.predict_shard_size = predict_shard_size
+        # Set by CodeWriter: "npy" (PredictImages, a folder) or "parquet"/"tar" (PredictUnits,
+        # any source), and the units an earlier run finished.
+        self.predict_format = "npy"
+        self.predict_done_units: set[str] = set()
+        self.predict_total = 0  # images this rank tokenizes (progress)
 
     # Loading happens in setup (every process), not prepare_data: nothing is downloaded.
     def _load(self) -> None:
@@ -426,8 +437,36 @@ class ImageDataModule(L.LightningDataModule):
         rank, world = 0, 1
         if self.trainer is not None:
             rank, world = self.trainer.global_rank, self.trainer.world_size
+        if self.predict_format != "npy":
+            source = open_source(
+                "data.predict_root",
+                self.predict_root,
+                files_per_unit=self.predict_shard_size,
+                image_column=self.image_column,
+            )
+            units = PredictUnits(
+                source.units,
+                self.predict_batch_size,
+                rank,
+                world,
+                done=self.predict_done_units,
+                image_column=source.image_column,
+            )
+            self.predict_total = units.num_samples
+            workers = default_workers() if self.num_workers is None else self.num_workers
+            return DataLoader(
+                units, batch_size=None, num_workers=min(workers, max(1, len(units.units)))
+            )
+        if not Path(self.predict_root).is_dir() or not find_images(self.predict_root):
+            kind = open_source("data.predict_root", self.predict_root).kind
+            if kind != "folder":
+                raise ValueError(
+                    f"data.predict_root={self.predict_root!r} is {kind} shards: the .npy + "
+                    "manifest output reads folders; pass --predict_writer.format parquet or tar"
+                )
         dataset = PredictImages(
             self.predict_root, self.predict_batch_size, rank, world, exclude=self.predict_exclude
         )
+        self.predict_total = sum(len(b) for b in dataset.batches[rank::world])
         # batch_size=None: the dataset yields whole batches.
         return DataLoader(dataset, batch_size=None, num_workers=self._workers())
