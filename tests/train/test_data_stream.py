@@ -198,3 +198,16 @@ def test_fit_trains_on_tar_shards(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_worker_count_changes_no_batch(tmp_path: Path) -> None:
+    from torch.utils.data import DataLoader
+
+    _photos(tmp_path / "photos", 8)
+    source = open_source("data.root", str(tmp_path / "photos"), files_per_unit=3)
+
+    def batches(workers: int) -> list[torch.Tensor]:
+        ds = StreamBatches(source.units, CropSpec(16), 3, 5, seed=1, start=2)
+        return list(DataLoader(ds, batch_size=None, num_workers=workers))
+
+    assert all(torch.equal(a, b) for a, b in zip(batches(0), batches(2), strict=True))
