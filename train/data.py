@@ -44,9 +44,9 @@ from vqio import IMAGE_EXTENSIONS, ImageDecodeError, image_size
 _PROBE = 16
 
 
-def _decoded_mb_within(source: Source, budget_mb: float) -> bool:
-    """Whether a folder's images, decoded to uint8 RGB, fit ``budget_mb`` (read from the
-    file headers, stopping as soon as the budget is exceeded)."""
+def _decoded_mb(source: Source, budget_mb: float) -> float:
+    """MiB a folder's images take decoded to uint8 RGB, read from the file headers; counting
+    stops as soon as it exceeds ``budget_mb``."""
     total, budget = 0, budget_mb * 2**20
     for unit in source.units:
         for key in unit.keys:
@@ -56,8 +56,8 @@ def _decoded_mb_within(source: Source, budget_mb: float) -> bool:
                 continue
             total += 3 * h * w
             if total > budget:
-                return False
-    return True
+                return total / 2**20
+    return total / 2**20
 
 
 def _probe(source: Source, units: list[Unit]) -> None:
@@ -260,11 +260,14 @@ class ImageDataModule(L.LightningDataModule):
             if self.val_root is None
             else open_source("data.val_root", self.val_root, image_column=self.image_column)
         )
-        in_memory = (
-            self.spec.augment == "crop"
-            and all(s is None or s.kind == "folder" for s in (source, val_source))
-            and all(s is None or _decoded_mb_within(s, self.cache_mb) for s in (source, val_source))
+        in_memory = self.spec.augment == "crop" and all(
+            s is None or s.kind == "folder" for s in (source, val_source)
         )
+        if in_memory:  # the training and validation images share the budget
+            used = _decoded_mb(source, self.cache_mb)
+            if val_source is not None and used <= self.cache_mb:
+                used += _decoded_mb(val_source, self.cache_mb - used)
+            in_memory = used <= self.cache_mb
         if not in_memory:
             self._setup_stream(source, val_source)
             self._train_images = []
