@@ -211,3 +211,35 @@ def test_worker_count_changes_no_batch(tmp_path: Path) -> None:
         return list(DataLoader(ds, batch_size=None, num_workers=workers))
 
     assert all(torch.equal(a, b) for a, b in zip(batches(0), batches(2), strict=True))
+
+
+@pytest.mark.timeout(900)
+def test_sigkill_then_resume_on_shards_continues_exactly(tmp_path: Path) -> None:
+    """The streamed path keeps the in-memory path's guarantee (tests/train/test_resume.py):
+    killed at step 5 and resumed, a run on tar shards with a DataLoader worker ends with the
+    weights of the uninterrupted run."""
+    import signal
+
+    from tests.train.helpers import CONFIGS, run_cli
+    from tests.train.test_resume import RESUME_OVERRIDES, _assert_same_tensors
+    from train.export import read_checkpoint
+
+    _photos(tmp_path / "photos", 10, size=48)
+    pack(tmp_path / "photos", tmp_path / "tar", shard_size=4)
+    data = [f"--data.root={tmp_path / 'tar' / 'train-{00000..00002}.tar'}", "--data.num_workers=1"]
+
+    def fit(root: Path, *extra: str) -> int:
+        root.mkdir(exist_ok=True)
+        args = ["fit", "--config", str(CONFIGS / "rotation.yaml"), *RESUME_OVERRIDES, *data]
+        proc = run_cli([*args, f"--trainer.default_root_dir={root}", *extra], cwd=root, timeout=400)
+        assert proc.returncode in (0, -signal.SIGKILL), proc.stderr[-3000:]
+        return proc.returncode
+
+    assert fit(tmp_path / "whole") == 0
+    kill = '{"class_path": "tests.train.helpers.KillAtStep", "init_args": {"step": 5}}'
+    assert fit(tmp_path / "killed", f"--trainer.callbacks+={kill}") == -signal.SIGKILL
+    assert fit(tmp_path / "killed", "--ckpt_path=last") == 0
+    a = read_checkpoint(tmp_path / "whole" / "version_0" / "checkpoints" / "last.ckpt")
+    b = read_checkpoint(tmp_path / "killed" / "version_0" / "checkpoints" / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == 8
+    _assert_same_tensors(a["state_dict"], b["state_dict"], "state_dict")
