@@ -89,6 +89,17 @@ def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(resized, dtype=np.uint8)
 
 
+def resize_center_square(image: np.ndarray, size: int) -> np.ndarray:
+    """Shorter side resized (bicubic, antialiased) to ``size``, then the central square:
+    the usual preprocessing before tokenizing a data set at one resolution."""
+    h, w = image.shape[:2]
+    scale = size / min(h, w)
+    image = _resize(image, max(size, round(h * scale)), max(size, round(w * scale)))
+    h, w = image.shape[:2]
+    top, left = (h - size) // 2, (w - size) // 2
+    return np.ascontiguousarray(image[top : top + size, left : left + size])
+
+
 def augment_crop(
     image: np.ndarray,
     size: int,

@@ -136,6 +136,9 @@ class ImageDataModule(L.LightningDataModule):
         predict_shard_size: images of a folder per output shard of ``vq-train predict``'s
             Parquet / tar output (shard sources keep their own: one output per tar shard,
             Parquet row group or Arrow slice).
+        predict_resize: resize each image's shorter side to this and take the central
+            square before tokenizing (e.g. 256 for ImageNet-style codes, and full batches
+            from images of mixed sizes); None tokenizes each image at its own size.
         predict_root: folder to tokenize with ``vq-train predict``.
         predict_batch_size: images per prediction batch (same-size images are grouped).
     """
@@ -163,6 +166,7 @@ class ImageDataModule(L.LightningDataModule):
         val_max_images: int = 500,
         image_column: str | None = None,
         predict_shard_size: int = 1024,
+        predict_resize: int | None = None,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -174,6 +178,7 @@ class ImageDataModule(L.LightningDataModule):
             ("predict_batch_size", predict_batch_size),
             ("val_max_images", val_max_images),
             ("predict_shard_size", predict_shard_size),
+            ("predict_resize", 1 if predict_resize is None else predict_resize),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"data.{name}={value!r} is not allowed; expected an integer >= 1")
@@ -233,6 +238,7 @@ class ImageDataModule(L.LightningDataModule):
         # interrupted run already wrote, so a re-run resumes).
         self.predict_exclude: set[str] = set()
         self.predict_shard_size = predict_shard_size
+        self.predict_resize = predict_resize
         # Set by CodeWriter: "npy" (PredictImages, a folder) or "parquet"/"tar" (PredictUnits,
         # any source), and the units an earlier run finished.
         self.predict_format = "npy"
@@ -454,6 +460,7 @@ class ImageDataModule(L.LightningDataModule):
                 world,
                 done=self.predict_done_units,
                 image_column=source.image_column,
+                resize=self.predict_resize,
             )
             self.predict_total = units.num_samples
             workers = default_workers() if self.num_workers is None else self.num_workers
@@ -468,7 +475,12 @@ class ImageDataModule(L.LightningDataModule):
                     "manifest output reads folders; pass --predict_writer.format parquet or tar"
                 )
         dataset = PredictImages(
-            self.predict_root, self.predict_batch_size, rank, world, exclude=self.predict_exclude
+            self.predict_root,
+            self.predict_batch_size,
+            rank,
+            world,
+            exclude=self.predict_exclude,
+            resize=self.predict_resize,
         )
         self.predict_total = sum(len(b) for b in dataset.batches[rank::world])
         # batch_size=None: the dataset yields whole batches.

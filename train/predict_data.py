@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from train.crops import resize_center_square
 from train.images import find_images, to_tensor
 from train.sources import Unit, UnitReader
 from vqio import IMAGE_EXTENSIONS, ImageDecodeError, decode_image, image_size, read_image
@@ -43,8 +44,10 @@ class PredictImages(IterableDataset[dict[str, Any]]):
         rank: int = 0,
         world_size: int = 1,
         exclude: Collection[str] = (),
+        resize: int | None = None,
     ) -> None:
         self.root = Path(root)
+        self.resize = resize
         self.rank = rank
         self.world_size = world_size
         paths = find_images(self.root)
@@ -62,6 +65,8 @@ class PredictImages(IterableDataset[dict[str, Any]]):
         self.batches: list[list[Path]] = []
         for path in paths:
             size = _image_size(path)
+            if size is not None and resize is not None:
+                size = (resize, resize)
             if size is None:
                 self.batches.append([path])
             else:
@@ -85,7 +90,10 @@ class PredictImages(IterableDataset[dict[str, Any]]):
             for path in batch:
                 name = path.relative_to(self.root).as_posix()
                 try:
-                    images.append(to_tensor(read_image(path)))
+                    image = read_image(path)
+                    if self.resize is not None:
+                        image = resize_center_square(image, self.resize)
+                    images.append(to_tensor(image))
                     names.append(name)
                 except ImageDecodeError as exc:
                     errors.append({"path": name, "error": str(exc)})
@@ -131,8 +139,10 @@ class PredictUnits(IterableDataset[dict[str, Any]]):
         world_size: int = 1,
         done: Collection[str] = (),
         image_column: str | None = None,
+        resize: int | None = None,
     ) -> None:
         todo = [u for u in units if u.name not in set(done)]
+        self.resize = resize
         self.units = todo[rank::world_size]
         self.batch_size = batch_size
         self.image_column = image_column
@@ -149,6 +159,8 @@ class PredictUnits(IterableDataset[dict[str, Any]]):
                 name = str(key)
                 try:
                     image = decode_image(reader.read(unit, i), label=reader.label(unit, i))
+                    if self.resize is not None:
+                        image = resize_center_square(image, self.resize)
                 except (ImageDecodeError, OSError, ValueError) as exc:
                     errors.append({"path": name, "error": str(exc)})
                     continue

@@ -180,3 +180,13 @@ def test_cli_ddp_predict_after_a_kill_writes_each_image_once(shards: Path, tmp_p
     source = open_source("data.predict_root", str(shards))
     keys = {str(k) for u in source.units for k in u.keys} - {"zz_broken"}
     assert set(got) == keys and all(len(v) == 1 for v in got.values())
+
+
+def test_predict_resize_gives_one_grid_and_full_batches(shards: Path) -> None:
+    source = open_source("data.predict_root", str(shards))
+    ds = PredictUnits(source.units, 3, resize=16)
+    batches = [b for b in ds if b["paths"]]
+    assert {tuple(b["images"].shape[1:]) for b in batches} == {(3, 16, 16)}
+    # Units of 3 samples (one with a corrupt member) of two sizes: full batches of 3.
+    assert sum(len(b["paths"]) for b in batches) == 10
+    assert max(len(b["paths"]) for b in batches) == 3
