@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -252,12 +253,24 @@ def checks(result: dict[str, Any]) -> list[str]:
     return out
 
 
+def setup_seconds(root: str, val: Path) -> float:
+    """Wall time of the data module's setup for a streamed source (index, split, probe):
+    the part of the time to the first step that depends on the data set's size."""
+    from train.data import ImageDataModule
+
+    t0 = time.perf_counter()
+    ImageDataModule(root=root, val_root=str(val), cache_mb=0).setup("fit")
+    return round(time.perf_counter() - t0, 3)
+
+
 def write_report(result: dict[str, Any], path: Path) -> None:
     cfg = result["config"]
+    command = re.sub(r"--photos \S+", "--photos PHOTOS", result["command"])
     lines = [
         "# Data at scale: memory, start-up, data wait, predict",
         "",
-        f"`{result['command']}` on {result['machine']}, {result['date']}.",
+        f"`{command}` on {result['machine']}, {result['date']}; PHOTOS: the training "
+        "photographs of the photo corpus beside the checkout.",
         f"Images: {cfg['side']}x{cfg['side']} JPEG crops; `vq-train fit --config "
         f"configs/default.yaml` for {cfg['steps']} steps, fp32, streamed (`--data.cache_mb=0`) "
         f"with the default workers ({result['default_workers']}), and the smallest set once "
@@ -273,10 +286,20 @@ def write_report(result: dict[str, Any], path: Path) -> None:
             f"| {row['n']:,} | {row['source']} | {row['peak_mb']:.0f} | {row['first_step_s']:.1f} "
             f"| {row['step_s']:.3f} | {row['data_wait_s']:.4f} | {row['wait_share']:.1%} |"
         )
+    if "setup" in result:
+        lines += [
+            "",
+            "Data setup alone (index, held-out split, probe decode), in process: "
+            + "; ".join(
+                f"{r['n']:,} images as {r['source']}: {r['s']:.2f} s" for r in result["setup"]
+            )
+            + ". It is the only part of the time to the first step that grows with the data set.",
+        ]
     p, t = result["predict"], result["tokenizer"]
     lines += [
         "",
-        f"Predict ({p['images']:,} images in tar shards of 64 to Parquet, batch "
+        f"Predict ({p['images']:,} images in tar shards of "
+        f"{cfg.get('predict_shard', 'up to 1,000')} to Parquet, batch "
         f"{cfg['predict_batch']}, fp32): {p['images_per_s']:.2f} images/s from predict start to "
         f"end ({p['end_to_end_images_per_s']:.2f} images/s including start-up, "
         f"{p['wall_s']:.0f} s); `vq.Tokenizer.encode` of the same {t['images']} images decoded "
@@ -288,6 +311,7 @@ def write_report(result: dict[str, Any], path: Path) -> None:
         "",
         "Notes:",
         "",
+        *(f"- {c}" for c in result.get("caveats", [])),
         "- The machine was shared with other jobs while measuring"
         + (
             f" (load average {result['load_average'][2]:.1f} over the last 15 minutes at the end)"
@@ -319,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="sizes 200 and 1,000, 10 steps")
     parser.add_argument("--out", type=Path, help="also write the markdown report here")
     parser.add_argument("--render", type=Path, help="only write --out from this JSON")
+    parser.add_argument(
+        "--setup-only", action="store_true", help="only add the data setup times to the JSON"
+    )
     args = parser.parse_args(argv)
     if args.render is not None:
         write_report(json.loads(args.render.read_text()), args.out or Path("data.md"))
@@ -332,6 +359,18 @@ def main(argv: list[str] | None = None) -> int:
     from train.stream import default_workers
 
     val, _ = make_dataset(Path(args.photos), work, 16, args.side, seed=1)
+    setup = []
+    for n in args.sizes:
+        folder, shards = make_dataset(Path(args.photos), work, n, args.side, seed=0)
+        for source, root in (("folder", str(folder)), ("tar", _pattern(shards))):
+            setup.append({"n": n, "source": source, "s": setup_seconds(root, val)})
+    if args.setup_only:
+        path = work / "data.json"
+        result = json.loads(path.read_text()) if path.is_file() else {}
+        result["setup"] = setup
+        path.write_text(json.dumps(result, indent=2))
+        print(json.dumps(setup))
+        return 0
     rows = []
     for n in args.sizes:
         folder, shards = make_dataset(Path(args.photos), work, n, args.side, seed=0)
@@ -355,8 +394,14 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d"),
         "default_workers": default_workers(),
         "load_average": os.getloadavg(),
-        "config": {"side": args.side, "steps": args.steps, "predict_batch": args.predict_batch},
+        "config": {
+            "side": args.side,
+            "steps": args.steps,
+            "predict_batch": args.predict_batch,
+            "predict_shard": 64,
+        },
         "fit": rows,
+        "setup": setup,
         "predict": pred,
         "tokenizer": tok,
     }
