@@ -235,21 +235,24 @@ def checks(result: dict[str, Any]) -> list[str]:
                 f"- peak memory at {rows[-1]['n']:,} / at {rows[0]['n']:,} images ({source}): "
                 f"{ratio:.2f} (target <= 1.2: {ok})"
             )
-    first = max(r["first_step_s"] for r in result["fit"])
-    out.append(
-        f"- slowest launch -> first step: {first:.1f} s "
-        f"(target <= 30 s: {'holds' if first <= 30 else 'missed'})"
-    )
-    share = max(r["wait_share"] for r in streamed)
-    out.append(
-        f"- largest data wait share of a step (median wait / (wait + step)): {share:.1%} "
-        f"(target < 5 %: {'holds' if share < 0.05 else 'missed'})"
-    )
-    ratio = result["predict"]["images_per_s"] / result["tokenizer"]["images_per_s"]
-    out.append(
-        f"- predict / Tokenizer.encode throughput: {ratio:.2f} "
-        f"(target >= 0.85: {'holds' if ratio >= 0.85 else 'missed'})"
-    )
+    if result["fit"]:
+        first = max(r["first_step_s"] for r in result["fit"])
+        out.append(
+            f"- slowest launch -> first step: {first:.1f} s "
+            f"(target <= 30 s: {'holds' if first <= 30 else 'missed'})"
+        )
+    if streamed:
+        share = max(r["wait_share"] for r in streamed)
+        out.append(
+            f"- largest data wait share of a step (median wait / (wait + step)): {share:.1%} "
+            f"(target < 5 %: {'holds' if share < 0.05 else 'missed'})"
+        )
+    if result.get("predict") and result.get("tokenizer"):
+        ratio = result["predict"]["images_per_s"] / result["tokenizer"]["images_per_s"]
+        out.append(
+            f"- predict / Tokenizer.encode throughput: {ratio:.2f} "
+            f"(target >= 0.85: {'holds' if ratio >= 0.85 else 'missed'})"
+        )
     return out
 
 
@@ -278,13 +281,16 @@ def write_report(result: dict[str, Any], path: Path) -> None:
         "set sizes (PSS) of the process and its DataLoader workers, so pages the workers share "
         "are counted once.",
         "",
-        "| images | source | peak PSS (MiB) | launch -> first step (s) | step (s) | data wait (s) | wait share |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "| images | source | steps | peak PSS (MiB) | launch -> first step (s) | step (s) "
+        "| data wait (s) | wait share |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in result["fit"]:
+        run = f" ({row['run']})" if "run" in row else ""
         lines.append(
-            f"| {row['n']:,} | {row['source']} | {row['peak_mb']:.0f} | {row['first_step_s']:.1f} "
-            f"| {row['step_s']:.3f} | {row['data_wait_s']:.4f} | {row['wait_share']:.1%} |"
+            f"| {row['n']:,} | {row['source']}{run} | {row['steps']} | {row['peak_mb']:.0f} "
+            f"| {row['first_step_s']:.1f} | {row['step_s']:.3f} | {row['data_wait_s']:.4f} "
+            f"| {row['wait_share']:.1%} |"
         )
     if "setup" in result:
         lines += [
@@ -295,15 +301,21 @@ def write_report(result: dict[str, Any], path: Path) -> None:
             )
             + ". It is the only part of the time to the first step that grows with the data set.",
         ]
-    p, t = result["predict"], result["tokenizer"]
+    p, t = result.get("predict"), result.get("tokenizer")
+    lines += (
+        []
+        if not (p and t)
+        else [
+            "",
+            f"Predict ({p['images']:,} images in tar shards of "
+            f"{cfg.get('predict_shard', 'up to 1,000')} to Parquet, batch "
+            f"{cfg['predict_batch']}, fp32): {p['images_per_s']:.2f} images/s from predict start to "
+            f"end ({p['end_to_end_images_per_s']:.2f} images/s including start-up, "
+            f"{p['wall_s']:.0f} s); `vq.Tokenizer.encode` of the same {t['images']} images decoded "
+            f"in memory: {t['images_per_s']:.2f} images/s.",
+        ]
+    )
     lines += [
-        "",
-        f"Predict ({p['images']:,} images in tar shards of "
-        f"{cfg.get('predict_shard', 'up to 1,000')} to Parquet, batch "
-        f"{cfg['predict_batch']}, fp32): {p['images_per_s']:.2f} images/s from predict start to "
-        f"end ({p['end_to_end_images_per_s']:.2f} images/s including start-up, "
-        f"{p['wall_s']:.0f} s); `vq.Tokenizer.encode` of the same {t['images']} images decoded "
-        f"in memory: {t['images_per_s']:.2f} images/s.",
         "",
         "Targets (issue 22):",
         "",
@@ -343,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="sizes 200 and 1,000, 10 steps")
     parser.add_argument("--out", type=Path, help="also write the markdown report here")
     parser.add_argument("--render", type=Path, help="only write --out from this JSON")
+    parser.add_argument("--skip-fit", action="store_true", help="measure predict only")
     parser.add_argument(
         "--setup-only", action="store_true", help="only add the data setup times to the JSON"
     )
@@ -359,8 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     from train.stream import default_workers
 
     val, _ = make_dataset(Path(args.photos), work, 16, args.side, seed=1)
-    setup = []
-    for n in args.sizes:
+    setup: list[dict[str, Any]] = []
+    for n in [] if args.skip_fit else args.sizes:
         folder, shards = make_dataset(Path(args.photos), work, n, args.side, seed=0)
         for source, root in (("folder", str(folder)), ("tar", _pattern(shards))):
             setup.append({"n": n, "source": source, "s": setup_seconds(root, val)})
@@ -372,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(setup))
         return 0
     rows = []
-    for n in args.sizes:
+    for n in [] if args.skip_fit else args.sizes:
         folder, shards = make_dataset(Path(args.photos), work, n, args.side, seed=0)
         for source, root in (("folder", str(folder)), ("tar", _pattern(shards))):
             row = fit(root, val, work, f"{source}-{n}", args.steps, ["--data.cache_mb=0"])
@@ -380,10 +393,11 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(rows[-1]), flush=True)
     # Today's path for reference: the smallest set decoded into memory (data.cache_mb default).
     n = min(args.sizes)
-    folder, _ = make_dataset(Path(args.photos), work, n, args.side, seed=0)
-    row = fit(str(folder), val, work, f"memory-{n}", args.steps, [])
-    rows.append({"n": n, "source": "folder, in memory", **row})
-    print(json.dumps(rows[-1]), flush=True)
+    if not args.skip_fit:
+        folder, _ = make_dataset(Path(args.photos), work, n, args.side, seed=0)
+        row = fit(str(folder), val, work, f"memory-{n}", args.steps, [])
+        rows.append({"n": n, "source": "folder, in memory", **row})
+        print(json.dumps(rows[-1]), flush=True)
     k = args.predict_images
     folder, shards = make_dataset(Path(args.photos), work, k, args.side, seed=2, shard_size=64)
     pred = predict(shards, work, f"predict-{k}", args.predict_batch)
