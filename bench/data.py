@@ -268,6 +268,7 @@ def setup_seconds(root: str, val: Path) -> float:
 
 def write_report(result: dict[str, Any], path: Path) -> None:
     cfg = result["config"]
+    memory_rows = [r for r in result["fit"] if "memory" in r["source"]]
     command = re.sub(r"--photos \S+", "--photos PHOTOS", result["command"])
     lines = [
         "# Data at scale: memory, start-up, data wait, predict",
@@ -276,10 +277,14 @@ def write_report(result: dict[str, Any], path: Path) -> None:
         "photographs of the photo corpus beside the checkout.",
         f"Images: {cfg['side']}x{cfg['side']} JPEG crops; `vq-train fit --config "
         f"configs/default.yaml` for {cfg['steps']} steps, fp32, streamed (`--data.cache_mb=0`) "
-        f"with the default workers ({result['default_workers']}), and the smallest set once "
-        "through the in-memory path for reference. Peak memory is the sum of the proportional "
-        "set sizes (PSS) of the process and its DataLoader workers, so pages the workers share "
-        "are counted once.",
+        f"with the default workers ({result['default_workers']})"
+        + (
+            ", and the smallest set once through the in-memory path for reference"
+            if memory_rows
+            else ""
+        )
+        + ". Peak memory is the sum of the proportional set sizes (PSS) of the process and its "
+        "DataLoader workers, so pages the workers share are counted once.",
         "",
         "| images | source | steps | peak PSS (MiB) | launch -> first step (s) | step (s) "
         "| data wait (s) | wait share |",
@@ -335,7 +340,8 @@ def write_report(result: dict[str, Any], path: Path) -> None:
         "Tokenizer) are what the runs compare.",
         "- Memory is flat because nothing but the index (file names, tar member offsets) "
         "grows with the data set; the rest is the model, the optimizer and one batch per "
-        "worker. The in-memory row shows the fast path small folders keep.",
+        "worker."
+        + (" The in-memory row shows the fast path small folders keep." if memory_rows else ""),
         "- Not measured here: GPUs, several nodes, shards on a network file system, and "
         "data sets beyond the sizes in the table.",
         "",
