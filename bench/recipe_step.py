@@ -42,7 +42,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 class StepTimer(L.Callback):
     def __init__(self, skip: int) -> None:
-        self.skip, self.times, self._t = skip, [], 0.0
+        self.skip, self._t = skip, 0.0
+        self.times: list[float] = []
 
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
         self._t = time.perf_counter()
@@ -68,7 +69,8 @@ def time_variant(options: dict[str, Any], batch: torch.Tensor, steps: int, preci
         limit_val_batches=0,
         callbacks=[timer],
     )
-    loader = torch.utils.data.DataLoader(batch.repeat(steps + 2, 1, 1, 1), batch_size=len(batch))
+    batches = list(batch.repeat(steps + 2, 1, 1, 1).split(len(batch)))  # (B, 3, H, W) each
+    loader = torch.utils.data.DataLoader(batches, batch_size=None)  # type: ignore[arg-type,var-annotated]
     trainer.fit(module, train_dataloaders=loader)
     return statistics.median(timer.times)
 

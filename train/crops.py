@@ -78,6 +78,87 @@ def draw_crop(
     return crop
 
 
+AUGMENTS = ("crop", "resize_crop", "random_resized_crop")
+
+
+def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bicubic resize (Pillow, antialiased when shrinking) to (height, width)."""
+    if image.shape[:2] == (height, width):
+        return image
+    resized = Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC)
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def resize_center_square(image: np.ndarray, size: int) -> np.ndarray:
+    """Shorter side resized (bicubic, antialiased) to ``size``, then the central square:
+    the usual preprocessing before tokenizing a data set at one resolution."""
+    h, w = image.shape[:2]
+    scale = size / min(h, w)
+    image = _resize(image, max(size, round(h * scale)), max(size, round(w * scale)))
+    h, w = image.shape[:2]
+    top, left = (h - size) // 2, (w - size) // 2
+    return np.ascontiguousarray(image[top : top + size, left : left + size])
+
+
+def augment_crop(
+    image: np.ndarray,
+    size: int,
+    gen: torch.Generator,
+    *,
+    augment: str = "crop",
+    resize_ratio: float = 1.125,
+    min_scale: float = 0.35,
+    min_std: float = 0.02,
+    max_tries: int = 10,
+    flip: bool = True,
+) -> np.ndarray:
+    """One augmented ``size`` x ``size`` uint8 crop of ``image`` drawn with ``gen``:
+
+    - ``crop``: a random crop at the image's own resolution (upscaled first if a side is
+      below ``size``), redrawn while near-constant (``draw_crop``);
+    - ``resize_crop``: shorter side resized to ``round(size * resize_ratio)``, then a random
+      crop (LlamaGen's tokenizer recipe, ratio 1.1);
+    - ``random_resized_crop``: a random region of ``min_scale``..1 of the area and aspect
+      3/4..4/3, resized to ``size`` (MaskGIT / TiTok style);
+
+    then a random horizontal flip."""
+    if augment == "crop":
+        image = ensure_min_side(image, size)
+        return draw_crop(
+            [image], torch.ones(1), size, gen, min_std=min_std, max_tries=max_tries, flip=flip
+        )
+    h, w = image.shape[:2]
+    if augment == "resize_crop":
+        short = max(size, round(size * resize_ratio))
+        scale = short / min(h, w)
+        image = _resize(image, max(short, round(h * scale)), max(short, round(w * scale)))
+        h, w = image.shape[:2]
+        top = int(torch.randint(h - size + 1, (), generator=gen))
+        left = int(torch.randint(w - size + 1, (), generator=gen))
+        crop = image[top : top + size, left : left + size]
+    elif augment == "random_resized_crop":
+        area = h * w
+        ch, cw = min(h, w), min(h, w)  # fallback: the central square
+        for _ in range(10):
+            target = area * float(torch.empty(()).uniform_(min_scale, 1.0, generator=gen))
+            log_ratio = float(
+                torch.empty(()).uniform_(math.log(3 / 4), math.log(4 / 3), generator=gen)
+            )
+            ratio = math.exp(log_ratio)
+            tw, th = round(math.sqrt(target * ratio)), round(math.sqrt(target / ratio))
+            if 0 < tw <= w and 0 < th <= h:
+                ch, cw = th, tw
+                break
+        top = int(torch.randint(h - ch + 1, (), generator=gen))
+        left = int(torch.randint(w - cw + 1, (), generator=gen))
+        crop = _resize(np.ascontiguousarray(image[top : top + ch, left : left + cw]), size, size)
+    else:
+        raise ValueError(f"augment={augment!r} is not allowed; expected one of {AUGMENTS}")
+    if flip and bool(torch.rand((), generator=gen) < 0.5):
+        crop = crop[:, ::-1]
+    return crop
+
+
 class RandomCropDataset(Dataset[torch.Tensor]):
     """``length`` random crops (``draw_crop``), each from a random image (weighted by pixel
     count), with a random horizontal flip. Near-constant crops (std of [0, 1] pixels <
@@ -232,9 +313,11 @@ class CropLoader(DataLoader[torch.Tensor]):
     a different batch size, epoch length or number of ranks changes the stream."""
 
     def state_dict(self) -> dict[str, int]:
-        ds = self.dataset
-        assert isinstance(ds, CropBatches)
-        return {"batch_size": ds.batch_size, "batches_per_epoch": ds.batches_per_epoch}
+        ds = self.dataset  # CropBatches or train.stream.StreamBatches: the same geometry
+        return {
+            "batch_size": int(ds.batch_size),  # type: ignore[attr-defined]
+            "batches_per_epoch": int(ds.batches_per_epoch),  # type: ignore[attr-defined]
+        }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state != self.state_dict():

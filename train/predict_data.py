@@ -1,17 +1,21 @@
-"""Prediction (dataset tokenization) input: a folder's images in same-size batches, split
-over ranks and DataLoader workers so every file lands in exactly one batch."""
+"""Prediction (dataset tokenization) input, split over ranks and DataLoader workers so every
+sample lands in exactly one batch: ``PredictImages`` (a folder's images in same-size batches,
+for the ``.npy`` + manifest output) and ``PredictUnits`` (any source, unit by unit, for the
+per-shard Parquet / tar output)."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from train.crops import resize_center_square
 from train.images import find_images, to_tensor
-from vqio import IMAGE_EXTENSIONS, ImageDecodeError, image_size, read_image
+from train.sources import Unit, UnitReader
+from vqio import IMAGE_EXTENSIONS, ImageDecodeError, decode_image, image_size, read_image
 
 
 def _image_size(path: Path) -> tuple[int, int] | None:
@@ -40,8 +44,10 @@ class PredictImages(IterableDataset[dict[str, Any]]):
         rank: int = 0,
         world_size: int = 1,
         exclude: Collection[str] = (),
+        resize: int | None = None,
     ) -> None:
         self.root = Path(root)
+        self.resize = resize
         self.rank = rank
         self.world_size = world_size
         paths = find_images(self.root)
@@ -59,6 +65,8 @@ class PredictImages(IterableDataset[dict[str, Any]]):
         self.batches: list[list[Path]] = []
         for path in paths:
             size = _image_size(path)
+            if size is not None and resize is not None:
+                size = (resize, resize)
             if size is None:
                 self.batches.append([path])
             else:
@@ -82,7 +90,10 @@ class PredictImages(IterableDataset[dict[str, Any]]):
             for path in batch:
                 name = path.relative_to(self.root).as_posix()
                 try:
-                    images.append(to_tensor(read_image(path)))
+                    image = read_image(path)
+                    if self.resize is not None:
+                        image = resize_center_square(image, self.resize)
+                    images.append(to_tensor(image))
                     names.append(name)
                 except ImageDecodeError as exc:
                     errors.append({"path": name, "error": str(exc)})
@@ -106,3 +117,81 @@ class PredictImages(IterableDataset[dict[str, Any]]):
                 names = [n for _, n in kept]
             stacked = torch.stack(images) if images else torch.empty(0, 3, 0, 0)
             yield {"images": stacked, "paths": names, "errors": errors}
+
+
+class PredictUnits(IterableDataset[dict[str, Any]]):
+    """Prediction input from any ``train.sources`` source, unit by unit (a tar shard, a
+    Parquet row group, a chunk of a folder): unit ``i`` goes to rank ``i % world_size`` and
+    then to one DataLoader worker, which yields its samples in same-size batches like
+    ``PredictImages`` (``images``, ``paths`` = sample keys, ``errors``) plus ``unit`` (its
+    name) and ``unit_end`` (true on the unit's last batch, which may hold no image), so a
+    writer can write one output shard per unit once the unit is complete.
+
+    ``done`` names units an earlier run finished; they are left out before the split, so
+    every rank agrees on the rest.
+    """
+
+    def __init__(
+        self,
+        units: Sequence[Unit],
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        done: Collection[str] = (),
+        image_column: str | None = None,
+        resize: int | None = None,
+    ) -> None:
+        todo = [u for u in units if u.name not in set(done)]
+        self.resize = resize
+        self.units = todo[rank::world_size]
+        self.batch_size = batch_size
+        self.image_column = image_column
+        self.num_samples = sum(len(u) for u in self.units)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        reader = UnitReader(self.image_column)
+        for unit in self.units[worker::workers]:
+            groups: dict[tuple[int, ...], tuple[list[torch.Tensor], list[str]]] = {}
+            errors: list[dict[str, str]] = []
+            for i, key in enumerate(unit.keys):
+                name = str(key)
+                try:
+                    image = decode_image(reader.read(unit, i), label=reader.label(unit, i))
+                    if self.resize is not None:
+                        image = resize_center_square(image, self.resize)
+                except (ImageDecodeError, OSError, ValueError) as exc:
+                    errors.append({"path": name, "error": str(exc)})
+                    continue
+                tensors, names = groups.setdefault(image.shape, ([], []))
+                tensors.append(to_tensor(image))
+                names.append(name)
+                if len(tensors) == self.batch_size:
+                    yield self._batch(unit, tensors, names, errors, False)
+                    groups.pop(image.shape)
+                    errors = []
+            rest = list(groups.values())
+            for j, (tensors, names) in enumerate(rest):
+                yield self._batch(unit, tensors, names, errors, j == len(rest) - 1)
+                errors = []
+            if not rest:
+                yield self._batch(unit, [], [], errors, True)
+        reader.close()
+
+    @staticmethod
+    def _batch(
+        unit: Unit,
+        tensors: list[torch.Tensor],
+        names: list[str],
+        errors: list[dict[str, str]],
+        end: bool,
+    ) -> dict[str, Any]:
+        images = torch.stack(tensors) if tensors else torch.empty(0, 3, 0, 0)
+        return {
+            "images": images,
+            "paths": names,
+            "errors": errors,
+            "unit": unit.name,
+            "unit_end": end,
+        }

@@ -79,7 +79,9 @@ def test_lpips_is_frozen_but_passes_gradients(tmp_path: Path) -> None:
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
-def test_missing_weights_say_how_to_get_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_weights_say_how_to_get_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     _, heads = write_weights(tmp_path)
     with pytest.raises(ValueError, match=r"vgg16-397923af\.pth.*IMAGENET1K_V1"):
