@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
         "repeat for several models (default default=models/default, relative to the current "
         "directory; a local path that exists wins over a Hub id; env VQ_MODELS)",
     )
+    p.add_argument(
+        "--allow-unverified",
+        action="store_true",
+        help="serve artifacts without checksums (no 'files' list in config.json, ONNX graphs "
+        "it does not list), each with a logged warning; refused otherwise "
+        "(env VQ_ALLOW_UNVERIFIED=true)",
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], help="env VQ_DEVICE")
     p.add_argument(
         "--precision",
@@ -154,6 +161,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     }
     if args.no_batching:
         overrides["batching"] = False
+    if args.allow_unverified:
+        overrides["allow_unverified"] = True
     return Settings(**overrides)
 
 

@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     models: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=lambda: {"default": "models/default"}
     )
+    # Serve artifacts without checksums (config.json with no "files" list, ONNX graphs it does
+    # not list): off, they are refused at start-up; on, each is loaded with a logged warning.
+    allow_unverified: bool = False
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
 

@@ -243,9 +243,20 @@ class ServiceState:
         # A Hub id is loaded by its id (a cache hit by now): vq.load_tokenizer then trusts the
         # snapshot's links into the cache's blobs/, which it refuses in a plain directory.
         source = path if is_hub_id(path) else root
-        tokenizer = vq.load_tokenizer(source, device=settings.device, precision=precision)
+        tokenizer = vq.load_tokenizer(
+            source,
+            device=settings.device,
+            precision=precision,
+            allow_unverified=settings.allow_unverified,
+        )
         reason = precision_reason(tokenizer, settings.precision, settings.backend)
-        backend = make_backend(settings.backend, tokenizer, root, threads=settings.torch_threads)
+        backend = make_backend(
+            settings.backend,
+            tokenizer,
+            root,
+            threads=settings.torch_threads,
+            allow_unverified=settings.allow_unverified,
+        )
         cost = self._measure_cost(backend, tokenizer.f)
         usage = vq.CodebookUsage(tokenizer.codebook_size, window=settings.usage_window)
         lock = threading.Lock()
