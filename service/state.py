@@ -104,6 +104,10 @@ class StartupError(RuntimeError):
     """The service cannot start as configured; the message says why and what to change."""
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def is_hub_id(path: str) -> bool:
     """A model spec names a Hub repo when no such local path exists and it reads "owner/name"."""
     return not Path(path).expanduser().exists() and looks_like_repo_id(path)
@@ -315,7 +319,7 @@ class ServiceState:
         baseline = current_rss()
         pool = total - baseline
         if pool < 16 * 2**20:
-            raise RuntimeError(
+            raise StartupError(
                 f"memory_budget={total} bytes leaves {pool} bytes for requests after the "
                 f"loaded models ({baseline} bytes resident); raise VQ_MEMORY_BUDGET"
             )
@@ -352,14 +356,29 @@ class ServiceState:
         )
         loop = asyncio.get_running_loop()
         for name, path in settings.models.items():
-            model = await loop.run_in_executor(
-                self._executor, self._load_one, name, path, self._executor
-            )
+            try:
+                model = await loop.run_in_executor(
+                    self._executor, self._load_one, name, path, self._executor
+                )
+            except (StartupError, ValueError, OSError) as exc:  # vq.ArtifactError, a bad file
+                raise StartupError(f"model {name!r}: {_one_line(exc)}") from None
             model.encoder.start()
             model.decoder.start()
             self.models[name] = model
         self._budget = self._make_budget()
         self.ready = True
+        logger.info("ready: serving %s", ", ".join(self.models))
+
+    async def load_or_report(self, on_failure: Callable[[str], None]) -> None:
+        """``load``, for a server that already listens: a failure is reported as one line
+        (``on_failure``, which stops the server), a bug with its traceback as well."""
+        try:
+            await self.load()
+        except (StartupError, RuntimeError, ValueError, OSError) as exc:
+            on_failure(_one_line(exc))
+        except Exception as exc:
+            logger.exception("loading the models failed")
+            on_failure(f"loading the models failed: {type(exc).__name__}: {_one_line(exc)}")
 
     @property
     def budget(self) -> MemoryBudget:

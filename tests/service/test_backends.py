@@ -123,7 +123,7 @@ def test_float_input_graphs_are_refused_naming_the_fix(artifact_dir: Path, tmp_p
     shutil.copytree(artifact_dir, served)
     export_onnx_from(served, served, input_dtype="float")
     app = create_app(make_settings(served, backend="onnxruntime"))
-    with pytest.raises(ValueError, match="not uint8 images; re-export"), TestClient(app):
+    with pytest.raises(StartupError, match="not uint8 images; re-export"), TestClient(app):
         pass
 
 
@@ -151,7 +151,7 @@ def test_a_foreign_onnx_graph_is_refused(
     export_onnx_from(fsq_artifact_dir, foreign)
     _swap_encoder(served, foreign, how)
     app = create_app(make_settings(served, backend="onnxruntime", torch_threads=1))
-    with pytest.raises(ValueError, match=message), TestClient(app):
+    with pytest.raises(StartupError, match=message), TestClient(app):
         pass
 
 
@@ -165,7 +165,7 @@ def test_unlisted_onnx_graphs_need_allow_unverified(artifact_dir: Path, tmp_path
         shutil.copy(tmp_path / "graphs" / name, served / name)
     app = create_app(make_settings(served, backend="onnxruntime", torch_threads=1))
     unlisted = r"encoder\.onnx is not listed in config\.json"
-    with pytest.raises(ValueError, match=unlisted), TestClient(app):
+    with pytest.raises(StartupError, match=unlisted), TestClient(app):
         pass
     settings = make_settings(served, backend="onnxruntime", torch_threads=1, allow_unverified=True)
     with TestClient(create_app(settings)) as client:
