@@ -7,6 +7,7 @@ queued items, so the batcher drops them before they run (``service.batcher``). E
 request is refused under load maps to one status here:
 
     BudgetExceeded    413 memory_budget       can never fit the memory pool
+    MemoryBusy        503 overloaded          Retry-After, at once: a body's parse memory
     QueueFull         503 overloaded          Retry-After, at once
     DeadlineExceeded  503 timeout             Retry-After, the work never ran (or was dropped)
     client left       499 client_disconnected nobody reads it; counted in /metrics
@@ -20,13 +21,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TypeVar
 
 from starlette.requests import Request
 
 from service.batcher import BatcherClosed, DeadlineExceeded, QueueFull
-from service.budget import BudgetExceeded
+from service.budget import BudgetExceeded, MemoryBudget, MemoryBusy, Reservation
 from service.errors import APIError
 from service.state import InvalidCodes, ServiceState
 
@@ -86,6 +87,11 @@ def refusals(state: ServiceState, model: str, op: str) -> Iterator[None]:
     except BudgetExceeded as exc:
         shed.labels(model, op, "memory").inc()
         raise APIError(413, "memory_budget", f"this request {exc}") from None
+    except MemoryBusy as exc:
+        shed.labels(model, op, "memory").inc()
+        raise APIError(
+            503, "overloaded", f"overloaded: this request {exc}; retry later", headers=retry
+        ) from None
     except QueueFull as exc:
         shed.labels(model, op, "queue_full").inc()
         raise APIError(
@@ -109,6 +115,33 @@ def refusals(state: ServiceState, model: str, op: str) -> Iterator[None]:
     except InvalidCodes as exc:
         logger.error("%s for %r: %s", op, model, exc)
         raise APIError(500, "internal", f"internal error: {exc}") from None
+
+
+def declared_body_bytes(request: Request, limit: int) -> int:
+    """The body size the client declared (Content-Length), or ``limit`` (max_upload_bytes,
+    which the body limit enforces) when it declared none."""
+    try:
+        return min(limit, int(request.headers["content-length"]))
+    except (KeyError, ValueError):
+        return limit
+
+
+@contextlib.asynccontextmanager
+async def reserved(
+    budget: MemoryBudget, nbytes: int, deadline: float
+) -> AsyncIterator[Reservation]:
+    """Hold ``nbytes`` of ``budget`` for the block, waiting for them at most until
+    ``deadline`` (``DeadlineExceeded``); ``BudgetExceeded`` at once if they can never fit."""
+    budget.check_fits(nbytes)
+    try:
+        await asyncio.wait_for(budget.acquire(nbytes), max(0.0, deadline - time.monotonic()))
+    except TimeoutError:
+        raise DeadlineExceeded("the request's deadline passed waiting for memory") from None
+    held = Reservation(budget, nbytes)
+    try:
+        yield held
+    finally:
+        held.release()
 
 
 def request_deadline(state: ServiceState, request: Request) -> float:

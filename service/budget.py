@@ -29,6 +29,17 @@ DECODE_BYTES_PER_PIXEL = 16
 # PNG encoding of a decoded image: the (H, W, 3) array (3 B/px) plus the compressed file
 # (at most about the raw size at compress_level=1) and its base64 copy (4/3).
 PNG_BYTES_PER_PIXEL = 8
+# Reading and parsing request bodies: the input pool (INPUT_SHARE of the pool), reserved
+# before the body is read and grown (never waited for) once its structure is known.
+INPUT_SHARE = 0.25
+# An upload body as received, plus one copy per parsed part (a multipart file part; base64
+# text and its decoded bytes).
+UPLOAD_BYTES_PER_BODY_BYTE = 3
+# A JSON body parsed by pydantic into Python lists of ints: per list (object, pointer,
+# parser node) and per element (pointer, int object, parser node), with a margin over the
+# worst shapes measured (docs/benchmarks/load.md).
+JSON_BYTES_PER_LIST = 112
+JSON_BYTES_PER_ITEM = 80
 # Measurements carry allocator slack (freed blocks kept, page granularity): a margin on top.
 SAFETY_FACTOR = 1.25
 # Below this the probe is noise (tiny test models); no real network costs less.
@@ -37,6 +48,11 @@ MIN_BYTES_PER_PIXEL = 32
 
 class BudgetExceeded(RuntimeError):
     """The request needs more memory than the whole pool; it can never run."""
+
+
+class MemoryBusy(RuntimeError):
+    """A reservation could not grow now (its holder never waits, so holders cannot
+    deadlock); the request is refused with 503 + Retry-After."""
 
 
 def machine_memory() -> int:
@@ -104,6 +120,16 @@ class ModelCost:
         return (self.decode_per_pixel + PNG_BYTES_PER_PIXEL) * pixels
 
 
+def json_parse_bytes(body: bytes) -> int:
+    """An upper bound of the memory parsing a JSON ``body`` of code grids takes, from its
+    counts of ``[`` (lists) and ``,`` (elements after the first): a body of many one-element
+    rows costs far more per byte than one of long rows, and this prices each as it is.
+    Brackets or commas inside strings only raise the bound."""
+    lists = body.count(b"[")
+    items = body.count(b",") + lists
+    return 2 * len(body) + JSON_BYTES_PER_LIST * lists + JSON_BYTES_PER_ITEM * items
+
+
 def per_pixel(measured_bytes: int, pixels: int) -> int:
     """Measured bytes of a probe of ``pixels`` -> the bytes per pixel the budget charges."""
     return max(MIN_BYTES_PER_PIXEL, math.ceil(SAFETY_FACTOR * measured_bytes / pixels))
@@ -125,11 +151,7 @@ class MemoryBudget:
         return len(self._waiters)
 
     async def acquire(self, nbytes: int) -> None:
-        if nbytes > self.capacity:
-            raise BudgetExceeded(
-                f"needs {nbytes / 2**20:.0f} MiB of working memory; the pool is "
-                f"{self.capacity / 2**20:.0f} MiB (setting memory_budget, env VQ_MEMORY_BUDGET)"
-            )
+        self.check_fits(nbytes)
         if not self._waiters and self.used + nbytes <= self.capacity:
             self.used += nbytes
             return
@@ -151,6 +173,20 @@ class MemoryBudget:
         self.used -= nbytes
         self._wake()
 
+    def check_fits(self, nbytes: int) -> None:
+        if nbytes > self.capacity:
+            raise BudgetExceeded(
+                f"needs {nbytes / 2**20:.0f} MiB of working memory; the pool is "
+                f"{self.capacity / 2**20:.0f} MiB (setting memory_budget, env VQ_MEMORY_BUDGET)"
+            )
+
+    def try_grow(self, extra: int) -> bool:
+        """Take ``extra`` more bytes for a holder, now or not at all (never waits)."""
+        if self.used + extra > self.capacity:
+            return False
+        self.used += extra
+        return True
+
     def _wake(self) -> None:
         while self._waiters and self.used + self._waiters[0][0] <= self.capacity:
             nbytes, future = self._waiters.popleft()
@@ -160,9 +196,37 @@ class MemoryBudget:
             future.set_result(None)
 
     @contextlib.asynccontextmanager
-    async def reserve(self, nbytes: int) -> AsyncIterator[None]:
+    async def reserve(self, nbytes: int) -> AsyncIterator[Reservation]:
         await self.acquire(nbytes)
+        held = Reservation(self, nbytes)
         try:
-            yield
+            yield held
         finally:
-            self.release(nbytes)
+            held.release()
+
+
+class Reservation:
+    """Bytes one request holds in a ``MemoryBudget``; resized as the request learns what it
+    needs. Growing never waits (``MemoryBusy`` if the pool is full now): only a request that
+    holds nothing in a pool waits in it, so no two requests can wait on each other."""
+
+    def __init__(self, budget: MemoryBudget, nbytes: int) -> None:
+        self.budget = budget
+        self.nbytes = nbytes
+
+    def resize(self, nbytes: int) -> None:
+        extra = nbytes - self.nbytes
+        if extra > 0:
+            self.budget.check_fits(nbytes)
+            if not self.budget.try_grow(extra):
+                raise MemoryBusy(
+                    f"needs {nbytes / 2**20:.0f} MiB to read its body and the memory for "
+                    "request bodies is in use now"
+                )
+        elif extra < 0:
+            self.budget.release(-extra)
+        self.nbytes = nbytes
+
+    def release(self) -> None:
+        self.budget.release(self.nbytes)
+        self.nbytes = 0

@@ -26,6 +26,7 @@ import vq
 from service.backends import Backend, import_onnxruntime, make_backend
 from service.batcher import MicroBatcher
 from service.budget import (
+    INPUT_SHARE,
     MemoryBudget,
     ModelCost,
     current_rss,
@@ -202,7 +203,10 @@ class ServiceState:
         self.models: dict[str, ServedModel] = {}
         self.ready = False
         self.draining = False
-        self._budget: MemoryBudget | None = None  # sized once the models are loaded
+        # Sized once the models are loaded: the pool for model passes (and decoded pixels,
+        # PNGs) and the input pool for reading and parsing bodies (service/budget.py).
+        self._budget: MemoryBudget | None = None
+        self._input_budget: MemoryBudget | None = None
         self.metrics = ServiceMetrics(self.usage_snapshots, self.load_snapshot)
         self._executor: ThreadPoolExecutor | None = None
 
@@ -218,12 +222,12 @@ class ServiceState:
                     batcher.items_expired,
                     batcher.items_cancelled,
                 )
-        budget = self._budget
+        pools = [b for b in (self._budget, self._input_budget) if b is not None]
         return LoadSnapshot(
             queues=queues,
-            budget_capacity=budget.capacity if budget else 0,
-            budget_used=budget.used if budget else 0,
-            budget_waiting=budget.waiting if budget else 0,
+            budget_capacity=sum(b.capacity for b in pools),
+            budget_used=sum(b.used for b in pools),
+            budget_waiting=sum(b.waiting for b in pools),
             rss=current_rss(),
         )
 
@@ -312,8 +316,9 @@ class ServiceState:
             history=history,
         )
 
-    def _make_budget(self) -> MemoryBudget:
-        """The pool requests reserve from: the budget less what the loaded process holds."""
+    def _make_budget(self) -> tuple[MemoryBudget, MemoryBudget]:
+        """The pools requests reserve from, (model passes, bodies): the budget less what the
+        loaded process holds, split INPUT_SHARE for reading and parsing bodies."""
         settings = self.settings
         total = settings.memory_budget or default_budget()
         baseline = current_rss()
@@ -338,7 +343,8 @@ class ServiceState:
                 side,
                 settings.max_image_side,
             )
-        return MemoryBudget(pool)
+        inputs = int(pool * INPUT_SHARE)
+        return MemoryBudget(pool - inputs), MemoryBudget(inputs)
 
     async def load(self) -> None:
         """Load every configured artifact (off the event loop) and start the batchers."""
@@ -365,7 +371,7 @@ class ServiceState:
             model.encoder.start()
             model.decoder.start()
             self.models[name] = model
-        self._budget = self._make_budget()
+        self._budget, self._input_budget = self._make_budget()
         self.ready = True
         logger.info("ready: serving %s", ", ".join(self.models))
 
@@ -382,10 +388,19 @@ class ServiceState:
 
     @property
     def budget(self) -> MemoryBudget:
+        """The pool of model passes, decoded pixels and result images."""
         if self._budget is None:
             self.require_ready()
             raise APIError(503, "not_ready", "the memory budget is not set up yet")
         return self._budget
+
+    @property
+    def input_budget(self) -> MemoryBudget:
+        """The pool of request bodies being read and parsed."""
+        if self._input_budget is None:
+            self.require_ready()
+            raise APIError(503, "not_ready", "the memory budget is not set up yet")
+        return self._input_budget
 
     def begin_drain(self) -> None:
         """SIGTERM: readiness turns 503 and new work is refused; in-flight work goes on."""

@@ -15,8 +15,14 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from service.admission import guarded, refusals, request_deadline
-from service.budget import MemoryBudget
+from service.admission import (
+    declared_body_bytes,
+    guarded,
+    refusals,
+    request_deadline,
+    reserved,
+)
+from service.budget import UPLOAD_BYTES_PER_BODY_BYTE, MemoryBudget
 from service.deps import SettingsDep, StateDep
 from service.errors import APIError, bad_request, unprocessable
 from service.images import FitMode, fitted_size, header_size, load_image
@@ -89,8 +95,7 @@ async def _multipart_payloads(request: Request, settings: Settings) -> list[tupl
         await form.close()
 
 
-async def _json_payloads(request: Request, settings: Settings) -> list[tuple[str, bytes]]:
-    body = await request.body()
+def _parse_json(body: bytes, settings: Settings) -> list[tuple[str, bytes]]:
     try:
         parsed = TokenizeJSONRequest.model_validate_json(body)
     except ValidationError as exc:
@@ -106,6 +111,12 @@ async def _json_payloads(request: Request, settings: Settings) -> list[tuple[str
     ]
 
 
+async def _json_payloads(request: Request, settings: Settings) -> list[tuple[str, bytes]]:
+    body = await request.body()
+    # Parsing and base64-decoding take time in proportion to the body: off the event loop.
+    return await run_in_threadpool(_parse_json, body, settings)
+
+
 def _prepare(
     payloads: list[tuple[str, bytes]], *, f: int, fit: FitMode, max_side: int
 ) -> list[tuple[torch.Tensor, tuple[int, int]]]:
@@ -119,12 +130,20 @@ def _prepare(
 def _memory_cost(
     payloads: list[tuple[str, bytes]], served: ServedModel, *, fit: FitMode, max_side: int
 ) -> int:
-    """Predicted peak bytes of the request, from the images' headers (nothing decoded)."""
+    """Predicted peak bytes of the request, from the images' headers (nothing decoded). The
+    EXIF orientation is not read (it may sit after the pixel data): a turn keeps the pixel
+    count, and the fitted size is priced for both orientations."""
     total = 0
     for label, data in payloads:
         h, w = header_size(data, label=label, max_side=max_side)
-        fh, fw = fitted_size(h, w, f=served.f, fit=fit)
-        total += served.cost.tokenize(h * w, fh * fw)
+        fitted = max(
+            fh * fw
+            for fh, fw in (
+                fitted_size(h, w, f=served.f, fit=fit),
+                fitted_size(w, h, f=served.f, fit=fit),
+            )
+        )
+        total += served.cost.tokenize(h * w, fitted)
     return total
 
 
@@ -174,9 +193,9 @@ async def tokenize(
     served = state.get(model)
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media == "multipart/form-data":
-        payloads = await _multipart_payloads(request, settings)
+        read = _multipart_payloads
     elif media == "application/json" or media.endswith("+json"):
-        payloads = await _json_payloads(request, settings)
+        read = _json_payloads
     else:
         raise APIError(
             415,
@@ -185,14 +204,18 @@ async def tokenize(
             "with 'files' or application/json with {'images': [base64, ...]}",
         )
     budget = state.budget
+    body_cost = UPLOAD_BYTES_PER_BODY_BYTE * declared_body_bytes(request, settings.max_upload_bytes)
     with refusals(state, model, "tokenize"):
-        codes, sizes = await guarded(
-            request,
-            deadline,
-            lambda: _encode(
-                served, payloads, budget=budget, fit=fit, settings=settings, deadline=deadline
-            ),
-        )
+        # The body's memory is reserved before a byte of it is read (service/budget.py).
+        async with reserved(state.input_budget, body_cost, deadline):
+            payloads = await read(request, settings)
+            codes, sizes = await guarded(
+                request,
+                deadline,
+                lambda: _encode(
+                    served, payloads, budget=budget, fit=fit, settings=settings, deadline=deadline
+                ),
+            )
 
     tokens = sum(int(np.prod(c.shape)) for c in codes)
     state.metrics.images.labels(model, "tokenize").inc(len(codes))

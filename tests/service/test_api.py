@@ -344,7 +344,7 @@ def test_detokenize_batch_bad_bodies_are_422(
         ({"codes": [[]]}, "invalid_request", "at least 1"),
         ({"codes": [[0] * 257]}, "grid_too_large", "256"),
         ({}, "invalid_request", "codes"),
-        ({"codes": [1, 2]}, "invalid_request", "list"),
+        ({"codes": [1, 2]}, "invalid_request", "array"),
         ({"codes": [[1]], "colour": "red"}, "invalid_request", "colour"),
     ],
 )
