@@ -3,8 +3,13 @@
 A request's peak memory is predictable from its pixel count: the convolutions' activations
 grow linearly with H * W and everything else (weights, code) is fixed. At start-up the
 service measures each model's bytes per pixel for encode and decode, at the precision it
-runs, by running one probe image and reading the kernel's peak-RSS counter (VmHWM, reset
-through /proc/self/clear_refs). Requests then reserve their predicted cost from a
+runs, by running probe images and reading the kernel's peak-RSS counter (VmHWM, reset
+through /proc/self/clear_refs). A probe reads low when the allocator serves it from memory
+the process already holds, so the heap is trimmed before each probe (glibc malloc_trim)
+and large blocks always come from (and go back to) the kernel (mallopt M_MMAP_THRESHOLD
+fixed), and the charge is the largest of PROBES probes times SAFETY_FACTOR. While serving,
+each forward pass is measured the same way and exported (``vq_pass_bytes_per_pixel``), so
+the charge can be checked against what passes really take. Requests then reserve their predicted cost from a
 ``MemoryBudget`` before any pixel is decoded: a cost larger than the whole pool can never
 run (413), a cost that does not fit now waits, first come first served. Because every byte
 that requests hold is reserved first, no mix of requests takes the process past its budget.
@@ -14,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import math
 import os
 import resource
@@ -21,6 +28,9 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 # Decoding one image file costs a few bytes per pixel on top of the network: Pillow's
 # decoded frame (up to 4 B/px for RGBA), the alpha composite (4), the RGB array (3), the
@@ -41,7 +51,8 @@ UPLOAD_BYTES_PER_BODY_BYTE = 3
 JSON_BYTES_PER_LIST = 112
 JSON_BYTES_PER_ITEM = 80
 # Measurements carry allocator slack (freed blocks kept, page granularity): a margin on top.
-SAFETY_FACTOR = 1.25
+SAFETY_FACTOR = 1.5
+PROBES = 3  # the charge is the largest of this many probes
 # Below this the probe is noise (tiny test models); no real network costs less.
 MIN_BYTES_PER_PIXEL = 32
 
@@ -85,25 +96,70 @@ def current_rss() -> int:
     return 1024 * kib if kib is not None else 0
 
 
-def peak_bytes_of(fn: Callable[[], object]) -> int:
-    """How far ``fn`` raises this process's resident memory above where it started.
+_peak_before_reset = 0  # the largest VmHWM seen before a reset (see process_peak)
+
+
+def process_peak() -> int:
+    """The largest resident size of this process since it started: VmHWM, which
+    ``peak_bytes_of`` resets, folded with what it read before each reset."""
+    kib = _status_kib("VmHWM")
+    return max(_peak_before_reset, 1024 * kib if kib is not None else 0)
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim  # noqa: B018  (glibc only)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_LIBC = _libc()
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def fix_mmap_threshold(nbytes: int = 1 << 20) -> None:
+    """Blocks of ``nbytes`` or more are mapped from the kernel and unmapped when freed:
+    glibc otherwise raises the threshold after the first large free and keeps the large
+    activations of a pass in its heap, where the next measurement cannot see them."""
+    if _LIBC is not None:
+        _LIBC.mallopt(_M_MMAP_THRESHOLD, nbytes)
+
+
+def trim_heap() -> None:
+    """Give freed heap memory back to the kernel (glibc), so a measurement sees all of it."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def measure_peak(fn: Callable[[], T]) -> tuple[T, int]:
+    """``fn()`` and how far it raised this process's resident memory above where it began.
 
     Linux: reset the high-water mark (``echo 5 > /proc/self/clear_refs``, proc(5)) and read
     VmHWM after. Elsewhere ru_maxrss, which only rises, so the figure is a lower bound
     there; MIN_BYTES_PER_PIXEL and SAFETY_FACTOR cover it.
     """
+    global _peak_before_reset
     try:
+        _peak_before_reset = process_peak()
         Path("/proc/self/clear_refs").write_text("5")
         before = current_rss()
-        fn()
+        result = fn()
         peak = _status_kib("VmHWM")
         if peak is None:
             raise OSError("no VmHWM")
-        return max(0, 1024 * peak - before)
+        return result, max(0, 1024 * peak - before)
     except OSError:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        fn()
-        return max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
+        result = fn()
+        return result, max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
+
+
+def peak_bytes_of(fn: Callable[[], object]) -> int:
+    """How far ``fn`` raises this process's resident memory, measured on a trimmed heap."""
+    trim_heap()
+    return measure_peak(fn)[1]
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_BYTES_PER_PIXEL_BUCKETS = (8, 16, 32, 64, 128, 256, 384, 512, 768, 1024, 2048, 4096)
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class LoadSnapshot:
     budget_used: int
     budget_waiting: int
     rss: int
+    peak_rss: int
 
 
 class _LoadCollector(Collector):
@@ -73,6 +75,12 @@ class _LoadCollector(Collector):
         )
         yield GaugeMetricFamily(
             "vq_resident_memory_bytes", "Resident set size of this process", value=snap.rss
+        )
+        yield GaugeMetricFamily(
+            "vq_resident_memory_peak_bytes",
+            "Largest resident set size of this process since it started (to compare with "
+            "memory_budget)",
+            value=snap.peak_rss,
         )
 
     def describe(self) -> Iterator[Metric]:
@@ -142,6 +150,14 @@ class ServiceMetrics:
             "Items per forward pass of the micro-batcher",
             ["model", "op"],
             buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.pass_bytes_per_pixel = Histogram(
+            "vq_pass_bytes_per_pixel",
+            "Resident memory one forward pass took, per pixel: what the memory budget's charge "
+            "(the start-up log's 'memory per pixel') is checked against",
+            ["model", "op"],
+            buckets=_BYTES_PER_PIXEL_BUCKETS,
             registry=self.registry,
         )
         self.images = Counter(

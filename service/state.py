@@ -27,12 +27,16 @@ from service.backends import Backend, import_onnxruntime, make_backend
 from service.batcher import MicroBatcher
 from service.budget import (
     INPUT_SHARE,
+    PROBES,
     MemoryBudget,
     ModelCost,
     current_rss,
     default_budget,
+    fix_mmap_threshold,
+    measure_peak,
     peak_bytes_of,
     per_pixel,
+    process_peak,
 )
 from service.errors import APIError
 from service.metrics import LoadSnapshot, ServiceMetrics
@@ -160,16 +164,35 @@ def precision_reason(tokenizer: vq.Tokenizer, requested: str | None, backend: st
     return f"auto: {tokenizer.device} has no native bf16 (emulated bf16 is slower than fp32)"
 
 
+def _measured(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    pixels: Callable[[torch.Tensor], int],
+    observe: Callable[[float], None],
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``fn``, with the resident memory each pass takes per pixel reported to ``observe``
+    (``vq_pass_bytes_per_pixel``: what the budget's charge is checked against)."""
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        out, peak = measure_peak(lambda: fn(batch))
+        observe(peak / max(1, pixels(batch)))
+        return out
+
+    return run
+
+
 def _encode_fn(
     backend: Backend,
     codebook_size: int,
     usage: vq.CodebookUsage,
     lock: threading.Lock,
     history: UsageHistory,
+    observe: Callable[[float], None],
 ) -> Callable[[torch.Tensor], torch.Tensor]:
+    encode = _measured(backend.encode, lambda x: x.shape[0] * x.shape[2] * x.shape[3], observe)
+
     def encode_batch(images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, H, W) -> int64 (N, H/f, W/f); counts the codes as served traffic."""
-        codes = backend.encode(images)
+        codes = encode(images)
         low, high = int(codes.min()), int(codes.max())
         if low < 0 or high >= codebook_size:
             raise InvalidCodes(
@@ -229,18 +252,20 @@ class ServiceState:
             budget_used=sum(b.used for b in pools),
             budget_waiting=sum(b.waiting for b in pools),
             rss=current_rss(),
+            peak_rss=process_peak(),
         )
 
     def _measure_cost(self, backend: Backend, f: int) -> ModelCost:
-        """Peak bytes per pixel of encode and decode on the backend at its precision (one probe
-        image after a warm-up, so one-time allocations such as oneDNN's caches are excluded)."""
+        """Peak bytes per pixel of encode and decode on the backend at its precision: the
+        largest of PROBES probes on a trimmed heap, after a warm-up (so one-time allocations
+        such as oneDNN's caches are excluded), times the margin (service/budget.py)."""
         side = max(f, self.settings.memory_probe_side // f * f)
         image = torch.zeros(1, 3, side, side, dtype=torch.uint8)
         codes = torch.zeros(1, side // f, side // f, dtype=torch.int64)
         backend.encode(image)
-        encode = peak_bytes_of(lambda: backend.encode(image))
+        encode = max(peak_bytes_of(lambda: backend.encode(image)) for _ in range(PROBES))
         backend.decode(codes)
-        decode = peak_bytes_of(lambda: backend.decode(codes))
+        decode = max(peak_bytes_of(lambda: backend.decode(codes)) for _ in range(PROBES))
         return ModelCost(per_pixel(encode, side * side), per_pixel(decode, side * side))
 
     def _load_one(self, name: str, path: str, executor: Executor) -> ServedModel:
@@ -270,8 +295,16 @@ class ServiceState:
         lock = threading.Lock()
         history = UsageHistory(time.monotonic())
         wait_s = settings.batch_wait_ms / 1000.0
+        per_pixel_seen = self.metrics.pass_bytes_per_pixel
         encoder = MicroBatcher(
-            _encode_fn(backend, tokenizer.codebook_size, usage, lock, history),
+            _encode_fn(
+                backend,
+                tokenizer.codebook_size,
+                usage,
+                lock,
+                history,
+                per_pixel_seen.labels(name, "tokenize").observe,
+            ),
             executor=executor,
             max_batch_size=settings.effective_batch_size,
             max_wait_s=wait_s,
@@ -279,8 +312,13 @@ class ServiceState:
             on_batch=self.metrics.batch_size.labels(name, "tokenize").observe,
             max_queue=settings.max_queue,
         )
+        f = tokenizer.f
         decoder = MicroBatcher(
-            backend.decode,
+            _measured(
+                backend.decode,
+                lambda c: c.numel() * f * f,
+                per_pixel_seen.labels(name, "detokenize").observe,
+            ),
             executor=executor,
             max_batch_size=settings.effective_batch_size,
             max_wait_s=wait_s,
@@ -334,8 +372,10 @@ class ServiceState:
             baseline / 2**30,
             pool / 2**30,
         )
+        inputs = int(pool * INPUT_SHARE)
+        compute = pool - inputs
         for model in self.models.values():
-            side = int((pool / model.cost.tokenize(1, 1)) ** 0.5) // model.f * model.f
+            side = int((compute / model.cost.tokenize(1, 1)) ** 0.5) // model.f * model.f
             logger.info(
                 "model %r: the largest single image the pool takes is %dx%d (max_image_side %d)",
                 model.name,
@@ -343,8 +383,21 @@ class ServiceState:
                 side,
                 settings.max_image_side,
             )
-        inputs = int(pool * INPUT_SHARE)
-        return MemoryBudget(pool - inputs), MemoryBudget(inputs)
+            image_side = int((compute / model.cost.tokenize(1, 1)) ** 0.5)
+            grid_side = int((compute / model.cost.detokenize(1)) ** 0.5) // model.f
+            too_big = []
+            if settings.max_image_side > image_side:
+                too_big.append(f"max_image_side {settings.max_image_side} (at most {image_side})")
+            if settings.max_grid_side > grid_side:
+                too_big.append(f"max_grid_side {settings.max_grid_side} (at most {grid_side})")
+            if too_big:
+                raise StartupError(
+                    f"model {model.name!r} cannot run one request of the largest admitted size "
+                    f"in the {compute / 2**20:.0f} MiB the budget leaves for model passes: "
+                    f"{' and '.join(too_big)}; raise memory_budget (VQ_MEMORY_BUDGET) or lower "
+                    "those settings"
+                )
+        return MemoryBudget(compute), MemoryBudget(inputs)
 
     async def load(self) -> None:
         """Load every configured artifact (off the event loop) and start the batchers."""
@@ -352,6 +405,7 @@ class ServiceState:
         if settings.device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device=cuda was asked for but torch sees no CUDA device")
         check_backend_available(settings)
+        fix_mmap_threshold()
         if settings.torch_threads is not None:
             torch.set_num_threads(settings.torch_threads)
         self._executor = ThreadPoolExecutor(

@@ -27,6 +27,7 @@ from service.batcher import DeadlineExceeded, MicroBatcher, QueueFull
 from service.budget import BudgetExceeded, MemoryBudget, ModelCost, current_rss, per_pixel
 from service.cli import build_parser, settings_from_args
 from service.settings import Settings
+from service.state import StartupError
 from tests.service.helpers import (
     encode_file,
     make_settings,
@@ -156,23 +157,35 @@ def test_measured_costs_are_per_pixel_and_positive(artifact_dir: Path) -> None:
     assert cost.tokenize(100, 100) == 100 * (16 + cost.encode_per_pixel)
 
 
-def test_request_larger_than_the_pool_is_413_before_decoding(artifact_dir: Path) -> None:
+def test_a_budget_that_cannot_take_the_largest_request_refuses_to_start(
+    artifact_dir: Path,
+) -> None:
     budget = current_rss() + 300 * 2**20  # whatever the loaded test process holds, + 300 MiB
     app = create_app(make_settings(artifact_dir, memory_budget=budget, max_image_side=20_000))
+    with (
+        pytest.raises(StartupError, match=r"max_image_side 20000 \(at most \d+\).*memory_budget"),
+        TestClient(app),
+    ):
+        pass
+
+
+def test_request_larger_than_the_pool_is_413_before_decoding(artifact_dir: Path) -> None:
+    budget = current_rss() + 300 * 2**20
+    app = create_app(make_settings(artifact_dir, memory_budget=budget, max_image_side=1024))
     with TestClient(app) as client:
         pool = app.state.service.budget.capacity
-        side = math.ceil(math.sqrt(pool / 16)) // 4 * 4 + 4  # 16 B/px of decoding alone > pool
-        bomb = png_with_header(side, side)  # a few bytes that declare side x side pixels
-        response = client.post("/v1/tokenize", files=[("files", ("b.png", bomb, "image/png"))])
+        bomb = png_with_header(1024, 1024)  # a few bytes that declare 1024 x 1024 pixels
+        n = math.ceil(pool / (16 * 1024 * 1024)) + 1  # 16 B/px of decoding alone > pool
+        assert n <= 64
+        files = [("files", (f"b{i}.png", bomb, "image/png")) for i in range(n)]
+        response = client.post("/v1/tokenize", files=files)
         assert response.status_code == 413, response.text
         body = response.json()
         assert body["code"] == "memory_budget" and "VQ_MEMORY_BUDGET" in body["detail"]
         assert shed(client.get("/metrics").text, "memory") == 1
-        # detokenize the same way: a grid whose image cannot fit
-        grid = [[0] * 1000] * 1000  # 16 M pixels at f=4: > 300 MiB at >= 40 B/px
-        big = create_app(make_settings(artifact_dir, memory_budget=budget, max_grid_side=1000))
-        with TestClient(big) as client2:
-            response = client2.post("/v1/detokenize", json={"codes": grid})
+        # detokenize the same way: grids whose images cannot fit together
+        grid = [[0] * 256] * 256  # 1 M pixels each at f=4: >= 40 MB each
+        response = client.post("/v1/detokenize/batch", json={"batch": [grid] * 8})
         assert response.status_code == 413 and response.json()["code"] == "memory_budget"
 
 

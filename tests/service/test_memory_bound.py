@@ -77,7 +77,7 @@ def ones_body(rows: int) -> bytes:
 
 
 def test_a_json_body_is_priced_before_it_is_parsed(artifact_dir: Path) -> None:
-    settings = make_settings(artifact_dir, max_grid_side=100_000)
+    settings = make_settings(artifact_dir)
     app = create_app(settings)
     with TestClient(app) as client:
         state = app.state.service
@@ -100,7 +100,7 @@ def test_a_json_body_is_priced_before_it_is_parsed(artifact_dir: Path) -> None:
 
 
 def test_json_is_parsed_off_the_event_loop(artifact_dir: Path) -> None:
-    app = create_app(make_settings(artifact_dir, max_grid_side=1_000_000))
+    app = create_app(make_settings(artifact_dir))
     with TestClient(app) as client:
         loop_thread: list[int] = []
         from service.routes import detokenize
@@ -121,3 +121,44 @@ def test_json_is_parsed_off_the_event_loop(artifact_dir: Path) -> None:
         # TestClient runs the app's event loop on a thread of its own; the parse ran elsewhere.
         assert loop_thread and loop_thread[0] != client.portal.call(threading.get_ident)  # type: ignore[union-attr]
     time.sleep(0)
+
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "default"
+
+
+@pytest.mark.skipif(not (DEFAULT_MODEL / "config.json").exists(), reason="no models/default")
+def test_the_charge_covers_what_a_larger_pass_takes() -> None:
+    import torch
+
+    from service.budget import measure_peak
+
+    settings = make_settings(DEFAULT_MODEL, torch_threads=1)
+    app = create_app(settings)
+    with TestClient(app):
+        served = app.state.service.models["default"]
+        image = torch.zeros(1, 3, 512, 512, dtype=torch.uint8)  # 4x the probe's pixels
+        _, encode = measure_peak(lambda: served.backend.encode(image))
+        codes = torch.zeros(1, 64, 64, dtype=torch.int64)
+        _, decode = measure_peak(lambda: served.backend.decode(codes))
+    assert served.cost.encode_per_pixel * 512**2 >= encode > 0
+    assert served.cost.decode_per_pixel * 512**2 >= decode > 0
+
+
+def test_passes_and_the_process_peak_are_exported(app_client: TestClient) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    files = {"files": ("a.png", encode_file(random_image(32, 32)), "image/png")}
+    assert app_client.post("/v1/tokenize", files=files).status_code == 200
+    metrics = {
+        s.name: s
+        for family in text_string_to_metric_families(app_client.get("/metrics").text)
+        for s in family.samples
+    }
+    count = "vq_pass_bytes_per_pixel_count"
+    assert any(
+        s.name == count and s.labels.get("op") == "tokenize" and s.value >= 1
+        for family in text_string_to_metric_families(app_client.get("/metrics").text)
+        for s in family.samples
+    )
+    peak = metrics["vq_resident_memory_peak_bytes"].value
+    assert peak >= metrics["vq_resident_memory_bytes"].value > 0
