@@ -8,6 +8,7 @@ request is refused under load maps to one status here:
 
     BudgetExceeded    413 memory_budget       can never fit the memory pool
     MemoryBusy        503 overloaded          Retry-After, at once: a body's parse memory
+    WontFinish        503 overloaded          Retry-After, at once: memory not before deadline
     QueueFull         503 overloaded          Retry-After, at once
     DeadlineExceeded  503 timeout             Retry-After, the work never ran (or was dropped)
     client left       499 client_disconnected nobody reads it; counted in /metrics
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TypeVar
@@ -27,7 +29,13 @@ from typing import TypeVar
 from starlette.requests import Request
 
 from service.batcher import BatcherClosed, DeadlineExceeded, QueueFull
-from service.budget import BudgetExceeded, MemoryBudget, MemoryBusy, Reservation
+from service.budget import (
+    BudgetExceeded,
+    MemoryBudget,
+    MemoryBusy,
+    Reservation,
+    WontFinish,
+)
 from service.errors import APIError
 from service.state import InvalidCodes, ServiceState
 
@@ -92,6 +100,10 @@ def refusals(state: ServiceState, model: str, op: str) -> Iterator[None]:
         raise APIError(
             503, "overloaded", f"overloaded: this request {exc}; retry later", headers=retry
         ) from None
+    except WontFinish as exc:
+        shed.labels(model, op, "memory_wait").inc()
+        wait = {"Retry-After": str(max(1, math.ceil(exc.wait_s)))}
+        raise APIError(503, "overloaded", f"overloaded: this request {exc}", headers=wait) from None
     except QueueFull as exc:
         shed.labels(model, op, "queue_full").inc()
         raise APIError(
@@ -142,6 +154,41 @@ async def reserved(
         yield held
     finally:
         held.release()
+
+
+def pieces(sizes: list[int], quota: int) -> list[slice]:
+    """Consecutive runs of items whose sizes (bytes to reserve) add up to at most ``quota``
+    (one item at least): a large request runs as several, each reserving and releasing its
+    own memory, so that requests behind it get their turn between them (docs/operations.md,
+    "Fairness"), and a request larger than the pool still runs."""
+    out, start, total = [], 0, 0
+    for i, size in enumerate(sizes):
+        if i > start and total + size > quota:
+            out.append(slice(start, i))
+            start, total = i, 0
+        total += size
+    if sizes:
+        out.append(slice(start, len(sizes)))
+    return out
+
+
+@contextlib.asynccontextmanager
+async def pass_memory(
+    state: ServiceState, nbytes: int, deadline: float
+) -> AsyncIterator[Reservation]:
+    """Hold ``nbytes`` of the model-pass pool, first come first served; refused at once
+    (``WontFinish``) when the work already admitted would not free them before ``deadline``.
+    The estimate: the inference backlog (every batcher's ``backlog_s``) in proportion to
+    the share of the reserved bytes that must be released first."""
+    budget = state.budget
+    budget.check_fits(nbytes)
+    shortfall = budget.shortfall(nbytes)
+    if shortfall:
+        wait = state.backlog_s() * min(1.0, shortfall / max(1, budget.used))
+        if wait > deadline - time.monotonic():
+            raise WontFinish(wait)
+    async with budget.reserve(nbytes) as held:
+        yield held
 
 
 def request_deadline(state: ServiceState, request: Request) -> float:

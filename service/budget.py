@@ -61,6 +61,17 @@ class BudgetExceeded(RuntimeError):
     """The request needs more memory than the whole pool; it can never run."""
 
 
+class WontFinish(RuntimeError):
+    """The request could not get its memory before its deadline: refused at once (503 +
+    Retry-After) instead of waiting the deadline out. ``wait_s``: the estimate."""
+
+    def __init__(self, wait_s: float) -> None:
+        super().__init__(
+            f"would wait about {wait_s:.0f} s for memory, past its deadline; retry later"
+        )
+        self.wait_s = wait_s
+
+
 class MemoryBusy(RuntimeError):
     """A reservation could not grow now (its holder never waits, so holders cannot
     deadlock); the request is refused with 503 + Retry-After."""
@@ -205,6 +216,13 @@ class MemoryBudget:
     @property
     def waiting(self) -> int:
         return len(self._waiters)
+
+    def shortfall(self, nbytes: int) -> int:
+        """Bytes that must be released before ``nbytes`` would be granted (0: at once)."""
+        ahead = sum(n for n, future in self._waiters if not future.done())
+        if not ahead and self.used + nbytes <= self.capacity:
+            return 0
+        return self.used + ahead + nbytes - self.capacity
 
     async def acquire(self, nbytes: int) -> None:
         self.check_fits(nbytes)

@@ -456,6 +456,14 @@ class ServiceState:
             raise APIError(503, "not_ready", "the memory budget is not set up yet")
         return self._input_budget
 
+    def backlog_s(self) -> float:
+        """Seconds of inference already admitted, all models and directions (one thread)."""
+        return sum(
+            batcher.backlog_s
+            for model in list(self.models.values())
+            for batcher in (model.encoder, model.decoder)
+        )
+
     def begin_drain(self) -> None:
         """SIGTERM: readiness turns 503 and new work is refused; in-flight work goes on."""
         if not self.draining:

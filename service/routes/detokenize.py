@@ -15,6 +15,8 @@ from starlette.concurrency import run_in_threadpool
 from service.admission import (
     declared_body_bytes,
     guarded,
+    pass_memory,
+    pieces,
     refusals,
     request_deadline,
     reserved,
@@ -81,16 +83,22 @@ def _to_pngs(images: list[torch.Tensor]) -> list[bytes]:
 async def _decode(
     served: ServedModel, grids: list[torch.Tensor], state: ServiceState, deadline: float
 ) -> list[bytes]:
-    """Reserve the memory of the grids' images, decode them in the batcher, encode PNGs."""
-    pixels = sum(g.numel() * served.f**2 for g in grids)
-    async with state.budget.reserve(served.cost.detokenize(pixels)):
-        futures = served.decoder.submit_many(grids, deadline=deadline)
-        try:
-            images = await asyncio.gather(*futures)
-        finally:
-            for future in futures:
-                future.cancel()  # a no-op for those that ran; drops the rest unrun
-        return await run_in_threadpool(_to_pngs, list(images))
+    """Per piece of the request (``pieces``): reserve the memory of its grids' images,
+    decode them in the batcher, encode PNGs, release."""
+    costs = [served.cost.detokenize(g.numel() * served.f**2) for g in grids]
+    quota = min(state.budget.capacity, served.cost.detokenize(state.settings.max_batch_pixels))
+    pngs: list[bytes] = []
+    for piece in pieces(costs, quota):
+        async with pass_memory(state, sum(costs[piece]), deadline):
+            futures = served.decoder.submit_many(grids[piece], deadline=deadline)
+            try:
+                images = await asyncio.gather(*futures)
+            finally:
+                for future in futures:
+                    future.cancel()  # a no-op for those that ran; drops the rest unrun
+            pngs.extend(await run_in_threadpool(_to_pngs, list(images)))
+            del images
+    return pngs
 
 
 Body = TypeVar("Body", DetokenizeRequest, DetokenizeBatchRequest)

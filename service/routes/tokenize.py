@@ -18,17 +18,19 @@ from starlette.datastructures import UploadFile
 from service.admission import (
     declared_body_bytes,
     guarded,
+    pass_memory,
+    pieces,
     refusals,
     request_deadline,
     reserved,
 )
-from service.budget import UPLOAD_BYTES_PER_BODY_BYTE, MemoryBudget
+from service.budget import UPLOAD_BYTES_PER_BODY_BYTE
 from service.deps import SettingsDep, StateDep
 from service.errors import APIError, bad_request, unprocessable
 from service.images import FitMode, fitted_size, header_size, load_image
 from service.schemas import ErrorResponse, TokenizeJSONRequest, TokenizeResponse, TokenizeResult
 from service.settings import Settings
-from service.state import ServedModel
+from service.state import ServedModel, ServiceState
 
 router = APIRouter(prefix="/v1", tags=["tokenize"])
 
@@ -127,13 +129,13 @@ def _prepare(
     return out
 
 
-def _memory_cost(
+def _priced(
     payloads: list[tuple[str, bytes]], served: ServedModel, *, fit: FitMode, max_side: int
-) -> int:
-    """Predicted peak bytes of the request, from the images' headers (nothing decoded). The
-    EXIF orientation is not read (it may sit after the pixel data): a turn keeps the pixel
-    count, and the fitted size is priced for both orientations."""
-    total = 0
+) -> list[tuple[int, int]]:
+    """(predicted peak bytes, fitted pixels) of each image, from its header (nothing
+    decoded). The EXIF orientation is not read (it may sit after the pixel data): a turn
+    keeps the pixel count, and the fitted size is priced for both orientations."""
+    out = []
     for label, data in payloads:
         h, w = header_size(data, label=label, max_side=max_side)
         fitted = max(
@@ -143,32 +145,44 @@ def _memory_cost(
                 fitted_size(w, h, f=served.f, fit=fit),
             )
         )
-        total += served.cost.tokenize(h * w, fitted)
-    return total
+        out.append((served.cost.tokenize(h * w, fitted), fitted))
+    return out
 
 
 async def _encode(
+    state: ServiceState,
     served: ServedModel,
     payloads: list[tuple[str, bytes]],
     *,
-    budget: MemoryBudget,
     fit: FitMode,
     settings: Settings,
     deadline: float,
 ) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
-    """Reserve the request's memory, decode its images and run them through the batcher."""
-    cost = _memory_cost(payloads, served, fit=fit, max_side=settings.max_image_side)
-    async with budget.reserve(cost):
-        prepared = await run_in_threadpool(
-            _prepare, payloads, f=served.f, fit=fit, max_side=settings.max_image_side
-        )
-        futures = served.encoder.submit_many([image for image, _ in prepared], deadline=deadline)
-        try:
-            codes = await asyncio.gather(*futures)
-        finally:
-            for future in futures:
-                future.cancel()  # a no-op for those that ran; drops the rest unrun
-    return list(codes), [size for _, size in prepared]
+    """Price the images, then per piece: reserve its memory, decode its images and run them
+    through the batcher, release."""
+    priced = _priced(payloads, served, fit=fit, max_side=settings.max_image_side)
+    codes: list[torch.Tensor] = []
+    sizes: list[tuple[int, int]] = []
+    quota = min(
+        state.budget.capacity,
+        served.cost.tokenize(settings.max_batch_pixels, settings.max_batch_pixels),
+    )
+    for piece in pieces([cost for cost, _ in priced], quota):
+        async with pass_memory(state, sum(cost for cost, _ in priced[piece]), deadline):
+            prepared = await run_in_threadpool(
+                _prepare, payloads[piece], f=served.f, fit=fit, max_side=settings.max_image_side
+            )
+            futures = served.encoder.submit_many(
+                [image for image, _ in prepared], deadline=deadline
+            )
+            try:
+                codes.extend(await asyncio.gather(*futures))
+            finally:
+                for future in futures:
+                    future.cancel()  # a no-op for those that ran; drops the rest unrun
+            sizes.extend(size for _, size in prepared)
+            del prepared
+    return codes, sizes
 
 
 @router.post(
@@ -203,7 +217,6 @@ async def tokenize(
             f"content-type {media or 'missing'!r} is not supported; send multipart/form-data "
             "with 'files' or application/json with {'images': [base64, ...]}",
         )
-    budget = state.budget
     body_cost = UPLOAD_BYTES_PER_BODY_BYTE * declared_body_bytes(request, settings.max_upload_bytes)
     with refusals(state, model, "tokenize"):
         # The body's memory is reserved before a byte of it is read (service/budget.py).
@@ -213,7 +226,7 @@ async def tokenize(
                 request,
                 deadline,
                 lambda: _encode(
-                    served, payloads, budget=budget, fit=fit, settings=settings, deadline=deadline
+                    state, served, payloads, fit=fit, settings=settings, deadline=deadline
                 ),
             )
 
