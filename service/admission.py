@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TypeVar
 
 from starlette.requests import Request
+from starlette.types import Message
 
 from service.batcher import BatcherClosed, DeadlineExceeded, QueueFull
 from service.budget import (
@@ -129,13 +130,19 @@ def refusals(state: ServiceState, model: str, op: str) -> Iterator[None]:
         raise APIError(500, "internal", f"internal error: {exc}") from None
 
 
-def declared_body_bytes(request: Request, limit: int) -> int:
-    """The body size the client declared (Content-Length), or ``limit`` (max_upload_bytes,
-    which the body limit enforces) when it declared none."""
-    try:
-        return min(limit, int(request.headers["content-length"]))
-    except (KeyError, ValueError):
-        return limit
+def metered(request: Request, held: Reservation, per_byte: int) -> Request:
+    """``request`` whose body grows ``held`` by ``per_byte`` for each byte as it arrives,
+    before the app keeps it (``MemoryBusy`` when the pool is full now). Bodies are reserved
+    as they arrive, not from their declared length up front, so slow uploads hold only
+    what they have sent, and a reservation never waits."""
+
+    async def receive() -> Message:
+        message = await request.receive()
+        if message["type"] == "http.request":
+            held.resize(held.nbytes + per_byte * len(message.get("body", b"")))
+        return message
+
+    return Request(request.scope, receive)
 
 
 @contextlib.asynccontextmanager

@@ -90,6 +90,7 @@ def create_app(
     app.add_middleware(
         ConcurrencyMiddleware,
         limit=settings.max_concurrent_requests,
+        max_reading=settings.max_reading_bodies,
         on_shed=state.metrics.shed.labels("*", "*", "concurrency").inc,
     )
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)

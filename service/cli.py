@@ -24,6 +24,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from service.app import create_app
+from service.limits import header_timeout_protocol
 from service.settings import Settings
 from service.state import ServiceState, StartupError, check_backend_available
 
@@ -237,6 +238,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Longer than clients' and balancers' idle timeouts (httpx 5 s, nginx 75 s): the side
         # that closes an idle keep-alive connection first races a request sent on it.
         timeout_keep_alive=75,
+        http=header_timeout_protocol(settings.header_timeout_s),
     )
     server = DrainingServer(config, app.state.service)
     server.run(sockets=[listener])

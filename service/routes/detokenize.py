@@ -13,8 +13,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from service.admission import (
-    declared_body_bytes,
     guarded,
+    metered,
     pass_memory,
     pieces,
     refusals,
@@ -148,10 +148,9 @@ async def _detokenize(
     one-element rows costs many times what one of long rows does), the images in the main
     pool before the model runs."""
     deadline = request_deadline(state, request)
-    declared = declared_body_bytes(request, settings.max_upload_bytes)
     with refusals(state, "*", "detokenize"):
-        async with reserved(state.input_budget, 2 * declared, deadline) as held:
-            body = await request.body()
+        async with reserved(state.input_budget, 0, deadline) as held:
+            body = await metered(request, held, 2).body()
             held.resize(await run_in_threadpool(json_parse_bytes, body))
             parsed, tensors = await run_in_threadpool(_parse, body, schema, state, settings)
             held.resize(len(body) + sum(8 * t.numel() for t in tensors))

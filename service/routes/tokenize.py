@@ -16,8 +16,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from service.admission import (
-    declared_body_bytes,
     guarded,
+    metered,
     pass_memory,
     pieces,
     refusals,
@@ -217,11 +217,10 @@ async def tokenize(
             f"content-type {media or 'missing'!r} is not supported; send multipart/form-data "
             "with 'files' or application/json with {'images': [base64, ...]}",
         )
-    body_cost = UPLOAD_BYTES_PER_BODY_BYTE * declared_body_bytes(request, settings.max_upload_bytes)
     with refusals(state, model, "tokenize"):
-        # The body's memory is reserved before a byte of it is read (service/budget.py).
-        async with reserved(state.input_budget, body_cost, deadline):
-            payloads = await read(request, settings)
+        # The body's memory is reserved as it arrives, before it is kept (service/budget.py).
+        async with reserved(state.input_budget, 0, deadline) as held:
+            payloads = await read(metered(request, held, UPLOAD_BYTES_PER_BODY_BYTE), settings)
             codes, sizes = await guarded(
                 request,
                 deadline,
