@@ -93,5 +93,5 @@ def create_app(
         max_reading=settings.max_reading_bodies,
         on_shed=state.metrics.shed.labels("*", "*", "concurrency").inc,
     )
-    app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
+    app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics, routes=app.router.routes)
     return app

@@ -16,6 +16,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.schemas import UsageResponse
@@ -188,11 +189,21 @@ class ServiceMetrics:
 
 
 class RequestMetricsMiddleware:
-    """Counts every HTTP request and times it, labelled by the matched route's template."""
+    """Counts every HTTP request and times it, labelled by the matched route's template.
+    A request refused before routing (at admission, by a body limit, while draining) is
+    labelled by the route its path matches, looked up in ``routes``; "unmatched" only when
+    no route matches."""
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, routes: list[BaseRoute]) -> None:
         self.app = app
         self.metrics = metrics
+        self.routes = routes
+
+    def _endpoint(self, scope: Scope) -> str:
+        route: Any = scope.get("route")
+        if route is None:
+            route = next((r for r in _leaf_routes(self.routes) if _matches(r, scope)), None)
+        return getattr(route, "path", None) or "unmatched"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -210,8 +221,22 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route: Any = scope.get("route")
-            endpoint = getattr(route, "path", None) or "unmatched"
-            labels = (endpoint, scope.get("method", ""), str(status))
+            labels = (self._endpoint(scope), scope.get("method", ""), str(status))
             self.metrics.requests.labels(*labels).inc()
             self.metrics.latency.labels(*labels).observe(time.perf_counter() - start)
+
+
+def _leaf_routes(routes: Iterable[Any]) -> Iterator[Any]:
+    """The routes with a path template, looking through included routers (which newer
+    FastAPI versions keep as wrappers holding the router they include)."""
+    for route in routes:
+        inner = getattr(getattr(route, "original_router", None), "routes", None)
+        if inner is not None:
+            yield from _leaf_routes(inner)
+        elif getattr(route, "path", None):
+            yield route
+
+
+def _matches(route: BaseRoute, scope: Scope) -> bool:
+    match, _ = route.matches(scope)
+    return bool(match == Match.FULL)
