@@ -12,8 +12,8 @@ request is refused under load maps to one status here:
     QueueFull         503 overloaded          Retry-After, at once
     DeadlineExceeded  503 timeout             Retry-After, the work never ran (or was dropped)
     client left       499 client_disconnected nobody reads it; counted in /metrics
-    BatcherClosed     503 not_ready           shutting down
-    InvalidCodes      500 internal            the model produced impossible codes
+    BatcherClosed     503 shutting_down       the batcher stopped (shutting down)
+    InvalidCodes      500 internal_error      the model produced impossible codes
 """
 
 from __future__ import annotations
@@ -124,10 +124,10 @@ def refusals(state: ServiceState, model: str, op: str) -> Iterator[None]:
         logger.info("%s for %r: the client disconnected; its queued work was dropped", op, model)
         raise APIError(CLIENT_CLOSED, "client_disconnected", "the client disconnected") from None
     except BatcherClosed as exc:
-        raise APIError(503, "not_ready", str(exc), headers={"Retry-After": "1"}) from None
+        raise APIError(503, "shutting_down", str(exc), headers={"Retry-After": "1"}) from None
     except InvalidCodes as exc:
         logger.error("%s for %r: %s", op, model, exc)
-        raise APIError(500, "internal", f"internal error: {exc}") from None
+        raise APIError(500, "internal_error", f"internal error: {exc}") from None
 
 
 def metered(request: Request, held: Reservation, per_byte: int) -> Request:

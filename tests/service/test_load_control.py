@@ -312,7 +312,7 @@ def test_invalid_codes_from_the_model_are_a_500_not_a_client_error(artifact_dir:
 
         served.tokenizer.encode = poisoned
         response = client.post("/v1/tokenize", json={"images": [png_b64()]})
-        assert response.status_code == 500 and response.json()["code"] == "internal"
+        assert response.status_code == 500 and response.json()["code"] == "internal_error"
         assert "outside [0, 64)" in response.json()["detail"]
 
 
@@ -362,7 +362,7 @@ def test_slow_body_is_408_and_others_are_served(
                 time.sleep(0.1)
             for answer in (stalled.result(), trickle.result()):
                 assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
-                assert b"body_timeout_s" in answer
+                assert b"body_timeout_s" in answer and b'"code":"body_timeout"' in answer
             assert time.monotonic() - start < 6
     finally:
         stop_server(server.process)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -63,8 +65,6 @@ def test_metrics_parse_and_usage_gauges_move_after_traffic(app_client: TestClien
 
 
 def test_requests_refused_before_routing_keep_their_endpoint(artifact_dir: Path) -> None:
-    from prometheus_client.parser import text_string_to_metric_families
-
     from service.app import create_app
     from tests.service.helpers import make_settings
 
