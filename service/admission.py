@@ -130,16 +130,17 @@ def refusals(state: ServiceState, model: str, op: str) -> Iterator[None]:
         raise APIError(500, "internal_error", f"internal error: {exc}") from None
 
 
-def metered(request: Request, held: Reservation, per_byte: int) -> Request:
-    """``request`` whose body grows ``held`` by ``per_byte`` for each byte as it arrives,
-    before the app keeps it (``MemoryBusy`` when the pool is full now). Bodies are reserved
-    as they arrive, not from their declared length up front, so slow uploads hold only
-    what they have sent, and a reservation never waits."""
+def metered(request: Request, held: Reservation, price: Callable[[bytes], int]) -> Request:
+    """``request`` whose body grows ``held`` by ``price(chunk)`` for each chunk as it
+    arrives, before the app keeps it (``MemoryBusy`` when the pool is full now,
+    ``BudgetExceeded`` as soon as the body can never fit, mid-body). Bodies are reserved as
+    they arrive, not from their declared length up front, so slow uploads hold only what
+    they have sent, and a reservation never waits."""
 
     async def receive() -> Message:
         message = await request.receive()
         if message["type"] == "http.request":
-            held.resize(held.nbytes + per_byte * len(message.get("body", b"")))
+            held.resize(held.nbytes + price(message.get("body", b"")))
         return message
 
     return Request(request.scope, receive)

@@ -188,13 +188,19 @@ class ModelCost:
 
 
 def json_parse_bytes(body: bytes) -> int:
-    """An upper bound of the memory parsing a JSON ``body`` of code grids takes, from its
-    counts of ``[`` (lists) and ``,`` (elements after the first): a body of many one-element
-    rows costs far more per byte than one of long rows, and this prices each as it is.
-    Brackets or commas inside strings only raise the bound."""
+    """An upper bound of the memory receiving and parsing a JSON ``body`` of code grids takes,
+    from its counts of ``[`` (lists) and ``,`` (elements after the first): a body of many
+    one-element rows costs far more per byte than one of long rows, and this prices each as
+    it is. Additive over the chunks of a body (each byte is counted once), so a body is
+    priced as it arrives. Brackets or commas inside strings only raise the bound."""
     lists = body.count(b"[")
     items = body.count(b",") + lists
     return 2 * len(body) + JSON_BYTES_PER_LIST * lists + JSON_BYTES_PER_ITEM * items
+
+
+def upload_bytes(chunk: bytes) -> int:
+    """The memory an upload body's ``chunk`` takes: itself and its parsed copies."""
+    return UPLOAD_BYTES_PER_BODY_BYTE * len(chunk)
 
 
 def per_pixel(measured_bytes: int, pixels: int) -> int:

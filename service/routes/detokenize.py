@@ -143,15 +143,16 @@ def _parse(
 async def _detokenize(
     request: Request, state: ServiceState, settings: Settings, schema: type[Body]
 ) -> tuple[Body, list[bytes], list[tuple[int, int]]]:
-    """Read, reserve, parse, decode. The body and its parse are priced in the input pool
-    before they are allocated (``json_parse_bytes``: by the body's structure, since a body of
-    one-element rows costs many times what one of long rows does), the images in the main
-    pool before the model runs."""
+    """Read, reserve, parse, decode. The body and its parse are priced in the input pool as
+    the body arrives, before either is allocated (``json_parse_bytes``: by the body's
+    structure, since a body of one-element rows costs many times what one of long rows
+    does), the images in the main pool before the model runs."""
     deadline = request_deadline(state, request)
     with refusals(state, "*", "detokenize"):
         async with reserved(state.input_budget, 0, deadline) as held:
-            body = await metered(request, held, 2).body()
-            held.resize(await run_in_threadpool(json_parse_bytes, body))
+            # Priced chunk by chunk as it arrives: a body whose parse can never fit is
+            # refused (413) mid-body, before the rest of it is received.
+            body = await metered(request, held, json_parse_bytes).body()
             parsed, tensors = await run_in_threadpool(_parse, body, schema, state, settings)
             held.resize(len(body) + sum(8 * t.numel() for t in tensors))
             served = state.get(parsed.model)

@@ -24,7 +24,7 @@ from service.admission import (
     request_deadline,
     reserved,
 )
-from service.budget import UPLOAD_BYTES_PER_BODY_BYTE
+from service.budget import upload_bytes
 from service.deps import SettingsDep, StateDep
 from service.errors import APIError, bad_request, unprocessable
 from service.images import FitMode, fitted_size, header_size, load_image
@@ -220,7 +220,7 @@ async def tokenize(
     with refusals(state, model, "tokenize"):
         # The body's memory is reserved as it arrives, before it is kept (service/budget.py).
         async with reserved(state.input_budget, 0, deadline) as held:
-            payloads = await read(metered(request, held, UPLOAD_BYTES_PER_BODY_BYTE), settings)
+            payloads = await read(metered(request, held, upload_bytes), settings)
             codes, sizes = await guarded(
                 request,
                 deadline,

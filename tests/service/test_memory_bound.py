@@ -162,3 +162,9 @@ def test_passes_and_the_process_peak_are_exported(app_client: TestClient) -> Non
     )
     peak = metrics["vq_resident_memory_peak_bytes"].value
     assert peak >= metrics["vq_resident_memory_bytes"].value > 0
+
+
+def test_json_parse_bytes_is_additive_over_chunks() -> None:
+    body = ones_body(10_000)
+    chunks = [body[i : i + 777] for i in range(0, len(body), 777)]  # cut anywhere
+    assert sum(json_parse_bytes(c) for c in chunks) == json_parse_bytes(body)
