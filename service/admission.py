@@ -7,11 +7,13 @@ queued items, so the batcher drops them before they run (``service.batcher``). E
 request is refused under load maps to one status here:
 
     BudgetExceeded    413 memory_budget       can never fit the memory pool
+    MemoryBusy        503 overloaded          Retry-After, at once: a body's parse memory
+    WontFinish        503 overloaded          Retry-After, at once: memory not before deadline
     QueueFull         503 overloaded          Retry-After, at once
     DeadlineExceeded  503 timeout             Retry-After, the work never ran (or was dropped)
     client left       499 client_disconnected nobody reads it; counted in /metrics
-    BatcherClosed     503 not_ready           shutting down
-    InvalidCodes      500 internal            the model produced impossible codes
+    BatcherClosed     503 shutting_down       the batcher stopped (shutting down)
+    InvalidCodes      500 internal_error      the model produced impossible codes
 """
 
 from __future__ import annotations
@@ -19,14 +21,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TypeVar
 
 from starlette.requests import Request
+from starlette.types import Message
 
 from service.batcher import BatcherClosed, DeadlineExceeded, QueueFull
-from service.budget import BudgetExceeded
+from service.budget import (
+    BudgetExceeded,
+    MemoryBudget,
+    MemoryBusy,
+    Reservation,
+    WontFinish,
+)
 from service.errors import APIError
 from service.state import InvalidCodes, ServiceState
 
@@ -86,6 +96,15 @@ def refusals(state: ServiceState, model: str, op: str) -> Iterator[None]:
     except BudgetExceeded as exc:
         shed.labels(model, op, "memory").inc()
         raise APIError(413, "memory_budget", f"this request {exc}") from None
+    except MemoryBusy as exc:
+        shed.labels(model, op, "memory").inc()
+        raise APIError(
+            503, "overloaded", f"overloaded: this request {exc}; retry later", headers=retry
+        ) from None
+    except WontFinish as exc:
+        shed.labels(model, op, "memory_wait").inc()
+        wait = {"Retry-After": str(max(1, math.ceil(exc.wait_s)))}
+        raise APIError(503, "overloaded", f"overloaded: this request {exc}", headers=wait) from None
     except QueueFull as exc:
         shed.labels(model, op, "queue_full").inc()
         raise APIError(
@@ -105,10 +124,79 @@ def refusals(state: ServiceState, model: str, op: str) -> Iterator[None]:
         logger.info("%s for %r: the client disconnected; its queued work was dropped", op, model)
         raise APIError(CLIENT_CLOSED, "client_disconnected", "the client disconnected") from None
     except BatcherClosed as exc:
-        raise APIError(503, "not_ready", str(exc), headers={"Retry-After": "1"}) from None
+        raise APIError(503, "shutting_down", str(exc), headers={"Retry-After": "1"}) from None
     except InvalidCodes as exc:
         logger.error("%s for %r: %s", op, model, exc)
-        raise APIError(500, "internal", f"internal error: {exc}") from None
+        raise APIError(500, "internal_error", f"internal error: {exc}") from None
+
+
+def metered(request: Request, held: Reservation, price: Callable[[bytes], int]) -> Request:
+    """``request`` whose body grows ``held`` by ``price(chunk)`` for each chunk as it
+    arrives, before the app keeps it (``MemoryBusy`` when the pool is full now,
+    ``BudgetExceeded`` as soon as the body can never fit, mid-body). Bodies are reserved as
+    they arrive, not from their declared length up front, so slow uploads hold only what
+    they have sent, and a reservation never waits."""
+
+    async def receive() -> Message:
+        message = await request.receive()
+        if message["type"] == "http.request":
+            held.resize(held.nbytes + price(message.get("body", b"")))
+        return message
+
+    return Request(request.scope, receive)
+
+
+@contextlib.asynccontextmanager
+async def reserved(
+    budget: MemoryBudget, nbytes: int, deadline: float
+) -> AsyncIterator[Reservation]:
+    """Hold ``nbytes`` of ``budget`` for the block, waiting for them at most until
+    ``deadline`` (``DeadlineExceeded``); ``BudgetExceeded`` at once if they can never fit."""
+    budget.check_fits(nbytes)
+    try:
+        await asyncio.wait_for(budget.acquire(nbytes), max(0.0, deadline - time.monotonic()))
+    except TimeoutError:
+        raise DeadlineExceeded("the request's deadline passed waiting for memory") from None
+    held = Reservation(budget, nbytes)
+    try:
+        yield held
+    finally:
+        held.release()
+
+
+def pieces(sizes: list[int], quota: int) -> list[slice]:
+    """Consecutive runs of items whose sizes (bytes to reserve) add up to at most ``quota``
+    (one item at least): a large request runs as several, each reserving and releasing its
+    own memory, so that requests behind it get their turn between them (docs/operations.md,
+    "Fairness"), and a request larger than the pool still runs."""
+    out, start, total = [], 0, 0
+    for i, size in enumerate(sizes):
+        if i > start and total + size > quota:
+            out.append(slice(start, i))
+            start, total = i, 0
+        total += size
+    if sizes:
+        out.append(slice(start, len(sizes)))
+    return out
+
+
+@contextlib.asynccontextmanager
+async def pass_memory(
+    state: ServiceState, nbytes: int, deadline: float
+) -> AsyncIterator[Reservation]:
+    """Hold ``nbytes`` of the model-pass pool, first come first served; refused at once
+    (``WontFinish``) when the work already admitted would not free them before ``deadline``.
+    The estimate: the inference backlog (every batcher's ``backlog_s``) in proportion to
+    the share of the reserved bytes that must be released first."""
+    budget = state.budget
+    budget.check_fits(nbytes)
+    shortfall = budget.shortfall(nbytes)
+    if shortfall:
+        wait = state.backlog_s() * min(1.0, shortfall / max(1, budget.used))
+        if wait > deadline - time.monotonic():
+            raise WontFinish(wait)
+    async with budget.reserve(nbytes) as held:
+        yield held
 
 
 def request_deadline(state: ServiceState, request: Request) -> float:

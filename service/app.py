@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -28,19 +29,34 @@ logger = logging.getLogger("service")
 DOCS_ASSETS_URL = "/static-docs"  # Swagger UI's and ReDoc's files (fastapi-offline)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the service. ``settings`` defaults to the environment (``get_settings``)."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    on_load_failure: Callable[[str], None] | None = None,
+) -> FastAPI:
+    """Build the service. ``settings`` defaults to the environment (``get_settings``).
+
+    ``on_load_failure``: load the models in the background once the server listens, so that
+    /healthz answers and /readyz says 503 ``loading`` meanwhile (``vq-serve`` does this); a
+    load that fails calls it with a one-line message. None: the lifespan waits for the
+    models and raises what loading raised (an embedding app, the tests' TestClient).
+    """
     settings = settings if settings is not None else get_settings()
     state = ServiceState(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         set_pixel_limit(settings.max_image_pixels)
+        loading: asyncio.Task[None] | None = None
         try:
-            await state.load()
-            logger.info("ready: serving %s", ", ".join(state.models))
+            if on_load_failure is None:
+                await state.load()
+            else:
+                loading = asyncio.create_task(state.load_or_report(on_load_failure))
             yield
         finally:
+            if loading is not None:
+                loading.cancel()
             await state.close()
 
     # /docs (Swagger UI) and /redoc with their scripts and styles served from the installed
@@ -74,7 +90,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         ConcurrencyMiddleware,
         limit=settings.max_concurrent_requests,
+        max_reading=settings.max_reading_bodies,
         on_shed=state.metrics.shed.labels("*", "*", "concurrency").inc,
     )
-    app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
+    app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics, routes=app.router.routes)
     return app

@@ -14,6 +14,7 @@ faster (10.6 against 6.2), so the choice is the operator's.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -85,17 +86,25 @@ class OnnxRuntimeBackend:
     """float32 ONNX graphs (uint8 images -> int64 codes, codes -> uint8 images) on the CPU.
 
     Uses ``encoder.onnx`` / ``decoder.onnx`` from the artifact directory when both are there
-    (``vq-export --onnx ARTIFACT ARTIFACT`` writes them), else exports the tokenizer's model
-    into a temporary directory, which is removed once the sessions hold the graphs.
+    (``vq-export --onnx ARTIFACT ARTIFACT`` writes them and records their checksums), read
+    once and verified against config.json like the weights (``vq.artifact.read_artifact_file``:
+    an unlisted, changed or linked-in graph is refused); else exports the tokenizer's
+    verified model into a temporary directory, removed once the sessions hold the graphs.
     """
 
     name: BackendName = "onnxruntime"
     precision = "fp32"
 
     def __init__(
-        self, tokenizer: vq.Tokenizer, artifact_dir: Path, *, threads: int | None = None
+        self,
+        tokenizer: vq.Tokenizer,
+        artifact_dir: Path,
+        *,
+        threads: int | None = None,
+        allow_unverified: bool = False,
     ) -> None:
         ort = import_onnxruntime()
+        from vq.artifact import read_artifact_file
         from vq.onnx_export import DECODER_NAME, ENCODER_NAME, export_onnx
 
         # onnxruntime's CPU memory arena stays on: with it the start-up probe predicted the
@@ -105,23 +114,30 @@ class OnnxRuntimeBackend:
         if threads is not None:
             options.intra_op_num_threads = threads
         enc, dec = artifact_dir / ENCODER_NAME, artifact_dir / DECODER_NAME
-        if enc.is_file() and dec.is_file():
-            self.source = f"{enc.name} and {dec.name} in {artifact_dir}"
-            self._open(ort, options, enc, dec)
+        if os.path.lexists(enc) and os.path.lexists(dec):
+            self.source = f"{enc.name} and {dec.name} in {artifact_dir}, verified"
+            graphs = [
+                read_artifact_file(
+                    artifact_dir, tokenizer.metadata, p.name, allow_unverified=allow_unverified
+                )
+                for p in (enc, dec)
+            ]
+            self._open(ort, options, enc, *graphs)
         else:
-            self.source = "exported at start-up from the artifact's weights"
+            self.source = "exported at start-up from the artifact's verified weights"
             with tempfile.TemporaryDirectory(prefix="vq-onnx-") as tmp:
                 export_onnx(tokenizer.model, tmp)
-                self._open(ort, options, Path(tmp) / ENCODER_NAME, Path(tmp) / DECODER_NAME)
+                graphs = [(Path(tmp) / n).read_bytes() for n in (ENCODER_NAME, DECODER_NAME)]
+            self._open(ort, options, enc, *graphs)
 
-    def _open(self, ort: Any, options: Any, enc: Path, dec: Path) -> None:
+    def _open(self, ort: Any, options: Any, enc: Path, encoder: bytes, decoder: bytes) -> None:
         providers = ["CPUExecutionProvider"]
-        self.encoder = ort.InferenceSession(str(enc), options, providers=providers)
-        self.decoder = ort.InferenceSession(str(dec), options, providers=providers)
+        self.encoder = ort.InferenceSession(encoder, options, providers=providers)
+        self.decoder = ort.InferenceSession(decoder, options, providers=providers)
         given = self.encoder.get_inputs()[0].type
         if given != "tensor(uint8)":
             # vq-export --onnx-input float writes graphs of float images in [-1, 1].
-            raise RuntimeError(
+            raise vq.ArtifactError(
                 f"{enc} takes {given}, not uint8 images; re-export it with "
                 "vq-export --onnx (default --onnx-input uint8) or remove it"
             )
@@ -138,8 +154,15 @@ class OnnxRuntimeBackend:
 
 
 def make_backend(
-    name: BackendName, tokenizer: vq.Tokenizer, artifact_dir: Path, *, threads: int | None
+    name: BackendName,
+    tokenizer: vq.Tokenizer,
+    artifact_dir: Path,
+    *,
+    threads: int | None,
+    allow_unverified: bool = False,
 ) -> Backend:
     if name == "onnxruntime":
-        return OnnxRuntimeBackend(tokenizer, artifact_dir, threads=threads)
+        return OnnxRuntimeBackend(
+            tokenizer, artifact_dir, threads=threads, allow_unverified=allow_unverified
+        )
     return TorchBackend(tokenizer)

@@ -95,12 +95,22 @@ class MicroBatcher:
         self.on_batch = on_batch
         self.batches_run = 0
         self.items_run = 0
+        # What waits and runs, in elements, and how long an element takes (a moving average
+        # of the passes run): how long the work already here will take (``backlog_s``).
+        self.pending_numel = 0
+        self.seconds_per_numel = 0.0
         self.largest_batch = 0
         self._queue: asyncio.Queue[_Item] | None = None
         self._task: asyncio.Task[None] | None = None
         # shape -> items waiting, in arrival order; dicts keep insertion order, so the first
         # key is the group whose oldest item has waited longest.
         self._groups: dict[tuple[int, ...], list[_Item]] = {}
+
+    @property
+    def backlog_s(self) -> float:
+        """Seconds the items waiting and running will take, at the recent pace (0 before
+        the first pass)."""
+        return self.pending_numel * self.seconds_per_numel
 
     @property
     def running(self) -> bool:
@@ -154,6 +164,7 @@ class MicroBatcher:
         for tensor in tensors:
             item = _Item(tensor, loop.create_future(), deadline)
             self.queue_depth += 1
+            self.pending_numel += tensor.numel()
             item.future.add_done_callback(functools.partial(self._on_done, item))
             self._queue.put_nowait(item)
             futures.append(item.future)
@@ -168,6 +179,8 @@ class MicroBatcher:
             return
         item.waiting = False
         self.queue_depth -= 1
+        if not running:
+            self.pending_numel -= item.tensor.numel()
         if not running and item.future.cancelled():
             self.items_cancelled += 1
 
@@ -236,6 +249,7 @@ class MicroBatcher:
             return
         stacked = torch.stack([item.tensor for item in batch])  # (N, *shape)
         loop = asyncio.get_running_loop()
+        start = time.perf_counter()
         try:
             results = await loop.run_in_executor(self.executor, self.fn, stacked)
         except Exception as exc:  # every waiter learns what went wrong; the loop goes on
@@ -243,6 +257,12 @@ class MicroBatcher:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
+        finally:
+            self.pending_numel -= stacked.numel()
+        took = (time.perf_counter() - start) / max(1, stacked.numel())
+        self.seconds_per_numel = (
+            took if not self.seconds_per_numel else (0.7 * self.seconds_per_numel + 0.3 * took)
+        )
         self.batches_run += 1
         self.items_run += len(batch)
         self.largest_batch = max(self.largest_batch, len(batch))

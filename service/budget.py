@@ -3,8 +3,13 @@
 A request's peak memory is predictable from its pixel count: the convolutions' activations
 grow linearly with H * W and everything else (weights, code) is fixed. At start-up the
 service measures each model's bytes per pixel for encode and decode, at the precision it
-runs, by running one probe image and reading the kernel's peak-RSS counter (VmHWM, reset
-through /proc/self/clear_refs). Requests then reserve their predicted cost from a
+runs, by running probe images and reading the kernel's peak-RSS counter (VmHWM, reset
+through /proc/self/clear_refs). A probe reads low when the allocator serves it from memory
+the process already holds, so the heap is trimmed before each probe (glibc malloc_trim)
+and large blocks always come from (and go back to) the kernel (mallopt M_MMAP_THRESHOLD
+fixed), and the charge is the largest of PROBES probes times SAFETY_FACTOR. While serving,
+each forward pass is measured the same way and exported (``vq_pass_bytes_per_pixel``), so
+the charge can be checked against what passes really take. Requests then reserve their predicted cost from a
 ``MemoryBudget`` before any pixel is decoded: a cost larger than the whole pool can never
 run (413), a cost that does not fit now waits, first come first served. Because every byte
 that requests hold is reserved first, no mix of requests takes the process past its budget.
@@ -14,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import math
 import os
 import resource
@@ -21,6 +28,9 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 # Decoding one image file costs a few bytes per pixel on top of the network: Pillow's
 # decoded frame (up to 4 B/px for RGBA), the alpha composite (4), the RGB array (3), the
@@ -29,14 +39,42 @@ DECODE_BYTES_PER_PIXEL = 16
 # PNG encoding of a decoded image: the (H, W, 3) array (3 B/px) plus the compressed file
 # (at most about the raw size at compress_level=1) and its base64 copy (4/3).
 PNG_BYTES_PER_PIXEL = 8
+# Reading and parsing request bodies: the input pool (INPUT_SHARE of the pool), reserved
+# before the body is read and grown (never waited for) once its structure is known.
+INPUT_SHARE = 0.25
+# An upload body as received, plus one copy per parsed part (a multipart file part; base64
+# text and its decoded bytes).
+UPLOAD_BYTES_PER_BODY_BYTE = 3
+# A JSON body parsed by pydantic into Python lists of ints: per list (object, pointer,
+# parser node) and per element (pointer, int object, parser node), with a margin over the
+# worst shapes measured (docs/benchmarks/load.md).
+JSON_BYTES_PER_LIST = 112
+JSON_BYTES_PER_ITEM = 80
 # Measurements carry allocator slack (freed blocks kept, page granularity): a margin on top.
-SAFETY_FACTOR = 1.25
+SAFETY_FACTOR = 1.5
+PROBES = 3  # the charge is the largest of this many probes
 # Below this the probe is noise (tiny test models); no real network costs less.
 MIN_BYTES_PER_PIXEL = 32
 
 
 class BudgetExceeded(RuntimeError):
     """The request needs more memory than the whole pool; it can never run."""
+
+
+class WontFinish(RuntimeError):
+    """The request could not get its memory before its deadline: refused at once (503 +
+    Retry-After) instead of waiting the deadline out. ``wait_s``: the estimate."""
+
+    def __init__(self, wait_s: float) -> None:
+        super().__init__(
+            f"would wait about {wait_s:.0f} s for memory, past its deadline; retry later"
+        )
+        self.wait_s = wait_s
+
+
+class MemoryBusy(RuntimeError):
+    """A reservation could not grow now (its holder never waits, so holders cannot
+    deadlock); the request is refused with 503 + Retry-After."""
 
 
 def machine_memory() -> int:
@@ -69,25 +107,70 @@ def current_rss() -> int:
     return 1024 * kib if kib is not None else 0
 
 
-def peak_bytes_of(fn: Callable[[], object]) -> int:
-    """How far ``fn`` raises this process's resident memory above where it started.
+_peak_before_reset = 0  # the largest VmHWM seen before a reset (see process_peak)
+
+
+def process_peak() -> int:
+    """The largest resident size of this process since it started: VmHWM, which
+    ``peak_bytes_of`` resets, folded with what it read before each reset."""
+    kib = _status_kib("VmHWM")
+    return max(_peak_before_reset, 1024 * kib if kib is not None else 0)
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim  # noqa: B018  (glibc only)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_LIBC = _libc()
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def fix_mmap_threshold(nbytes: int = 1 << 20) -> None:
+    """Blocks of ``nbytes`` or more are mapped from the kernel and unmapped when freed:
+    glibc otherwise raises the threshold after the first large free and keeps the large
+    activations of a pass in its heap, where the next measurement cannot see them."""
+    if _LIBC is not None:
+        _LIBC.mallopt(_M_MMAP_THRESHOLD, nbytes)
+
+
+def trim_heap() -> None:
+    """Give freed heap memory back to the kernel (glibc), so a measurement sees all of it."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def measure_peak(fn: Callable[[], T]) -> tuple[T, int]:
+    """``fn()`` and how far it raised this process's resident memory above where it began.
 
     Linux: reset the high-water mark (``echo 5 > /proc/self/clear_refs``, proc(5)) and read
     VmHWM after. Elsewhere ru_maxrss, which only rises, so the figure is a lower bound
     there; MIN_BYTES_PER_PIXEL and SAFETY_FACTOR cover it.
     """
+    global _peak_before_reset
     try:
+        _peak_before_reset = process_peak()
         Path("/proc/self/clear_refs").write_text("5")
         before = current_rss()
-        fn()
+        result = fn()
         peak = _status_kib("VmHWM")
         if peak is None:
             raise OSError("no VmHWM")
-        return max(0, 1024 * peak - before)
+        return result, max(0, 1024 * peak - before)
     except OSError:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        fn()
-        return max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
+        result = fn()
+        return result, max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
+
+
+def peak_bytes_of(fn: Callable[[], object]) -> int:
+    """How far ``fn`` raises this process's resident memory, measured on a trimmed heap."""
+    trim_heap()
+    return measure_peak(fn)[1]
 
 
 @dataclass(frozen=True)
@@ -102,6 +185,22 @@ class ModelCost:
 
     def detokenize(self, pixels: int) -> int:
         return (self.decode_per_pixel + PNG_BYTES_PER_PIXEL) * pixels
+
+
+def json_parse_bytes(body: bytes) -> int:
+    """An upper bound of the memory receiving and parsing a JSON ``body`` of code grids takes,
+    from its counts of ``[`` (lists) and ``,`` (elements after the first): a body of many
+    one-element rows costs far more per byte than one of long rows, and this prices each as
+    it is. Additive over the chunks of a body (each byte is counted once), so a body is
+    priced as it arrives. Brackets or commas inside strings only raise the bound."""
+    lists = body.count(b"[")
+    items = body.count(b",") + lists
+    return 2 * len(body) + JSON_BYTES_PER_LIST * lists + JSON_BYTES_PER_ITEM * items
+
+
+def upload_bytes(chunk: bytes) -> int:
+    """The memory an upload body's ``chunk`` takes: itself and its parsed copies."""
+    return UPLOAD_BYTES_PER_BODY_BYTE * len(chunk)
 
 
 def per_pixel(measured_bytes: int, pixels: int) -> int:
@@ -124,12 +223,15 @@ class MemoryBudget:
     def waiting(self) -> int:
         return len(self._waiters)
 
+    def shortfall(self, nbytes: int) -> int:
+        """Bytes that must be released before ``nbytes`` would be granted (0: at once)."""
+        ahead = sum(n for n, future in self._waiters if not future.done())
+        if not ahead and self.used + nbytes <= self.capacity:
+            return 0
+        return self.used + ahead + nbytes - self.capacity
+
     async def acquire(self, nbytes: int) -> None:
-        if nbytes > self.capacity:
-            raise BudgetExceeded(
-                f"needs {nbytes / 2**20:.0f} MiB of working memory; the pool is "
-                f"{self.capacity / 2**20:.0f} MiB (setting memory_budget, env VQ_MEMORY_BUDGET)"
-            )
+        self.check_fits(nbytes)
         if not self._waiters and self.used + nbytes <= self.capacity:
             self.used += nbytes
             return
@@ -151,6 +253,20 @@ class MemoryBudget:
         self.used -= nbytes
         self._wake()
 
+    def check_fits(self, nbytes: int) -> None:
+        if nbytes > self.capacity:
+            raise BudgetExceeded(
+                f"needs {nbytes / 2**20:.0f} MiB of working memory; the pool is "
+                f"{self.capacity / 2**20:.0f} MiB (setting memory_budget, env VQ_MEMORY_BUDGET)"
+            )
+
+    def try_grow(self, extra: int) -> bool:
+        """Take ``extra`` more bytes for a holder, now or not at all (never waits)."""
+        if self.used + extra > self.capacity:
+            return False
+        self.used += extra
+        return True
+
     def _wake(self) -> None:
         while self._waiters and self.used + self._waiters[0][0] <= self.capacity:
             nbytes, future = self._waiters.popleft()
@@ -160,9 +276,37 @@ class MemoryBudget:
             future.set_result(None)
 
     @contextlib.asynccontextmanager
-    async def reserve(self, nbytes: int) -> AsyncIterator[None]:
+    async def reserve(self, nbytes: int) -> AsyncIterator[Reservation]:
         await self.acquire(nbytes)
+        held = Reservation(self, nbytes)
         try:
-            yield
+            yield held
         finally:
-            self.release(nbytes)
+            held.release()
+
+
+class Reservation:
+    """Bytes one request holds in a ``MemoryBudget``; resized as the request learns what it
+    needs. Growing never waits (``MemoryBusy`` if the pool is full now): only a request that
+    holds nothing in a pool waits in it, so no two requests can wait on each other."""
+
+    def __init__(self, budget: MemoryBudget, nbytes: int) -> None:
+        self.budget = budget
+        self.nbytes = nbytes
+
+    def resize(self, nbytes: int) -> None:
+        extra = nbytes - self.nbytes
+        if extra > 0:
+            self.budget.check_fits(nbytes)
+            if not self.budget.try_grow(extra):
+                raise MemoryBusy(
+                    f"needs {nbytes / 2**20:.0f} MiB to read its body and the memory for "
+                    "request bodies is in use now"
+                )
+        elif extra < 0:
+            self.budget.release(-extra)
+        self.nbytes = nbytes
+
+    def release(self) -> None:
+        self.budget.release(self.nbytes)
+        self.nbytes = 0

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import math
 import signal
 import socket
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import FrameType
 from typing import Any
 
@@ -23,33 +24,59 @@ import uvicorn
 from pydantic import ValidationError
 
 from service.app import create_app
+from service.limits import header_timeout_protocol
 from service.settings import Settings
-from service.state import ServiceState, StartupError, check_backend_available, check_models
+from service.state import ServiceState, StartupError, check_backend_available
 
 LINGER_S = 0.5  # after the listener closes, for requests on just-accepted connections
 
 
+# Each drains (readiness 503, in-flight requests finish) and the process exits 0: SIGTERM from
+# an orchestrator, SIGINT from a terminal, SIGHUP when the terminal goes away.
+DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 class DrainingServer(uvicorn.Server):
-    """uvicorn, with readiness turned 503 and new work refused the moment SIGTERM arrives."""
+    """uvicorn, with readiness turned 503 and new work refused the moment a drain signal
+    arrives (``DRAIN_SIGNALS``); a second signal stops at once."""
 
     def __init__(self, config: uvicorn.Config, state: ServiceState) -> None:
         super().__init__(config)
         self.service_state = state
+        self.failure: str | None = None  # why the models could not be loaded
+
+    def load_failed(self, message: str) -> None:
+        """The background load failed: say so in one line and stop (exit 1)."""
+        self.failure = message
+        print(f"vq-serve: error: {message}", file=sys.stderr, flush=True)
+        self.should_exit = True
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn's own handling re-raises the signal after shutting down (exit -15 or 130)
+        # and leaves SIGHUP at its default, which kills the process mid-request.
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in DRAIN_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         state = self.service_state
-        first = not state.draining
-        state.begin_drain()
-        if sig == signal.SIGTERM and first:
-            # A drain is the orderly way out: keep the listener open for shutdown_delay_s
-            # (readiness 503, new requests 503 + Connection: close), then let uvicorn stop
-            # accepting and wait for in-flight requests; exit 0 once done (uvicorn's own
-            # handler would re-raise SIGTERM after shutting down, ending with -15).
-            timer = threading.Timer(state.settings.shutdown_delay_s, self._stop)
-            timer.daemon = True
-            timer.start()
+        if state.draining or self.should_exit:
+            super().handle_exit(sig, frame)  # a second signal: stop now
             return
-        super().handle_exit(sig, frame)
+        # A drain is the orderly way out: keep the listener open for shutdown_delay_s
+        # (readiness 503, new requests 503 + Connection: close), then let uvicorn stop
+        # accepting and wait for in-flight requests; exit 0 once done.
+        state.begin_drain()
+        timer = threading.Timer(state.settings.shutdown_delay_s, self._stop)
+        timer.daemon = True
+        timer.start()
 
     def _stop(self) -> None:
         self.should_exit = True
@@ -79,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="artifact directory (or Hugging Face Hub repo id owner/name) to serve under NAME; "
         "repeat for several models (default default=models/default, relative to the current "
         "directory; a local path that exists wins over a Hub id; env VQ_MODELS)",
+    )
+    p.add_argument(
+        "--allow-unverified",
+        action="store_true",
+        help="serve artifacts without checksums (no 'files' list in config.json, ONNX graphs "
+        "it does not list), each with a logged warning; refused otherwise "
+        "(env VQ_ALLOW_UNVERIFIED=true)",
     )
     p.add_argument("--device", choices=["cpu", "cuda"], help="env VQ_DEVICE")
     p.add_argument(
@@ -154,6 +188,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     }
     if args.no_batching:
         overrides["batching"] = False
+    if args.allow_unverified:
+        overrides["allow_unverified"] = True
     return Settings(**overrides)
 
 
@@ -167,14 +203,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    # Before uvicorn: a missing library or a model that cannot be had (a Hub id offline) ends
-    # here with one line, not a traceback from inside the lifespan.
+    # The port first: a port already taken ends here, before any model is loaded; then the
+    # server answers /healthz (and /readyz 503 "loading") while the models load behind it.
+    try:
+        listener = listen(settings.host, settings.port)
+    except OSError as exc:
+        parser.exit(
+            1,
+            f"vq-serve: error: cannot listen on {settings.host}:{settings.port}: "
+            f"{exc.strerror or exc}; stop the process holding it or choose another --port\n",
+        )
+    # A missing library ends here with one line; a model that cannot be had (a Hub id
+    # offline, a damaged artifact) ends the load in the background with one line (exit 1).
     try:
         check_backend_available(settings)
-        check_models(settings)
     except StartupError as exc:
+        listener.close()
         parser.exit(1, f"vq-serve: error: {exc}\n")
-    app = create_app(settings)
+    server: DrainingServer | None = None
+
+    def load_failed(message: str) -> None:
+        assert server is not None
+        server.load_failed(message)
+
+    app = create_app(settings, on_load_failure=load_failed)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -186,10 +238,27 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Longer than clients' and balancers' idle timeouts (httpx 5 s, nginx 75 s): the side
         # that closes an idle keep-alive connection first races a request sent on it.
         timeout_keep_alive=75,
+        http=header_timeout_protocol(settings.header_timeout_s),
     )
     server = DrainingServer(config, app.state.service)
-    server.run()
-    sys.exit(0 if server.started else 1)
+    server.run(sockets=[listener])
+    sys.exit(0 if server.started and server.failure is None else 1)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (OSError if taken): connections queue in its
+    backlog from now on, before the app starts."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ _STATUS_CODES = {
     400: "bad_request",
     404: "not_found",
     405: "method_not_allowed",
-    408: "timeout",
+    408: "body_timeout",
     413: "too_large",
     415: "unsupported_media_type",
     422: "invalid_input",
@@ -79,7 +79,7 @@ def install_error_handlers(app: FastAPI) -> None:
             # cannot be read is the documented 422 like any other invalid body.
             detail = f"body: the JSON body is not valid UTF-8 ({exc.__cause__.reason})"
             return JSONResponse(error_body("invalid_request", detail), status_code=422)
-        code = _STATUS_CODES.get(exc.status_code, "http_error")
+        code = getattr(exc, "code", None) or _STATUS_CODES.get(exc.status_code, "http_error")
         return JSONResponse(
             error_body(code, str(exc.detail)),
             status_code=exc.status_code,

@@ -39,10 +39,11 @@ def set_pixel_limit(max_pixels: int) -> None:
 
 
 def header_size(data: bytes, *, label: str, max_side: int) -> tuple[int, int]:
-    """(H, W) the decoded image will have, from the header alone (``vqio.image_size``), or
-    the 4xx decoding would give: what admission control prices before decoding a pixel."""
+    """(H, W) as the header stores it (``vqio.stored_size``; an EXIF turn may swap them), or
+    the 4xx decoding would give: what admission control prices before decoding a pixel.
+    Only the header is read: no pixel is decoded on the event loop."""
     try:
-        return vqio.image_size(data, label=label, max_side=max_side)
+        return vqio.stored_size(data, label=label, max_side=max_side)
     except vqio.ImageDecodeError as exc:
         status, code = _DECODE_STATUS[exc.kind]
         raise APIError(status, code, str(exc)) from None

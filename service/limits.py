@@ -11,14 +11,18 @@ import asyncio
 import time
 from collections.abc import Callable
 
+import h11
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from service.errors import error_body
 
 
 class BodyTooLarge(HTTPException):
+    code = "too_large"
+
     def __init__(self, max_bytes: int) -> None:
         super().__init__(
             status_code=413,
@@ -65,6 +69,8 @@ class BodyLimitMiddleware:
 
 
 class BodyTimeout(HTTPException):
+    code = "body_timeout"
+
     def __init__(self, detail: str) -> None:
         super().__init__(status_code=408, detail=detail)
 
@@ -170,21 +176,45 @@ class DrainMiddleware:
         await self.app(scope, receive, send_wrapper)
 
 
+class Overloaded(HTTPException):
+    """Raised from ``receive`` when a body completes and the app is full: a 503."""
+
+    code = "overloaded"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(status_code=503, detail=detail, headers={"Retry-After": "1"})
+
+
 class ConcurrencyMiddleware:
-    """Admission at the door: at most ``limit`` work requests (POST) inside the app at once.
+    """Admission at the door: at most ``limit`` work requests (POST) processed at once, and
+    at most ``max_reading`` whose bodies are still arriving.
 
     Under overload the costly part of a request is not always the model: parsing bodies and
     decoding images run on the same few cores, and hundreds of admitted requests would all
-    slow down together, past any deadline. Beyond ``limit`` a POST is refused at once with
-    503 ``overloaded`` + Retry-After (after its body has been read, so the connection stays
-    clean). It also stamps each request's arrival time, from which the request deadline runs.
+    slow down together, past any deadline. A request counts against ``limit`` from the
+    moment its body is complete (when the work begins); beyond it the request is refused
+    with 503 ``overloaded`` + Retry-After (its body read, so the connection stays clean).
+    While its body arrives it counts only against ``max_reading``: slow uploads cost a
+    connection and the bytes received so far, not a place of the requests being processed,
+    so they cannot keep other requests out; beyond ``max_reading`` a new POST is refused at
+    once. It also stamps each request's arrival time, from which the request deadline runs.
     """
 
-    def __init__(self, app: ASGIApp, limit: int, on_shed: Callable[[], None]) -> None:
+    def __init__(
+        self, app: ASGIApp, limit: int, max_reading: int, on_shed: Callable[[], None]
+    ) -> None:
         self.app = app
         self.limit = limit
+        self.max_reading = max_reading
         self.on_shed = on_shed
-        self.inside = 0
+        self.inside = 0  # bodies complete, being processed
+        self.reading = 0  # bodies still arriving
+
+    def _refusal(self, detail: str) -> JSONResponse:
+        self.on_shed()
+        return JSONResponse(
+            error_body("overloaded", detail), status_code=503, headers={"Retry-After": "1"}
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -194,26 +224,90 @@ class ConcurrencyMiddleware:
         if scope.get("method") != "POST":
             await self.app(scope, receive, send)
             return
-        if self.inside >= self.limit:
-            self.on_shed()
-            more = True
-            while more:
-                try:
-                    message = await receive()
-                except HTTPException:
-                    break
-                more = message["type"] == "http.request" and message.get("more_body", False)
+        if self.reading >= self.max_reading:
             detail = (
-                f"overloaded: {self.inside} requests are in progress, the limit is "
-                f"{self.limit} (setting max_concurrent_requests); retry later"
+                f"overloaded: {self.reading} request bodies are arriving, the limit is "
+                f"{self.max_reading} (setting max_reading_bodies); retry later"
             )
-            response = JSONResponse(
-                error_body("overloaded", detail), status_code=503, headers={"Retry-After": "1"}
-            )
-            await response(scope, receive, send)
+            await self._refusal(detail)(scope, receive, send)
             return
-        self.inside += 1
+        phase = "reading"  # then "inside" (admitted) or "done" (refused, or the body failed)
+        self.reading += 1
+
+        def stop_reading() -> None:
+            nonlocal phase
+            self.reading -= 1
+            phase = "done"
+
+        def admit() -> None:
+            nonlocal phase
+            stop_reading()
+            if self.inside >= self.limit:
+                self.on_shed()
+                raise Overloaded(
+                    f"overloaded: {self.inside} requests are in progress, the limit is "
+                    f"{self.limit} (setting max_concurrent_requests); retry later"
+                )
+            self.inside += 1
+            phase = "inside"
+
+        async def counted_receive() -> Message:
+            try:
+                message = await receive()
+            except BaseException:  # too large, too slow
+                if phase == "reading":
+                    stop_reading()
+                raise
+            if phase == "reading":
+                more = message["type"] == "http.request" and message.get("more_body", False)
+                if not more:
+                    admit()
+            return message
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, counted_receive, send)
         finally:
-            self.inside -= 1
+            if phase == "reading":
+                self.reading -= 1
+            elif phase == "inside":
+                self.inside -= 1
+
+
+def header_timeout_protocol(timeout_s: float) -> type[H11Protocol]:
+    """uvicorn's HTTP/1.1 protocol, closing a connection whose request header is not
+    complete ``timeout_s`` after the connection opened, or after the first byte of the
+    next request on a kept-alive one (uvicorn has no header timeout of its own, so a client
+    could hold a connection open indefinitely by sending a header a byte at a time)."""
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)  # type: ignore[arg-type]
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self._header_timer is None and self.conn.their_state is h11.IDLE:
+                self._arm()
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:
+                self._disarm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._header_timer = self.loop.call_later(timeout_s, self._expired)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _expired(self) -> None:
+            self._header_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderTimeoutProtocol

@@ -16,6 +16,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.schemas import UsageResponse
@@ -24,6 +25,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_BYTES_PER_PIXEL_BUCKETS = (8, 16, 32, 64, 128, 256, 384, 512, 768, 1024, 2048, 4096)
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class LoadSnapshot:
     budget_used: int
     budget_waiting: int
     rss: int
+    peak_rss: int
 
 
 class _LoadCollector(Collector):
@@ -73,6 +76,12 @@ class _LoadCollector(Collector):
         )
         yield GaugeMetricFamily(
             "vq_resident_memory_bytes", "Resident set size of this process", value=snap.rss
+        )
+        yield GaugeMetricFamily(
+            "vq_resident_memory_peak_bytes",
+            "Largest resident set size of this process since it started (to compare with "
+            "memory_budget)",
+            value=snap.peak_rss,
         )
 
     def describe(self) -> Iterator[Metric]:
@@ -144,6 +153,14 @@ class ServiceMetrics:
             buckets=_BATCH_BUCKETS,
             registry=self.registry,
         )
+        self.pass_bytes_per_pixel = Histogram(
+            "vq_pass_bytes_per_pixel",
+            "Resident memory one forward pass took, per pixel: what the memory budget's charge "
+            "(the start-up log's 'memory per pixel') is checked against",
+            ["model", "op"],
+            buckets=_BYTES_PER_PIXEL_BUCKETS,
+            registry=self.registry,
+        )
         self.images = Counter(
             "vq_images",
             "Images processed: op=tokenize (encoded) or detokenize (decoded)",
@@ -172,11 +189,21 @@ class ServiceMetrics:
 
 
 class RequestMetricsMiddleware:
-    """Counts every HTTP request and times it, labelled by the matched route's template."""
+    """Counts every HTTP request and times it, labelled by the matched route's template.
+    A request refused before routing (at admission, by a body limit, while draining) is
+    labelled by the route its path matches, looked up in ``routes``; "unmatched" only when
+    no route matches."""
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, routes: list[BaseRoute]) -> None:
         self.app = app
         self.metrics = metrics
+        self.routes = routes
+
+    def _endpoint(self, scope: Scope) -> str:
+        route: Any = scope.get("route")
+        if route is None:
+            route = next((r for r in _leaf_routes(self.routes) if _matches(r, scope)), None)
+        return getattr(route, "path", None) or "unmatched"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -194,8 +221,22 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route: Any = scope.get("route")
-            endpoint = getattr(route, "path", None) or "unmatched"
-            labels = (endpoint, scope.get("method", ""), str(status))
+            labels = (self._endpoint(scope), scope.get("method", ""), str(status))
             self.metrics.requests.labels(*labels).inc()
             self.metrics.latency.labels(*labels).observe(time.perf_counter() - start)
+
+
+def _leaf_routes(routes: Iterable[Any]) -> Iterator[Any]:
+    """The routes with a path template, looking through included routers (which newer
+    FastAPI versions keep as wrappers holding the router they include)."""
+    for route in routes:
+        inner = getattr(getattr(route, "original_router", None), "routes", None)
+        if inner is not None:
+            yield from _leaf_routes(inner)
+        elif getattr(route, "path", None):
+            yield route
+
+
+def _matches(route: BaseRoute, scope: Scope) -> bool:
+    match, _ = route.matches(scope)
+    return bool(match == Match.FULL)

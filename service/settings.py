@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     models: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=lambda: {"default": "models/default"}
     )
+    # Serve artifacts without checksums (config.json with no "files" list, ONNX graphs it does
+    # not list): off, they are refused at start-up; on, each is loaded with a logged warning.
+    allow_unverified: bool = False
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
 
@@ -118,8 +121,14 @@ class Settings(BaseSettings):
     # beyond that 503 + Retry-After at once. A request not answered within
     # request_timeout_s gets 503 and its queued items never run.
     max_queue: int = Field(default=256, ge=1)
-    # At most this many tokenize/detokenize requests inside the app at once; 503 beyond.
+    # At most this many tokenize/detokenize requests processed at once (counted from when
+    # their body is complete); 503 beyond. Bodies still arriving count only against
+    # max_reading_bodies, so slow uploads cannot keep other requests out.
     max_concurrent_requests: int = Field(default=64, ge=1)
+    max_reading_bodies: int = Field(default=256, ge=1)
+    # A connection must send a request's complete header within header_timeout_s of
+    # opening (or of its first byte after an idle keep-alive); it is closed otherwise.
+    header_timeout_s: float = Field(default=10.0, gt=0.0)
     request_timeout_s: float = Field(default=60.0, gt=0.0)
     # Slow clients: a body must arrive within body_timeout_s and, after its first
     # body_grace_s, at min_body_rate bytes/s on average; 408 otherwise.

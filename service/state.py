@@ -26,12 +26,17 @@ import vq
 from service.backends import Backend, import_onnxruntime, make_backend
 from service.batcher import MicroBatcher
 from service.budget import (
+    INPUT_SHARE,
+    PROBES,
     MemoryBudget,
     ModelCost,
     current_rss,
     default_budget,
+    fix_mmap_threshold,
+    measure_peak,
     peak_bytes_of,
     per_pixel,
+    process_peak,
 )
 from service.errors import APIError
 from service.metrics import LoadSnapshot, ServiceMetrics
@@ -104,6 +109,10 @@ class StartupError(RuntimeError):
     """The service cannot start as configured; the message says why and what to change."""
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def is_hub_id(path: str) -> bool:
     """A model spec names a Hub repo when no such local path exists and it reads "owner/name"."""
     return not Path(path).expanduser().exists() and looks_like_repo_id(path)
@@ -155,16 +164,35 @@ def precision_reason(tokenizer: vq.Tokenizer, requested: str | None, backend: st
     return f"auto: {tokenizer.device} has no native bf16 (emulated bf16 is slower than fp32)"
 
 
+def _measured(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    pixels: Callable[[torch.Tensor], int],
+    observe: Callable[[float], None],
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``fn``, with the resident memory each pass takes per pixel reported to ``observe``
+    (``vq_pass_bytes_per_pixel``: what the budget's charge is checked against)."""
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        out, peak = measure_peak(lambda: fn(batch))
+        observe(peak / max(1, pixels(batch)))
+        return out
+
+    return run
+
+
 def _encode_fn(
     backend: Backend,
     codebook_size: int,
     usage: vq.CodebookUsage,
     lock: threading.Lock,
     history: UsageHistory,
+    observe: Callable[[float], None],
 ) -> Callable[[torch.Tensor], torch.Tensor]:
+    encode = _measured(backend.encode, lambda x: x.shape[0] * x.shape[2] * x.shape[3], observe)
+
     def encode_batch(images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, H, W) -> int64 (N, H/f, W/f); counts the codes as served traffic."""
-        codes = backend.encode(images)
+        codes = encode(images)
         low, high = int(codes.min()), int(codes.max())
         if low < 0 or high >= codebook_size:
             raise InvalidCodes(
@@ -198,7 +226,10 @@ class ServiceState:
         self.models: dict[str, ServedModel] = {}
         self.ready = False
         self.draining = False
-        self._budget: MemoryBudget | None = None  # sized once the models are loaded
+        # Sized once the models are loaded: the pool for model passes (and decoded pixels,
+        # PNGs) and the input pool for reading and parsing bodies (service/budget.py).
+        self._budget: MemoryBudget | None = None
+        self._input_budget: MemoryBudget | None = None
         self.metrics = ServiceMetrics(self.usage_snapshots, self.load_snapshot)
         self._executor: ThreadPoolExecutor | None = None
 
@@ -214,25 +245,27 @@ class ServiceState:
                     batcher.items_expired,
                     batcher.items_cancelled,
                 )
-        budget = self._budget
+        pools = [b for b in (self._budget, self._input_budget) if b is not None]
         return LoadSnapshot(
             queues=queues,
-            budget_capacity=budget.capacity if budget else 0,
-            budget_used=budget.used if budget else 0,
-            budget_waiting=budget.waiting if budget else 0,
+            budget_capacity=sum(b.capacity for b in pools),
+            budget_used=sum(b.used for b in pools),
+            budget_waiting=sum(b.waiting for b in pools),
             rss=current_rss(),
+            peak_rss=process_peak(),
         )
 
     def _measure_cost(self, backend: Backend, f: int) -> ModelCost:
-        """Peak bytes per pixel of encode and decode on the backend at its precision (one probe
-        image after a warm-up, so one-time allocations such as oneDNN's caches are excluded)."""
+        """Peak bytes per pixel of encode and decode on the backend at its precision: the
+        largest of PROBES probes on a trimmed heap, after a warm-up (so one-time allocations
+        such as oneDNN's caches are excluded), times the margin (service/budget.py)."""
         side = max(f, self.settings.memory_probe_side // f * f)
         image = torch.zeros(1, 3, side, side, dtype=torch.uint8)
         codes = torch.zeros(1, side // f, side // f, dtype=torch.int64)
         backend.encode(image)
-        encode = peak_bytes_of(lambda: backend.encode(image))
+        encode = max(peak_bytes_of(lambda: backend.encode(image)) for _ in range(PROBES))
         backend.decode(codes)
-        decode = peak_bytes_of(lambda: backend.decode(codes))
+        decode = max(peak_bytes_of(lambda: backend.decode(codes)) for _ in range(PROBES))
         return ModelCost(per_pixel(encode, side * side), per_pixel(decode, side * side))
 
     def _load_one(self, name: str, path: str, executor: Executor) -> ServedModel:
@@ -243,16 +276,35 @@ class ServiceState:
         # A Hub id is loaded by its id (a cache hit by now): vq.load_tokenizer then trusts the
         # snapshot's links into the cache's blobs/, which it refuses in a plain directory.
         source = path if is_hub_id(path) else root
-        tokenizer = vq.load_tokenizer(source, device=settings.device, precision=precision)
+        tokenizer = vq.load_tokenizer(
+            source,
+            device=settings.device,
+            precision=precision,
+            allow_unverified=settings.allow_unverified,
+        )
         reason = precision_reason(tokenizer, settings.precision, settings.backend)
-        backend = make_backend(settings.backend, tokenizer, root, threads=settings.torch_threads)
+        backend = make_backend(
+            settings.backend,
+            tokenizer,
+            root,
+            threads=settings.torch_threads,
+            allow_unverified=settings.allow_unverified,
+        )
         cost = self._measure_cost(backend, tokenizer.f)
         usage = vq.CodebookUsage(tokenizer.codebook_size, window=settings.usage_window)
         lock = threading.Lock()
         history = UsageHistory(time.monotonic())
         wait_s = settings.batch_wait_ms / 1000.0
+        per_pixel_seen = self.metrics.pass_bytes_per_pixel
         encoder = MicroBatcher(
-            _encode_fn(backend, tokenizer.codebook_size, usage, lock, history),
+            _encode_fn(
+                backend,
+                tokenizer.codebook_size,
+                usage,
+                lock,
+                history,
+                per_pixel_seen.labels(name, "tokenize").observe,
+            ),
             executor=executor,
             max_batch_size=settings.effective_batch_size,
             max_wait_s=wait_s,
@@ -260,8 +312,13 @@ class ServiceState:
             on_batch=self.metrics.batch_size.labels(name, "tokenize").observe,
             max_queue=settings.max_queue,
         )
+        f = tokenizer.f
         decoder = MicroBatcher(
-            backend.decode,
+            _measured(
+                backend.decode,
+                lambda c: c.numel() * f * f,
+                per_pixel_seen.labels(name, "detokenize").observe,
+            ),
             executor=executor,
             max_batch_size=settings.effective_batch_size,
             max_wait_s=wait_s,
@@ -297,14 +354,15 @@ class ServiceState:
             history=history,
         )
 
-    def _make_budget(self) -> MemoryBudget:
-        """The pool requests reserve from: the budget less what the loaded process holds."""
+    def _make_budget(self) -> tuple[MemoryBudget, MemoryBudget]:
+        """The pools requests reserve from, (model passes, bodies): the budget less what the
+        loaded process holds, split INPUT_SHARE for reading and parsing bodies."""
         settings = self.settings
         total = settings.memory_budget or default_budget()
         baseline = current_rss()
         pool = total - baseline
         if pool < 16 * 2**20:
-            raise RuntimeError(
+            raise StartupError(
                 f"memory_budget={total} bytes leaves {pool} bytes for requests after the "
                 f"loaded models ({baseline} bytes resident); raise VQ_MEMORY_BUDGET"
             )
@@ -314,8 +372,10 @@ class ServiceState:
             baseline / 2**30,
             pool / 2**30,
         )
+        inputs = int(pool * INPUT_SHARE)
+        compute = pool - inputs
         for model in self.models.values():
-            side = int((pool / model.cost.tokenize(1, 1)) ** 0.5) // model.f * model.f
+            side = int((compute / model.cost.tokenize(1, 1)) ** 0.5) // model.f * model.f
             logger.info(
                 "model %r: the largest single image the pool takes is %dx%d (max_image_side %d)",
                 model.name,
@@ -323,7 +383,21 @@ class ServiceState:
                 side,
                 settings.max_image_side,
             )
-        return MemoryBudget(pool)
+            image_side = int((compute / model.cost.tokenize(1, 1)) ** 0.5)
+            grid_side = int((compute / model.cost.detokenize(1)) ** 0.5) // model.f
+            too_big = []
+            if settings.max_image_side > image_side:
+                too_big.append(f"max_image_side {settings.max_image_side} (at most {image_side})")
+            if settings.max_grid_side > grid_side:
+                too_big.append(f"max_grid_side {settings.max_grid_side} (at most {grid_side})")
+            if too_big:
+                raise StartupError(
+                    f"model {model.name!r} cannot run one request of the largest admitted size "
+                    f"in the {compute / 2**20:.0f} MiB the budget leaves for model passes: "
+                    f"{' and '.join(too_big)}; raise memory_budget (VQ_MEMORY_BUDGET) or lower "
+                    "those settings"
+                )
+        return MemoryBudget(compute), MemoryBudget(inputs)
 
     async def load(self) -> None:
         """Load every configured artifact (off the event loop) and start the batchers."""
@@ -331,6 +405,7 @@ class ServiceState:
         if settings.device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device=cuda was asked for but torch sees no CUDA device")
         check_backend_available(settings)
+        fix_mmap_threshold()
         if settings.torch_threads is not None:
             torch.set_num_threads(settings.torch_threads)
         self._executor = ThreadPoolExecutor(
@@ -341,21 +416,53 @@ class ServiceState:
         )
         loop = asyncio.get_running_loop()
         for name, path in settings.models.items():
-            model = await loop.run_in_executor(
-                self._executor, self._load_one, name, path, self._executor
-            )
+            try:
+                model = await loop.run_in_executor(
+                    self._executor, self._load_one, name, path, self._executor
+                )
+            except (StartupError, ValueError, OSError) as exc:  # vq.ArtifactError, a bad file
+                raise StartupError(f"model {name!r}: {_one_line(exc)}") from None
             model.encoder.start()
             model.decoder.start()
             self.models[name] = model
-        self._budget = self._make_budget()
+        self._budget, self._input_budget = self._make_budget()
         self.ready = True
+        logger.info("ready: serving %s", ", ".join(self.models))
+
+    async def load_or_report(self, on_failure: Callable[[str], None]) -> None:
+        """``load``, for a server that already listens: a failure is reported as one line
+        (``on_failure``, which stops the server), a bug with its traceback as well."""
+        try:
+            await self.load()
+        except (StartupError, RuntimeError, ValueError, OSError) as exc:
+            on_failure(_one_line(exc))
+        except Exception as exc:
+            logger.exception("loading the models failed")
+            on_failure(f"loading the models failed: {type(exc).__name__}: {_one_line(exc)}")
 
     @property
     def budget(self) -> MemoryBudget:
+        """The pool of model passes, decoded pixels and result images."""
         if self._budget is None:
             self.require_ready()
             raise APIError(503, "not_ready", "the memory budget is not set up yet")
         return self._budget
+
+    @property
+    def input_budget(self) -> MemoryBudget:
+        """The pool of request bodies being read and parsed."""
+        if self._input_budget is None:
+            self.require_ready()
+            raise APIError(503, "not_ready", "the memory budget is not set up yet")
+        return self._input_budget
+
+    def backlog_s(self) -> float:
+        """Seconds of inference already admitted, all models and directions (one thread)."""
+        return sum(
+            batcher.backlog_s
+            for model in list(self.models.values())
+            for batcher in (model.encoder, model.decoder)
+        )
 
     def begin_drain(self) -> None:
         """SIGTERM: readiness turns 503 and new work is refused; in-flight work goes on."""

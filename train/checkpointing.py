@@ -12,6 +12,11 @@ optimizer steps:
   a copy into the target, which a kill can cut short.)
 - ``LastCheckpoint`` writes ``last.ckpt`` every ``every_n_steps`` steps and when fit ends
   (``ModelCheckpoint(save_last=True)`` writes it at each validation too).
+- At the next start in the same directory, ``LastCheckpoint`` removes what a crash left:
+  temporary files of interrupted writes, and (when resuming) ``best-*`` checkpoints that
+  the restored ModelCheckpoint no longer tracks (a crash between writing a new best and
+  deleting the old one). A write that fails for lack of space ends the run with one line
+  naming the file and the fix (``CheckpointWriteError``); the previous checkpoint is intact.
 - ``RandomState`` stores torch's global generator (CPU and CUDA) in the checkpoint and puts
   it back when training resumes. All randomness of training that is not the crop stream
   (data initialization and dead-code restarts of codebooks) draws from it; the crop stream
@@ -21,6 +26,7 @@ optimizer steps:
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
@@ -73,8 +79,59 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+_TEMPORARY_GLOB = ".*.ckpt.*.tmp"  # atomic_write_bytes of a checkpoint: .NAME.ckpt.XXXXXXXX.tmp
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class CheckpointWriteError(SystemExit):
+    """A checkpoint could not be written because the disk is full (or over quota): the run
+    ends with this one line on stderr and exit status 1, not a traceback. A SystemExit,
+    so that it passes through Lightning's and the CLI's handlers unchanged."""
+
+    def __init__(self, path: _PATH, exc: OSError) -> None:
+        super().__init__(
+            f"vq-train: error: cannot write checkpoint {path}: {exc.strerror or exc} "
+            f"(errno {exc.errno}); the previous checkpoint is intact. Free space on that disk "
+            "(or write the run elsewhere with --trainer.default_root_dir) and resume with "
+            "--ckpt_path last"
+        )
+
+
+def remove_stale_temporaries(directory: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files that interrupted ``atomic_write_bytes`` calls left in
+    ``directory`` (a killed or crashed run); returns them. Call only when no other process
+    writes there."""
+    removed = []
+    for stale in Path(directory).glob(_TEMPORARY_GLOB):
+        if stale.is_file() and not stale.is_symlink():
+            stale.unlink(missing_ok=True)
+            removed.append(stale)
+    return removed
+
+
+def remove_orphaned_best(cb: ModelCheckpoint) -> list[Path]:
+    """Delete checkpoints named like ``cb``'s (``best-*.ckpt``) in its directory that its
+    restored state does not track: a run that crashed between saving a new best and
+    deleting the old one leaves the old one behind, which ModelCheckpoint never prunes."""
+    if not cb.dirpath or not cb.best_k_models or cb.filename is None:
+        return []
+    prefix = cb.filename.split("{", 1)[0]
+    if not prefix:
+        return []  # a pattern that starts with a field could match any checkpoint
+    kept = {
+        Path(p).resolve() for p in (*cb.best_k_models, cb.best_model_path, cb.last_model_path) if p
+    }
+    removed = []
+    for path in Path(cb.dirpath).glob(f"{prefix}*{cb.FILE_EXTENSION}"):
+        if path.resolve() not in kept and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` into memory, then ``atomic_write_bytes`` (local paths)."""
+    """``torch.save`` into memory, then ``atomic_write_bytes`` (local paths); a full disk
+    is a ``CheckpointWriteError``."""
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None
@@ -85,7 +142,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
-        atomic_write_bytes(path, buffer.getvalue())
+        try:
+            atomic_write_bytes(path, buffer.getvalue())
+        except OSError as exc:
+            if exc.errno in _DISK_FULL:
+                raise CheckpointWriteError(path, exc) from None
+            raise
 
 
 def _last_path(trainer: L.Trainer) -> Path | None:
@@ -140,10 +202,19 @@ class LastCheckpoint(Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._trained = False
+        cb = trainer.checkpoint_callback
+        if trainer.is_global_zero and isinstance(cb, ModelCheckpoint) and cb.dirpath:
+            for stale in remove_stale_temporaries(cb.dirpath):
+                log.info("removed %s, left by an interrupted checkpoint write", stale)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._trained = True
         self._align_step = bool(trainer.ckpt_path)
+        cb = trainer.checkpoint_callback
+        if trainer.ckpt_path and trainer.is_global_zero and isinstance(cb, ModelCheckpoint):
+            # After the restore: cb now tracks what the resumed run kept.
+            for orphan in remove_orphaned_best(cb):
+                log.info("removed %s, a best checkpoint the run no longer tracks", orphan)
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any

@@ -18,12 +18,19 @@ config.json (format_version 1):
     metrics         optional, e.g. {"psnr": ..., "ssim": ..., "epoch_usage": ...}
     extra           optional, anything JSON the caller wants to keep
     recommended_precision  optional, "fp32" to keep the Tokenizer off bf16 by default
-    files           {"model.safetensors": {"sha256": hex digest, "bytes": size}}; absent in
-                    artifacts written before checksums (they load unverified)
+    files           {"model.safetensors": {"sha256": hex digest, "bytes": size}, and
+                    "encoder.onnx" / "decoder.onnx" when ``vq.onnx_export`` wrote them into the
+                    artifact}. Required: an artifact without it (written before checksums, or
+                    with the list removed) is refused unless the caller passes
+                    ``allow_unverified=True``, which logs a warning.
 
 model.safetensors metadata: ``model_config_sha256``, the sha256 of the ``model`` section it
 was saved with (canonical JSON), so an edit of config.json that still fits the tensor
-shapes is refused too.
+shapes (a permuted FSQ level list) is refused too; required like ``files``. Every tensor
+must have the dtype the model holds (float32 weights; fp16 is refused).
+
+Each listed file is read once into memory, checked against its sha256 and used from those
+bytes: the file cannot change between the check and the use.
 
 The ``Tokenizer`` that ``load_tokenizer`` returns lives in ``vq.tokenizer``.
 """
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -61,6 +69,12 @@ FILES_KEY = "files"  # config.json: {file name: {"sha256", "bytes"}} of the othe
 # model.safetensors metadata: sha256 of the canonical JSON of config.json's "model" section,
 # so an edit of the architecture that still fits the tensor shapes is detected.
 MODEL_HASH_KEY = "model_config_sha256"
+UNVERIFIED_FIX = (
+    "re-export it with vq-export (or save_tokenizer) to record checksums, or pass "
+    "allow_unverified=True (vq-serve --allow-unverified) to load it unchecked"
+)
+
+logger = logging.getLogger(__name__)
 
 
 class ArtifactError(ValueError):
@@ -278,18 +292,24 @@ def _regular_file(root: Path, name: str, inside: Path | None = None) -> Path:
     elsewhere (another model's weights, /dev/zero, a file of the host) is refused.
     """
     path = root / name
-    if path.is_symlink():
-        target = path.resolve()
-        if not target.is_relative_to((inside or root).resolve()):
+    try:
+        if path.is_symlink():
+            target = path.resolve()
+            if not target.is_relative_to((inside or root).resolve()):
+                raise ArtifactError(
+                    f"{path} is a symbolic link to {target}, outside the artifact directory; "
+                    "an artifact's files must lie inside it (copy the file instead of linking it)"
+                )
+        if not path.exists():
             raise ArtifactError(
-                f"{path} is a symbolic link to {target}, outside the artifact directory; "
-                "an artifact's files must lie inside it (copy the file instead of linking it)"
+                f"{path} is missing: an artifact holds {CONFIG_NAME} and {WEIGHTS_NAME}"
             )
-    if not path.exists():
+        mode = path.stat().st_mode
+    except (OSError, RuntimeError) as exc:  # a link loop, a dangling link, no permission
         raise ArtifactError(
-            f"{path} is missing: an artifact holds {CONFIG_NAME} and {WEIGHTS_NAME}"
-        )
-    if not stat.S_ISREG(path.stat().st_mode):
+            f"{path} cannot be opened ({exc}); replace it with the regular file it should be"
+        ) from None
+    if not stat.S_ISREG(mode):
         raise ArtifactError(f"{path} is not a regular file")
     return path
 
@@ -321,14 +341,21 @@ def _parse_model_config(data: dict[str, Any], path: Path) -> VQVAEConfig:
     return cfg
 
 
-def _verify_files(root: Path, data: Mapping[str, Any], inside: Path | None = None) -> None:
-    """Check every file config.json lists under ``files`` against its recorded size and
-    sha256, before anything reads it; ArtifactError naming the damaged file. Artifacts
-    written before checksums existed have no ``files`` and are not checked."""
+def _file_records(
+    root: Path, data: Mapping[str, Any], allow_unverified: bool
+) -> dict[str, dict[str, Any]] | None:
+    """config.json's ``files`` list, checked for shape; None for an artifact without one,
+    which only ``allow_unverified`` lets through (with a warning)."""
     config = root / CONFIG_NAME
     files = data.get(FILES_KEY)
     if files is None:
-        return
+        if not allow_unverified:
+            raise ArtifactError(
+                f"{config} has no '{FILES_KEY}' checksum list, so its files cannot be "
+                f"verified; {UNVERIFIED_FIX}"
+            )
+        logger.warning("loading %s UNVERIFIED: config.json lists no checksums", root)
+        return None
     if not isinstance(files, dict) or WEIGHTS_NAME not in files:
         raise ArtifactError(
             f"{config} '{FILES_KEY}' must map each file name to its sha256 and list {WEIGHTS_NAME}"
@@ -340,38 +367,121 @@ def _verify_files(root: Path, data: Mapping[str, Any], inside: Path | None = Non
             )
         if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
             raise ArtifactError(f"{config} '{FILES_KEY}' has no sha256 for {name!r}")
-        path = _regular_file(root, name, inside)
-        size = path.stat().st_size
-        if record.get("bytes", size) != size:
-            raise ArtifactError(
-                f"{path} is damaged: {size} bytes where {CONFIG_NAME} records "
-                f"{record['bytes']} (truncated or replaced after export)"
-            )
-        actual = _sha256(path)
-        if actual != record["sha256"]:
-            raise ArtifactError(
-                f"{path} is damaged: its sha256 is {actual} where {CONFIG_NAME} records "
-                f"{record['sha256']} (changed after export)"
-            )
+    return files
 
 
-def _read_weights(root: Path, inside: Path | None = None) -> dict[str, torch.Tensor]:
-    path = _regular_file(root, WEIGHTS_NAME, inside)
+def _read_checked(
+    root: Path, name: str, record: Mapping[str, Any] | None, inside: Path | None = None
+) -> bytes:
+    """The bytes of ``root / name``, read once and checked against ``record`` (size and
+    sha256; None: unchecked); ArtifactError naming the file and what is wrong."""
+    path = _regular_file(root, name, inside)
     try:
-        return safetensors.torch.load_file(str(path), device="cpu")
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise ArtifactError(f"{path} could not be read: {exc.strerror or exc}") from None
+    if record is None:
+        return blob
+    expected = record.get("bytes", len(blob))
+    if expected != len(blob):
+        raise ArtifactError(
+            f"{path} is damaged: {len(blob)} bytes where {CONFIG_NAME} records "
+            f"{expected} (truncated or replaced after export)"
+        )
+    actual = hashlib.sha256(blob).hexdigest()
+    if actual != record["sha256"]:
+        raise ArtifactError(
+            f"{path} is damaged: its sha256 is {actual} where {CONFIG_NAME} records "
+            f"{record['sha256']} (changed after export)"
+        )
+    return blob
+
+
+def read_artifact_file(
+    root: str | os.PathLike[str],
+    metadata: Mapping[str, Any],
+    name: str,
+    *,
+    allow_unverified: bool = False,
+) -> bytes:
+    """The bytes of another file of a loaded artifact (``encoder.onnx``), checked against the
+    ``files`` record of ``metadata`` (the config.json that ``load_tokenizer`` read, so the
+    list cannot change in between). A file the list does not name is refused unless
+    ``allow_unverified``: it was not written with these weights (a graph of another model)."""
+    root = Path(root)
+    files = metadata.get(FILES_KEY)
+    record = files.get(name) if isinstance(files, dict) else None
+    if record is None:
+        if not allow_unverified:
+            raise ArtifactError(
+                f"{root / name} is not listed in {CONFIG_NAME} '{FILES_KEY}', so it cannot be "
+                "verified as this artifact's; re-export it with vq-export --onnx ARTIFACT "
+                "ARTIFACT (which records it), remove it, or pass allow_unverified=True "
+                "(vq-serve --allow-unverified)"
+            )
+        logger.warning("using %s UNVERIFIED: config.json lists no checksum for it", root / name)
+    return _read_checked(root, name, record)
+
+
+def record_files(root: str | os.PathLike[str], names: tuple[str, ...], model: VQVAE) -> bool:
+    """Add ``names`` (files just written into the artifact ``root``) to its config.json
+    ``files`` list, if ``model`` is the artifact's own model (same config and weights); False
+    (nothing recorded) otherwise, so that loading refuses the files as foreign."""
+    root = Path(root)
+    try:
+        own = load_tokenizer(root, precision="fp32").model
+    except ArtifactError:
+        return False
+    mine = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    theirs = own.state_dict()
+    if own.config.to_dict() != model.config.to_dict() or mine.keys() != theirs.keys():
+        return False
+    if not all(torch.equal(mine[k].to(theirs[k].dtype), theirs[k]) for k in mine):
+        return False
+    config = root / CONFIG_NAME
+    data = json.loads(config.read_text(encoding="utf-8"))
+    data[FILES_KEY].update({name: _file_record(root / name) for name in names})
+    tmp = config.with_name(f".{CONFIG_NAME}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    os.chmod(tmp, config.stat().st_mode & 0o777)
+    os.replace(tmp, config)
+    return True
+
+
+def _safetensors_metadata(blob: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file (its header: 8-byte length, then JSON)."""
+    try:
+        n = int.from_bytes(blob[:8], "little")
+        header = json.loads(blob[8 : 8 + n])
+        meta = header.get("__metadata__") or {}
+    except (ValueError, AttributeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _read_weights(path: Path, blob: bytes) -> dict[str, torch.Tensor]:
+    try:
+        return safetensors.torch.load(blob)
     except (safetensors.SafetensorError, OSError, RuntimeError, ValueError) as exc:
         raise ArtifactError(
             f"{path} could not be read as safetensors (truncated or corrupt file?): {exc}"
         ) from None
 
 
-def _check_model_hash(root: Path, cfg: VQVAEConfig) -> None:
-    """The weights' metadata records the model config they were saved with (artifacts
-    written before that have none): the ``model`` section must still be that one."""
-    path = root / WEIGHTS_NAME
-    with safetensors.safe_open(str(path), framework="pt") as f:
-        recorded = (f.metadata() or {}).get(MODEL_HASH_KEY)
-    if recorded is not None and recorded != model_config_sha256(cfg.to_dict()):
+def _check_model_hash(root: Path, cfg: VQVAEConfig, blob: bytes, allow_unverified: bool) -> None:
+    """The weights' metadata records the model config they were saved with: the ``model``
+    section must still be that one. Without the record only ``allow_unverified`` loads."""
+    recorded = _safetensors_metadata(blob).get(MODEL_HASH_KEY)
+    if recorded is None:
+        if not allow_unverified:
+            raise ArtifactError(
+                f"{root / WEIGHTS_NAME} has no '{MODEL_HASH_KEY}' record of the config it was "
+                f"saved with, so config.json's 'model' section cannot be verified; "
+                f"{UNVERIFIED_FIX}"
+            )
+        logger.warning("loading %s UNVERIFIED: its weights record no model config", root)
+        return
+    if recorded != model_config_sha256(cfg.to_dict()):
         raise ArtifactError(
             f"{root / CONFIG_NAME} 'model' section is not the one {WEIGHTS_NAME} was saved "
             "with (edited after export?): the weights would run as another architecture"
@@ -423,11 +533,17 @@ def _check_state(state: Mapping[str, torch.Tensor], model: VQVAE, path: Path) ->
         for k in sorted(set(expected) & set(state))
         if state[k].shape != expected[k].shape
     ]
+    wrong_dtype = [
+        f"{k}: file {state[k].dtype} vs model {expected[k].dtype}"
+        for k in sorted(set(expected) & set(state))
+        if state[k].dtype != expected[k].dtype
+    ]
     problems = []
     for label, items in (
         ("missing tensors", missing),
         ("unexpected tensors", unexpected),
         ("shape mismatches", mismatched),
+        ("dtype mismatches", wrong_dtype),
     ):
         if items:
             shown = ", ".join(items[:5]) + (
@@ -452,14 +568,19 @@ def load_tokenizer(
     path: str | os.PathLike[str],
     device: str | torch.device = "cpu",
     precision: str | None = None,
+    *,
+    allow_unverified: bool = False,
 ) -> Tokenizer:
     """Load an artifact directory written by ``save_tokenizer``, or a Hugging Face Hub repo
     id ("owner/name", downloaded with huggingface_hub when no such local path exists);
     ArtifactError if it is missing, unreachable, unreadable, of an unknown format version,
     damaged (a file fails its recorded sha256 or size), tampered with (a file linked from
     outside the directory, a config edited so it no longer derives its summary fields or no
-    longer matches the weights' record of it), or its weights do not fit its config or hold
-    NaN/infinity. Nothing is unpickled.
+    longer matches the weights' record of it), or its weights do not fit its config (shape or
+    dtype) or hold NaN/infinity. Nothing is unpickled.
+
+    ``allow_unverified``: load an artifact without checksums (no ``files`` list in
+    config.json, no model-config record in the weights), logging a warning; refused otherwise.
 
     ``precision``: "fp32" or "bf16" (``vq.precision``); None picks bf16 where ``device`` runs
     it natively unless config.json recommends fp32. ``Tokenizer.precision`` says which."""
@@ -475,13 +596,16 @@ def load_tokenizer(
     # A Hub snapshot (snapshots/<revision>/ in the cache) links its files to ../../blobs/.
     inside = root.resolve().parent.parent if root != Path(path) else None
     data = _read_config(root, inside)
-    _verify_files(root, data, inside)
+    files = _file_records(root, data, allow_unverified)
+    # The weights are checked here; other listed files (ONNX graphs) by read_artifact_file,
+    # when and if something uses them.
+    weights = _read_checked(root, WEIGHTS_NAME, files[WEIGHTS_NAME] if files else None, inside)
     cfg = _parse_model_config(data, root / CONFIG_NAME)
-    state = _read_weights(root, inside)
+    state = _read_weights(root / WEIGHTS_NAME, weights)
     model = VQVAE(cfg)
     _check_state(state, model, root / WEIGHTS_NAME)
     _check_derived(data, model, root / CONFIG_NAME)
-    _check_model_hash(root, cfg)
+    _check_model_hash(root, cfg, weights, allow_unverified)
     _check_finite(state, root / WEIGHTS_NAME)
     model.load_state_dict(state, strict=True)
     return Tokenizer(model, data, device, precision)

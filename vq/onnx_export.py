@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from vq import functional as VF
+from vq.artifact import CONFIG_NAME, record_files
 from vq.model import VQVAE
 from vq.normalized import L2NormVectorQuantizer, unit_rows
 from vq.pixels import float_to_uint8, uint8_to_float
@@ -132,7 +133,12 @@ class DecoderGraph(nn.Module):
 def export_onnx(
     model: VQVAE, out_dir: str | Path, *, input_dtype: InputDtype = "uint8"
 ) -> tuple[Path, Path]:
-    """Write ``encoder.onnx`` and ``decoder.onnx`` for ``model`` into ``out_dir``."""
+    """Write ``encoder.onnx`` and ``decoder.onnx`` for ``model`` into ``out_dir``.
+
+    When ``out_dir`` is the artifact of this very model (``vq-export --onnx ARTIFACT
+    ARTIFACT``), their checksums are added to its config.json so that loading verifies them
+    (``vq.artifact.read_artifact_file``); graphs written into another model's artifact are
+    not recorded, and loading that artifact refuses them."""
     if input_dtype not in ("uint8", "float"):
         raise ValueError(f"input_dtype={input_dtype!r} is not allowed; choose 'uint8' or 'float'")
     out = Path(out_dir)
@@ -181,5 +187,12 @@ def export_onnx(
             },
             opset_version=OPSET,
             dynamo=False,
+        )
+    if (out / CONFIG_NAME).is_file() and not record_files(out, (ENCODER_NAME, DECODER_NAME), model):
+        warnings.warn(
+            f"{enc.name} and {dec.name} were written into {out}, an artifact of another model "
+            "(or one that does not load): they are not recorded in its config.json, and "
+            "loading the artifact will refuse them",
+            stacklevel=2,
         )
     return enc, dec

@@ -3,6 +3,7 @@ numpy; ``vq`` itself stays torch + safetensors only).
 
 - ``decode_image(bytes)`` / ``read_image(path)``: the one decoder, file -> uint8 (H, W, 3);
 - ``image_size(path)``: the (H, W) it will return, from the header;
+- ``stored_size(bytes)``: the (H, W) the header stores, before any EXIF turn (never loads);
 - ``center_crop``, ``format_size``: geometry in the one size order, (H, W).
 """
 
@@ -14,6 +15,7 @@ from vqio.decode import (
     decode_image,
     image_size,
     read_image,
+    stored_size,
 )
 from vqio.geometry import center_crop, format_size
 
@@ -27,4 +29,5 @@ __all__ = [
     "format_size",
     "image_size",
     "read_image",
+    "stored_size",
 ]

@@ -186,3 +186,17 @@ def image_size(
         except _PILLOW_ERRORS:
             orientation = None  # a damaged EXIF block; decoding will tell
     return (width, height) if orientation in _SWAPS_SIDES else (height, width)
+
+
+def stored_size(
+    data: bytes, *, label: str = "image", max_side: int | None = None, max_pixels: int | None = None
+) -> tuple[int, int]:
+    """(H, W) as the header stores it, before any EXIF turn, with ``image_size``'s checks.
+    Reads the header only: Pillow's ``getexif`` loads a PNG or WebP whole to find an EXIF
+    block that may follow the pixels, so a turn (which swaps the sides, never the pixel
+    count) is left to the caller. Raises ``ImageDecodeError``."""
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    with _open(bytes(data), label, max_side) as img:
+        _check_size(img, label, max_side, 2**62 if limit is None else int(limit))
+        width, height = img.size
+    return height, width

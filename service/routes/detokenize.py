@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from typing import Any, TypeVar
 
 import torch
 from fastapi import APIRouter, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from service.admission import guarded, refusals, request_deadline
+from service.admission import (
+    guarded,
+    metered,
+    pass_memory,
+    pieces,
+    refusals,
+    request_deadline,
+    reserved,
+)
+from service.budget import json_parse_bytes
 from service.deps import SettingsDep, StateDep
 from service.errors import unprocessable
 from service.images import encode_png
@@ -71,45 +83,97 @@ def _to_pngs(images: list[torch.Tensor]) -> list[bytes]:
 async def _decode(
     served: ServedModel, grids: list[torch.Tensor], state: ServiceState, deadline: float
 ) -> list[bytes]:
-    """Reserve the memory of the grids' images, decode them in the batcher, encode PNGs."""
-    pixels = sum(g.numel() * served.f**2 for g in grids)
-    async with state.budget.reserve(served.cost.detokenize(pixels)):
-        futures = served.decoder.submit_many(grids, deadline=deadline)
-        try:
-            images = await asyncio.gather(*futures)
-        finally:
-            for future in futures:
-                future.cancel()  # a no-op for those that ran; drops the rest unrun
-        return await run_in_threadpool(_to_pngs, list(images))
+    """Per piece of the request (``pieces``): reserve the memory of its grids' images,
+    decode them in the batcher, encode PNGs, release."""
+    costs = [served.cost.detokenize(g.numel() * served.f**2) for g in grids]
+    quota = min(state.budget.capacity, served.cost.detokenize(state.settings.max_batch_pixels))
+    pngs: list[bytes] = []
+    for piece in pieces(costs, quota):
+        async with pass_memory(state, sum(costs[piece]), deadline):
+            futures = served.decoder.submit_many(grids[piece], deadline=deadline)
+            try:
+                images = await asyncio.gather(*futures)
+            finally:
+                for future in futures:
+                    future.cancel()  # a no-op for those that ran; drops the rest unrun
+            pngs.extend(await run_in_threadpool(_to_pngs, list(images)))
+            del images
+    return pngs
 
 
-async def _detokenize(
-    request: Request,
-    state: ServiceState,
-    settings: Settings,
-    model: str,
-    grids: list[tuple[str, list[list[int]]]],
-) -> tuple[list[bytes], list[tuple[int, int]]]:
-    deadline = request_deadline(state, request)
-    served = state.get(model)
-    if len(grids) > settings.max_images_per_request:
+Body = TypeVar("Body", DetokenizeRequest, DetokenizeBatchRequest)
+
+
+def _parse(
+    body: bytes, schema: type[Body], state: ServiceState, settings: Settings
+) -> tuple[Body, list[torch.Tensor]]:
+    """JSON -> (the request, its grids as int64 tensors), on a worker thread: parsing a large
+    body takes time the event loop must not lose."""
+    try:
+        parsed = schema.model_validate_json(body)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
+    served = state.get(parsed.model)
+    rows = [parsed.codes] if isinstance(parsed, DetokenizeRequest) else parsed.batch
+    if len(rows) > settings.max_images_per_request:
         raise unprocessable(
-            f"{len(grids)} grids in one request; the limit is "
+            f"{len(rows)} grids in one request; the limit is "
             f"{settings.max_images_per_request} (setting max_images_per_request)",
             "too_many_images",
         )
+    labels = (
+        ["codes"]
+        if isinstance(parsed, DetokenizeRequest)
+        else [f"batch[{i}]" for i in range(len(rows))]
+    )
     tensors = [
         check_grid(
-            rows, label=label, codebook_size=served.codebook_size, max_side=settings.max_grid_side
+            grid, label=label, codebook_size=served.codebook_size, max_side=settings.max_grid_side
         )
-        for label, rows in grids
+        for label, grid in zip(labels, rows, strict=True)
     ]
-    with refusals(state, model, "detokenize"):
-        pngs = await guarded(request, deadline, lambda: _decode(served, tensors, state, deadline))
-    state.metrics.images.labels(model, "detokenize").inc(len(pngs))
-    state.metrics.tokens.labels(model, "detokenize").inc(sum(t.numel() for t in tensors))
+    # The lists are dropped here: only the tensors (8 bytes per code) outlive the parse.
+    if isinstance(parsed, DetokenizeRequest):
+        parsed.codes = []
+    else:
+        parsed.batch = []
+    return parsed, tensors
+
+
+async def _detokenize(
+    request: Request, state: ServiceState, settings: Settings, schema: type[Body]
+) -> tuple[Body, list[bytes], list[tuple[int, int]]]:
+    """Read, reserve, parse, decode. The body and its parse are priced in the input pool as
+    the body arrives, before either is allocated (``json_parse_bytes``: by the body's
+    structure, since a body of one-element rows costs many times what one of long rows
+    does), the images in the main pool before the model runs."""
+    deadline = request_deadline(state, request)
+    with refusals(state, "*", "detokenize"):
+        async with reserved(state.input_budget, 0, deadline) as held:
+            # Priced chunk by chunk as it arrives: a body whose parse can never fit is
+            # refused (413) mid-body, before the rest of it is received.
+            body = await metered(request, held, json_parse_bytes).body()
+            parsed, tensors = await run_in_threadpool(_parse, body, schema, state, settings)
+            held.resize(len(body) + sum(8 * t.numel() for t in tensors))
+            served = state.get(parsed.model)
+            with refusals(state, parsed.model, "detokenize"):
+                pngs = await guarded(
+                    request, deadline, lambda: _decode(served, tensors, state, deadline)
+                )
+    state.metrics.images.labels(parsed.model, "detokenize").inc(len(pngs))
+    state.metrics.tokens.labels(parsed.model, "detokenize").inc(sum(t.numel() for t in tensors))
     sizes = [(int(t.shape[0]) * served.f, int(t.shape[1]) * served.f) for t in tensors]
-    return pngs, sizes
+    return parsed, pngs, sizes
+
+
+def _json_body(schema: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI request body of a route that reads its JSON itself (to price it first)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": schema.model_json_schema()}},
+        }
+    }
 
 
 @router.post(
@@ -117,12 +181,11 @@ async def _detokenize(
     summary="One code grid -> image/png",
     response_class=Response,
     responses=_PNG,
+    openapi_extra=_json_body(DetokenizeRequest),
 )
-async def detokenize(
-    body: DetokenizeRequest, request: Request, state: StateDep, settings: SettingsDep
-) -> Response:
+async def detokenize(request: Request, state: StateDep, settings: SettingsDep) -> Response:
     """`{"model": ..., "codes": [[...], ...]}` -> the image as PNG; `X-Image-Size` is `HxW`."""
-    pngs, sizes = await _detokenize(request, state, settings, body.model, [("codes", body.codes)])
+    body, pngs, sizes = await _detokenize(request, state, settings, DetokenizeRequest)
     h, w = sizes[0]
     return Response(
         content=pngs[0],
@@ -135,13 +198,13 @@ async def detokenize(
     "/detokenize/batch",
     summary="Several code grids -> base64 PNGs",
     responses=_ERRORS,
+    openapi_extra=_json_body(DetokenizeBatchRequest),
 )
 async def detokenize_batch(
-    body: DetokenizeBatchRequest, request: Request, state: StateDep, settings: SettingsDep
+    request: Request, state: StateDep, settings: SettingsDep
 ) -> DetokenizeBatchResponse:
     """`{"model": ..., "batch": [grid, ...]}` -> one base64 PNG per grid, in request order."""
-    grids = [(f"batch[{i}]", grid) for i, grid in enumerate(body.batch)]
-    pngs, sizes = await _detokenize(request, state, settings, body.model, grids)
+    body, pngs, sizes = await _detokenize(request, state, settings, DetokenizeBatchRequest)
     return DetokenizeBatchResponse(
         model=body.model,
         images=[base64.b64encode(png).decode("ascii") for png in pngs],

@@ -15,14 +15,22 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from service.admission import guarded, refusals, request_deadline
-from service.budget import MemoryBudget
+from service.admission import (
+    guarded,
+    metered,
+    pass_memory,
+    pieces,
+    refusals,
+    request_deadline,
+    reserved,
+)
+from service.budget import upload_bytes
 from service.deps import SettingsDep, StateDep
 from service.errors import APIError, bad_request, unprocessable
 from service.images import FitMode, fitted_size, header_size, load_image
 from service.schemas import ErrorResponse, TokenizeJSONRequest, TokenizeResponse, TokenizeResult
 from service.settings import Settings
-from service.state import ServedModel
+from service.state import ServedModel, ServiceState
 
 router = APIRouter(prefix="/v1", tags=["tokenize"])
 
@@ -89,8 +97,7 @@ async def _multipart_payloads(request: Request, settings: Settings) -> list[tupl
         await form.close()
 
 
-async def _json_payloads(request: Request, settings: Settings) -> list[tuple[str, bytes]]:
-    body = await request.body()
+def _parse_json(body: bytes, settings: Settings) -> list[tuple[str, bytes]]:
     try:
         parsed = TokenizeJSONRequest.model_validate_json(body)
     except ValidationError as exc:
@@ -106,6 +113,12 @@ async def _json_payloads(request: Request, settings: Settings) -> list[tuple[str
     ]
 
 
+async def _json_payloads(request: Request, settings: Settings) -> list[tuple[str, bytes]]:
+    body = await request.body()
+    # Parsing and base64-decoding take time in proportion to the body: off the event loop.
+    return await run_in_threadpool(_parse_json, body, settings)
+
+
 def _prepare(
     payloads: list[tuple[str, bytes]], *, f: int, fit: FitMode, max_side: int
 ) -> list[tuple[torch.Tensor, tuple[int, int]]]:
@@ -116,40 +129,60 @@ def _prepare(
     return out
 
 
-def _memory_cost(
+def _priced(
     payloads: list[tuple[str, bytes]], served: ServedModel, *, fit: FitMode, max_side: int
-) -> int:
-    """Predicted peak bytes of the request, from the images' headers (nothing decoded)."""
-    total = 0
+) -> list[tuple[int, int]]:
+    """(predicted peak bytes, fitted pixels) of each image, from its header (nothing
+    decoded). The EXIF orientation is not read (it may sit after the pixel data): a turn
+    keeps the pixel count, and the fitted size is priced for both orientations."""
+    out = []
     for label, data in payloads:
         h, w = header_size(data, label=label, max_side=max_side)
-        fh, fw = fitted_size(h, w, f=served.f, fit=fit)
-        total += served.cost.tokenize(h * w, fh * fw)
-    return total
+        fitted = max(
+            fh * fw
+            for fh, fw in (
+                fitted_size(h, w, f=served.f, fit=fit),
+                fitted_size(w, h, f=served.f, fit=fit),
+            )
+        )
+        out.append((served.cost.tokenize(h * w, fitted), fitted))
+    return out
 
 
 async def _encode(
+    state: ServiceState,
     served: ServedModel,
     payloads: list[tuple[str, bytes]],
     *,
-    budget: MemoryBudget,
     fit: FitMode,
     settings: Settings,
     deadline: float,
 ) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
-    """Reserve the request's memory, decode its images and run them through the batcher."""
-    cost = _memory_cost(payloads, served, fit=fit, max_side=settings.max_image_side)
-    async with budget.reserve(cost):
-        prepared = await run_in_threadpool(
-            _prepare, payloads, f=served.f, fit=fit, max_side=settings.max_image_side
-        )
-        futures = served.encoder.submit_many([image for image, _ in prepared], deadline=deadline)
-        try:
-            codes = await asyncio.gather(*futures)
-        finally:
-            for future in futures:
-                future.cancel()  # a no-op for those that ran; drops the rest unrun
-    return list(codes), [size for _, size in prepared]
+    """Price the images, then per piece: reserve its memory, decode its images and run them
+    through the batcher, release."""
+    priced = _priced(payloads, served, fit=fit, max_side=settings.max_image_side)
+    codes: list[torch.Tensor] = []
+    sizes: list[tuple[int, int]] = []
+    quota = min(
+        state.budget.capacity,
+        served.cost.tokenize(settings.max_batch_pixels, settings.max_batch_pixels),
+    )
+    for piece in pieces([cost for cost, _ in priced], quota):
+        async with pass_memory(state, sum(cost for cost, _ in priced[piece]), deadline):
+            prepared = await run_in_threadpool(
+                _prepare, payloads[piece], f=served.f, fit=fit, max_side=settings.max_image_side
+            )
+            futures = served.encoder.submit_many(
+                [image for image, _ in prepared], deadline=deadline
+            )
+            try:
+                codes.extend(await asyncio.gather(*futures))
+            finally:
+                for future in futures:
+                    future.cancel()  # a no-op for those that ran; drops the rest unrun
+            sizes.extend(size for _, size in prepared)
+            del prepared
+    return codes, sizes
 
 
 @router.post(
@@ -174,9 +207,9 @@ async def tokenize(
     served = state.get(model)
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media == "multipart/form-data":
-        payloads = await _multipart_payloads(request, settings)
+        read = _multipart_payloads
     elif media == "application/json" or media.endswith("+json"):
-        payloads = await _json_payloads(request, settings)
+        read = _json_payloads
     else:
         raise APIError(
             415,
@@ -184,15 +217,17 @@ async def tokenize(
             f"content-type {media or 'missing'!r} is not supported; send multipart/form-data "
             "with 'files' or application/json with {'images': [base64, ...]}",
         )
-    budget = state.budget
     with refusals(state, model, "tokenize"):
-        codes, sizes = await guarded(
-            request,
-            deadline,
-            lambda: _encode(
-                served, payloads, budget=budget, fit=fit, settings=settings, deadline=deadline
-            ),
-        )
+        # The body's memory is reserved as it arrives, before it is kept (service/budget.py).
+        async with reserved(state.input_budget, 0, deadline) as held:
+            payloads = await read(metered(request, held, upload_bytes), settings)
+            codes, sizes = await guarded(
+                request,
+                deadline,
+                lambda: _encode(
+                    state, served, payloads, fit=fit, settings=settings, deadline=deadline
+                ),
+            )
 
     tokens = sum(int(np.prod(c.shape)) for c in codes)
     state.metrics.images.labels(model, "tokenize").inc(len(codes))

@@ -23,6 +23,7 @@ import vq
 from service.app import create_app
 from service.cli import DrainingServer
 from service.client import Client
+from service.limits import header_timeout_protocol
 from service.settings import Settings
 from service.state import ServiceState
 
@@ -138,7 +139,12 @@ def serving(settings: Settings) -> Iterator[tuple[str, ServiceState, DrainingSer
     port = free_port()
     app = create_app(settings)
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=10
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=10,
+        http=header_timeout_protocol(settings.header_timeout_s),  # as vq-serve runs it
     )
     server = DrainingServer(config, app.state.service)
     thread = threading.Thread(target=server.run, daemon=True)

@@ -15,6 +15,7 @@ from PIL import Image
 import vq
 from service.app import create_app
 from service.client import Client, ServiceError
+from service.state import StartupError
 from tests.service.helpers import (
     CODEBOOK_SIZE,
     F,
@@ -221,7 +222,7 @@ def test_readyz_is_503_before_models_load(artifact_dir: Path) -> None:
 
 def test_startup_fails_on_a_missing_artifact(tmp_path: Path) -> None:
     app = create_app(make_settings(tmp_path / "nowhere"))
-    with pytest.raises(vq.ArtifactError, match="nowhere"), TestClient(app):
+    with pytest.raises(StartupError, match="model 'default': .*nowhere"), TestClient(app):
         pass
 
 
@@ -343,7 +344,7 @@ def test_detokenize_batch_bad_bodies_are_422(
         ({"codes": [[]]}, "invalid_request", "at least 1"),
         ({"codes": [[0] * 257]}, "grid_too_large", "256"),
         ({}, "invalid_request", "codes"),
-        ({"codes": [1, 2]}, "invalid_request", "list"),
+        ({"codes": [1, 2]}, "invalid_request", "array"),
         ({"codes": [[1]], "colour": "red"}, "invalid_request", "colour"),
     ],
 )

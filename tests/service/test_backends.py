@@ -123,8 +123,53 @@ def test_float_input_graphs_are_refused_naming_the_fix(artifact_dir: Path, tmp_p
     shutil.copytree(artifact_dir, served)
     export_onnx_from(served, served, input_dtype="float")
     app = create_app(make_settings(served, backend="onnxruntime"))
-    with pytest.raises(RuntimeError, match="not uint8 images; re-export"), TestClient(app):
+    with pytest.raises(StartupError, match="not uint8 images; re-export"), TestClient(app):
         pass
+
+
+def _swap_encoder(served: Path, foreign: Path, how: str) -> None:
+    """Put another model's encoder.onnx into ``served`` by copy or by a link out of it."""
+    (served / "encoder.onnx").unlink()
+    if how == "copy":
+        shutil.copy(foreign / "encoder.onnx", served / "encoder.onnx")
+    else:
+        (served / "encoder.onnx").symlink_to(foreign / "encoder.onnx")
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [("copy", r"encoder\.onnx is damaged"), ("symlink", r"encoder\.onnx is a symbolic link")],
+)
+def test_a_foreign_onnx_graph_is_refused(
+    artifact_dir: Path, fsq_artifact_dir: Path, tmp_path: Path, how: str, message: str
+) -> None:
+    from train.export import export_onnx_from
+
+    served, foreign = tmp_path / "tok", tmp_path / "other"
+    shutil.copytree(artifact_dir, served)
+    export_onnx_from(served, served)
+    export_onnx_from(fsq_artifact_dir, foreign)
+    _swap_encoder(served, foreign, how)
+    app = create_app(make_settings(served, backend="onnxruntime", torch_threads=1))
+    with pytest.raises(StartupError, match=message), TestClient(app):
+        pass
+
+
+def test_unlisted_onnx_graphs_need_allow_unverified(artifact_dir: Path, tmp_path: Path) -> None:
+    from train.export import export_onnx_from
+
+    served = tmp_path / "tok"
+    shutil.copytree(artifact_dir, served)
+    export_onnx_from(artifact_dir, tmp_path / "graphs")  # not into the artifact: unrecorded
+    for name in ("encoder.onnx", "decoder.onnx"):
+        shutil.copy(tmp_path / "graphs" / name, served / name)
+    app = create_app(make_settings(served, backend="onnxruntime", torch_threads=1))
+    unlisted = r"encoder\.onnx is not listed in config\.json"
+    with pytest.raises(StartupError, match=unlisted), TestClient(app):
+        pass
+    settings = make_settings(served, backend="onnxruntime", torch_threads=1, allow_unverified=True)
+    with TestClient(create_app(settings)) as client:
+        assert tokenize(client, "default", photo(32)).shape == (8, 8)
 
 
 @pytest.mark.parametrize(

@@ -59,3 +59,15 @@ def test_load_benchmark_quick(artifact_dir: Path, tmp_path: Path) -> None:
     lost = re.search(r"\| 0 requests lost on SIGTERM \| (\d+) \|", report)
     assert lost is not None, report
     assert int(lost.group(1)) <= 1, report
+
+
+def test_load_scenarios_replace_only_their_own_section(tmp_path: Path) -> None:
+    from bench.load_scenarios import SECTION, write_section
+
+    out = tmp_path / "load.md"
+    out.write_text("# Load\n\nnotes kept\n\n## Later notes\n\nkept too\n")
+    write_section(out, f"{SECTION}\n\nfirst\n")
+    write_section(out, f"{SECTION}\n\nsecond\n")
+    text = out.read_text()
+    assert text.count(SECTION) == 1 and "second" in text and "first" not in text
+    assert "notes kept" in text and "## Later notes\n\nkept too" in text

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import math
 import signal
 import socket
 import threading
@@ -27,10 +26,10 @@ from service.batcher import DeadlineExceeded, MicroBatcher, QueueFull
 from service.budget import BudgetExceeded, MemoryBudget, ModelCost, current_rss, per_pixel
 from service.cli import build_parser, settings_from_args
 from service.settings import Settings
+from service.state import StartupError
 from tests.service.helpers import (
     encode_file,
     make_settings,
-    png_with_header,
     random_image,
     serving,
     start_server,
@@ -156,24 +155,44 @@ def test_measured_costs_are_per_pixel_and_positive(artifact_dir: Path) -> None:
     assert cost.tokenize(100, 100) == 100 * (16 + cost.encode_per_pixel)
 
 
-def test_request_larger_than_the_pool_is_413_before_decoding(artifact_dir: Path) -> None:
+def test_a_budget_that_cannot_take_the_largest_request_refuses_to_start(
+    artifact_dir: Path,
+) -> None:
     budget = current_rss() + 300 * 2**20  # whatever the loaded test process holds, + 300 MiB
     app = create_app(make_settings(artifact_dir, memory_budget=budget, max_image_side=20_000))
+    with (
+        pytest.raises(StartupError, match=r"max_image_side 20000 \(at most \d+\).*memory_budget"),
+        TestClient(app),
+    ):
+        pass
+
+
+def test_a_request_larger_than_the_pool_runs_in_pieces(artifact_dir: Path) -> None:
+    budget = current_rss() + 200 * 2**20
+    settings = make_settings(
+        artifact_dir, memory_budget=budget, max_image_side=512, max_grid_side=128
+    )
+    app = create_app(settings)
     with TestClient(app) as client:
-        pool = app.state.service.budget.capacity
-        side = math.ceil(math.sqrt(pool / 16)) // 4 * 4 + 4  # 16 B/px of decoding alone > pool
-        bomb = png_with_header(side, side)  # a few bytes that declare side x side pixels
-        response = client.post("/v1/tokenize", files=[("files", ("b.png", bomb, "image/png"))])
-        assert response.status_code == 413, response.text
-        body = response.json()
-        assert body["code"] == "memory_budget" and "VQ_MEMORY_BUDGET" in body["detail"]
-        assert shed(client.get("/metrics").text, "memory") == 1
-        # detokenize the same way: a grid whose image cannot fit
-        grid = [[0] * 1000] * 1000  # 16 M pixels at f=4: > 300 MiB at >= 40 B/px
-        big = create_app(make_settings(artifact_dir, memory_budget=budget, max_grid_side=1000))
-        with TestClient(big) as client2:
-            response = client2.post("/v1/detokenize", json={"codes": grid})
-        assert response.status_code == 413 and response.json()["code"] == "memory_budget"
+        state = app.state.service
+        cost = state.models["default"].cost.tokenize(512 * 512, 512 * 512)
+        n = state.budget.capacity // cost + 2  # together they cannot fit the pool
+        assert n <= 16, n
+        peak = 0
+        acquire = state.budget.acquire
+
+        async def watched(nbytes: int) -> None:
+            nonlocal peak
+            await acquire(nbytes)
+            peak = max(peak, state.budget.used)
+
+        state.budget.acquire = watched
+        image = encode_file(random_image(512, 512))
+        files = [("files", (f"{i}.png", image, "image/png")) for i in range(n)]
+        response = client.post("/v1/tokenize", files=files)
+        assert response.status_code == 200, response.text
+        assert len(response.json()["results"]) == n
+        assert cost * n > state.budget.capacity >= peak > 0
 
 
 # -- load shedding ----------------------------------------------------------------------------
@@ -293,7 +312,7 @@ def test_invalid_codes_from_the_model_are_a_500_not_a_client_error(artifact_dir:
 
         served.tokenizer.encode = poisoned
         response = client.post("/v1/tokenize", json={"images": [png_b64()]})
-        assert response.status_code == 500 and response.json()["code"] == "internal"
+        assert response.status_code == 500 and response.json()["code"] == "internal_error"
         assert "outside [0, 64)" in response.json()["detail"]
 
 
@@ -343,7 +362,7 @@ def test_slow_body_is_408_and_others_are_served(
                 time.sleep(0.1)
             for answer in (stalled.result(), trickle.result()):
                 assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
-                assert b"body_timeout_s" in answer
+                assert b"body_timeout_s" in answer and b'"code":"body_timeout"' in answer
             assert time.monotonic() - start < 6
     finally:
         stop_server(server.process)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -60,3 +62,21 @@ def test_metrics_parse_and_usage_gauges_move_after_traffic(app_client: TestClien
     assert after[tokens] - before.get(tokens, 0.0) == 4 * 8 * 8
     batches = labelled("vq_batch_size_sum", model="default", op="tokenize")
     assert after[batches] - before.get(batches, 0.0) == 4
+
+
+def test_requests_refused_before_routing_keep_their_endpoint(artifact_dir: Path) -> None:
+    from service.app import create_app
+    from tests.service.helpers import make_settings
+
+    app = create_app(make_settings(artifact_dir, max_upload_bytes=100))
+    with TestClient(app) as client:
+        # Refused by the body limit on its Content-Length, before routing.
+        response = client.post("/v1/tokenize", content=b"x" * 1000)
+        assert response.status_code == 413
+        samples = [
+            s.labels
+            for family in text_string_to_metric_families(client.get("/metrics").text)
+            for s in family.samples
+            if s.name == "vq_http_requests_total" and s.labels.get("status") == "413"
+        ]
+    assert samples and samples[0]["endpoint"] == "/v1/tokenize", samples

@@ -81,6 +81,8 @@ def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.port == 7000 and s.host == "0.0.0.0"  # flag wins; env fills the rest
     assert s.models == {"a": "/x", "b": "y"}
     assert s.effective_batch_size == 1
+    assert not s.allow_unverified
+    assert settings_from_args(build_parser().parse_args(["--allow-unverified"])).allow_unverified
 
 
 def test_cli_rejects_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:

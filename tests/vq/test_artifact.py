@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import safetensors
 import safetensors.torch
 import torch
 
@@ -153,8 +155,12 @@ def _rewrite_config(root: Path, edit) -> None:  # type: ignore[no-untyped-def]
 def _rewrite_weights(root: Path, state: dict[str, torch.Tensor]) -> None:
     """Replace the weights and record their new checksum, as a consistent artifact with
     wrong tensors would have (the checksum test is in test_artifact_integrity.py)."""
-    safetensors.torch.save_file(state, str(root / WEIGHTS_NAME))
-    _rewrite_config(root, lambda d: d.pop("files"))
+    with safetensors.safe_open(str(root / WEIGHTS_NAME), framework="pt") as f:
+        meta = f.metadata()
+    safetensors.torch.save_file(state, str(root / WEIGHTS_NAME), metadata=meta)
+    blob = (root / WEIGHTS_NAME).read_bytes()
+    record = {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
+    _rewrite_config(root, lambda d: d["files"].update({WEIGHTS_NAME: record}))
 
 
 def test_missing_directory(tmp_path: Path) -> None:
@@ -229,7 +235,7 @@ def test_truncated_weights(artifact: Path, keep: int) -> None:
         load_tokenizer(artifact)
     _rewrite_config(artifact, lambda d: d.pop("files"))  # an artifact without checksums
     with pytest.raises(ArtifactError, match=r"truncated or corrupt"):
-        load_tokenizer(artifact)
+        load_tokenizer(artifact, allow_unverified=True)
 
 
 def test_mismatched_shape_is_named(artifact: Path) -> None:

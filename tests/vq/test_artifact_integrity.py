@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import safetensors
+import safetensors.torch
 import torch
 
 from vq.artifact import CONFIG_NAME, WEIGHTS_NAME, ArtifactError, load_tokenizer, save_tokenizer
@@ -76,7 +78,7 @@ def test_pickle_renamed_to_safetensors_is_refused_and_never_run(tmp_path: Path) 
         load_tokenizer(out)
     edit_config(out, lambda d: d.pop("files"))  # without checksums: safetensors refuses it
     with pytest.raises(ArtifactError, match=r"model\.safetensors could not be read as safetensors"):
-        load_tokenizer(out)
+        load_tokenizer(out, allow_unverified=True)
     assert not marker.exists()
 
 
@@ -157,12 +159,94 @@ def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path: Path, bad: f
         load_tokenizer(out)
 
 
-def test_artifact_without_checksums_still_loads(tmp_path: Path) -> None:
+def test_artifact_without_checksums_loads_only_when_allowed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     assert "files" not in json.loads((LEGACY_MODEL / CONFIG_NAME).read_text())
     copy = tmp_path / "default"
     shutil.copytree(LEGACY_MODEL, copy)
-    tok = load_tokenizer(copy, precision="fp32")
+    with pytest.raises(ArtifactError, match=r"no 'files' checksum list.*allow_unverified"):
+        load_tokenizer(copy, precision="fp32")
+    tok = load_tokenizer(copy, precision="fp32", allow_unverified=True)
     assert tok.model.codebook_size == 1000
+    assert "UNVERIFIED" in caplog.text
+
+
+def _resave_weights(root: Path, state: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Replace the weights and record their checksum, as someone editing the artifact
+    consistently would: only checks beyond the checksum can catch it."""
+    safetensors.torch.save_file(state, str(root / WEIGHTS_NAME), metadata=metadata)
+    blob = (root / WEIGHTS_NAME).read_bytes()
+    record = {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
+    edit_config(root, lambda d: d["files"].update({WEIGHTS_NAME: record}))
+
+
+def test_modified_weights_with_the_checksum_list_removed_are_refused(tmp_path: Path) -> None:
+    out = save_tokenizer(tiny(), tmp_path / "tok")
+    with safetensors.safe_open(str(out / WEIGHTS_NAME), framework="pt") as f:
+        meta = f.metadata()
+    state = safetensors.torch.load_file(str(out / WEIGHTS_NAME))
+    state["decoder.conv_out.bias"] += 1.0
+    safetensors.torch.save_file(state, str(out / WEIGHTS_NAME), metadata=meta)
+    edit_config(out, lambda d: d.pop("files"))
+    with pytest.raises(ArtifactError, match=r"no 'files' checksum list"):
+        load_tokenizer(out)
+
+
+def test_fp16_weights_are_refused_naming_the_dtype(tmp_path: Path) -> None:
+    out = save_tokenizer(tiny(), tmp_path / "tok")
+    with safetensors.safe_open(str(out / WEIGHTS_NAME), framework="pt") as f:
+        meta = f.metadata()
+    state = safetensors.torch.load_file(str(out / WEIGHTS_NAME))
+    _resave_weights(
+        out, {k: v.half() if v.is_floating_point() else v for k, v in state.items()}, meta
+    )
+    with pytest.raises(
+        ArtifactError, match=r"dtype mismatches: .*torch\.float16 vs model torch\.float32"
+    ):
+        load_tokenizer(out)
+
+
+def test_permuted_fsq_levels_with_the_config_record_stripped_are_refused(tmp_path: Path) -> None:
+    out = save_tokenizer(fsq(), tmp_path / "tok")
+    state = safetensors.torch.load_file(str(out / WEIGHTS_NAME))
+    _resave_weights(out, state, {"format": "pt"})  # the model-config record removed
+
+    def permute(d: dict[str, Any]) -> None:
+        d["model"]["quantizer"]["levels"] = [5, 5, 5, 8]
+        d["quantizer"]["levels"] = [5, 5, 5, 8]
+
+    edit_config(out, permute)
+    with pytest.raises(ArtifactError, match=r"no 'model_config_sha256' record.*allow_unverified"):
+        load_tokenizer(out)
+
+
+def test_symlink_loop_is_an_artifact_error(tmp_path: Path) -> None:
+    out = save_tokenizer(tiny(), tmp_path / "tok")
+    (out / WEIGHTS_NAME).unlink()
+    (out / WEIGHTS_NAME).symlink_to(WEIGHTS_NAME)
+    with pytest.raises(ArtifactError, match=r"model\.safetensors"):
+        load_tokenizer(out)
+
+
+def test_onnx_graphs_are_recorded_only_in_their_own_artifact(tmp_path: Path) -> None:
+    pytest.importorskip("onnx")
+    from vq.artifact import read_artifact_file
+    from vq.onnx_export import DECODER_NAME, ENCODER_NAME, export_onnx
+
+    own = save_tokenizer(tiny(), tmp_path / "own")
+    export_onnx(load_tokenizer(own, precision="fp32").model, own)
+    tok = load_tokenizer(own)
+    files = json.loads((own / CONFIG_NAME).read_text())["files"]
+    assert {ENCODER_NAME, DECODER_NAME} <= set(files)
+    assert read_artifact_file(own, tok.metadata, ENCODER_NAME) == (own / ENCODER_NAME).read_bytes()
+
+    torch.manual_seed(1)
+    stranger = VQVAE(tiny().config)  # same architecture, other weights
+    with pytest.warns(UserWarning, match="not recorded"):
+        export_onnx(stranger, own)
+    with pytest.raises(ArtifactError, match=r"encoder\.onnx is damaged"):
+        read_artifact_file(own, load_tokenizer(own).metadata, ENCODER_NAME)
 
 
 def test_save_keeps_other_files_and_leaves_no_temporaries(tmp_path: Path) -> None:

@@ -160,7 +160,7 @@ def test_format_1_quantizer_sections_load_with_defaults() -> None:
 
 
 def test_legacy_artifact_still_loads() -> None:
-    tok = vq.load_tokenizer(LEGACY, precision="fp32")
+    tok = vq.load_tokenizer(LEGACY, precision="fp32", allow_unverified=True)
     assert tok.codebook_size == 1000 and tok.config.architecture == "vqvae"
 
 

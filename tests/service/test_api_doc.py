@@ -1,0 +1,38 @@
+"""docs/api.md agrees with the code: its samples show the shipped default model, each error
+code has one meaning, and what it says the Docker health check polls is what it polls."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+API = (REPO / "docs" / "api.md").read_text()
+
+
+def test_samples_show_the_default_model() -> None:
+    config = json.loads((REPO / "models" / "default" / "config.json").read_text())
+    quantizer = config["quantizer"]
+    assert f'"codebook_size": {quantizer["codebook_size"]}' in API
+    assert f'"levels": {quantizer["levels"]}' in API
+    assert f'"psnr": {config["metrics"]["psnr"]:.2f}' in API
+    sizes = {int(n) for n in re.findall(r'"codebook_size": (\d+)', API)}
+    assert sizes == {quantizer["codebook_size"]}, sizes
+
+
+def test_each_error_code_has_one_row() -> None:
+    table = API.split("## Errors", 1)[1].split("## Settings", 1)[0]
+    rows = re.findall(r"^\| (\d{3}) \| `([a-z_]+)` \|", table, flags=re.M)
+    codes = [code for _, code in rows]
+    assert len(codes) == len(set(codes)), sorted(c for c in codes if codes.count(c) > 1)
+    assert "internal_error" in codes and "internal" not in codes
+    assert dict((code, status) for status, code in rows)["body_timeout"] == "408"
+    prose = re.findall(r"A 500 \(`([a-z_]+)`\)", table)
+    assert prose == ["internal_error"]
+
+
+def test_the_docker_health_check_is_what_the_dockerfile_polls() -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    (polled,) = re.findall(r"HEALTHCHECK[^\n]*\n[^\n]*(/readyz|/healthz)", dockerfile)
+    assert f"`HEALTHCHECK` on `{polled}`" in API
