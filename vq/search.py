@@ -6,7 +6,7 @@ float32 even under bf16/fp16 autocast (low-precision dot products reorder close 
 
 Why tiles: with D = 64 a matmul does only 128 flops per output element, so writing a large
 slice of the N x K distance matrix to memory and reading it back for the argmin costs more
-than the matmul itself (a bare ``z @ C.T`` drops from ~80 to ~30 GFLOP/s at large K). We tile
+than the matmul itself (docs/benchmarks/quantizers.md measures the untiled baseline). We tile
 over rows *and* codes so that each (rows x codes) distance tile stays in the L2 cache, reduce it
 at once, and keep per-row minima across code tiles. ``max_bytes`` bounds the tile; on CPU the
 tile is further capped at ``CPU_TILE_BYTES`` because beyond that the tile leaves the cache.
@@ -35,8 +35,8 @@ import math
 import torch
 
 DEFAULT_MAX_BYTES = 32 * 2**20
-# Distance tile caps: on CPU a tile larger than the per-core L2 (1 MiB here) spills to memory;
-# 512 codes x 512 rows measured best on a 2-core AVX-512 EPYC (bench/quantizers.py --search).
+# Distance tile caps: on CPU a tile larger than a typical per-core L2 (1 MiB) spills to
+# memory; the tile shape is the fastest bench/quantizers.py found (docs/benchmarks/quantizers.md).
 CPU_TILE_BYTES = 2**20
 _CPU_CODE_TILE = 512
 # GPUs want few, large launches; the bound is then max_bytes alone.
@@ -177,7 +177,8 @@ def _bf16_error_scale(d: int) -> float:
 def _search_bf16(
     x: torch.Tensor, codebook: torch.Tensor, c_sq: torch.Tensor, max_bytes: int
 ) -> torch.Tensor:
-    """bf16 candidates, exact float32 re-ranking: the float32 search's result, faster.
+    """bf16 candidates, exact float32 re-ranking: the float32 search's result, from cheaper
+    bf16 matmuls (whether it is faster depends on the CPU; module docstring).
 
     Each distance ``r_k = ||c_k||² - 2 x·c_k`` (what ``_search_fp32`` ranks) is first
     approximated by one bf16 matmul, ``a_k = [c̃_k, bf16(||c_k||²)] · [bf16(-2x), 1]`` (bf16
