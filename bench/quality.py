@@ -8,8 +8,11 @@ Every configuration trains through ``vq-train fit --config configs/<method>.yaml
 (Lightning's Trainer, ``train.module.VQVAEModule``, ``train.data.ImageDataModule``) with the
 codebook size changed (FSQ: the recommended levels nearest K), the budget of this benchmark,
 and ``--set KEY=VALUE`` overrides of every config (any ``vq-train`` option, e.g.
-``--set model.lr=1e-3``). Plain codebooks (ste, rotation) run the papers' setting by default
-(``--plain papers``: uniform init, no dead-code restart) or the configs' (``--plain recipe``).
+``--set model.lr=1e-3``). Plain codebooks (ste, rotation) run in each setting of ``--plain``
+(``SETTINGS``): ``papers`` (the default: uniform init, no dead-code restart), ``recipe`` (the
+configs' data init + restart), ``rotation-paper`` (the rotation-trick paper's VQ-VAE runs as
+far as ``vq`` expresses them: EMA codebook with decay 0.8, commitment 1.0; its l2-normalised
+codebook and kaiming-scale init cannot be combined with an EMA codebook here).
 
 Data: ``--corpus DIR`` with ``train/`` (``val/`` held out when present, Kodak from
 ``DIR/kodak`` or ``--kodak``); without it the bundled scikit-image photographs and no Kodak.
@@ -72,7 +75,18 @@ METHODS = ("ste", "rotation", "simvq", "simvq_rotation", "fsq")  # configs/<meth
 PLAIN_METHODS = ("ste", "rotation")
 SIZES = (1024, 8192, 65536)
 QUICK_SIZES = (256, 1024)
-PAPERS_PLAIN = {"codebook_init": "uniform", "dead_code_threshold": 0.0}
+# Plain-codebook settings: quantizer options over the config's.
+SETTINGS: dict[str, dict[str, Any]] = {
+    "papers": {"codebook_init": "uniform", "dead_code_threshold": 0.0},
+    "recipe": {},
+    "rotation-paper": {
+        "codebook_update": "ema",
+        "ema_decay": 0.8,
+        "beta": 1.0,
+        "codebook_init": "uniform",
+        "dead_code_threshold": 0.0,
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -83,7 +97,7 @@ class BenchConfig:
     batch_size: int = 16
     crop: int = 64
     seed: int = 0
-    plain: str = "papers"  # "papers" or "recipe"
+    plain: tuple[str, ...] = ("papers",)  # the plain codebooks' settings (SETTINGS)
     overrides: tuple[str, ...] = ()  # "KEY=VALUE" vq-train options for every config
     tiny: bool = False  # a tiny architecture (the --quick smoke run)
     corpus: str | None = None  # folder with train/ (val/); None = bundled photographs
@@ -122,7 +136,7 @@ def fsq_levels_for(size: int) -> tuple[int, ...]:
     return FSQ_RECOMMENDED_LEVELS[best]
 
 
-def fit_args(method: str, size: int, cfg: BenchConfig, work: Path) -> list[str]:
+def fit_args(method: str, size: int, cfg: BenchConfig, work: Path, setting: str = "") -> list[str]:
     """``vq-train`` arguments of one configuration: its config, K, this budget, the data."""
     config_path = CONFIGS / f"{method}.yaml"
     opts: dict[str, Any] = {
@@ -153,8 +167,8 @@ def fit_args(method: str, size: int, cfg: BenchConfig, work: Path) -> list[str]:
         opts["model.vqvae.code_dim"] = len(levels)  # the encoder's projection is FSQ's
     else:
         quantizer["codebook_size"] = size
-    if method in PLAIN_METHODS and cfg.plain == "papers":
-        quantizer |= PAPERS_PLAIN
+    if method in PLAIN_METHODS:
+        quantizer |= SETTINGS[setting or cfg.plain[0]]
     if cfg.tiny:
         opts["model.vqvae.widths"] = [8, 8, 16, 16]
         if method != "fsq":
@@ -313,12 +327,14 @@ def evaluate(artifact: Path, cfg: BenchConfig, result: RunResult, images: Any) -
     result.eval_seconds = time.perf_counter() - start
 
 
-def run_one(method: str, size: int, cfg: BenchConfig, work: Path, images: Any = None) -> RunResult:
+def run_one(
+    method: str, size: int, cfg: BenchConfig, work: Path, images: Any = None, setting: str = ""
+) -> RunResult:
     """Train (or continue) and evaluate one configuration in ``work``; an exception is
     recorded in the result, not raised (one failure must not end the benchmark)."""
-    result = RunResult(method, size, setting=cfg.plain if method in PLAIN_METHODS else "")
+    result = RunResult(method, size, setting=setting)
     try:
-        args = fit_args(method, size, cfg, work)
+        args = fit_args(method, size, cfg, work, setting)
         start = time.perf_counter()
         try:
             cli.main(args)
@@ -341,12 +357,29 @@ def run_one(method: str, size: int, cfg: BenchConfig, work: Path, images: Any = 
     return result
 
 
-def _worker(method: str, size: int, cfg: BenchConfig, work: Path) -> RunResult:
+def configurations(
+    methods: Sequence[str], sizes: Sequence[int], cfg: BenchConfig
+) -> list[tuple[str, int, str]]:
+    """(method, K, setting) of every run: each plain method once per setting."""
+    return [
+        (m, k, s)
+        for k in sizes
+        for m in methods
+        for s in (cfg.plain if m in PLAIN_METHODS else ("",))
+    ]
+
+
+def run_name(method: str, size: int, setting: str) -> str:
+    """The run's folder: ``<method>_K<K>``, with ``-<setting>`` after a non-default setting."""
+    return f"{method}{'' if setting in ('', 'papers') else '-' + setting}_K{size}"
+
+
+def _worker(method: str, size: int, cfg: BenchConfig, work: Path, setting: str) -> RunResult:
     """One configuration in a --jobs process."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     images = kodak.load_images(cfg.kodak, cfg.kodak_limit) if cfg.kodak else None
-    return run_one(method, size, cfg, work, images)
+    return run_one(method, size, cfg, work, images, setting)
 
 
 def machine(device: str) -> str:
@@ -373,7 +406,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--crop", type=int, default=None, help="training crop side (multiple of f)")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--plain", choices=["papers", "recipe"], default=None)
+    p.add_argument(
+        "--plain",
+        nargs="+",
+        choices=list(SETTINGS),
+        default=None,
+        help="settings of the plain codebooks (ste, rotation), one run each (default papers)",
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -401,7 +440,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[BenchConfig, tuple[int, 
         "batch_size": args.batch_size,
         "crop": args.crop,
         "seed": args.seed,
-        "plain": args.plain,
+        "plain": tuple(args.plain) if args.plain else None,
         "device": args.device,
         "threads": args.threads,
         "kodak_limit": args.kodak_limit,
@@ -442,8 +481,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     work_dir = args.work_dir or out / "work"
     if args.quick and args.out is None and not args.resume:
         shutil.rmtree(QUICK_OUT, ignore_errors=True)  # the default quick folder is scratch
-    runs = [(m, k) for k in sizes for m in args.methods]
-    started = [w for m, k in runs if (w := work_dir / f"{m}_K{k}").exists()]
+    runs = configurations(args.methods, sizes, cfg)
+    started = [w for r in runs if (w := work_dir / run_name(*r)).exists()]
     if started and not args.resume:
         print(
             f"error: {started[0]} holds an earlier run; pass --resume or remove it", file=sys.stderr
@@ -466,22 +505,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         + (f"Kodak: {len(images.names)} whole images" if images else "no Kodak")
     )
     start = time.perf_counter()
-    results: dict[tuple[str, int], RunResult] = {}
+    results: dict[tuple[str, int, str], RunResult] = {}
     with concurrent.futures.ProcessPoolExecutor(
         max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")
     ) as pool:
         futures = {}
-        for m, k in runs:
-            done = work_dir / f"{m}_K{k}" / "result.json"
+        for run in runs:
+            done = work_dir / run_name(*run) / "result.json"
             if args.resume and done.exists():
-                results[(m, k)] = RunResult(**json.loads(done.read_text()))
+                results[run] = RunResult(**json.loads(done.read_text()))
             else:
-                futures[pool.submit(_worker, m, k, cfg, work_dir / f"{m}_K{k}")] = (m, k)
+                m, k, setting = run
+                work = work_dir / run_name(*run)
+                futures[pool.submit(_worker, m, k, cfg, work, setting)] = run
         for future in concurrent.futures.as_completed(futures):
             r = future.result()
             results[futures[future]] = r
             print(
-                f"{r.method} K={r.nominal_size}: "
+                f"{run_name(*futures[future])}: "
                 + (
                     f"PSNR {r.psnr:.2f} usage {r.window_usage:.1%} fixed-set {r.fixed_usage:.1%}"
                     if r.error is None

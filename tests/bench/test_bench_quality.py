@@ -17,6 +17,8 @@ from tests.bench.helpers import load_script
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "quality.py"
 METHODS = ("ste", "rotation", "simvq", "simvq_rotation", "fsq")
+# The quick runs train 10 tiny models through Lightning: minutes on a busy 2-core machine.
+pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture(scope="module")
@@ -98,15 +100,34 @@ def test_fit_args_are_the_config_with_k_budget_and_setting(quality: ModuleType) 
         args = quality.fit_args(method, size, config, Path("/w"))
         return json.loads(args[args.index("--model.vqvae.quantizer") + 1])
 
-    assert (
-        quantizer("rotation", 8192, quality.replace(cfg, plain="recipe"))["codebook_init"] == "data"
-    )
+    recipe = quality.replace(cfg, plain=("recipe",))
+    assert quantizer("rotation", 8192, recipe)["codebook_init"] == "data"
     fsq = quantizer("fsq", 65536, cfg)
     assert fsq["kind"] == "fsq" and fsq["levels"] == [8, 8, 8, 5, 5, 5]
     beta = quality.replace(cfg, overrides=("model.vqvae.quantizer.beta=0.5",))
     assert quantizer("simvq", 1024, beta) == {**quantizer("simvq", 1024, cfg), "beta": 0.5}
     with pytest.raises(ValueError, match="KEY=VALUE"):
         quality.fit_args("ste", 1024, quality.replace(cfg, overrides=("lr",)), Path("/w"))
+
+
+def test_plain_codebooks_run_once_per_setting(quality: ModuleType) -> None:
+    cfg = quality.replace(quality.QUICK, plain=("papers", "rotation-paper"))
+    runs = quality.configurations(["rotation", "fsq"], [256], cfg)
+    assert runs == [
+        ("rotation", 256, "papers"),
+        ("rotation", 256, "rotation-paper"),
+        ("fsq", 256, ""),
+    ]
+    assert [quality.run_name(*r) for r in runs] == [
+        "rotation_K256",
+        "rotation-rotation-paper_K256",
+        "fsq_K256",
+    ]
+    args = quality.fit_args("rotation", 256, cfg, Path("/w"), "rotation-paper")
+    q = json.loads(args[args.index("--model.vqvae.quantizer") + 1])
+    # The rotation-trick paper's VQ-VAE: EMA codebook with decay 0.8, commitment 1.0.
+    assert (q["codebook_update"], q["ema_decay"], q["beta"]) == ("ema", 0.8, 1.0)
+    assert q["grad_estimator"] == "rotation"
 
 
 @pytest.mark.parametrize(
