@@ -357,6 +357,15 @@ def run(
     plot_rd(results, codecs, out / "kodak_rd.png", f"Kodak ({len(images.names)} images)")
     if loaded:
         crops_picture(images, loaded, out / "kodak_crops.png")
+        payload["crops"] = {
+            "regions": [
+                {"image": n, "top": t, "left": left, "side": side}
+                for n, t, left, side in CROPS
+                if n in images.names
+            ],
+            "codecs": [f"{c.upper()} q={q}" for c, q in CROP_CODECS],
+        }
+        (out / "kodak.json").write_text(json.dumps(payload, indent=1, allow_nan=True) + "\n")
     report.write(out / "kodak.md", report.kodak_markdown(payload, out))
     return payload
 

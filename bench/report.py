@@ -130,6 +130,18 @@ def kodak_markdown(payload: dict[str, Any], folder: Path | None = None) -> str:
     ):
         if folder is None or (folder / name).exists():
             lines += ["", f"![{caption}]({name})"]
+    crops = payload.get("crops")
+    if crops:
+        regions = "; ".join(
+            f"{c['image']} rows {c['top']}-{c['top'] + c['side']}, columns "
+            f"{c['left']}-{c['left'] + c['side']}"
+            for c in crops["regions"]
+        )
+        lines += [
+            "",
+            f"Zoomed crops, 1:1 pixels: original | {' | '.join(crops['codecs'])} | each "
+            f"tokenizer (bpp in the titles); {regions or 'the centre of the first image'}.",
+        ]
     return "\n".join(lines)
 
 
