@@ -1,29 +1,24 @@
-"""Kodak evaluation: a tokenizer's reconstruction quality, code usage and rate, against JPEG
-and WebP on the same images.
+"""Kodak evaluation: a tokenizer's reconstruction quality, sharpness, code usage and rate,
+against JPEG and WebP on the same images.
 
-    python bench/kodak.py --tokenizer models/default --out docs/benchmarks/kodak_default
-    python bench/kodak.py --tokenizer a=runs/a/artifact --tokenizer b=runs/b/artifact --out /tmp/k
-    python bench/kodak.py --quick --out /tmp/k       # 2 images, 3 codec settings (seconds)
+    python bench/kodak.py --kodak DIR --tokenizer models/default --out runs/bench/kodak
+    python bench/kodak.py --kodak DIR --tokenizer a=runs/a/artifact --tokenizer b=runs/b/artifact
+    python bench/kodak.py --kodak DIR --quick      # 2 images, 3 codec settings (seconds)
 
-The images are the full Kodak photographs (``../shared/data/kodak``: 24 PNGs, 768x512 or
-512x768, both sides divisible by 8 and 16), evaluated whole, no crops. Writes
-``kodak.json`` (every number, per image too) and ``kodak_rd.png`` (PSNR vs bits per pixel)
-into ``--out``.
+``--kodak`` is a folder of the 24 Kodak PNGs (768x512 or 512x768; docs/benchmarks/ says where
+to get them), evaluated whole, no crops. Writes into ``--out`` (default ``runs/bench/kodak``;
+``--quick``: ``runs/bench-quick/kodak``): ``kodak.json`` (every number, per image too),
+``kodak.md`` (rendered by ``bench/report.py``), ``kodak_rd.png`` (PSNR vs bits per pixel) and
+``kodak_crops.png`` (zoomed crops: original | JPEG | WebP | each tokenizer).
 
-Figures, all on RGB uint8 images as stored (the tokenizer's reconstruction is uint8 too):
-
-- PSNR per image = 10 log10(255² / MSE), MSE over every pixel and channel of the whole
-  image; the reported PSNR is the **mean of the per-image PSNRs** (the convention of the
-  learned-compression literature, e.g. CompressAI's Kodak tables), not the PSNR of the mean
-  MSE. SSIM: torchmetrics' Gaussian SSIM on [0, 1] RGB, mean over images.
-- A tokenizer's rate two ways: nominal ``log2(K) / f²`` bits per pixel (fixed-length code
-  ids), and the empirical entropy of its code histogram over all Kodak tokens divided by f²
-  (the rate an ideal entropy coder with one static distribution over the set would reach).
-- Codebook usage over all Kodak tokens: the fraction of the K codes hit, perplexity
-  exp(H) of the histogram, dead codes (never hit).
-- JPEG and WebP from Pillow: each image encoded at each quality setting, bpp = file
-  bytes * 8 / pixels, PSNR of the decoded image as above; per quality the mean bpp and mean
-  PSNR over images (one point per setting on the plot).
+Figures, all on RGB uint8 images as stored (``bench/metrics.py``), each the mean over images
+of the per-image figure: PSNR (the learned-compression literature's convention, not the PSNR
+of the mean MSE), SSIM, MS-SSIM, VIF, and the high-frequency power ratio (luma power above
+0.25 cycles/pixel, reconstruction / original). A tokenizer's rate two ways: nominal
+``log2(K) / f²`` bits per pixel, and the entropy of its code histogram over all Kodak tokens
+/ f². Codebook usage over all Kodak tokens: codes hit, perplexity, dead codes. JPEG and WebP
+from Pillow at each quality setting, bpp = file bytes * 8 / pixels. LPIPS with
+``--lpips-backbone`` and ``--lpips-heads`` (weights the user supplies; skipped otherwise).
 """
 
 from __future__ import annotations
@@ -34,7 +29,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,39 +37,34 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torchmetrics.functional.image import structural_similarity_index_measure
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script: make vq/ and train/ importable
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "bench"):  # run as a script: vq/, train/ and metrics.py importable
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+import metrics  # noqa: E402 - bench/ is a folder of scripts
+import report  # noqa: E402
 
 from train.images import find_images  # noqa: E402
 from vq import Tokenizer, load_tokenizer  # noqa: E402
 from vq.usage import histogram_perplexity  # noqa: E402
-from vqio import read_image  # noqa: E402
+from vqio import format_size, read_image  # noqa: E402
 
-DEFAULT_KODAK = ROOT.parent / "shared" / "data" / "kodak"
+DEFAULT_OUT = ROOT / "runs" / "bench" / "kodak"
+QUICK_OUT = ROOT / "runs" / "bench-quick" / "kodak"
 # Quality sweeps down to each codec's lowest setting (JPEG and WebP quality 1 is legal).
 JPEG_QUALITIES = (1, 5, 10, 15, 20, 30, 40, 50, 60, 75, 90)
 WEBP_QUALITIES = (0, 1, 5, 10, 20, 30, 40, 50, 60, 75, 90)
 QUICK_QUALITIES = (1, 50, 90)
-
-
-def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two uint8 images of the same shape, MSE over all pixels and channels."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
-
-
-def ssim_uint8(a: np.ndarray, b: np.ndarray) -> float:
-    """SSIM of two uint8 (H, W, 3) images (torchmetrics, Gaussian window, data range 1)."""
-
-    def t(x: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.array(x, dtype=np.float32)).permute(2, 0, 1)[None] / 255
-
-    value = structural_similarity_index_measure(t(a), t(b), data_range=1.0)
-    assert isinstance(value, torch.Tensor)  # a tuple only with return_full_image=True
-    return float(value)
+# The codec settings shown beside the tokenizer in the crops picture: near its bit rate.
+CROP_CODECS = (("jpeg", 5), ("webp", 0))
+# (image, top, left, side): a face, lettering, stone texture (the first image for other sets).
+CROPS = (
+    ("kodim15.png", 80, 432, 224),
+    ("kodim08.png", 250, 540, 224),
+    ("kodim01.png", 280, 10, 224),
+)
 
 
 def code_entropy_bits(hist: torch.Tensor) -> float:
@@ -104,6 +94,22 @@ def load_images(folder: str | Path, limit: int | None = None) -> Images:
     return Images([p.name for p in paths], [np.array(read_image(p)) for p in paths])
 
 
+def codec_roundtrip(image: np.ndarray, codec: str, quality: int) -> tuple[np.ndarray, int]:
+    """Encode with Pillow at ``quality``, decode: (decoded uint8 image, file bytes)."""
+    buf = io.BytesIO()
+    options: dict[str, Any] = {"quality": quality}
+    if codec == "webp":
+        options["method"] = 6  # the slowest, best-compressing WebP encoder effort
+    Image.fromarray(image).save(buf, format={"jpeg": "JPEG", "webp": "WEBP"}[codec], **options)
+    decoded = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    return decoded, len(buf.getvalue())
+
+
+def mean_figures(rows: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Per-image figures -> their means (NaN where an image has none)."""
+    return {k: float(np.mean([r[k] for r in rows])) for k in metrics.FIGURES}
+
+
 @dataclass
 class CodecPoint:
     """One codec setting, averaged over the images."""
@@ -113,36 +119,21 @@ class CodecPoint:
     bpp: float
     psnr: float
     ssim: float
+    ms_ssim: float = math.nan
+    vif: float = math.nan
+    hf_ratio: float = math.nan
 
 
-def codec_sweep(
-    images: Images, codec: str, qualities: Sequence[int], *, ssim: bool = True
-) -> list[CodecPoint]:
-    """Encode every image with Pillow at each quality; mean bpp, PSNR and SSIM per quality."""
-    fmt = {"jpeg": "JPEG", "webp": "WEBP"}[codec]
+def codec_sweep(images: Images, codec: str, qualities: Sequence[int]) -> list[CodecPoint]:
+    """Every image at each quality: mean bpp and figures per quality."""
     points = []
     for quality in qualities:
-        bpps, psnrs, ssims = [], [], []
+        bpps, rows = [], []
         for im, pixels in zip(images.pixels, images.num_pixels, strict=True):
-            buf = io.BytesIO()
-            options: dict[str, Any] = {"quality": quality}
-            if codec == "webp":
-                options["method"] = 6  # the slowest, best-compressing WebP encoder effort
-            Image.fromarray(im).save(buf, format=fmt, **options)
-            decoded = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
-            bpps.append(len(buf.getvalue()) * 8 / pixels)
-            psnrs.append(psnr_uint8(im, decoded))
-            if ssim:
-                ssims.append(ssim_uint8(im, decoded))
-        points.append(
-            CodecPoint(
-                codec,
-                quality,
-                float(np.mean(bpps)),
-                float(np.mean(psnrs)),
-                float(np.mean(ssims)) if ssims else math.nan,
-            )
-        )
+            decoded, size = codec_roundtrip(im, codec, quality)
+            bpps.append(size * 8 / pixels)
+            rows.append(metrics.image_figures(im, decoded))
+        points.append(CodecPoint(codec, quality, float(np.mean(bpps)), **mean_figures(rows)))
     return points
 
 
@@ -152,8 +143,11 @@ class TokenizerResult:
     path: str
     codebook_size: int
     f: int
-    psnr: float  # mean of per-image PSNR
+    psnr: float  # each figure: the mean over images of the per-image figure
     ssim: float
+    ms_ssim: float
+    vif: float
+    hf_ratio: float
     bpp_nominal: float  # log2(K) / f^2
     bpp_entropy: float  # empirical code entropy over the Kodak tokens / f^2
     entropy_bits_per_token: float
@@ -162,29 +156,40 @@ class TokenizerResult:
     dead_codes: int
     tokens: int
     seconds: float
+    lpips: float | None = None
     per_image: list[dict[str, Any]] = field(default_factory=list)
 
 
+def reconstruct(tok: Tokenizer, name: str, image: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+    """Whole image -> (uint8 reconstruction (H, W, 3), codes (1, H/f, W/f))."""
+    h, w = image.shape[:2]
+    if h % tok.f or w % tok.f:
+        raise ValueError(
+            f"{name}: {format_size(h, w)} is not divisible by f={tok.f}; "
+            "the Kodak evaluation takes whole images"
+        )
+    codes = tok.encode(image)
+    return tok.decode(codes)[0].permute(1, 2, 0).numpy(), codes
+
+
 def evaluate_tokenizer(
-    tok: Tokenizer, images: Images, name: str = "tokenizer", path: str = ""
+    tok: Tokenizer,
+    images: Images,
+    name: str = "tokenizer",
+    path: str = "",
+    lpips: Callable[[np.ndarray, np.ndarray], float] | None = None,
 ) -> TokenizerResult:
     """Encode and decode every image whole; quality, usage and rate as the module says."""
     start = time.perf_counter()
     hist = torch.zeros(tok.codebook_size, dtype=torch.long)
     per_image = []
     for image_name, im in zip(images.names, images.pixels, strict=True):
-        h, w = im.shape[:2]
-        if h % tok.f or w % tok.f:
-            raise ValueError(
-                f"{image_name}: {w}x{h} (WxH) is not divisible by f={tok.f}; "
-                "the Kodak evaluation takes whole images"
-            )
-        codes = tok.encode(im)  # (1, h/f, w/f)
-        recon = tok.decode(codes)[0].permute(1, 2, 0).numpy()  # (H, W, 3) uint8
+        recon, codes = reconstruct(tok, image_name, im)
         hist += torch.bincount(codes.flatten(), minlength=tok.codebook_size)
-        per_image.append(
-            {"name": image_name, "psnr": psnr_uint8(im, recon), "ssim": ssim_uint8(im, recon)}
-        )
+        row: dict[str, Any] = {"name": image_name, **metrics.image_figures(im, recon)}
+        if lpips is not None:
+            row["lpips"] = lpips(im, recon)
+        per_image.append(row)
     entropy = code_entropy_bits(hist)
     f2 = tok.f**2
     return TokenizerResult(
@@ -192,8 +197,7 @@ def evaluate_tokenizer(
         path=display_path(path),
         codebook_size=tok.codebook_size,
         f=tok.f,
-        psnr=float(np.mean([r["psnr"] for r in per_image])),
-        ssim=float(np.mean([r["ssim"] for r in per_image])),
+        **mean_figures(per_image),
         bpp_nominal=math.log2(tok.codebook_size) / f2,
         bpp_entropy=entropy / f2,
         entropy_bits_per_token=entropy,
@@ -202,8 +206,31 @@ def evaluate_tokenizer(
         dead_codes=int((hist == 0).sum()),
         tokens=int(hist.sum()),
         seconds=time.perf_counter() - start,
+        lpips=float(np.mean([r["lpips"] for r in per_image])) if lpips else None,
         per_image=per_image,
     )
+
+
+def lpips_scorer(
+    backbone: Path | None, heads: Path | None
+) -> tuple[Callable[[np.ndarray, np.ndarray], float] | None, str]:
+    """LPIPS from user-supplied weights through ``train.lpips`` -> (scorer or None, a note)."""
+    if backbone is None or heads is None:
+        return None, "LPIPS not measured: pass --lpips-backbone and --lpips-heads"
+    try:
+        from train import lpips as lpips_module  # type: ignore[attr-defined]
+    except ImportError:
+        return None, "LPIPS not measured: this checkout has no train.lpips"
+    net = lpips_module.LPIPS(backbone=backbone, heads=heads).eval()
+
+    def score(a: np.ndarray, b: np.ndarray) -> float:
+        def t(x: np.ndarray) -> torch.Tensor:  # (1, 3, H, W) in [-1, 1]
+            return torch.from_numpy(np.array(x, np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
+
+        with torch.no_grad():
+            return float(net(t(b), t(a)).mean())
+
+    return score, f"LPIPS from {display_path(backbone)} and {display_path(heads)}"
 
 
 def plot_rd(
@@ -243,39 +270,47 @@ def plot_rd(
     plt.close(fig)
 
 
-def run(
-    tokenizers: Sequence[tuple[str, str]],
-    kodak: Path,
-    out: Path,
-    *,
-    limit: int | None = None,
-    qualities: Sequence[int] | None = None,
-    device: str = "cpu",
-    codecs: Sequence[CodecPoint] | None = None,
-) -> dict[str, Any]:
-    """Evaluate each (name, artifact path) and the codecs on ``kodak``; write JSON + plot.
-    ``codecs``: already measured codec points (the quality benchmark measures them once)."""
-    images = load_images(kodak, limit)
-    if codecs is None:
-        codecs = codec_sweep(images, "jpeg", qualities or JPEG_QUALITIES) + codec_sweep(
-            images, "webp", qualities or WEBP_QUALITIES
-        )
-    results = [
-        evaluate_tokenizer(
-            load_tokenizer(path, device=device, precision="fp32"), images, name, path
-        )
-        for name, path in tokenizers
-    ]
-    out.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "images": {"folder": display_path(kodak), "names": images.names},
-        "psnr_averaging": "mean over images of per-image PSNR (RGB, whole image)",
-        "tokenizers": [asdict(r) for r in results],
-        "codecs": [asdict(p) for p in codecs],
-    }
-    (out / "kodak.json").write_text(json.dumps(payload, indent=1, allow_nan=True) + "\n")
-    plot_rd(results, codecs, out / "kodak_rd.png", f"Kodak ({len(images.names)} images)")
-    return payload
+def crops_picture(
+    images: Images, tokenizers: Sequence[tuple[str, Tokenizer]], path: Path
+) -> list[str]:
+    """Rows of zoomed crops (``CROPS``; the first image's centre when they are absent):
+    original | JPEG | WebP (``CROP_CODECS``) | each tokenizer, saved as PNG. Returns the
+    column titles."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    index = {n: i for i, n in enumerate(images.names)}
+    rows = [c for c in CROPS if c[0] in index]
+    if not rows:
+        h, w = images.pixels[0].shape[:2]
+        side = min(h, w, 224)
+        rows = [(images.names[0], (h - side) // 2, (w - side) // 2, side)]
+    titles = ["original"] + [f"{c.upper()} q={q}" for c, q in CROP_CODECS]
+    titles += [name for name, _ in tokenizers]
+    fig, axes = plt.subplots(
+        len(rows), len(titles), figsize=(2.6 * len(titles), 2.7 * len(rows)), squeeze=False
+    )
+    for r, (name, top, left, side) in enumerate(rows):
+        im = images.pixels[index[name]]
+        columns = [(im, "")]
+        for codec, quality in CROP_CODECS:
+            decoded, size = codec_roundtrip(im, codec, quality)
+            columns.append((decoded, f"{size * 8 / (im.shape[0] * im.shape[1]):.3f} bpp"))
+        for _, tok in tokenizers:
+            recon, _ = reconstruct(tok, name, im)
+            columns.append((recon, f"{math.log2(tok.codebook_size) / tok.f**2:.3f} bpp"))
+        for c, (pixels, note) in enumerate(columns):
+            ax = axes[r][c]
+            ax.imshow(pixels[top : top + side, left : left + side], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{titles[c]}\n{name} {note}".strip(), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return titles
 
 
 def display_path(path: str | Path) -> str:
@@ -287,24 +322,52 @@ def display_path(path: str | Path) -> str:
     return str(path)
 
 
-def summary_lines(payload: dict[str, Any]) -> list[str]:
-    lines = [
-        "| tokenizer | K | PSNR dB | SSIM | bpp log2(K)/f² | bpp entropy | usage | perplexity "
-        "| dead codes |",
-        "|---|---|---|---|---|---|---|---|---|",
+def run(
+    tokenizers: Sequence[tuple[str, str]],
+    kodak: Path,
+    out: Path,
+    *,
+    limit: int | None = None,
+    qualities: Sequence[int] | None = None,
+    device: str = "cpu",
+    lpips: tuple[Path | None, Path | None] = (None, None),
+) -> dict[str, Any]:
+    """Evaluate each (name, artifact path) and the codecs on ``kodak``; write JSON, report
+    and pictures into ``out``."""
+    images = load_images(kodak, limit)
+    codecs = codec_sweep(images, "jpeg", qualities or JPEG_QUALITIES)
+    codecs += codec_sweep(images, "webp", qualities or WEBP_QUALITIES)
+    scorer, lpips_note = lpips_scorer(*lpips)
+    loaded = [
+        (name, load_tokenizer(path, device=device, precision="fp32")) for name, path in tokenizers
     ]
-    for r in payload["tokenizers"]:
-        lines.append(
-            f"| {r['name']} | {r['codebook_size']:,} | {r['psnr']:.2f} | {r['ssim']:.3f} "
-            f"| {r['bpp_nominal']:.4f} | {r['bpp_entropy']:.4f} | {r['usage']:.1%} "
-            f"| {r['perplexity']:,.0f} | {r['dead_codes']:,} |"
-        )
-    lines += ["", "| codec | quality | bpp | PSNR dB | SSIM |", "|---|---|---|---|---|"]
-    for p in payload["codecs"]:
-        lines.append(
-            f"| {p['codec']} | {p['quality']} | {p['bpp']:.3f} | {p['psnr']:.2f} | {p['ssim']:.3f} |"
-        )
-    return lines
+    results = [
+        evaluate_tokenizer(tok, images, name, path, scorer)
+        for (name, tok), (_, path) in zip(loaded, tokenizers, strict=True)
+    ]
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "images": {"folder": display_path(kodak), "names": images.names},
+        "averaging": "mean over images of the per-image figure (RGB uint8, whole image)",
+        "notes": [lpips_note, "rFID not measured (needs Inception weights; none are bundled)"],
+        "tokenizers": [asdict(r) for r in results],
+        "codecs": [asdict(p) for p in codecs],
+    }
+    (out / "kodak.json").write_text(json.dumps(payload, indent=1, allow_nan=True) + "\n")
+    plot_rd(results, codecs, out / "kodak_rd.png", f"Kodak ({len(images.names)} images)")
+    if loaded:
+        crops_picture(images, loaded, out / "kodak_crops.png")
+        payload["crops"] = {
+            "regions": [
+                {"image": n, "top": t, "left": left, "side": side}
+                for n, t, left, side in CROPS
+                if n in images.names
+            ],
+            "codecs": [f"{c.upper()} q={q}" for c, q in CROP_CODECS],
+        }
+        (out / "kodak.json").write_text(json.dumps(payload, indent=1, allow_nan=True) + "\n")
+    report.write(out / "kodak.md", report.kodak_markdown(payload, out))
+    return payload
 
 
 def parse_tokenizer(arg: str) -> tuple[str, str]:
@@ -322,28 +385,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=parse_tokenizer,
         help="artifact folder, or NAME=FOLDER; repeat for several (none: codecs only)",
     )
-    p.add_argument("--kodak", type=Path, default=DEFAULT_KODAK, help="folder of test images")
-    p.add_argument("--out", type=Path, required=True, help="folder for kodak.json and kodak_rd.png")
+    p.add_argument("--kodak", type=Path, default=None, help="folder of the Kodak images (required)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"output folder (default {display_path(DEFAULT_OUT)})",
+    )
     p.add_argument("--quick", action="store_true", help="2 images, 3 quality settings")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--lpips-backbone", type=Path, default=None, help="VGG16 weights (torchvision)")
+    p.add_argument("--lpips-heads", type=Path, default=None, help="LPIPS linear heads")
     args = p.parse_args(argv)
-    if not args.kodak.is_dir():
-        print(f"skipped: no test images at {args.kodak} (the Kodak set is not in the project)")
-        return 0
+    if args.kodak is None or not args.kodak.is_dir():
+        where = "" if args.kodak is None else f" ({args.kodak} is not a folder)"
+        print(
+            f"error: pass --kodak DIR, a folder of the Kodak images{where}; "
+            "the 24 Kodak PNGs are public (r0k.us/graphics/kodak)",
+            file=sys.stderr,
+        )
+        return 2
+    out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
     try:
         payload = run(
             args.tokenizer,
             args.kodak,
-            args.out,
+            out,
             limit=2 if args.quick else None,
             qualities=QUICK_QUALITIES if args.quick else None,
             device=args.device,
+            lpips=(args.lpips_backbone, args.lpips_heads),
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print("\n".join(summary_lines(payload)))
-    print(f"wrote {args.out / 'kodak.json'} and {args.out / 'kodak_rd.png'}")
+    print("\n".join(report.kodak_tables(payload)))
+    print(f"wrote {out / 'kodak.json'}, kodak.md and the pictures beside it")
     return 0
 
 

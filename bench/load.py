@@ -1,7 +1,7 @@
 """Load benchmark: sustained and overload tokenize traffic against a ``vq-serve`` process,
 then SIGTERM under load.
 
-    python -m bench.load            # full run (5,000 @ 64, 2,000 @ 256), writes docs/benchmarks/load.md
+    python -m bench.load            # full run (5,000 @ 64, 2,000 @ 256), writes runs/bench/load.md
     python -m bench.load --quick    # a smoke run (small counts), for the test suite
 
 It starts ``vq-serve`` on a free loopback port (loopback only), sends single-image
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--memory-budget", default="2G", help="vq-serve --memory-budget (default 2G)")
     p.add_argument("--request-timeout-s", type=float, default=10.0, help="vq-serve deadline")
     p.add_argument("--max-seconds", type=float, default=150.0, help="cap per phase")
-    p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "load.md")
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "load.md")
     args = p.parse_args(argv)
     plan = [("sustained", 64, 5000), ("overload", 256, 2000)]
     drain_plan = ("SIGTERM drain", 64, 2000, 5.0)

@@ -5,7 +5,8 @@ given as a (B, D, 32, 32) feature map) through each of our quantizers and throug
 reference configuration, and it times the nearest-code search alone (effective GFLOP/s =
 2·N·K·D / time). Every configuration runs in its own child process so that its peak RSS
 (``ru_maxrss``) is its own; a child that runs out of memory, is killed or times out is recorded
-as such instead of stopping the run. Results go to docs/benchmarks/quantizers.md.
+as such instead of stopping the run. Results go to runs/bench/quantizers.md
+(``--output docs/benchmarks/quantizers.md`` updates the committed report).
 
     python bench/quantizers.py            # the full run (~10 min on 2 cores)
     python bench/quantizers.py --quick    # seconds: small N and K, shared child processes
@@ -36,7 +37,7 @@ from typing import Any, Literal
 from vq.model import FSQ_RECOMMENDED_LEVELS
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_OUTPUT = REPO / "docs" / "benchmarks" / "quantizers.md"
+DEFAULT_OUTPUT = REPO / "runs" / "bench" / "quantizers.md"  # docs/benchmarks/ only when asked
 DIM = 64
 SPATIAL = 32 * 32  # vectors per feature map: inputs are (N / 1024, D, 32, 32)
 RESULT_MARK = "BENCH-RESULT "

@@ -1,6 +1,6 @@
 """Service benchmark: tokenize throughput and latency through a running ``vq-serve``.
 
-    .venv/bin/python bench/service.py            # full run, writes docs/benchmarks/service.md
+    .venv/bin/python bench/service.py            # full run, writes runs/bench/service.md (--out to choose)
     .venv/bin/python bench/service.py --quick    # a smoke run (small counts)
 
 For each mode (micro-batching on, then off) it starts ``vq-serve`` on a free loopback port,
@@ -438,7 +438,7 @@ def main(argv: list[str] | None = None) -> None:
         help="torch threads for the servers and the in-process ceiling (default: torch's); "
         "1 gives steadier numbers on a machine shared with other work",
     )
-    p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "service.md")
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "service.md")
     args = p.parse_args(argv)
 
     load_before = os.getloadavg()[0]

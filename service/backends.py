@@ -6,9 +6,9 @@ of ``vq.onnx_export`` (float32) in onnxruntime InferenceSessions. The service pi
 process (``VQ_BACKEND``); everything around the two calls (validation, batching, the memory
 budget, usage statistics from the codes, the dashboard) is the same for both.
 
-Why onnxruntime: on this project's CPU it decodes the default model at 6.0 img/s against
-4.0 for torch bf16 (docs/benchmarks/throughput.md, batch 8, 256x256); torch bf16 encodes
-faster (10.6 against 6.2), so the choice is the operator's.
+Why two: which one is faster depends on the hardware, the model, the precision and encode
+versus decode, so the choice is the operator's; docs/benchmarks/throughput.md has the
+measured rows.
 """
 
 from __future__ import annotations

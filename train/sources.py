@@ -121,7 +121,10 @@ def _find_shards(option: str, root: str) -> tuple[SourceKind, list[Path]]:
         return kinds.pop(), files  # type: ignore[return-value]
     path = Path(root)
     if not path.exists():
-        raise ValueError(f"{option}={root!r} does not exist; pass an existing folder or shards")
+        raise ValueError(
+            f"{option}={root!r} does not exist: pass a folder of images or shards with "
+            f"--{option} DIR (docs/data.md says where to get a corpus)"
+        )
     if path.is_file():
         kind = SHARD_SUFFIXES.get(path.suffix.lower())
         if kind is None:

@@ -1,8 +1,8 @@
 """Inference and training precision: the one place that decides whether bf16 runs natively.
 
 "fp32" runs the encoder and decoder in float32; "bf16" runs their convolutions under bf16
-autocast. Both run in channels_last memory format, oneDNN's and cuDNN's fast layout (2x
-faster than NCHW for float32 on a CPU). Either way every quantization decision (the
+autocast. Both run in channels_last memory format, oneDNN's and cuDNN's fast layout
+(docs/benchmarks/throughput.md compares it with NCHW). Either way every quantization decision (the
 nearest-code search, FSQ's bounding and rounding) runs in float32 inside ``vq``: the codes
 never depend on a bf16 rounding of a distance, only on the (slightly different) encoder
 output that feeds the search.
@@ -12,11 +12,10 @@ the encoder's first convolution reads the pixels unrounded, its last block and i
 convolution write the latent in float32, and the decoder's last convolution writes the pixels
 in float32. bf16 keeps 8 bits of mantissa, so rounding a pixel in [-1, 1] moves it by up to
 2^-8 (a third of an 8-bit level near ±1) and rounding the latent moves it by up to 0.4 % of
-its value, enough to push FSQ's rounding or the nearest-code search across a boundary. On the
-default model and the Kodak photos (2 threads) the boundary convolutions (about 1 % of the
-FLOPs) took the tokens identical to float32 from 98.1 % to 98.47 %, and the last encoder block
-(about 11 % of the encoder's FLOPs, ~9 % of its bf16 time) to 98.61 %
-(docs/benchmarks/throughput.md).
+its value, enough to push FSQ's rounding or the nearest-code search across a boundary. Keeping
+these few layers in float32 costs a small share of the FLOPs and raises the share of tokens
+identical to float32's; docs/benchmarks/throughput.md measures that agreement for the
+shipped model.
 
 bf16 is fast only where the hardware has bf16 arithmetic: CUDA GPUs of compute capability
 8.0+ and CPUs with AVX-512 BF16 or AMX. Elsewhere PyTorch emulates it and it is slower than

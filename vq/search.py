@@ -6,7 +6,7 @@ float32 even under bf16/fp16 autocast (low-precision dot products reorder close 
 
 Why tiles: with D = 64 a matmul does only 128 flops per output element, so writing a large
 slice of the N x K distance matrix to memory and reading it back for the argmin costs more
-than the matmul itself (a bare ``z @ C.T`` drops from ~80 to ~30 GFLOP/s at large K). We tile
+than the matmul itself (docs/benchmarks/quantizers.md measures the untiled baseline). We tile
 over rows *and* codes so that each (rows x codes) distance tile stays in the L2 cache, reduce it
 at once, and keep per-row minima across code tiles. ``max_bytes`` bounds the tile; on CPU the
 tile is further capped at ``CPU_TILE_BYTES`` because beyond that the tile leaves the cache.
@@ -24,8 +24,8 @@ Ties go to the lowest code index, as with ``torch.argmin``: every step keeps the
 ``nearest_code(..., bf16_candidates=True)`` first picks *candidates* from bf16 distance tiles
 (bf16 matmuls run at ~2.7x the float32 rate on AVX-512 BF16 / AMX CPUs) and then re-ranks every
 candidate exactly in float32 (``_search_bf16``; the error bound that makes this exact is proved
-there). The result is the same as the float32 search's; it is opt-in because on the CPU we
-measured it was slower (``bf16_search_pays``).
+there). The result is the same as the float32 search's; it is opt-in because on the CPUs we
+measured it did not pay (docs/benchmarks/throughput.md, "nearest_code").
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ import math
 import torch
 
 DEFAULT_MAX_BYTES = 32 * 2**20
-# Distance tile caps: on CPU a tile larger than the per-core L2 (1 MiB here) spills to memory;
-# 512 codes x 512 rows measured best on a 2-core AVX-512 EPYC (bench/quantizers.py --search).
+# Distance tile caps: on CPU a tile larger than a typical per-core L2 (1 MiB) spills to
+# memory; the tile shape is the fastest bench/quantizers.py found (docs/benchmarks/quantizers.md).
 CPU_TILE_BYTES = 2**20
 _CPU_CODE_TILE = 512
 # GPUs want few, large launches; the bound is then max_bytes alone.
@@ -95,45 +95,33 @@ def tile_shape(n: int, k: int, max_bytes: int, device_type: str = "cpu") -> tupl
     return rows, codes
 
 
-def bf16_search_pays(device: torch.device, k: int) -> bool:
-    """Whether ``nearest_code`` takes the bf16 candidate route by default. Not yet anywhere:
-    on a 2-core AVX-512 BF16 EPYC it measured slower than the float32 tiles (20 vs 75 GFLOP/s
-    at K = 1,024, 57 vs 74 at K = 65,536; docs/benchmarks/throughput.md): the group minima
-    over bf16 tiles cost more than the faster matmul saves. ``bf16_candidates=True`` runs it
-    (exact either way) for hardware where that balance differs."""
-    return False
-
-
 @torch.no_grad()
 def nearest_code(
     x: torch.Tensor,
     codebook: torch.Tensor,
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
-    bf16_candidates: bool | None = None,
+    bf16_candidates: bool = False,
 ) -> torch.Tensor:
     """Index of the nearest codebook row (squared Euclidean distance) for each row of ``x``.
 
     x: (N, D), codebook: (K, D) -> (N,) int64 on x's device; ties go to the lowest index.
     The result is that of the float32 search (``||c||² - 2 x·c`` in float32) whichever route
-    runs: ``bf16_candidates`` None picks the bf16 candidate route where it pays
-    (``bf16_search_pays``: nowhere yet), True forces it (on any CPU), False forces plain
-    float32 tiles.
+    runs: ``bf16_candidates=True`` takes the bf16 candidate route on a CPU, False (the
+    default) the plain float32 tiles.
     At most ``max_bytes`` of float32 distances exist at once (plus O(N + K) bookkeeping;
     the bf16 route holds a fixed 1 MiB tile and (K / 16) x 1024 group minima).
     Raises ``ValueError`` for non-2-D inputs, mismatched D, an empty codebook, inputs on two
     devices or a non-positive ``max_bytes``.
     """
     _check_inputs(x, codebook, max_bytes)
-    n, k = x.shape[0], codebook.shape[0]
-    if n == 0:
+    if x.shape[0] == 0:
         return torch.empty(0, dtype=torch.long, device=x.device)
     with torch.autocast(device_type=x.device.type, enabled=False):
         x = x.float().contiguous()  # (N, D)
         codebook = codebook.float().contiguous()  # (K, D)
         c_sq = (codebook * codebook).sum(dim=1)  # (K,)
-        use_bf16 = bf16_search_pays(x.device, k) if bf16_candidates is None else bf16_candidates
-        if use_bf16 and x.device.type == "cpu":
+        if bf16_candidates and x.device.type == "cpu":
             return _search_bf16(x, codebook, c_sq, max_bytes)
         return _search_fp32(x, codebook, c_sq, max_bytes)
 
@@ -189,7 +177,8 @@ def _bf16_error_scale(d: int) -> float:
 def _search_bf16(
     x: torch.Tensor, codebook: torch.Tensor, c_sq: torch.Tensor, max_bytes: int
 ) -> torch.Tensor:
-    """bf16 candidates, exact float32 re-ranking: the float32 search's result, faster.
+    """bf16 candidates, exact float32 re-ranking: the float32 search's result, from cheaper
+    bf16 matmuls (whether it is faster depends on the CPU; module docstring).
 
     Each distance ``r_k = ||c_k||² - 2 x·c_k`` (what ``_search_fp32`` ranks) is first
     approximated by one bf16 matmul, ``a_k = [c̃_k, bf16(||c_k||²)] · [bf16(-2x), 1]`` (bf16

@@ -27,10 +27,9 @@ from vq.precision import Precision, autocast, check_precision, default_precision
 _INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 # On CPU a batch runs in chunks of about this many pixels. A network's full-resolution
 # activations are its largest (the default's 32 channels x 256² x 4 bytes = 8 MiB per image):
-# one 256² image's stay inside a 32 MiB last-level cache through the residual blocks, a batch's
-# do not. Measured on a 2-core AVX-512 EPYC (docs/benchmarks/throughput.md): bf16 encode at
-# 256², 12.2 img/s in chunks of 1 vs 9.7 in one batch of 16 (fp32: 6.6 vs 4.8); at 128²
-# chunks of 4-8 images are best. GPUs get the whole batch.
+# one 256² image's stay inside a typical last-level cache through the residual blocks, a
+# batch's do not, so chunks beat one large batch (docs/benchmarks/throughput.md). GPUs get
+# the whole batch.
 CPU_CHUNK_PIXELS = 256 * 256
 _HINT = "for float images in [0, 1] use (x * 255).round().to(torch.uint8)"
 

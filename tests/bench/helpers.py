@@ -1,4 +1,4 @@
-"""Shared by the bench tests: bench/ is a folder of scripts, not a package."""
+"""Shared by the bench and diagnostics tests: both are folders of scripts, not packages."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def load_script(name: str) -> ModuleType:
-    """bench/<name>.py loaded as the module ``bench_<name>`` (registered in sys.modules so
-    its dataclasses and pickling work)."""
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+def load_script(name: str, folder: str = "bench") -> ModuleType:
+    """<folder>/<name>.py loaded as the module ``<folder>_<name>`` (registered in
+    sys.modules so its dataclasses and pickling work)."""
+    spec = importlib.util.spec_from_file_location(f"{folder}_{name}", ROOT / folder / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module

@@ -1,5 +1,5 @@
-"""bench/kodak.py: a tokenizer's Kodak figures (PSNR, usage, rate) and the JPEG/WebP sweep,
-on small synthetic images (the Kodak set itself is not in the project)."""
+"""bench/kodak.py: a tokenizer's Kodak figures (quality, sharpness, usage, rate), the JPEG/WebP
+sweep and the crops picture, on small synthetic images (the Kodak set is not in the project)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def images(tmp_path: Path) -> Path:
     folder = tmp_path / "images"
     folder.mkdir()
     rng = np.random.default_rng(0)
-    for i, (h, w) in enumerate([(48, 64), (64, 48)]):
+    # Large enough for MS-SSIM's 5 scales (a side of at least 161).
+    for i, (h, w) in enumerate([(176, 192), (192, 176)]):
         # Smooth content (codecs behave as on photos), not white noise.
         base = rng.integers(0, 255, size=(h // 8, w // 8, 3), dtype=np.uint8)
         im = Image.fromarray(base).resize((w, h), Image.Resampling.BICUBIC)
@@ -39,10 +40,10 @@ def images(tmp_path: Path) -> Path:
 
 def test_psnr_and_entropy(kodak: ModuleType) -> None:
     a = np.zeros((4, 4, 3), np.uint8)
-    assert kodak.psnr_uint8(a, a) == math.inf
+    assert kodak.metrics.psnr_uint8(a, a) == math.inf
     b = a.copy()
     b[...] = 1  # MSE 1
-    assert kodak.psnr_uint8(a, b) == pytest.approx(10 * math.log10(255**2))
+    assert kodak.metrics.psnr_uint8(a, b) == pytest.approx(10 * math.log10(255**2))
     assert kodak.code_entropy_bits(torch.ones(1024)) == pytest.approx(10.0)
     assert kodak.code_entropy_bits(torch.tensor([5, 0, 0])) == 0.0
 
@@ -72,26 +73,42 @@ def test_cli_evaluates_a_tokenizer_and_the_codecs(
     )
     payload = json.loads((out / "kodak.json").read_text())
     (tok,) = payload["tokenizers"]
-    assert tok["name"] == "tiny" and tok["tokens"] == 2 * (48 * 64) // 64
+    assert tok["name"] == "tiny" and tok["tokens"] == 2 * (176 * 192) // 64
     assert tok["bpp_nominal"] == pytest.approx(6 / 64)
     assert 0 < tok["bpp_entropy"] <= tok["bpp_nominal"] + 1e-9
     assert 0 < tok["usage"] <= 1 and tok["dead_codes"] == round(64 * (1 - tok["usage"]))
-    assert math.isfinite(tok["psnr"]) and len(tok["per_image"]) == 2
+    assert len(tok["per_image"]) == 2 and tok["lpips"] is None
+    for key in ("psnr", "ssim", "ms_ssim", "vif", "hf_ratio"):
+        assert math.isfinite(tok[key]), key
+        mean = np.mean([r[key] for r in tok["per_image"]])
+        assert tok[key] == pytest.approx(mean), key  # the mean of the per-image figures
+    assert tok["hf_ratio"] > 0
+    assert any("LPIPS not measured" in note for note in payload["notes"])
     for codec in ("jpeg", "webp"):
         pts = [p for p in payload["codecs"] if p["codec"] == codec]
         assert [p["quality"] for p in pts] == list(kodak.QUICK_QUALITIES)
-        # Higher quality costs more bits and reconstructs better.
-        assert [p["bpp"] for p in pts] == sorted(p["bpp"] for p in pts)
-        assert [p["psnr"] for p in pts] == sorted(p["psnr"] for p in pts)
-    assert (out / "kodak_rd.png").read_bytes()[:4] == b"\x89PNG"
+        # Higher quality costs more bits, reconstructs better and keeps more detail.
+        for key in ("bpp", "psnr", "ms_ssim", "vif"):
+            assert [p[key] for p in pts] == sorted(p[key] for p in pts), (codec, key)
+    for name in ("kodak_rd.png", "kodak_crops.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG", name
+    report = (out / "kodak.md").read_text()
+    assert "| tiny | 64 |" in report and "HF ratio" in report and "](kodak_crops.png)" in report
 
 
-def test_missing_images_skip_cleanly(
+def test_without_images_it_fails_naming_the_option(
     kodak: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert kodak.main(["--kodak", str(tmp_path / "absent"), "--out", str(tmp_path / "o")]) == 0
-    assert "skipped" in capsys.readouterr().out
+    assert kodak.main(["--out", str(tmp_path / "o")]) == 2
+    assert "pass --kodak DIR" in capsys.readouterr().err
+    assert kodak.main(["--kodak", str(tmp_path / "absent"), "--out", str(tmp_path / "o")]) == 2
+    assert "absent is not a folder" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_default_output_is_not_docs(kodak: ModuleType) -> None:
+    for folder in (kodak.DEFAULT_OUT, kodak.QUICK_OUT):
+        assert "docs" not in folder.relative_to(ROOT).parts
 
 
 def test_images_not_divisible_by_f_are_rejected(kodak: ModuleType, tmp_path: Path) -> None:
@@ -102,5 +119,5 @@ def test_images_not_divisible_by_f_are_rejected(kodak: ModuleType, tmp_path: Pat
     )
     tok = kodak.load_tokenizer(save_tokenizer(VQVAE(config), tmp_path / "t"), precision="fp32")
     odd = kodak.Images(["odd.png"], [np.zeros((50, 64, 3), np.uint8)])
-    with pytest.raises(ValueError, match=r"odd.png: 64x50 \(WxH\) is not divisible by f=8"):
+    with pytest.raises(ValueError, match=r"odd.png: 50x64 \(HxW\) is not divisible by f=8"):
         kodak.evaluate_tokenizer(tok, odd)

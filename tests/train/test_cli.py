@@ -199,7 +199,7 @@ def test_default_config_without_a_corpus_says_what_to_pass_and_leaves_no_run(
             ["fit", "--config", str(CONFIGS / "default.yaml"), f"--trainer.default_root_dir={runs}"]
         )
     err = capsys.readouterr().err
-    assert "does not exist: pass a folder of images with --data.root" in err
+    assert "does not exist: pass a folder of images or shards with --data.root" in err
     assert not runs.exists()
 
 

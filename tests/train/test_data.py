@@ -33,7 +33,7 @@ def test_empty_or_unreadable_folder_is_a_clear_error(tmp_path: Path) -> None:
         ImageDataModule(root=str(broken)).setup("fit")
 
     with pytest.raises(
-        ValueError, match="does not exist: pass a folder of images with --data.root"
+        ValueError, match="does not exist: pass a folder of images or shards with --data.root"
     ):
         ImageDataModule(root=str(tmp_path / "nope")).setup("fit")
     with pytest.raises(ValueError, match="is not a folder: .* --data.val_root"):

@@ -4,8 +4,11 @@ every option reaching the module it configures, and old artifacts still loading.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 import json
+import pkgutil
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +27,35 @@ LEGACY = ROOT / "tests" / "fixtures" / "legacy_fsq_artifact"
 
 
 @pytest.mark.parametrize(
-    "definition",
+    "name",
     [
-        "CodebookKind = Literal",
-        "GradEstimator = Literal",
-        "CodebookUpdate = Literal",
-        "CodebookInit = Literal",
-        "def check_choice",
-        "FSQ_RECOMMENDED_LEVELS: dict",
+        "CodebookKind",
+        "GradEstimator",
+        "CodebookUpdate",
+        "CodebookInit",
+        "check_choice",
+        "FSQ_RECOMMENDED_LEVELS",
     ],
 )
-def test_each_option_is_defined_once_in_vq(definition: str) -> None:
-    holders = [p.name for p in VQ_DIR.glob("*.py") if definition in p.read_text()]
-    assert holders == ["config.py"]
+def test_each_option_is_defined_once_in_vq(name: str) -> None:
+    """A module of vq that has the name holds vq.config's object, not its own copy."""
+    definition = getattr(vq.config, name)
+    modules = [importlib.import_module(f"vq.{m.name}") for m in pkgutil.iter_modules(vq.__path__)]
+    copies = [m.__name__ for m in modules if getattr(m, name, definition) is not definition]
+    assert copies == []
+
+
+def test_the_validators_accept_exactly_the_declared_choices() -> None:
+    for field, alias in (
+        ("grad_estimator", vq.config.GradEstimator),
+        ("codebook_update", vq.config.CodebookUpdate),
+        ("codebook_init", vq.config.CodebookInit),
+    ):
+        allowed = typing.get_args(alias)
+        for choice in allowed:
+            VQConfig(codebook_size=8, **{field: choice})
+        with pytest.raises(ValueError, match=field):
+            VQConfig(codebook_size=8, **{field: "nope"})
 
 
 def test_build_quantizer_passes_every_option() -> None:

@@ -52,13 +52,19 @@ def test_rotation_forward_value_is_q() -> None:
     assert torch.equal(out.detach(), q)
 
 
-def test_rotation_matrix_maps_e_to_q() -> None:
-    # Sanity check of the test's own dense R: λ R e = q and R is orthogonal.
-    e, q = _pair()
-    rot, lam = _explicit_rotation(e, q)
-    torch.testing.assert_close(lam[:, None] * (rot @ e[:, :, None]).squeeze(-1), q)
-    eye = torch.eye(e.shape[1], dtype=e.dtype).expand_as(rot)
-    torch.testing.assert_close(rot.transpose(1, 2) @ rot, eye)
+def test_rotation_jacobian_is_lambda_times_a_rotation_of_e_onto_q() -> None:
+    # rotate_to's Jacobian with respect to e is λR: (λR) e = q and Rᵀ R = I, so the
+    # gradient λ Rᵀ g is g rotated back and scaled by λ = |q| / |e|.
+    e, q = _pair(n=4, d=6, seed=2)
+    for row in range(e.shape[0]):
+        jac = torch.autograd.functional.jacobian(
+            lambda x, r=row: VF.rotate_to(x[None], q[r][None])[0], e[row]
+        )  # (D, D)
+        torch.testing.assert_close(jac @ e[row], q[row])
+        lam = q[row].norm() / e[row].norm()
+        eye = torch.eye(e.shape[1], dtype=e.dtype)
+        torch.testing.assert_close(jac.T @ jac, lam**2 * eye)
+        assert torch.linalg.det(jac / lam) == pytest.approx(1.0)  # a rotation, not a reflection
 
 
 def test_rotation_gradient_is_lambda_R_transpose_g() -> None:

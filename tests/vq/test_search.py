@@ -266,10 +266,20 @@ def test_non_finite_rows_do_not_break_the_others() -> None:
     assert torch.equal(ids[keep], _fp32_search(x[keep], codebook))
 
 
-def test_default_route_is_float32_until_bf16_measures_faster() -> None:
-    # bench/throughput.py measured the bf16 route slower on our CPU: auto must not pick it.
-    for k in (64, 4096, 262_144):
-        assert not search.bf16_search_pays(torch.device("cpu"), k)
+def test_the_bf16_route_runs_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = search._search_bf16
+
+    def counted(*args: torch.Tensor | int) -> torch.Tensor:
+        calls.append(1)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(search, "_search_bf16", counted)
+    x, codebook = integer_data(50, 300, 8, seed=6)
+    default = nearest_code(x, codebook)
+    assert calls == []  # the default is the float32 search
+    assert torch.equal(nearest_code(x, codebook, bf16_candidates=True), default)
+    assert calls == [1]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

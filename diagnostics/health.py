@@ -1,7 +1,7 @@
 """Is a finished training run a healthy tokenizer? Reads a ``vq-train fit`` run's TensorBoard
 log and judges its last figures against docs/training.md's definition.
 
-    python bench/health.py runs/rotation/version_0 [more runs ...]
+    python diagnostics/health.py runs/rotation/version_0 [more runs ...]
 
 Healthy (docs/training.md, "Healthy tokenizers"): at the end of training at least
 ``MIN_USAGE`` of the K codes are used over the codebook monitor's window of training tokens

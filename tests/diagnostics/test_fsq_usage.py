@@ -1,4 +1,4 @@
-"""bench/fsq_usage.py: the occupancy arithmetic behind its verdict, and its --quick run."""
+"""diagnostics/fsq_usage.py: the occupancy arithmetic behind its verdict, and its --quick run."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ import torch
 from tests.bench.helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "bench" / "fsq_usage.py"
+SCRIPT = ROOT / "diagnostics" / "fsq_usage.py"
 KODAK = ROOT.parent / "shared" / "data" / "kodak"
 
 
 @pytest.fixture(scope="module")
 def fsq_usage() -> ModuleType:
-    return load_script("fsq_usage")
+    return load_script("fsq_usage", "diagnostics")
 
 
 def test_independent_uniform_channels_give_the_occupancy_formula(fsq_usage: ModuleType) -> None:
@@ -45,7 +45,19 @@ def test_level_histograms_are_per_channel_frequencies(fsq_usage: ModuleType) -> 
 @pytest.mark.skipif(not KODAK.is_dir(), reason="needs ../shared/data/kodak")
 def test_quick_run_reports_observed_and_independent_usage() -> None:
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, timeout=300
+        [sys.executable, str(SCRIPT), "--quick", "--kodak", str(KODAK)],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "codes hit:" in proc.stdout and "if the channels were independent" in proc.stdout
+
+
+def test_without_kodak_it_fails_naming_the_option(
+    fsq_usage: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert fsq_usage.main([]) == 2
+    assert "--kodak" in capsys.readouterr().err
+    assert fsq_usage.main(["--kodak", str(tmp_path / "absent")]) == 2
+    assert "absent is not a folder" in capsys.readouterr().err

@@ -1,12 +1,13 @@
 """Why usage collapses: train one quality-benchmark configuration and look at the latent.
 
-    .venv/bin/python bench/latent_diag.py --method simvq --size 1024 --steps 600 --snapshots 100 300
-    .venv/bin/python bench/latent_diag.py --method simvq --size 1024 --steps 80 --lr 2e-3 --corpus none
+    .venv/bin/python diagnostics/latent_diag.py --method simvq --size 1024 --steps 600 --snapshots 100 300 --corpus DIR
+    .venv/bin/python diagnostics/latent_diag.py --method simvq --size 1024 --steps 80 --lr 2e-3
 
-Uses bench/quality.py's recipe, data, crop stream and training loop (same seed; the photo
-corpus beside the checkout when it is there, else the bundled photographs), and reports on
-held-out crops at each snapshot step and at the end (the learning-rate schedule is the one of
-the full ``--steps`` run, so a snapshot is a point of that run, not a shorter run):
+Trains like bench/quality.py (``vq-train fit`` with the method's config, K, the budget and
+the same seed; ``--corpus DIR`` with train/ and val/, else the bundled photographs), stopping
+at each snapshot step and continuing from its ``last.ckpt``, and reports on held-out crops at
+each snapshot and at the end (the learning-rate schedule is the one of the full ``--steps``
+run, so a snapshot is a point of that run, not a shorter run):
 
 - the share of the encoder output's variance in its top principal directions (near 1.0 for
   the first one = the latent has collapsed to a line, and no codebook can be used on a line)
@@ -17,9 +18,7 @@ the full ``--steps`` run, so a snapshot is a point of that run, not a shorter ru
   codes spread where e has no mass are codes no token can reach;
 - the number of distinct codes hit, and the training curve (window usage and MSE).
 
-``--simvq-bias`` gives SimVQ's map W a bias (the official SimVQ code's nn.Linear default) to
-test whether the code cloud's fixed centre at the origin is the problem. Numbers are quoted
-in docs/benchmarks/quality.md.
+Numbers are quoted in docs/benchmarks/quality.md.
 """
 
 from __future__ import annotations
@@ -29,12 +28,19 @@ import dataclasses
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parent.parent
+for _path in (ROOT, ROOT / "bench"):  # run as a script: vq/, train/ and quality.py importable
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
 import quality as Q  # noqa: E402 - bench/ is a folder of scripts
+
+from train import cli  # noqa: E402
+from vq import load_tokenizer  # noqa: E402
 
 
 def participation_ratio(eigenvalues: torch.Tensor) -> float:
@@ -61,8 +67,8 @@ def spread_ratios(e: torch.Tensor, codes: torch.Tensor, top: int = 4) -> list[fl
     return ratios
 
 
-def report(module: Q.VQVAEModule, val_crops: torch.Tensor, step: int) -> None:
-    model = module.model.eval()
+def report(artifact: Path, val_crops: torch.Tensor, step: int) -> None:
+    model = load_tokenizer(artifact, precision="fp32").model
     with torch.no_grad():
         out = model(val_crops)
     e = out.z.movedim(1, -1).reshape(-1, out.z.shape[1]).float()
@@ -85,7 +91,6 @@ def report(module: Q.VQVAEModule, val_crops: torch.Tensor, step: int) -> None:
         print(f"  code spread / e spread along e's top directions, then the rest: {ratios}")
     hit = out.quantizer.indices.unique().numel()
     print(f"  codes hit on held-out tokens: {hit} of {model.codebook_size} ({e.shape[0]} tokens)")
-    module.train()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,53 +104,46 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=None, help="default: the method's config")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument(
-        "--corpus", default=None, help='folder with train/ and val/; "none": bundled photos'
-    )
+    p.add_argument("--corpus", default=None, help="folder with train/ and val/")
     p.add_argument("--val-crops-per-image", type=int, default=4)
-    p.add_argument("--simvq-bias", action="store_true", help="give SimVQ's W a bias (zero-init)")
     args = p.parse_args(argv)
     if any(not 0 < s < args.steps for s in args.snapshots):
         p.error(f"--snapshots must lie in (0, --steps={args.steps}), got {args.snapshots}")
     torch.set_num_threads(args.threads)
-    overrides = () if args.lr is None else (f"model.lr={args.lr!r}",)
+    # Every leg keeps the full run's schedule and epoch length.
+    overrides: tuple[str, ...] = (
+        f"model.total_steps={args.steps}",
+        f"model.warmup_steps={Q.warmup_steps(args.method, args.steps)}",
+        f"data.samples_per_epoch={args.steps * args.batch_size}",
+    )
+    if args.lr is not None:
+        overrides += (f"model.lr={args.lr!r}",)
     cfg = Q.BenchConfig(
         steps=args.steps,
         batch_size=args.batch_size,
         overrides=overrides,
-        corpus=Q.corpus_dir(args.corpus),
+        corpus=args.corpus,
         val_crops_per_image=args.val_crops_per_image,
+        history_points=16,
     )
-    data = Q.load_data(cfg, with_codecs=False)
-    print(data.description)
-    module, rec = Q.build_module(args.method, args.size, cfg)
-    if args.simvq_bias:
-        quantizer: Any = module.model.quantizer  # SimVQ's: quantizer.book.proj is W
-        old = quantizer.book.proj
-        if not isinstance(old, torch.nn.Linear):
-            p.error("--simvq-bias needs a SimVQ method")
-        new = torch.nn.Linear(old.in_features, old.out_features, bias=True)
-        with torch.no_grad():
-            new.weight.copy_(old.weight)
-            new.bias.zero_()
-        quantizer.book.proj = new
-    print(
-        f"{args.method} K={args.size} lr={module.hparams['lr']:g} steps={args.steps}"
-        + (" (W with bias)" if args.simvq_bias else "")
-    )
-    result = Q.RunResult(args.method, args.size)
+    dm = Q.datamodule(cfg)
+    val = torch.from_numpy(np.stack(dm.val_crops())).permute(0, 3, 1, 2).float() / 127.5 - 1
+    print(f"{len(dm.train_names)} training, {len(dm.val_names)} held-out images")
+    print(f"{args.method} K={args.size} lr={args.lr or 'config'} steps={args.steps}")
     with tempfile.TemporaryDirectory() as tmp:
-        state = Path(tmp) / "state.pt"  # each leg resumes the one before
+        work = Path(tmp)
         for stop in [*sorted(set(args.snapshots)), args.steps]:
-            # history every ~steps/16 steps whatever the leg's length
-            leg = dataclasses.replace(
-                cfg, steps=stop, history_points=max(1, 16 * stop // args.steps)
-            )
-            Q.train(module, rec, data, leg, result, state, log=lambda s: None)
-            report(module, data.val_crops, stop)
-    curve = [
-        (h["step"], round(h["window_usage"], 3), round(h["train_mse"], 3)) for h in result.history
-    ]
+            leg = dataclasses.replace(cfg, steps=stop)
+            cli.main(Q.fit_args(args.method, args.size, leg, work))
+            version = cli.latest_resumable_version(work)
+            assert version is not None, "vq-train wrote no checkpoint"
+            report(work / version / "artifact", val, stop)
+        last = cli.latest_resumable_version(work)
+        assert last is not None
+        curve = [
+            (h["step"], round(h["window_usage"], 3), round(h["train_mse"], 3))
+            for h in Q.history(work / last)
+        ]
     print(f"  (step, training window usage, train MSE): {curve}")
     return 0
 

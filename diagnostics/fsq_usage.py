@@ -1,7 +1,7 @@
 """Why an FSQ tokenizer leaves codes unused: per-channel levels against their combinations.
 
-    python bench/fsq_usage.py --tokenizer models/default           # the 24 Kodak images
-    python bench/fsq_usage.py --tokenizer models/default --quick   # 2 images (seconds)
+    python diagnostics/fsq_usage.py --kodak DIR --tokenizer models/default          # 24 images
+    python diagnostics/fsq_usage.py --kodak DIR --tokenizer models/default --quick  # 2 images
 
 An FSQ code is a tuple of per-channel levels (Mentzer et al., ICLR 2024, §3), so a codebook
 can go unused for two different reasons, which call for different fixes:
@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-for _path in (ROOT, ROOT / "bench"):  # run as a script: vq/ and kodak.py importable
+for _path in (ROOT, ROOT / "bench"):  # run as a script: vq/ and bench/kodak.py importable
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
@@ -61,16 +61,17 @@ def expected_distinct_independent(marginals: Sequence[torch.Tensor], tokens: int
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tokenizer", default=str(ROOT / "models" / "default"))
-    p.add_argument("--kodak", default=str(kodak.DEFAULT_KODAK))
+    p.add_argument("--kodak", default=None, help="folder of the Kodak images (required)")
     p.add_argument("--quick", action="store_true", help="the first 2 images only")
     args = p.parse_args(argv)
+    if args.kodak is None or not Path(args.kodak).is_dir():
+        where = "" if args.kodak is None else f" ({args.kodak} is not a folder)"
+        print(f"error: pass --kodak DIR, a folder of the Kodak images{where}", file=sys.stderr)
+        return 2
     tok = load_tokenizer(args.tokenizer, precision="fp32")
     levels = getattr(tok.model.quantizer, "levels", None)
     if levels is None:
         print(f"error: {args.tokenizer} is not an FSQ tokenizer", file=sys.stderr)
-        return 2
-    if not Path(args.kodak).is_dir():
-        print(f"error: no Kodak folder at {args.kodak}", file=sys.stderr)
         return 2
     images = kodak.load_images(args.kodak, limit=2 if args.quick else None)
     with torch.no_grad():

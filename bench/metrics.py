@@ -1,0 +1,98 @@
+"""Image quality figures of the benchmarks, on RGB uint8 (H, W, 3) arrays as stored.
+
+PSNR and SSIM measure fidelity; MS-SSIM and VIF weigh structure across scales; the
+high-frequency power ratio says whether fine detail survives at all (a blurred
+reconstruction can score a fair PSNR and keep almost none of it).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torchmetrics.functional.image import (
+    multiscale_structural_similarity_index_measure,
+    structural_similarity_index_measure,
+    visual_information_fidelity,
+)
+
+# MS-SSIM's 5 scales with an 11-pixel window need a side > (11 - 1) * 2**4 at full size.
+MS_SSIM_MIN_SIDE = 161
+# VIF's coarsest scale filters with a 5-pixel window after 3 halvings.
+VIF_MIN_SIDE = 41
+HF_CUTOFF = 0.25  # cycles/pixel: the upper half of the representable band (Nyquist is 0.5)
+
+
+def _unit(image: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) -> float (1, 3, H, W) in [0, 1]."""
+    return torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)[None] / 255
+
+
+def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two uint8 images of the same shape, MSE over all pixels and channels."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def ssim_uint8(a: np.ndarray, b: np.ndarray) -> float:
+    """SSIM (torchmetrics, Gaussian window, data range 1) of two uint8 RGB images."""
+    value = structural_similarity_index_measure(_unit(a), _unit(b), data_range=1.0)
+    assert isinstance(value, torch.Tensor)  # a tuple only with return_full_image=True
+    return float(value)
+
+
+def ms_ssim_uint8(a: np.ndarray, b: np.ndarray) -> float:
+    """MS-SSIM (Wang et al. 2003; torchmetrics, 5 scales) of two uint8 RGB images; NaN when a
+    side is too short for 5 scales."""
+    if min(a.shape[:2]) < MS_SSIM_MIN_SIDE:
+        return math.nan
+    return float(multiscale_structural_similarity_index_measure(_unit(a), _unit(b), data_range=1.0))
+
+
+def vif_uint8(reference: np.ndarray, distorted: np.ndarray) -> float:
+    """Pixel-domain VIF (Sheikh & Bovik 2006; torchmetrics), mean over the RGB channels, on
+    0..255 values (the model's noise variance assumes that range); NaN for tiny images.
+    float32: float64 gives the same figure to 4 digits at many times the cost."""
+    if min(reference.shape[:2]) < VIF_MIN_SIDE:
+        return math.nan
+    ref, dist = _unit(reference) * 255, _unit(distorted) * 255
+    return float(visual_information_fidelity(dist, ref))
+
+
+def luma(image: np.ndarray) -> np.ndarray:
+    """ITU-R BT.601 luma Y = 0.299 R + 0.587 G + 0.114 B of (H, W, 3) -> float64 (H, W)."""
+    rgb = image.astype(np.float64)
+    return 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
+
+
+def high_frequency_power(image: np.ndarray, cutoff: float = HF_CUTOFF) -> float:
+    """Power of the luma's 2-D DFT at radial frequencies above ``cutoff`` cycles/pixel."""
+    y = luma(image)
+    power = np.abs(np.fft.fft2(y)) ** 2  # (H, W)
+    fy = np.fft.fftfreq(y.shape[0])[:, None]  # cycles/pixel along each axis
+    fx = np.fft.fftfreq(y.shape[1])[None, :]
+    return float(power[np.hypot(fy, fx) > cutoff].sum())
+
+
+def high_frequency_ratio(original: np.ndarray, reconstruction: np.ndarray) -> float:
+    """High-frequency luma power of the reconstruction over the original's: 1 keeps the
+    original's fine-detail energy, 0 has none (a blur), > 1 has more (noise, ringing or
+    invented texture). An energy ratio, not a fidelity measure: it cannot tell real detail
+    from made-up detail of the same strength."""
+    reference = high_frequency_power(original)
+    return high_frequency_power(reconstruction) / reference if reference > 0 else math.nan
+
+
+def image_figures(original: np.ndarray, reconstruction: np.ndarray) -> dict[str, float]:
+    """Every per-image figure of the Kodak evaluation."""
+    return {
+        "psnr": psnr_uint8(original, reconstruction),
+        "ssim": ssim_uint8(original, reconstruction),
+        "ms_ssim": ms_ssim_uint8(original, reconstruction),
+        "vif": vif_uint8(original, reconstruction),
+        "hf_ratio": high_frequency_ratio(original, reconstruction),
+    }
+
+
+FIGURES = ("psnr", "ssim", "ms_ssim", "vif", "hf_ratio")

@@ -1,0 +1,74 @@
+"""bench/report.py: rewriting a report keeps its hand-written part; targets.toml's targets are
+judged from the results."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from tests.bench.helpers import load_script
+
+
+@pytest.fixture(scope="module")
+def report() -> ModuleType:
+    return load_script("report")
+
+
+def test_rewrite_replaces_the_generated_part_and_keeps_the_analysis(
+    report: ModuleType, tmp_path: Path
+) -> None:
+    path = tmp_path / "r.md"
+    report.write(path, "# first\n\n| a |")
+    text = path.read_text()
+    assert text.startswith("# first") and report.HAND_WRITTEN in text
+    path.write_text(text + "\n## Analysis\n\nmy notes\n")
+    report.write(path, "# second")
+    text = path.read_text()
+    assert "# second" in text and "# first" not in text
+    assert text.split(report.HAND_WRITTEN)[1].strip() == "## Analysis\n\nmy notes"
+
+
+def _r(method: str, k: int, usage: float, psnr: float) -> dict:
+    return {
+        "method": method,
+        "nominal_size": k,
+        "codebook_size": k,
+        "window_usage": usage,
+        "psnr": psnr,
+        "error": None,
+    }
+
+
+def test_targets_judge_the_measured_numbers(report: ModuleType) -> None:
+    runs = [
+        _r("ste", 1024, 0.5, 20.0),
+        _r("ste", 8192, 0.1, 21.0),
+        _r("rotation", 8192, 0.6, 21.5),
+        _r("simvq", 1024, 0.99, 24.5),
+        _r("simvq", 8192, 0.90, 24.0),
+        _r("fsq", 1000, 0.97, 23.0),
+    ]
+    verdicts = {t["name"]: report.check_target(t, runs)[0] for t in report.load_targets()}
+    assert verdicts == {
+        "SimVQ usage >= 95% at every K": False,  # 90 % at 8192
+        "STE usage falls as K grows": True,
+        "rotation vs STE at K >= 8192: usage >= 5x, PSNR not lower": True,
+        "FSQ usage >= 95% at every size": True,
+        "best held-out PSNR >= 24 dB at f=8": True,
+    }
+    failed = [*runs[:5], {**runs[5], "error": "RuntimeError: boom"}]
+    fsq = next(t for t in report.load_targets() if t["methods"] == ["fsq"])
+    assert report.check_target(fsq, failed) == (None, "not run")
+
+
+def test_an_unknown_kind_is_named(report: ModuleType) -> None:
+    with pytest.raises(ValueError, match="kind 'nope'"):
+        report.check_target({"kind": "nope", "name": "x"}, [])
+
+
+def test_missing_figures_render_as_n_a(report: ModuleType) -> None:
+    assert report.fmt(math.nan, ".2f") == "n/a" and report.fmt(None, ".2f") == "n/a"
+    assert report.fmt(0.5, ".1%") == "50.0%"
