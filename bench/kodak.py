@@ -217,11 +217,9 @@ def lpips_scorer(
     """LPIPS from user-supplied weights through ``train.lpips`` -> (scorer or None, a note)."""
     if backbone is None or heads is None:
         return None, "LPIPS not measured: pass --lpips-backbone and --lpips-heads"
-    try:
-        from train import lpips as lpips_module  # type: ignore[attr-defined]
-    except ImportError:
-        return None, "LPIPS not measured: this checkout has no train.lpips"
-    net = lpips_module.LPIPS(backbone=backbone, heads=heads).eval()
+    from train.lpips import LPIPS  # imported here: only runs with user-supplied weights
+
+    net = LPIPS(backbone=backbone, heads=heads)
 
     def score(a: np.ndarray, b: np.ndarray) -> float:
         def t(x: np.ndarray) -> torch.Tensor:  # (1, 3, H, W) in [-1, 1]

@@ -107,9 +107,8 @@ class OnnxRuntimeBackend:
         from vq.artifact import read_artifact_file
         from vq.onnx_export import DECODER_NAME, ENCODER_NAME, export_onnx
 
-        # onnxruntime's CPU memory arena stays on: with it the start-up probe predicted the
-        # peak of a 1024 x 1024 decode of models/default (481 B/pixel charged, 461 used);
-        # without it the probe saw none of the decode's memory and decoding was slower.
+        # onnxruntime's CPU memory arena stays on: without it the start-up probe sees none of
+        # a decode's memory (docs/operations.md, "Backend", has the measurement).
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads

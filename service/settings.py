@@ -161,8 +161,8 @@ class Settings(BaseSettings):
     # (unless the artifact recommends fp32), else fp32. The start-up log says which and why.
     precision: Precision | None = None
     # What runs the encoder and decoder (service/backends.py): torch (the Tokenizer, at
-    # `precision`) or onnxruntime (the vq.onnx_export graphs, float32, CPU; faster decode on
-    # this project's CPU, see docs/operations.md).
+    # `precision`) or onnxruntime (the vq.onnx_export graphs, float32, CPU; the measured
+    # trade-off is in docs/operations.md, "Backend").
     backend: BackendName = "torch"
     # Intra-op threads of torch, or of the onnxruntime sessions. None: the library's default.
     torch_threads: int | None = Field(default=None, ge=1)
