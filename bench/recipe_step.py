@@ -23,6 +23,7 @@ from typing import Any
 import lightning as L
 import torch
 import yaml
+from report import recipe_step_markdown, write  # bench/ is a folder of scripts
 
 from train.module import VQVAEModule
 
@@ -108,6 +109,7 @@ def main() -> None:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "recipe_step.json").write_text(json.dumps(result, indent=2) + "\n")
+    write(args.out / "recipe_step.md", recipe_step_markdown(result))
     print(json.dumps(result["ratio_to_mse"], indent=2))
 
 

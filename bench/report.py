@@ -377,10 +377,42 @@ def quality_plots(payload: dict[str, Any], out_dir: Path, stem: str = "quality")
     return [str(p) for p in paths]
 
 
+# --- Recipe step cost ----------------------------------------------------------------------
+
+
+def recipe_step_markdown(payload: dict[str, Any]) -> str:
+    ms = payload["seconds_per_step"]
+    ratio = payload["ratio_to_mse"]
+    limit = payload["target_max_ratio"]
+    rows = [[name, fmt(1000 * ms[name], ".0f"), fmt(ratio[name], ".2f")] for name in ms]
+    worst = max(v for k, v in ratio.items() if k != "mse")
+    verdict = "holds" if worst <= limit else "missed"
+    return "\n".join(
+        [
+            "# Recipe training step vs MSE step",
+            "",
+            f"`{payload['command']}` on {payload['machine']}, torch {payload['torch']}, "
+            f"{payload['precision']}, {payload['date']}; batch {payload['batch']} (configs/"
+            f"default.yaml's network and crops), median of {payload['rounds']} alternating "
+            f"rounds of {payload['steps']} steps.",
+            "",
+            *table(["variant", "ms / step", "× MSE step"], rows),
+            "",
+            f"Target: a recipe step (discriminator included) at most {limit:g}× an MSE step: "
+            f"**{verdict}** (worst {worst:.2f}×). `recipe`: MS-SSIM + adaptive hinge PatchGAN "
+            "(its step and the generator's pass through it) + EMA + L1, all parameters; "
+            "`recipe_decoder_only`: the same with the encoder and quantizer frozen "
+            "(configs/recipes/default_decoder_ft.yaml), whose frozen half runs without a graph.",
+        ]
+    )
+
+
 def render(json_path: Path, out: Path) -> None:
     """Re-render a report from its JSON (kind told by the JSON's keys)."""
     payload = json.loads(json_path.read_text())
-    if "tokenizers" in payload:
+    if payload.get("benchmark") == "recipe_step":
+        write(out, recipe_step_markdown(payload))
+    elif "tokenizers" in payload:
         write(out, kodak_markdown(payload, json_path.parent))
     else:
         write(out, quality_markdown(payload, quality_plots(payload, out.parent, out.stem)))
