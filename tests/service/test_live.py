@@ -112,10 +112,10 @@ def test_dashboard_renders_in_headless_chromium(live_server: LiveServer, tmp_pat
 def test_dashboard_tryout_round_trip_in_headless_chromium(
     live_server: LiveServer, tmp_path: Path
 ) -> None:
-    """/?tryout=sample draws a 128 x 128 sample, tokenizes it and detokenizes the codes."""
+    """/?tryout=sample draws a 256 x 256 sample, tokenizes it and detokenizes the codes."""
     dom = dump_dom(f"{live_server.url}/?tryout=sample", tmp_path / "profile")
     section = re.search(r'<section id="tryout"[^>]*>', dom)
     assert section, dom[:3000]
     assert 'data-status="done"' in section.group(0), re.sub(r"\s+", " ", dom)[-3000:]
-    assert f'data-tokens="{(128 // F) ** 2}"' in section.group(0)
+    assert f'data-tokens="{(256 // F) ** 2}"' in section.group(0)
     assert re.search(r'<img id="tryout-output"[^>]*src="blob:', dom)

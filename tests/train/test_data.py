@@ -36,8 +36,10 @@ def test_empty_or_unreadable_folder_is_a_clear_error(tmp_path: Path) -> None:
         ValueError, match="does not exist: pass a folder of images or shards with --data.root"
     ):
         ImageDataModule(root=str(tmp_path / "nope")).setup("fit")
-    with pytest.raises(ValueError, match="is not a folder: .* --data.val_root"):
-        ImageDataModule(root=str(empty), val_root=str(empty / "notes.txt")).check_roots()
+    with pytest.raises(ValueError, match="does not exist: .* --data.val_root"):
+        ImageDataModule(root=str(empty), val_root=str(tmp_path / "nope")).check_roots()
+    with pytest.raises(ValueError, match="data.val_root=.* is a file but not a shard"):
+        ImageDataModule(root=str(broken), val_root=str(empty / "notes.txt")).setup("fit")
 
 
 def test_data_paths_expand_environment_variables(
