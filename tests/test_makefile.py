@@ -22,12 +22,21 @@ def dry_run(
 ) -> list[str]:
     """The commands `make TARGET` would run with a fresh venv under tmp_path."""
     env = dict(os.environ)
-    for name in ("TORCH", "DATA", "VQ_DATA_ROOT"):
+    # MAKELEVEL/MAKEFLAGS: under `make test` this make is a sub-make, which would print
+    # "Entering/Leaving directory" lines among the commands.
+    for name in ("TORCH", "DATA", "VQ_DATA_ROOT", "MAKELEVEL", "MAKEFLAGS", "MFLAGS"):
         env.pop(name, None)
     if path is not None:
         env["PATH"] = path
     out = subprocess.run(
-        [shutil.which("make") or "make", "-n", target, f"VENV={tmp_path / 'venv'}", *args],
+        [
+            shutil.which("make") or "make",
+            "-n",
+            "--no-print-directory",
+            target,
+            f"VENV={tmp_path / 'venv'}",
+            *args,
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
