@@ -31,6 +31,7 @@ from train.gan import AdversarialConfig, PatchDiscriminator
 from train.lpips import resolve_weights
 from train.objective import (
     adaptive_weight,
+    adversarial_factor,
     discriminator_loss,
     ema_update_,
     generator_loss,
@@ -338,7 +339,7 @@ class VQVAEModule(L.LightningModule):
         optimizers, schedulers = self.optimizers(), self.lr_schedulers()
         assert isinstance(optimizers, list) and isinstance(schedulers, list)
         (opt_g, opt_d), (sched_g, sched_d) = optimizers, schedulers
-        gan_on = self.global_step >= adv.start_step
+        gan_on = adversarial_factor(self.global_step, adv.start_step) > 0
 
         # Generator.
         losses, out = self.compute_losses(batch)
