@@ -41,7 +41,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 for _path in (ROOT, ROOT / "bench"):  # run as a script: vq/, train/ and metrics.py importable
     if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+        # appended: bench/service.py must not shadow the service package
+        sys.path.append(str(_path))
 
 import metrics  # noqa: E402 - bench/ is a folder of scripts
 import report  # noqa: E402

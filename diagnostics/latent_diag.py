@@ -35,7 +35,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 for _path in (ROOT, ROOT / "bench"):  # run as a script: vq/, train/ and quality.py importable
     if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+        # appended: bench/service.py must not shadow the service package
+        sys.path.append(str(_path))
 
 import quality as Q  # noqa: E402 - bench/ is a folder of scripts
 
