@@ -18,7 +18,8 @@ of the mean MSE), SSIM, MS-SSIM, VIF, and the high-frequency power ratio (luma p
 ``log2(K) / f²`` bits per pixel, and the entropy of its code histogram over all Kodak tokens
 / f². Codebook usage over all Kodak tokens: codes hit, perplexity, dead codes. JPEG and WebP
 from Pillow at each quality setting, bpp = file bytes * 8 / pixels. LPIPS with
-``--lpips-backbone`` and ``--lpips-heads`` (weights the user supplies; skipped otherwise).
+``--lpips-backbone`` and ``--lpips-heads``, rFID with ``--fid-inception`` (weights the user
+supplies; skipped otherwise).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -158,6 +160,7 @@ class TokenizerResult:
     tokens: int
     seconds: float
     lpips: float | None = None
+    rfid: float | None = None  # HiFiC patches of the reconstructions vs the originals'
     per_image: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -179,13 +182,18 @@ def evaluate_tokenizer(
     name: str = "tokenizer",
     path: str = "",
     lpips: Callable[[np.ndarray, np.ndarray], float] | None = None,
+    fid: tuple[Features, np.ndarray] | None = None,
 ) -> TokenizerResult:
-    """Encode and decode every image whole; quality, usage and rate as the module says."""
+    """Encode and decode every image whole; quality, usage and rate as the module says.
+    ``fid``: (feature extractor, the originals' features) for rFID."""
     start = time.perf_counter()
     hist = torch.zeros(tok.codebook_size, dtype=torch.long)
     per_image = []
+    recons = []
     for image_name, im in zip(images.names, images.pixels, strict=True):
         recon, codes = reconstruct(tok, image_name, im)
+        if fid is not None:
+            recons.append(recon)
         hist += torch.bincount(codes.flatten(), minlength=tok.codebook_size)
         row: dict[str, Any] = {"name": image_name, **metrics.image_figures(im, recon)}
         if lpips is not None:
@@ -208,6 +216,7 @@ def evaluate_tokenizer(
         tokens=int(hist.sum()),
         seconds=time.perf_counter() - start,
         lpips=float(np.mean([r["lpips"] for r in per_image])) if lpips else None,
+        rfid=metrics.frechet_distance(fid[1], fid[0](recons)) if fid else None,
         per_image=per_image,
     )
 
@@ -230,6 +239,50 @@ def lpips_scorer(
             return float(net(t(b), t(a)).mean())
 
     return score, f"LPIPS from {display_path(backbone)} and {display_path(heads)}"
+
+
+Features = Callable[[Sequence[np.ndarray]], np.ndarray]
+FID_HOW_TO = (
+    "rFID needs Inception-v3 as TorchScript: the inception-2015-12-05.pt of StyleGAN2-ADA's "
+    "metrics, also used by clean-fid (README, Benchmarks)"
+)
+
+
+def fid_extractor(path: Path | None, device: str = "cpu") -> tuple[Features | None, str]:
+    """Inception-v3 pool features of images' HiFiC patches -> (extractor or None, a note).
+
+    ``path``: the TorchScript ``inception-2015-12-05.pt`` (called as ``net(x,
+    return_features=True)`` on float (N, 3, H, W) in 0..255, resizing inside, as clean-fid
+    calls it)."""
+    if path is None:
+        return None, "rFID not measured: pass --fid-inception. " + FID_HOW_TO
+    if not path.is_file():
+        raise ValueError(f"--fid-inception {path}: no such file. {FID_HOW_TO}")
+    try:
+        with warnings.catch_warnings():  # deprecated in torch 2.x, and the only reader of the file
+            warnings.simplefilter("ignore", DeprecationWarning)
+            net = torch.jit.load(str(path), map_location=device).eval()
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(
+            f"--fid-inception {path} is not TorchScript ({first}). {FID_HOW_TO}"
+        ) from None
+
+    def features(images: Sequence[np.ndarray]) -> np.ndarray:
+        patches = [p for im in images for p in metrics.fid_patches(im)]
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(patches), 16):
+                x = torch.from_numpy(np.stack(patches[i : i + 16])).permute(0, 3, 1, 2)
+                out.append(net(x.float().to(device), return_features=True).double().cpu().numpy())
+        return np.concatenate(out)
+
+    return features, (
+        f"rFID: Inception-v3 features ({display_path(path)}) of {metrics.FID_PATCH}-pixel "
+        "patches, the grid and the grid shifted by half a patch (HiFiC's protocol), "
+        "reconstructions vs originals; few patches make it a noisy, biased figure: compare "
+        "tokenizers within one run only"
+    )
 
 
 def plot_rd(
@@ -330,6 +383,7 @@ def run(
     qualities: Sequence[int] | None = None,
     device: str = "cpu",
     lpips: tuple[Path | None, Path | None] = (None, None),
+    fid_inception: Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate each (name, artifact path) and the codecs on ``kodak``; write JSON, report
     and pictures into ``out``."""
@@ -337,18 +391,20 @@ def run(
     codecs = codec_sweep(images, "jpeg", qualities or JPEG_QUALITIES)
     codecs += codec_sweep(images, "webp", qualities or WEBP_QUALITIES)
     scorer, lpips_note = lpips_scorer(*lpips)
+    extractor, fid_note = fid_extractor(fid_inception, device)
+    fid = None if extractor is None else (extractor, extractor(images.pixels))
     loaded = [
         (name, load_tokenizer(path, device=device, precision="fp32")) for name, path in tokenizers
     ]
     results = [
-        evaluate_tokenizer(tok, images, name, path, scorer)
+        evaluate_tokenizer(tok, images, name, path, scorer, fid)
         for (name, tok), (_, path) in zip(loaded, tokenizers, strict=True)
     ]
     out.mkdir(parents=True, exist_ok=True)
     payload = {
         "images": {"folder": display_path(kodak), "names": images.names},
         "averaging": "mean over images of the per-image figure (RGB uint8, whole image)",
-        "notes": [lpips_note, "rFID not measured (needs Inception weights; none are bundled)"],
+        "notes": [lpips_note, fid_note],
         "tokenizers": [asdict(r) for r in results],
         "codecs": [asdict(p) for p in codecs],
     }
@@ -395,6 +451,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--lpips-backbone", type=Path, default=None, help="VGG16 weights (torchvision)")
     p.add_argument("--lpips-heads", type=Path, default=None, help="LPIPS linear heads")
+    p.add_argument(
+        "--fid-inception",
+        type=Path,
+        default=None,
+        help="Inception-v3 TorchScript (inception-2015-12-05.pt) for rFID",
+    )
     args = p.parse_args(argv)
     if args.kodak is None or not args.kodak.is_dir():
         where = "" if args.kodak is None else f" ({args.kodak} is not a folder)"
@@ -414,6 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             qualities=QUICK_QUALITIES if args.quick else None,
             device=args.device,
             lpips=(args.lpips_backbone, args.lpips_heads),
+            fid_inception=args.fid_inception,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

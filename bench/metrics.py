@@ -96,3 +96,37 @@ def image_figures(original: np.ndarray, reconstruction: np.ndarray) -> dict[str,
 
 
 FIGURES = ("psnr", "ssim", "ms_ssim", "vif", "hf_ratio")
+
+
+# --- rFID ----------------------------------------------------------------------------------
+
+FID_PATCH = 256  # HiFiC's patch side (Mentzer et al. 2020, "High-Fidelity Generative Image
+# Compression", appendix: FID on 256x256 patches, the grid plus the grid shifted by half a patch)
+
+
+def fid_patches(image: np.ndarray, side: int = FID_PATCH) -> list[np.ndarray]:
+    """Non-overlapping ``side`` x ``side`` patches of (H, W, 3), then those of the grid shifted
+    by ``side // 2`` in both axes (HiFiC's protocol: more samples from few large images)."""
+    h, w = image.shape[:2]
+    out = []
+    for offset in (0, side // 2):
+        for top in range(offset, h - side + 1, side):
+            for left in range(offset, w - side + 1, side):
+                out.append(image[top : top + side, left : left + side])
+    return out
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (N, D), (M, D) (Heusel
+    et al. 2017, FID): ‖μa − μb‖² + Tr(Σa + Σb − 2 (Σa Σb)^½). Tr((Σa Σb)^½) is the sum of
+    the square roots of the eigenvalues of Σa Σb, which are real and >= 0 (a product of two
+    PSD matrices); float64 throughout."""
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+        raise ValueError(
+            f"feature sets of shapes {a.shape} and {b.shape}: expected (N, D) and (M, D), N, M >= 2"
+        )
+    ta, tb = torch.from_numpy(a).double(), torch.from_numpy(b).double()
+    mu = ta.mean(0) - tb.mean(0)
+    sa, sb = torch.cov(ta.T), torch.cov(tb.T)
+    eig = torch.linalg.eigvals(sa @ sb).real.clamp(min=0)
+    return float(mu @ mu + sa.trace() + sb.trace() - 2 * eig.sqrt().sum())

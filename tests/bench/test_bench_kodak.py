@@ -121,3 +121,37 @@ def test_images_not_divisible_by_f_are_rejected(kodak: ModuleType, tmp_path: Pat
     odd = kodak.Images(["odd.png"], [np.zeros((50, 64, 3), np.uint8)])
     with pytest.raises(ValueError, match=r"odd.png: 50x64 \(HxW\) is not divisible by f=8"):
         kodak.evaluate_tokenizer(tok, odd)
+
+
+class _PooledFeatures(torch.nn.Module):
+    """Stands in for Inception-v3's TorchScript: the same call, tiny features."""
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        assert return_features
+        return torch.nn.functional.adaptive_avg_pool2d(x / 255, 2).flatten(1)  # (N, 12)
+
+
+def test_rfid_from_a_torchscript_feature_extractor(kodak: ModuleType, tmp_path: Path) -> None:
+    inception = tmp_path / "inception.pt"
+    torch.jit.script(_PooledFeatures()).save(str(inception))
+    features, note = kodak.fid_extractor(inception)
+    assert features is not None and "HiFiC" in note
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, size=(384, 384, 3), dtype=np.uint8) for _ in range(3)]
+    reference = features(images)
+    assert reference.shape == (3 * 2, 12)  # the grid and the shifted grid: 2 patches each
+    assert kodak.metrics.frechet_distance(reference, features(images)) == pytest.approx(0, abs=1e-9)
+    darker = [(im // 2).astype(np.uint8) for im in images]
+    assert kodak.metrics.frechet_distance(reference, features(darker)) > 0.01
+
+
+def test_rfid_weights_missing_or_wrong_fail_naming_the_option(
+    kodak: ModuleType, tmp_path: Path
+) -> None:
+    assert kodak.fid_extractor(None)[0] is None
+    with pytest.raises(ValueError, match="--fid-inception .*no such file.*inception-2015-12-05"):
+        kodak.fid_extractor(tmp_path / "absent.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="is not TorchScript"):
+        kodak.fid_extractor(junk)

@@ -83,3 +83,29 @@ def test_figures_needing_a_larger_image_are_nan(metrics: ModuleType) -> None:
     assert figures["vif"] == pytest.approx(1.0, abs=1e-4)
     tiny = _photo_like(32, 32)
     assert math.isnan(metrics.vif_uint8(tiny, tiny))
+
+
+def test_frechet_distance_is_the_closed_form(metrics: ModuleType) -> None:
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(400, 6))
+    assert metrics.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
+    # Same covariance, shifted mean: the distance is ||shift||^2.
+    shift = np.array([1.0, -2.0, 0.5, 0.0, 0.0, 3.0])
+    assert metrics.frechet_distance(a, a + shift) == pytest.approx(float(shift @ shift))
+    # Scaled copy: mean s*mu, covariance s^2 S: (1 - s)^2 (|mu|^2 + Tr S).
+    mu, cov_trace = a.mean(0), float(np.trace(np.cov(a.T)))
+    expected = 4 * (float(mu @ mu) + cov_trace)
+    assert metrics.frechet_distance(a, 3 * a) == pytest.approx(expected, rel=1e-6)
+    b = rng.normal(size=(300, 6)) @ rng.normal(size=(6, 6))
+    assert metrics.frechet_distance(a, b) == pytest.approx(metrics.frechet_distance(b, a))
+    with pytest.raises(ValueError, match="expected"):
+        metrics.frechet_distance(a, a[:, :3])
+
+
+def test_fid_patches_follow_the_grid_and_the_shifted_grid(metrics: ModuleType) -> None:
+    image = np.arange(512 * 768 * 3, dtype=np.int64).reshape(512, 768, 3)
+    patches = metrics.fid_patches(image)
+    assert len(patches) == 3 * 2 + 2 * 1  # 768x512: 3x2 grid, 2x1 shifted by 128
+    assert all(p.shape == (256, 256, 3) for p in patches)
+    assert (patches[0] == image[:256, :256]).all() and (patches[6] == image[128:384, 128:384]).all()
+    assert metrics.fid_patches(image[:200, :200]) == []
