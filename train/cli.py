@@ -46,6 +46,7 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import DDPStrategy
 
 from train.checkpointing import AtomicCheckpointIO, LastCheckpoint, RandomState
 from train.code_writer import CodeWriter
@@ -186,6 +187,11 @@ class VQTrainCLI(LightningCLI):
             clip = trainer.gradient_clip_val
             model.gradient_clip_val = float(clip) if clip else None
             trainer.gradient_clip_val = None
+            if isinstance(trainer.strategy, DDPStrategy):
+                # Each of the two backward passes leaves the other player's parameters
+                # without gradients, which DDP allows only when told; Lightning keeps the
+                # DDP constructor's arguments in this attribute (no public setter).
+                trainer.strategy._ddp_kwargs["find_unused_parameters"] = True
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not a user's plugin
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         # (Lightning assigns Trainer.callbacks in a connector, unseen by type checkers.)

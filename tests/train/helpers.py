@@ -114,16 +114,19 @@ class KillAtPredictBatch(Callback):
 
 
 class SaveRankState(Callback):
-    """Test helper: at the end of training each rank saves its quantizer state and its
-    global step to ``out_dir/rank{R}.pt``, so a test can compare the ranks."""
+    """Test helper: at the end of training each rank saves its quantizer state (``whole``:
+    the LightningModule's, discriminator and EMA included) and its global step to
+    ``out_dir/rank{R}.pt``, so a test can compare the ranks."""
 
-    def __init__(self, out_dir: str) -> None:
+    def __init__(self, out_dir: str, whole: bool = False) -> None:
         self.out_dir = out_dir
+        self.whole = whole
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         import torch
 
-        state = {k: v.detach().cpu() for k, v in pl_module.model.quantizer.state_dict().items()}
+        module = pl_module if self.whole else pl_module.model.quantizer
+        state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
         Path(self.out_dir).mkdir(parents=True, exist_ok=True)
         torch.save(
             {"state": state, "step": trainer.global_step},

@@ -130,6 +130,42 @@ def test_ddp_fit_ends_with_identical_codebooks_and_two_rank_usage(ddp_run: Path)
     assert metrics["tokens"] == 4 * 16
 
 
+def test_ddp_trains_the_adversarial_recipe_with_identical_ranks(tmp_path: Path) -> None:
+    """Two optimizers and two backward passes a step under plain ``ddp``: each pass leaves
+    the other player's parameters without gradients, which the CLI tells DDP to allow."""
+    save = json.dumps(
+        {
+            "class_path": "tests.train.helpers.SaveRankState",
+            "init_args": {"out_dir": str(tmp_path / "ranks"), "whole": True},
+        }
+    )
+    proc = run_cli(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "rotation.yaml"),
+            *TINY_OVERRIDES,
+            *DDP,
+            "--trainer.enable_progress_bar=false",
+            "--model.adversarial.weight=0.5",
+            "--model.adversarial.channels=8",
+            "--model.ema_decay=0.9",
+            f"--trainer.default_root_dir={tmp_path}",
+            f"--trainer.callbacks+={save}",
+        ],
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    a = torch.load(tmp_path / "ranks" / "rank0.pt", weights_only=True)
+    b = torch.load(tmp_path / "ranks" / "rank1.pt", weights_only=True)
+    assert a["step"] == b["step"] == 4
+    assert any(k.startswith("discriminator.") for k in a["state"])
+    assert any(k.startswith("ema.") for k in a["state"])
+    different = [k for k in a["state"] if not torch.equal(a["state"][k], b["state"][k])]
+    assert not different, f"ranks differ in {different}"
+
+
 def _manifest_paths(out: Path) -> Counter[str]:
     seen: Counter[str] = Counter()
     for name in ("manifest", "skipped"):
