@@ -10,9 +10,9 @@ codebook size changed (FSQ: the recommended levels nearest K), the budget of thi
 and ``--set KEY=VALUE`` overrides of every config (any ``vq-train`` option, e.g.
 ``--set model.lr=1e-3``). Plain codebooks (ste, rotation) run in each setting of ``--plain``
 (``SETTINGS``): ``papers`` (the default: uniform init, no dead-code restart), ``recipe`` (the
-configs' data init + restart), ``rotation-paper`` (the rotation-trick paper's VQ-VAE runs as
-far as ``vq`` expresses them: EMA codebook with decay 0.8, commitment 1.0; its l2-normalised
-codebook and kaiming-scale init cannot be combined with an EMA codebook here).
+configs' data init + restart), ``rotation-paper`` (the rotation-trick paper's VQ-VAE runs, its
+``src/models/vq_vae.py``: an l2-normalised (cosine) EMA codebook with decay 0.8, commitment
+1.0, kaiming-scale init).
 
 Data: ``--corpus DIR`` with ``train/`` (``val/`` held out when present, Kodak from
 ``DIR/kodak`` or ``--kodak``); without it the bundled scikit-image photographs and no Kodak.
@@ -81,10 +81,11 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "papers": {"codebook_init": "uniform", "dead_code_threshold": 0.0},
     "recipe": {},
     "rotation-paper": {
+        "codebook_norm": "l2",
         "codebook_update": "ema",
         "ema_decay": 0.8,
         "beta": 1.0,
-        "codebook_init": "uniform",
+        "codebook_init": "kaiming",
         "dead_code_threshold": 0.0,
     },
 }

@@ -26,9 +26,10 @@ QuantizerKind = Literal["vq", "fsq"]
 CodebookKind = Literal["plain", "linear"]
 GradEstimator = Literal["ste", "rotation"]
 CodebookUpdate = Literal["gradient", "ema"]
-CodebookInit = Literal["uniform", "data"]
+CodebookInit = Literal["uniform", "data", "kaiming"]
 # "l2": input rows and codebook rows are L2-normalised before the search and the quantized
-# output is the normalised row (ViT-VQGAN, Yu et al. 2022, §3.2; LlamaGen's VQ tokenizer).
+# output is the normalised row (ViT-VQGAN, Yu et al. 2022, §3.2; LlamaGen's VQ tokenizer):
+# ``vq.quantizers.L2Codebook``, a plain codebook searched on the unit sphere.
 CodebookNorm = Literal["none", "l2"]
 Architecture = Literal["vqvae", "vqgan"]
 
@@ -123,16 +124,16 @@ def _set(obj: object, name: str, value: Any) -> None:
 
 @dataclass(frozen=True)
 class VQConfig:
-    """A nearest-code vector quantizer (``vq.VectorQuantizer``; ``codebook_norm="l2"``:
-    ``vq.normalized.L2NormVectorQuantizer``).
+    """A nearest-code vector quantizer (``vq.VectorQuantizer``).
 
     codebook: "plain" (a learned table) or "linear" (SimVQ: frozen C, learned W).
     grad_estimator: "ste" or "rotation" (the rotation trick).
     beta: commitment weight. codebook_update: "gradient" or "ema" (plain only), with
     ``ema_decay`` in [0, 1) and Laplace smoothing ``ema_eps`` > 0. dead_code_threshold:
     restart codes whose EMA hit count falls below it (plain only; 0 = off).
-    codebook_init: "uniform" or "data" (plain only). codebook_norm: "none" or "l2" (plain,
-    gradient-updated codebooks). search_max_bytes: memory bound of one nearest-code tile.
+    codebook_init: "uniform", "data" or "kaiming" (plain only). codebook_norm: "none" or "l2"
+    (plain only: the table searched by cosine similarity, with every plain option).
+    search_max_bytes: memory bound of one nearest-code tile.
     """
 
     kind: Literal["vq"] = "vq"
@@ -180,15 +181,6 @@ class VQConfig:
                     "quantizer.dead_code_threshold > 0 needs codebook='plain' (SimVQ's frozen "
                     "codes cannot be restarted); use dead_code_threshold=0"
                 )
-        if self.codebook_norm == "l2" and (
-            self.codebook_update != "gradient"
-            or self.dead_code_threshold > 0
-            or self.codebook_init != "uniform"
-        ):
-            raise ValueError(
-                "quantizer.codebook_norm='l2' supports codebook_update='gradient', "
-                "dead_code_threshold=0 and codebook_init='uniform' only"
-            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

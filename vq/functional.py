@@ -84,6 +84,13 @@ def commitment_loss(e: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(e, q.detach())
 
 
+def unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit L2 norm, ``x / max(||x||, 1e-12)`` over the last dim (``F.normalize``,
+    as LlamaGen): the l2-normalised codebook compares unit encoder rows with unit codes
+    (Yu et al. 2022, ViT-VQGAN, §3.2), so the squared distance is ``2 - 2 cos``."""
+    return F.normalize(x, p=2.0, dim=-1)
+
+
 # ----------------------------------------------------------------------------------------
 # FSQ (Mentzer et al., ICLR 2024, §3 and Appendix A.1)
 # ----------------------------------------------------------------------------------------

@@ -31,7 +31,6 @@ from vq.config import (
     VQConfig,
     VQVAEConfig,
 )
-from vq.normalized import L2NormVectorQuantizer
 from vq.precision import float32_input, float32_output
 from vq.quantizers import FSQ, VectorQuantizer
 from vq.types import Quantizer, QuantizerOutput
@@ -58,8 +57,7 @@ def build_quantizer(cfg: AnyQuantizerConfig, dim: int) -> Quantizer:
         # FSQ only needs its own projection when z is wider than the number of levels.
         return FSQ(levels, dim=None if dim == len(levels) else dim)
     # Every VQConfig field goes through (none copied by hand, none dropped).
-    vq_class = L2NormVectorQuantizer if cfg.codebook_norm == "l2" else VectorQuantizer
-    return vq_class(dim, **cfg.to_dict())
+    return VectorQuantizer(dim, **cfg.to_dict())
 
 
 def _norm(channels: int) -> nn.GroupNorm:

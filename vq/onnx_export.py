@@ -15,6 +15,7 @@ Codes agree with PyTorch's except where two codes are (near-)equidistant: the ti
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -24,7 +25,6 @@ from torch import nn
 from vq import functional as VF
 from vq.artifact import CONFIG_NAME, record_files
 from vq.model import VQVAE
-from vq.normalized import L2NormVectorQuantizer, unit_rows
 from vq.pixels import float_to_uint8, uint8_to_float
 from vq.quantizers import FSQ, VectorQuantizer
 
@@ -35,21 +35,22 @@ OPSET = 17
 
 
 class _Search(nn.Module):
-    """(B, D, h, w) latents -> (B, h, w) ids of the nearest row of a constant (K, D) codebook."""
+    """(B, D, h, w) latents -> (B, h, w) ids of the nearest row of a constant (K, D) codebook,
+    the latents first mapped as the codebook component maps them (unit rows for l2)."""
 
     codebook_t: torch.Tensor  # (D, K) buffer
     c_sq: torch.Tensor  # (K,) buffer
 
-    def __init__(self, codebook: torch.Tensor, normalize: bool) -> None:
+    def __init__(
+        self, codebook: torch.Tensor, transform_input: Callable[[torch.Tensor], torch.Tensor]
+    ) -> None:
         super().__init__()
-        self.normalize = normalize
+        self.transform_input = transform_input
         self.register_buffer("codebook_t", codebook.t().contiguous())  # (D, K)
         self.register_buffer("c_sq", (codebook * codebook).sum(dim=1))  # (K,)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        e = z.permute(0, 2, 3, 1)  # (B, h, w, D)
-        if self.normalize:
-            e = unit_rows(e)
+        e = self.transform_input(z.permute(0, 2, 3, 1))  # (B, h, w, D)
         return (self.c_sq - 2.0 * (e @ self.codebook_t)).argmin(dim=-1)  # (B, h, w)
 
 
@@ -98,9 +99,9 @@ def _quantizer_graphs(model: VQVAE) -> tuple[nn.Module, nn.Module]:
     q = model.quantizer
     if isinstance(q, FSQ):
         return _FSQIndex(q), _FSQCodes(q)
-    if isinstance(q, L2NormVectorQuantizer | VectorQuantizer):
+    if isinstance(q, VectorQuantizer):
         codebook = q.get_codebook().float()  # unit rows for l2; W(C) for SimVQ
-        return _Search(codebook, isinstance(q, L2NormVectorQuantizer)), _Lookup(codebook)
+        return _Search(codebook, q.book.transform_input), _Lookup(codebook)
     raise ValueError(f"no ONNX export for quantizer {type(q).__name__}")
 
 

@@ -1,4 +1,5 @@
-"""The quantizers: ``VectorQuantizer`` (plain or SimVQ codebook, STE or rotation trick) and FSQ.
+"""The quantizers: ``VectorQuantizer`` (a plain, l2-normalised or SimVQ codebook; STE or the
+rotation trick) and FSQ.
 
 Both take encoder output ``z`` of shape (B, D, *spatial), channel first, with any number of
 spatial dims (0 for vectors, 1 for sequences, 2 for images), flatten it to (N, D) rows,
@@ -9,7 +10,7 @@ quantize the rows, and return a ``QuantizerOutput`` (docs/design.md,
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -78,31 +79,53 @@ def _codes_to_channel_first(codes: torch.Tensor) -> torch.Tensor:
     return codes.movedim(-1, 1).contiguous()  # (B, *spatial, D) -> (B, D, *spatial)
 
 
-# The module class of each codebook_norm (``vq.model.build_quantizer`` picks it from a config).
-_CLASS_OF_NORM: dict[CodebookNorm, str] = {
-    "none": "vq.VectorQuantizer",
-    "l2": "vq.normalized.L2NormVectorQuantizer",
-}
+class Codebook(nn.Module):
+    """What ``VectorQuantizer`` asks of its codebook component.
+
+    ``transform_input`` maps encoder rows e (N, D) into the space of the codes before the
+    search (the identity, but unit rows for ``L2Codebook``); ``table`` is the (K, D) code
+    vectors the search measures distances to and the lookup returns, differentiable w.r.t.
+    the learned tensors; ``loss`` is the quantizer loss on (e, q); ``before_search`` and
+    ``after_assignment`` are training-mode hooks (data init, EMA, restarts).
+    """
+
+    def transform_input(self, e: torch.Tensor) -> torch.Tensor:
+        return e
+
+    def table(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def codes(self) -> torch.Tensor:
+        """The (K, D) codes, without gradient."""
+        with torch.no_grad():
+            return self.table().detach()
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        """Codes of int64 ids (*shape) -> (*shape, D), differentiable w.r.t. the codebook."""
+        return F.embedding(indices, self.table())
+
+    def loss(self, e: torch.Tensor, q: torch.Tensor, beta: float) -> torch.Tensor:
+        return VF.vq_loss(e, q, beta)
+
+    def before_search(self, e: torch.Tensor) -> None:
+        pass
+
+    def after_assignment(self, e: torch.Tensor, indices: torch.Tensor) -> None:
+        pass
 
 
-def vq_config(codebook_size: int, options: Mapping[str, Any], *, norm: CodebookNorm) -> VQConfig:
-    """The validated ``VQConfig`` of a nearest-code quantizer's keyword options, for the class
-    implementing ``codebook_norm=norm``: options left out take the config's defaults (written
-    only there); an unknown option, or another norm, is a ValueError saying what is allowed."""
-    config = VQConfig.from_dict({"codebook_norm": norm, **options, "codebook_size": codebook_size})
-    if config.codebook_norm != norm:
-        raise ValueError(
-            f"codebook_norm={config.codebook_norm!r} is not allowed for {_CLASS_OF_NORM[norm]}; "
-            f"use {_CLASS_OF_NORM[config.codebook_norm]} (or build_quantizer with a VQConfig)"
-        )
-    return config
-
-
-class PlainCodebook(nn.Module):
+class PlainCodebook(Codebook):
     """A learned (K, D) table that owns its init, its update rule and its dead-code restart.
 
     init ``"uniform"``: uniform(-1/K, 1/K), as the original VQ-VAE and taming-transformers'
     VQGAN: all codes start near the origin and the first assignments go by direction.
+    init ``"kaiming"``: ``nn.init.kaiming_uniform_`` of the (K, D) table (He et al. 2015,
+    "Delving Deep into Rectifiers", §2.2; fan_in = D, so uniform(±sqrt(6/D)) and rows of
+    squared norm 2 on average): codes at the scale of unit-variance encoder outputs rather
+    than 1/K, where the rotation trick's λ = ||q||/||e|| would shrink the encoder's gradient.
+    vector_quantize_pytorch, whose codebook the rotation-trick paper's VQ-VAE runs use,
+    applies the same function to a (1, K, D) tensor (fan_in = K·D); under ``L2Codebook`` the
+    scale divides out and both give the same distribution of directions.
     init ``"data"``: at the first training forward pass the codes are set to encoder vectors
     of that batch (without replacement when the batch has at least K vectors, otherwise with
     replacement plus a little noise so the copies differ), as SoundStream/Jukebox-style data
@@ -141,7 +164,11 @@ class PlainCodebook(nn.Module):
         self.ema_decay = float(config.ema_decay)
         self.ema_eps = float(config.ema_eps)
         self.dead_code_threshold = float(config.dead_code_threshold)
-        table = torch.empty(codebook_size, dim).uniform_(-1.0 / codebook_size, 1.0 / codebook_size)
+        table = torch.empty(codebook_size, dim)
+        if self.init == "kaiming":
+            nn.init.kaiming_uniform_(table)
+        else:  # "uniform", and "data" until the first batch
+            table.uniform_(-1.0 / codebook_size, 1.0 / codebook_size)
         if self.update == "ema":
             self.register_buffer("codebook", table)
             self.register_buffer("ema_sum", table.clone())
@@ -162,13 +189,8 @@ class PlainCodebook(nn.Module):
             f"dead_code_threshold={self.dead_code_threshold}, ema_decay={self.ema_decay}"
         )
 
-    def codes(self) -> torch.Tensor:
-        """The (K, D) codes, without gradient."""
-        return self.codebook.detach()
-
-    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
-        """Codes of int64 ids (*shape) -> (*shape, D), differentiable w.r.t. the table."""
-        return F.embedding(indices, self.codebook)
+    def table(self) -> torch.Tensor:
+        return self.codebook
 
     def loss(self, e: torch.Tensor, q: torch.Tensor, beta: float) -> torch.Tensor:
         if self.update == "ema":  # the EMA moves the codes; only the encoder is pulled
@@ -247,7 +269,28 @@ class PlainCodebook(nn.Module):
             self.ema_sum[dead] = fresh * self.dead_code_threshold
 
 
-class LinearCodebook(nn.Module):
+class L2Codebook(PlainCodebook):
+    """A plain table searched and looked up on the unit sphere: the l2-normalised codes of
+    ViT-VQGAN (Yu et al. 2022, "Vector-quantized Image Modeling with Improved VQGAN", §3.2).
+
+    Encoder rows and table rows are scaled to unit norm before the search, so the nearest code
+    is the one of highest cosine similarity (||ê - ĉ||² = 2 - 2 cos). The quantized output,
+    the lookup and ``decode`` give the normalised row, and the loss compares unit vectors
+    (LlamaGen's ``codebook_l2_norm``); the stored rows need not be unit-norm (in released
+    checkpoints they are not). Every plain option works on the unit vectors: data init and
+    restarts copy normalised encoder rows and the EMA averages them, as the cosine codebook
+    of the rotation-trick paper's VQ-VAE runs (Fifty et al. 2025; vector_quantize_pytorch's
+    ``CosineSimCodebook``) does.
+    """
+
+    def transform_input(self, e: torch.Tensor) -> torch.Tensor:
+        return VF.unit_rows(e)
+
+    def table(self) -> torch.Tensor:
+        return VF.unit_rows(self.codebook.float())
+
+
+class LinearCodebook(Codebook):
     """SimVQ's codebook (Zhu et al. 2024, arXiv 2411.02038, §3): a frozen C ~ N(0, 1/D),
     registered as a buffer (so it is saved: it is random), and a learned
     W = ``nn.Linear(D, D, bias=False)``; code k is ``W(C[k])``. Every update of W moves all K
@@ -260,21 +303,11 @@ class LinearCodebook(nn.Module):
         self.register_buffer("frozen_codebook", torch.randn(codebook_size, dim) / math.sqrt(dim))
         self.proj = nn.Linear(dim, dim, bias=False)
 
-    def codes(self) -> torch.Tensor:
-        with torch.no_grad():
-            return self.proj(self.frozen_codebook)
+    def table(self) -> torch.Tensor:
+        return self.proj(self.frozen_codebook)
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.frozen_codebook[indices])
-
-    def loss(self, e: torch.Tensor, q: torch.Tensor, beta: float) -> torch.Tensor:
-        return VF.vq_loss(e, q, beta)  # the codebook term trains W
-
-    def before_search(self, e: torch.Tensor) -> None:
-        pass
-
-    def after_assignment(self, e: torch.Tensor, indices: torch.Tensor) -> None:
-        pass
+        return self.proj(self.frozen_codebook[indices])  # (*shape, D): only the rows needed
 
 
 # The codebook's tensors sit at the quantizer's level of the state dict ("codebook",
@@ -303,8 +336,10 @@ class VectorQuantizer(Quantizer):
     codebook:
       - ``"plain"``: a learned (K, D) table, ``PlainCodebook`` (van den Oord et al. 2017,
         "Neural Discrete Representation Learning", §3), with ``codebook_init``
-        (``"uniform"``/``"data"``), ``codebook_update`` (``"gradient"``/``"ema"``, with
-        ``ema_decay``, ``ema_eps``) and ``dead_code_threshold`` (0 = no restart).
+        (``"uniform"``/``"data"``/``"kaiming"``), ``codebook_update`` (``"gradient"``/``"ema"``,
+        with ``ema_decay``, ``ema_eps``) and ``dead_code_threshold`` (0 = no restart).
+      - ``"plain"`` with ``codebook_norm="l2"``: ``L2Codebook``, the same table searched by
+        cosine similarity (ViT-VQGAN §3.2), with the same options.
       - ``"linear"``: SimVQ, ``LinearCodebook``; the plain-only options must stay at their
         defaults.
     grad_estimator:
@@ -313,49 +348,55 @@ class VectorQuantizer(Quantizer):
 
     Options: the fields of ``vq.config.VQConfig`` as keywords (``codebook``,
     ``grad_estimator``, ``beta``, ``codebook_update``, ``ema_decay``, ``ema_eps``,
-    ``dead_code_threshold``, ``codebook_init``, ``search_max_bytes``): their defaults and
-    allowed values are defined there, once, and ``self.config`` is the resolved config.
-    ``codebook_norm="l2"`` is ``vq.normalized.L2NormVectorQuantizer``'s.
+    ``dead_code_threshold``, ``codebook_init``, ``codebook_norm``, ``search_max_bytes``): their
+    defaults and allowed values are defined there, once, and ``self.config`` is the resolved
+    config.
 
     ``self.book`` is the codebook; its tensors keep their flat state-dict keys.
     All quantization math runs in float32 (autocast is disabled inside), so bf16/fp16 encoder
     outputs work; ``quantized`` is returned in z's dtype, ``loss`` in float32.
     """
 
-    book: PlainCodebook | LinearCodebook
+    book: Codebook
 
     def __init__(self, dim: int, codebook_size: int, **options: Any) -> None:
         # Validated once, in vq.config (which also rejects the plain-table options for a
-        # linear codebook); an unknown option is a ValueError naming the allowed ones.
-        config = vq_config(codebook_size, options, norm="none")
+        # linear codebook); options left out take the config's defaults, and an unknown
+        # option is a ValueError naming the allowed ones.
+        config = VQConfig.from_dict({**options, "codebook_size": codebook_size})
         super().__init__(dim, config.codebook_size)
         self.config = config
         self.codebook_kind: CodebookKind = config.codebook
+        self.codebook_norm: CodebookNorm = config.codebook_norm
         self.grad_estimator: GradEstimator = config.grad_estimator
         self.beta = float(config.beta)
         self.search_max_bytes = int(config.search_max_bytes)
-        if config.codebook == "plain":
-            self.book = PlainCodebook(dim, config)
-        else:
+        if config.codebook == "linear":
             self.book = LinearCodebook(dim, config.codebook_size)
+        elif config.codebook_norm == "l2":
+            self.book = L2Codebook(dim, config)
+        else:
+            self.book = PlainCodebook(dim, config)
         self.register_state_dict_post_hook(_flatten_book_keys)
         self.register_load_state_dict_pre_hook(_nest_book_keys)
 
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, codebook={self.codebook_kind!r}, "
+            f"codebook_norm={self.codebook_norm!r}, "
             f"grad_estimator={self.grad_estimator!r}, beta={self.beta}"
         )
 
     def get_codebook(self) -> torch.Tensor:
-        """The effective (K, D) codebook: the plain table, or ``W(C)`` for SimVQ (no grad)."""
+        """The effective (K, D) codebook the search uses (no grad): the plain table, its unit
+        rows for l2, or ``W(C)`` for SimVQ."""
         return self.book.codes()
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         """z (B, D, *spatial) -> QuantizerOutput(quantized (B, D, *spatial), indices (B, *spatial), loss)."""
         rows, unflatten = _flatten(z, self.dim)
         with torch.autocast(device_type=z.device.type, enabled=False):
-            e = rows.float()  # (N, D)
+            e = self.book.transform_input(rows.float())  # (N, D); unit rows for l2
             if self.training:
                 self.book.before_search(e)
             indices = nearest_code(e, self.book.codes(), max_bytes=self.search_max_bytes)  # (N,)
@@ -369,7 +410,8 @@ class VectorQuantizer(Quantizer):
         return QuantizerOutput(quantized, indices.reshape(z.shape[0], *z.shape[2:]), loss)
 
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
-        """(B, *spatial) integer ids -> (B, D, *spatial) float32 codes (SimVQ: W applied)."""
+        """(B, *spatial) integer ids -> (B, D, *spatial) float32 codes (SimVQ: W applied; l2:
+        unit rows)."""
         _check_indices(indices, self.codebook_size)
         with torch.no_grad():
             return _codes_to_channel_first(self.book.lookup(indices.long()))

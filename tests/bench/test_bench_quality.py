@@ -125,8 +125,10 @@ def test_plain_codebooks_run_once_per_setting(quality: ModuleType) -> None:
     ]
     args = quality.fit_args("rotation", 256, cfg, Path("/w"), "rotation-paper")
     q = json.loads(args[args.index("--model.vqvae.quantizer") + 1])
-    # The rotation-trick paper's VQ-VAE: EMA codebook with decay 0.8, commitment 1.0.
+    # The rotation-trick paper's VQ-VAE: cosine EMA codebook with decay 0.8, commitment 1.0,
+    # kaiming-scale init.
     assert (q["codebook_update"], q["ema_decay"], q["beta"]) == ("ema", 0.8, 1.0)
+    assert (q["codebook_norm"], q["codebook_init"]) == ("l2", "kaiming")
     assert q["grad_estimator"] == "rotation"
 
 

@@ -17,8 +17,7 @@ import pytest
 import vq
 from vq.config import FSQConfig, VQConfig, VQVAEConfig, quantizer_config
 from vq.model import build_quantizer
-from vq.normalized import L2NormVectorQuantizer
-from vq.quantizers import FSQ, PlainCodebook, VectorQuantizer
+from vq.quantizers import FSQ, L2Codebook, PlainCodebook, VectorQuantizer
 
 VQ_DIR = Path(vq.__file__).parent
 ROOT = VQ_DIR.parent
@@ -50,6 +49,7 @@ def test_the_validators_accept_exactly_the_declared_choices() -> None:
         ("grad_estimator", vq.config.GradEstimator),
         ("codebook_update", vq.config.CodebookUpdate),
         ("codebook_init", vq.config.CodebookInit),
+        ("codebook_norm", vq.config.CodebookNorm),
     ):
         allowed = typing.get_args(alias)
         for choice in allowed:
@@ -72,7 +72,7 @@ def test_build_quantizer_passes_every_option() -> None:
     )
     module = build_quantizer(cfg, dim=4)
     for field in dataclasses.fields(VQConfig):
-        if field.name in ("kind", "codebook_norm"):
+        if field.name == "kind":
             continue
         # The plain codebook component owns its update rule, init, EMA and restart options.
         book_attr = {
@@ -89,31 +89,31 @@ def test_build_quantizer_passes_every_option() -> None:
             attr = "codebook_kind" if field.name == "codebook" else field.name
             attr = "_codebook_size" if field.name == "codebook_size" else attr
         assert getattr(owner, attr) == getattr(cfg, field.name), field.name
-    assert module.config == cfg
-    l2 = dataclasses.replace(cfg, codebook_update="gradient", dead_code_threshold=0.0)
-    l2 = dataclasses.replace(l2, codebook_init="uniform", codebook_norm="l2")
+    assert module.config == cfg and isinstance(module.book, PlainCodebook)
+    l2 = dataclasses.replace(cfg, codebook_norm="l2")
     module = build_quantizer(l2, dim=4)
-    assert isinstance(module, L2NormVectorQuantizer) and module.config == l2
+    assert isinstance(module.book, L2Codebook) and module.config == l2
+    assert (module.book.update, module.book.init) == ("ema", "data")
 
 
-@pytest.mark.parametrize("cls", [VectorQuantizer, L2NormVectorQuantizer, PlainCodebook])
+@pytest.mark.parametrize("cls", [VectorQuantizer, PlainCodebook, L2Codebook])
 def test_quantizer_option_defaults_come_from_the_config(cls: type) -> None:
     # No constructor restates a default: options left out are VQConfig's.
     defaults = [n for n, p in inspect.signature(cls).parameters.items() if p.default is not p.empty]
     assert defaults == []
-    if cls is not PlainCodebook:
-        module = cls(4, 16)
-        norm = "l2" if cls is L2NormVectorQuantizer else "none"
-        assert module.config == VQConfig(codebook_size=16, codebook_norm=norm)
+    if cls is VectorQuantizer:
+        assert cls(4, 16).config == VQConfig(codebook_size=16)
 
 
 @pytest.mark.parametrize(
     ("build", "message"),
     [
         (lambda: VectorQuantizer(4, 16, betta=0.5), r"unknown VQConfig field\(s\) \['betta'\]"),
-        (lambda: VectorQuantizer(4, 16, codebook_norm="l2"), "use vq.normalized.L2Norm"),
-        (lambda: L2NormVectorQuantizer(4, 16, codebook_norm="none"), "use vq.VectorQuantizer"),
-        (lambda: L2NormVectorQuantizer(4, 16, codebook_update="ema"), "codebook_norm='l2'"),
+        (lambda: VectorQuantizer(4, 16, codebook_norm="cos"), r"codebook_norm='cos'.*'l2'"),
+        (
+            lambda: VectorQuantizer(4, 16, codebook="linear", codebook_norm="l2"),
+            "codebook_norm='l2' needs codebook='plain'",
+        ),
         (lambda: VectorQuantizer(0, 16), "dim must be a positive int, got 0"),
         (lambda: FSQ([8, 5], dim=True), "dim must be a positive int, got True"),
     ],
@@ -127,7 +127,7 @@ def test_quantizer_options_are_checked_with_clear_errors(build: Any, message: st
     ("module", "size", "options"),
     [
         (VectorQuantizer(4, 16, codebook="linear"), (4, 16), "codebook='linear'"),
-        (L2NormVectorQuantizer(4, 16, beta=0.5), (4, 16), "codebook_norm='l2'"),
+        (VectorQuantizer(4, 16, codebook_norm="l2"), (4, 16), "codebook_norm='l2'"),
         (FSQ([8, 5], dim=6), (6, 40), "levels=[8, 5]"),
         (FSQ([8, 5]), (2, 40), "levels=[8, 5]"),
     ],
@@ -214,5 +214,3 @@ def test_vqgan_config_validation(kwargs: dict[str, Any], message: str) -> None:
 def test_vqgan_fields_are_rejected_for_our_architecture() -> None:
     with pytest.raises(ValueError, match="z_channels is for architecture='vqgan'"):
         VQVAEConfig(z_channels=8)
-    with pytest.raises(ValueError, match=r"codebook_norm='l2' supports"):
-        VQConfig(codebook_norm="l2", dead_code_threshold=0.1)

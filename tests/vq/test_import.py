@@ -31,8 +31,8 @@ from vq.importer import (
     read_checkpoint,
 )
 from vq.model import VQVAE
-from vq.normalized import L2NormVectorQuantizer
 from vq.pixels import float_to_uint8, uint8_to_float
+from vq.quantizers import L2Codebook
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 CHECKPOINTS = {"taming": "taming_vqgan_tiny.ckpt", "llamagen": "llamagen_vq_tiny.pt"}
@@ -155,10 +155,10 @@ def _unscaled_attention(model: VQVAE, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _raw_codebook(model: VQVAE, monkeypatch: pytest.MonkeyPatch) -> None:
-    def raw(self: L2NormVectorQuantizer) -> torch.Tensor:
+    def raw(self: L2Codebook) -> torch.Tensor:
         return self.codebook.float()
 
-    monkeypatch.setattr(L2NormVectorQuantizer, "unit_codebook", raw)
+    monkeypatch.setattr(L2Codebook, "table", raw)
 
 
 Mutation = Callable[[VQVAE, pytest.MonkeyPatch], None]

@@ -101,7 +101,10 @@ def test_model_config_validation(kwargs: dict[str, object], message: str) -> Non
         ({"ema_decay": 1.5}, r"ema_decay=1.5"),
         ({"dead_code_threshold": -1.0}, r"dead_code_threshold=-1.0"),
         ({"codebook": "linear", "codebook_update": "ema"}, r"ema.*plain"),
-        ({"codebook_init": "kmeans"}, r"codebook_init='kmeans'.*\['uniform', 'data'\]"),
+        (
+            {"codebook_init": "kmeans"},
+            r"codebook_init='kmeans'.*\['uniform', 'data', 'kaiming'\]",
+        ),
         ({"codebook": "linear", "codebook_init": "data"}, r"codebook_init='data' needs.*plain"),
         (
             {"kind": "fsq", "codebook_size": 256, "codebook_init": "data"},

@@ -55,6 +55,14 @@ def fixture(fmt: str, name: str) -> Callable[[], vq.VQVAE]:
 MODELS: dict[str, Callable[[], vq.VQVAE]] = {
     "vqvae-plain": small(vq.VQConfig(codebook_size=64)),
     "vqvae-simvq": small(vq.VQConfig(codebook_size=64, codebook="linear")),
+    # the l2 codebook trained by EMA from a kaiming init (the rotation-trick paper's setting)
+    "vqvae-l2-ema": small(
+        vq.VQConfig(
+            codebook_size=64, codebook_norm="l2", codebook_update="ema", codebook_init="kaiming"
+        )
+    ),
+    # an l2 artifact written before the l2 codebook became a codebook component
+    "vqvae-l2-artifact": lambda: vq.load_tokenizer(FIXTURES / "l2_artifact").model,
     "vqvae-fsq-projected": small(vq.FSQConfig(codebook_size=240, levels=(8, 6, 5)), code_dim=8),
     "vqgan-taming": fixture("taming", "taming_vqgan_tiny.ckpt"),
     "vqgan-llamagen-l2": fixture("llamagen", "llamagen_vq_tiny.pt"),

@@ -1,4 +1,4 @@
-"""Behaviour of VectorQuantizer (plain / SimVQ, STE / rotation, gradient / EMA) and FSQ."""
+"""Behaviour of VectorQuantizer (plain / l2 / SimVQ, STE / rotation, gradient / EMA) and FSQ."""
 
 from __future__ import annotations
 
@@ -26,6 +26,19 @@ VQ_OPTIONS: list[dict[str, Any]] = [
     ),
     dict(codebook="plain", dead_code_threshold=0.5),
     dict(codebook="plain", codebook_init="data"),
+    dict(codebook="plain", codebook_init="kaiming"),
+    dict(codebook_norm="l2"),
+    dict(codebook_norm="l2", grad_estimator="rotation"),
+    # the rotation-trick paper's VQ-VAE: cosine EMA codebook, decay 0.8, β = 1, kaiming init
+    dict(
+        codebook_norm="l2",
+        grad_estimator="rotation",
+        codebook_update="ema",
+        ema_decay=0.8,
+        beta=1.0,
+        codebook_init="kaiming",
+    ),
+    dict(codebook_norm="l2", codebook_init="data", dead_code_threshold=0.5),
 ]
 
 
@@ -159,8 +172,14 @@ def test_decode_rejects_bad_ids(kind: str, bad: torch.Tensor, match: str) -> Non
         (dict(dead_code_threshold=-1.0), "dead_code_threshold"),
         (dict(codebook="linear", codebook_update="ema"), "codebook='plain'"),
         (dict(codebook="linear", dead_code_threshold=1.0), "codebook='plain'"),
-        (dict(codebook_init="kmeans"), r"codebook_init='kmeans'.*\['uniform', 'data'\]"),
+        (
+            dict(codebook_init="kmeans"),
+            r"codebook_init='kmeans'.*\['uniform', 'data', 'kaiming'\]",
+        ),
         (dict(codebook="linear", codebook_init="data"), "codebook='plain'"),
+        (dict(codebook="linear", codebook_init="kaiming"), "codebook='plain'"),
+        (dict(codebook="linear", codebook_norm="l2"), "codebook='plain'"),
+        (dict(codebook_norm="cosine"), r"codebook_norm='cosine'.*\['none', 'l2'\]"),
         (dict(search_max_bytes=0), "search_max_bytes"),
     ],
 )
@@ -519,6 +538,8 @@ def test_fsq_projection_is_a_1x1_linear() -> None:
             {"codebook", "ema_count", "data_initialized"},
         ),
         ({"codebook": "linear"}, {"frozen_codebook", "proj.weight"}),
+        ({"codebook_norm": "l2"}, {"codebook"}),
+        ({"codebook_norm": "l2", "codebook_update": "ema"}, {"codebook", "ema_count", "ema_sum"}),
     ],
 )
 def test_codebook_component_keeps_flat_state_dict_keys(
@@ -526,12 +547,14 @@ def test_codebook_component_keeps_flat_state_dict_keys(
 ) -> None:
     """The codebook is a component (``book``) but its tensors keep the keys artifacts were
     saved with; a state dict round-trips into a fresh quantizer, strictly, inside a parent."""
-    from vq.quantizers import LinearCodebook, PlainCodebook
+    from vq.quantizers import L2Codebook, LinearCodebook, PlainCodebook
 
     torch.manual_seed(0)
     quantizer = VectorQuantizer(D, K, **kwargs)
-    expected = LinearCodebook if kwargs.get("codebook") == "linear" else PlainCodebook
-    assert isinstance(quantizer.book, expected)
+    expected = {"linear": LinearCodebook, "l2": L2Codebook}.get(
+        kwargs.get("codebook", kwargs.get("codebook_norm")), PlainCodebook
+    )
+    assert type(quantizer.book) is expected
     assert set(quantizer.state_dict()) == keys
     parent = torch.nn.Sequential(quantizer)
     assert set(parent.state_dict()) == {f"0.{k}" for k in keys}
