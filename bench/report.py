@@ -298,8 +298,8 @@ def quality_markdown(payload: dict[str, Any], plots: Sequence[str] = ()) -> str:
         "(float32).",
         "- *Setting* of the plain codebooks (ste, rotation): `papers` = uniform init, no "
         "dead-code restart; `recipe` = the config's data init + restart; `rotation-paper` = "
-        "the rotation-trick paper's VQ-VAE runs as far as `vq` expresses them (EMA codebook, "
-        "decay 0.8, commitment 1.0; not its l2-normalised codebook or kaiming-scale init). "
+        "the rotation-trick paper's VQ-VAE runs (its src/models/vq_vae.py: l2-normalised "
+        "EMA codebook, decay 0.8, commitment 1.0, kaiming-scale init). "
         f"The targets judge the `{primary}` rows.",
         "",
         "## Targets",
