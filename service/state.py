@@ -38,7 +38,7 @@ from service.budget import (
     per_pixel,
     process_peak,
 )
-from service.errors import APIError
+from service.errors import RETRY_NOW, APIError, ErrorCode
 from service.metrics import LoadSnapshot, ServiceMetrics
 from service.schemas import UsageResponse
 from service.settings import Settings
@@ -445,7 +445,7 @@ class ServiceState:
         """The pool of model passes, decoded pixels and result images."""
         if self._budget is None:
             self.require_ready()
-            raise APIError(503, "not_ready", "the memory budget is not set up yet")
+            raise APIError(ErrorCode.NOT_READY, "the memory budget is not set up yet")
         return self._budget
 
     @property
@@ -453,7 +453,7 @@ class ServiceState:
         """The pool of request bodies being read and parsed."""
         if self._input_budget is None:
             self.require_ready()
-            raise APIError(503, "not_ready", "the memory budget is not set up yet")
+            raise APIError(ErrorCode.NOT_READY, "the memory budget is not set up yet")
         return self._input_budget
 
     def backlog_s(self) -> float:
@@ -482,17 +482,13 @@ class ServiceState:
     def require_ready(self) -> None:
         if self.draining:
             raise APIError(
-                503,
-                "shutting_down",
+                ErrorCode.SHUTTING_DOWN,
                 "the service is shutting down; retry on another replica",
-                headers={"Retry-After": "1"},
+                headers=RETRY_NOW,
             )
         if not self.ready:
             raise APIError(
-                503,
-                "not_ready",
-                "models are still loading; retry shortly",
-                headers={"Retry-After": "1"},
+                ErrorCode.NOT_READY, "models are still loading; retry shortly", headers=RETRY_NOW
             )
 
     def get(self, name: str) -> ServedModel:
@@ -501,6 +497,6 @@ class ServiceState:
         if model is None:
             known = ", ".join(sorted(self.models)) or "none"
             raise APIError(
-                404, "unknown_model", f"model {name!r} is not served; known models: {known}"
+                ErrorCode.UNKNOWN_MODEL, f"model {name!r} is not served; known models: {known}"
             )
         return model
