@@ -13,7 +13,9 @@ request is refused under load maps to one status here:
     DeadlineExceeded  503 timeout             Retry-After, the work never ran (or was dropped)
     client left       499 client_disconnected nobody reads it; counted in /metrics
     BatcherClosed     503 shutting_down       the batcher stopped (shutting down)
-    InvalidCodes      500 internal_error      the model produced impossible codes
+
+The state's own errors (an unknown model, not ready, impossible codes) pass through to
+``service.errors``.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from service.budget import (
     WontFinish,
 )
 from service.errors import RETRY_NOW, APIError, ErrorCode
-from service.state import InvalidCodes, ServiceState
+from service.state import ServiceState
 
 logger = logging.getLogger("service")
 
@@ -125,9 +127,6 @@ def refusals(state: ServiceState, model: str, op: str) -> Iterator[None]:
         raise APIError(ErrorCode.CLIENT_DISCONNECTED, "the client disconnected") from None
     except BatcherClosed as exc:
         raise APIError(ErrorCode.SHUTTING_DOWN, str(exc), headers=RETRY_NOW) from None
-    except InvalidCodes as exc:
-        logger.error("%s for %r: %s", op, model, exc)
-        raise APIError(ErrorCode.INTERNAL_ERROR, f"internal error: {exc}") from None
 
 
 def metered(request: Request, held: Reservation, price: Callable[[bytes], int]) -> Request:

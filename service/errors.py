@@ -3,8 +3,8 @@
 ``ErrorCode`` is every code the service answers with, each with one meaning and one HTTP
 status (docs/api.md, "Errors"); an ``APIError`` is built from a code alone, so no status and
 code can disagree. The handlers here are where exceptions become responses: ``APIError``,
-the framework's own HTTP errors, validation errors and, as a backstop for bugs, everything
-else (500). Bad input is always a 4xx with a message naming the problem and what is allowed.
+the state's domain errors (``service.state.ServingError``), the framework's own HTTP errors,
+validation errors and, as a backstop for bugs, everything else (500). Bad input is always a 4xx with a message naming the problem and what is allowed.
 """
 
 from __future__ import annotations
@@ -16,9 +16,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
+
+from service.state import InvalidCodes, NotReady, ServingError, ShuttingDown, UnknownModel
 
 logger = logging.getLogger("service")
 
@@ -60,6 +63,13 @@ class ErrorCode(StrEnum):
     SHUTTING_DOWN = "shutting_down", 503
     OVERLOADED = "overloaded", 503
     TIMEOUT = "timeout", 503
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error response (the OpenAPI docs' schema)."""
+
+    detail: str = Field(description="What was wrong and what is allowed")
+    code: ErrorCode = Field(description="Machine-readable error kind (docs/api.md, Errors)")
 
 
 class APIError(Exception):
@@ -112,6 +122,22 @@ _FRAMEWORK_CODES = {
 }
 RETRY_NOW = {"Retry-After": "1"}
 
+# The state's domain errors (service/state.py) -> their codes: the one place they meet HTTP.
+_SERVING_ERRORS: dict[type[ServingError], ErrorCode] = {
+    UnknownModel: ErrorCode.UNKNOWN_MODEL,
+    NotReady: ErrorCode.NOT_READY,
+    ShuttingDown: ErrorCode.SHUTTING_DOWN,
+    InvalidCodes: ErrorCode.INTERNAL_ERROR,
+}
+
+
+def serving_error(exc: ServingError) -> APIError:
+    """The HTTP error of a domain error; a 503 says when to retry, a 500 says it is ours."""
+    code = _SERVING_ERRORS[type(exc)]
+    if code.status == 500:
+        return APIError(code, f"internal error: {exc}")
+    return APIError(code, str(exc), headers=RETRY_NOW if code.status == 503 else None)
+
 
 def _location(loc: tuple[Any, ...] | list[Any]) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path")]
@@ -122,6 +148,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
         return error_response(exc.code, exc.detail, headers=exc.headers)
+
+    @app.exception_handler(ServingError)
+    async def _serving_error(request: Request, exc: ServingError) -> JSONResponse:
+        error = serving_error(exc)
+        if error.status_code == 500:
+            logger.error("%s %s: %s", request.method, request.url.path, exc)
+        return await _api_error(request, error)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

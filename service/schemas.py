@@ -6,8 +6,6 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from service.errors import ErrorCode
-
 # Code grids arrive as JSON; strict ints refuse 1.5, "3" and true instead of coercing them.
 # The schema states the shape rules; ids in [0, codebook_size), equal row lengths and the
 # grid-side limit depend on the model and settings and are checked once, in
@@ -17,11 +15,6 @@ from service.errors import ErrorCode
 Pair = Annotated[list[int], Field(min_length=2, max_length=2)]
 CodeRow = Annotated[list[StrictInt], Field(min_length=1)]
 CodeGrid = Annotated[list[CodeRow], Field(min_length=1, description="[h][w] code ids")]
-
-
-class ErrorResponse(BaseModel):
-    detail: str = Field(description="What was wrong and what is allowed")
-    code: ErrorCode = Field(description="Machine-readable error kind (docs/api.md, Errors)")
 
 
 class TokenizeJSONRequest(BaseModel):

@@ -23,13 +23,12 @@ from service.admission import (
 )
 from service.budget import json_parse_bytes
 from service.deps import SettingsDep, StateDep
-from service.errors import APIError, ErrorCode
+from service.errors import APIError, ErrorCode, ErrorResponse
 from service.images import encode_png
 from service.schemas import (
     DetokenizeBatchRequest,
     DetokenizeBatchResponse,
     DetokenizeRequest,
-    ErrorResponse,
 )
 from service.settings import Settings
 from service.state import ServedModel, ServiceState

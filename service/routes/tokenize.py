@@ -26,9 +26,9 @@ from service.admission import (
 )
 from service.budget import upload_bytes
 from service.deps import SettingsDep, StateDep
-from service.errors import APIError, ErrorCode
+from service.errors import APIError, ErrorCode, ErrorResponse
 from service.images import FitMode, fitted_size, header_size, load_image
-from service.schemas import ErrorResponse, TokenizeJSONRequest, TokenizeResponse, TokenizeResult
+from service.schemas import TokenizeJSONRequest, TokenizeResponse, TokenizeResult
 from service.settings import Settings
 from service.state import ServedModel, ServiceState
 

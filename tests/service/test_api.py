@@ -16,7 +16,7 @@ import vq
 from service.app import create_app
 from service.client import Client, ServiceError
 from service.errors import ErrorCode
-from service.state import StartupError
+from service.loader import StartupError
 from tests.service.helpers import (
     CODEBOOK_SIZE,
     F,

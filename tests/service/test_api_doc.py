@@ -8,9 +8,7 @@ import json
 import re
 from pathlib import Path
 
-import pytest
-
-from service.errors import APIError, ErrorCode, error_body
+from service.errors import ErrorCode
 
 REPO = Path(__file__).resolve().parents[2]
 API = (REPO / "docs" / "api.md").read_text()
@@ -42,15 +40,6 @@ def test_the_error_table_is_the_error_code_enum() -> None:
     documented = {code: int(status) for status, code in ROWS}
     assert documented == {code.value: code.status for code in ErrorCode}
     assert documented["body_timeout"] == 408 and documented["timeout"] == 503
-
-
-def test_an_error_takes_only_an_error_code() -> None:
-    """A code outside the enum cannot reach a response: the two ways to make one refuse it."""
-    assert APIError(ErrorCode.TIMEOUT, "late").status_code == 503
-    assert error_body(ErrorCode.TIMEOUT, "late")["code"] == "timeout"
-    for build in (APIError, error_body):
-        with pytest.raises(TypeError, match="ErrorCode"):
-            build("timeout", "late")
 
 
 def test_the_docker_health_check_is_what_the_dockerfile_polls() -> None:
