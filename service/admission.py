@@ -13,7 +13,9 @@ request is refused under load maps to one status here:
     DeadlineExceeded  503 timeout             Retry-After, the work never ran (or was dropped)
     client left       499 client_disconnected nobody reads it; counted in /metrics
     BatcherClosed     503 shutting_down       the batcher stopped (shutting down)
-    InvalidCodes      500 internal_error      the model produced impossible codes
+
+The state's own errors (an unknown model, not ready, impossible codes) pass through to
+``service.errors``.
 """
 
 from __future__ import annotations
@@ -37,13 +39,12 @@ from service.budget import (
     Reservation,
     WontFinish,
 )
-from service.errors import APIError
-from service.state import InvalidCodes, ServiceState
+from service.errors import RETRY_NOW, APIError, ErrorCode
+from service.state import ServiceState
 
 logger = logging.getLogger("service")
 
 T = TypeVar("T")
-CLIENT_CLOSED = 499  # nginx's status for "client closed the request"; never seen by a client
 
 
 class ClientGone(Exception):
@@ -95,26 +96,27 @@ def refusals(state: ServiceState, model: str, op: str) -> Iterator[None]:
         yield
     except BudgetExceeded as exc:
         shed.labels(model, op, "memory").inc()
-        raise APIError(413, "memory_budget", f"this request {exc}") from None
+        raise APIError(ErrorCode.MEMORY_BUDGET, f"this request {exc}") from None
     except MemoryBusy as exc:
         shed.labels(model, op, "memory").inc()
         raise APIError(
-            503, "overloaded", f"overloaded: this request {exc}; retry later", headers=retry
+            ErrorCode.OVERLOADED, f"overloaded: this request {exc}; retry later", headers=retry
         ) from None
     except WontFinish as exc:
         shed.labels(model, op, "memory_wait").inc()
         wait = {"Retry-After": str(max(1, math.ceil(exc.wait_s)))}
-        raise APIError(503, "overloaded", f"overloaded: this request {exc}", headers=wait) from None
+        raise APIError(
+            ErrorCode.OVERLOADED, f"overloaded: this request {exc}", headers=wait
+        ) from None
     except QueueFull as exc:
         shed.labels(model, op, "queue_full").inc()
         raise APIError(
-            503, "overloaded", f"overloaded: {exc}; retry later", headers=retry
+            ErrorCode.OVERLOADED, f"overloaded: {exc}; retry later", headers=retry
         ) from None
     except DeadlineExceeded:
         shed.labels(model, op, "deadline").inc()
         raise APIError(
-            503,
-            "timeout",
+            ErrorCode.TIMEOUT,
             f"not answered within {settings.request_timeout_s:g} s (setting request_timeout_s); "
             "the service is busy, retry later",
             headers=retry,
@@ -122,12 +124,9 @@ def refusals(state: ServiceState, model: str, op: str) -> Iterator[None]:
     except ClientGone:
         shed.labels(model, op, "client_disconnected").inc()
         logger.info("%s for %r: the client disconnected; its queued work was dropped", op, model)
-        raise APIError(CLIENT_CLOSED, "client_disconnected", "the client disconnected") from None
+        raise APIError(ErrorCode.CLIENT_DISCONNECTED, "the client disconnected") from None
     except BatcherClosed as exc:
-        raise APIError(503, "shutting_down", str(exc), headers={"Retry-After": "1"}) from None
-    except InvalidCodes as exc:
-        logger.error("%s for %r: %s", op, model, exc)
-        raise APIError(500, "internal_error", f"internal error: {exc}") from None
+        raise APIError(ErrorCode.SHUTTING_DOWN, str(exc), headers=RETRY_NOW) from None
 
 
 def metered(request: Request, held: Reservation, price: Callable[[bytes], int]) -> Request:

@@ -19,6 +19,7 @@ from service.limits import (
     DrainMiddleware,
     SlowBodyMiddleware,
 )
+from service.loader import load_models, load_or_report
 from service.metrics import RequestMetricsMiddleware
 from service.routes import dashboard, detokenize, health, metrics, models, tokenize
 from service.settings import Settings, get_settings
@@ -50,9 +51,9 @@ def create_app(
         loading: asyncio.Task[None] | None = None
         try:
             if on_load_failure is None:
-                await state.load()
+                await load_models(state)
             else:
-                loading = asyncio.create_task(state.load_or_report(on_load_failure))
+                loading = asyncio.create_task(load_or_report(state, on_load_failure))
             yield
         finally:
             if loading is not None:

@@ -25,8 +25,9 @@ from pydantic import ValidationError
 
 from service.app import create_app
 from service.limits import header_timeout_protocol
+from service.loader import StartupError, check_backend_available
 from service.settings import Settings
-from service.state import ServiceState, StartupError, check_backend_available
+from service.state import ServiceState
 
 LINGER_S = 0.5  # after the listener closes, for requests on just-accepted connections
 

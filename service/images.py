@@ -14,17 +14,17 @@ import numpy as np
 from PIL import Image
 
 import vqio
-from service.errors import APIError, unprocessable
+from service.errors import APIError, ErrorCode
 from vqio import ALLOWED_FORMATS, format_size
 
 FitMode = Literal["reject", "crop", "pad", "resize"]
 
-# vqio's error kinds -> (HTTP status, error code of docs/api.md).
-_DECODE_STATUS: dict[vqio.DecodeErrorKind, tuple[int, str]] = {
-    "empty": (400, "empty_image"),
-    "unreadable": (400, "invalid_image"),
-    "corrupt": (400, "invalid_image"),
-    "too_large": (413, "image_too_large"),
+# vqio's error kinds -> error codes (docs/api.md).
+_DECODE_ERRORS: dict[vqio.DecodeErrorKind, ErrorCode] = {
+    "empty": ErrorCode.EMPTY_IMAGE,
+    "unreadable": ErrorCode.INVALID_IMAGE,
+    "corrupt": ErrorCode.INVALID_IMAGE,
+    "too_large": ErrorCode.IMAGE_TOO_LARGE,
 }
 
 
@@ -45,8 +45,7 @@ def header_size(data: bytes, *, label: str, max_side: int) -> tuple[int, int]:
     try:
         return vqio.stored_size(data, label=label, max_side=max_side)
     except vqio.ImageDecodeError as exc:
-        status, code = _DECODE_STATUS[exc.kind]
-        raise APIError(status, code, str(exc)) from None
+        raise APIError(_DECODE_ERRORS[exc.kind], str(exc)) from None
 
 
 def fitted_size(h: int, w: int, *, f: int, fit: FitMode) -> tuple[int, int]:
@@ -68,8 +67,7 @@ def decode_image(data: bytes, *, label: str, max_side: int) -> np.ndarray:
     try:
         return vqio.decode_image(data, label=label, max_side=max_side)
     except vqio.ImageDecodeError as exc:
-        status, code = _DECODE_STATUS[exc.kind]
-        raise APIError(status, code, str(exc)) from None
+        raise APIError(_DECODE_ERRORS[exc.kind], str(exc)) from None
 
 
 def fit_image(arr: np.ndarray, *, f: int, fit: FitMode, label: str) -> np.ndarray:
@@ -84,18 +82,18 @@ def fit_image(arr: np.ndarray, *, f: int, fit: FitMode, label: str) -> np.ndarra
     if h % f == 0 and w % f == 0:
         return arr
     if fit == "reject":
-        raise unprocessable(
+        raise APIError(
+            ErrorCode.BAD_IMAGE_SIZE,
             f"{label} is {format_size(h, w)}; with fit=reject both sides must be multiples of f={f}. "
             "Resize it, or pass fit=crop, fit=pad or fit=resize",
-            "bad_image_size",
         )
     if fit == "crop":
         rows, cols = vqio.center_crop(h, w, f)
         if rows.start == rows.stop or cols.start == cols.stop:
-            raise unprocessable(
+            raise APIError(
+                ErrorCode.BAD_IMAGE_SIZE,
                 f"{label} is {format_size(h, w)}, too small to crop to multiples of f={f}; "
                 "use fit=pad or fit=resize",
-                "bad_image_size",
             )
         return arr[rows, cols]
     if fit == "pad":
@@ -104,7 +102,9 @@ def fit_image(arr: np.ndarray, *, f: int, fit: FitMode, label: str) -> np.ndarra
         nh, nw = fitted_size(h, w, f=f, fit=fit)
         resized = Image.fromarray(arr).resize((nw, nh), Image.Resampling.BICUBIC)
         return np.asarray(resized, dtype=np.uint8)
-    raise unprocessable(f"fit={fit!r} is not allowed; choose reject, crop, pad or resize")
+    raise APIError(
+        ErrorCode.INVALID_REQUEST, f"fit={fit!r} is not allowed; choose reject, crop, pad or resize"
+    )
 
 
 def load_image(

@@ -17,16 +17,14 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from service.errors import error_body
+from service.errors import RETRY_NOW, CodedHTTPException, ErrorCode, error_response
 
 
-class BodyTooLarge(HTTPException):
-    code = "too_large"
-
+class BodyTooLarge(CodedHTTPException):
     def __init__(self, max_bytes: int) -> None:
         super().__init__(
-            status_code=413,
-            detail=f"request body is larger than the limit of {max_bytes} bytes "
+            ErrorCode.TOO_LARGE,
+            f"request body is larger than the limit of {max_bytes} bytes "
             "(setting max_upload_bytes, env VQ_MAX_UPLOAD_BYTES)",
         )
 
@@ -48,7 +46,7 @@ class BodyLimitMiddleware:
                 too_big = False  # the server rejects a malformed header itself
             if too_big:
                 detail = str(BodyTooLarge(self.max_bytes).detail)
-                response = JSONResponse(error_body("too_large", detail), status_code=413)
+                response = error_response(ErrorCode.TOO_LARGE, detail)
                 await response(scope, receive, send)
                 return
 
@@ -68,11 +66,9 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
-class BodyTimeout(HTTPException):
-    code = "body_timeout"
-
+class BodyTimeout(CodedHTTPException):
     def __init__(self, detail: str) -> None:
-        super().__init__(status_code=408, detail=detail)
+        super().__init__(ErrorCode.BODY_TIMEOUT, detail)
 
 
 class SlowBodyMiddleware:
@@ -168,21 +164,17 @@ class DrainMiddleware:
                     break
                 more = message["type"] == "http.request" and message.get("more_body", False)
             detail = "the service is shutting down; retry on another replica"
-            response = JSONResponse(
-                error_body("shutting_down", detail), status_code=503, headers={"Retry-After": "1"}
-            )
+            response = error_response(ErrorCode.SHUTTING_DOWN, detail, headers=RETRY_NOW)
             await response(scope, receive, send_wrapper)
             return
         await self.app(scope, receive, send_wrapper)
 
 
-class Overloaded(HTTPException):
+class Overloaded(CodedHTTPException):
     """Raised from ``receive`` when a body completes and the app is full: a 503."""
 
-    code = "overloaded"
-
     def __init__(self, detail: str) -> None:
-        super().__init__(status_code=503, detail=detail, headers={"Retry-After": "1"})
+        super().__init__(ErrorCode.OVERLOADED, detail, headers=RETRY_NOW)
 
 
 class ConcurrencyMiddleware:
@@ -212,9 +204,7 @@ class ConcurrencyMiddleware:
 
     def _refusal(self, detail: str) -> JSONResponse:
         self.on_shed()
-        return JSONResponse(
-            error_body("overloaded", detail), status_code=503, headers={"Retry-After": "1"}
-        )
+        return error_response(ErrorCode.OVERLOADED, detail, headers=RETRY_NOW)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -17,11 +17,6 @@ CodeRow = Annotated[list[StrictInt], Field(min_length=1)]
 CodeGrid = Annotated[list[CodeRow], Field(min_length=1, description="[h][w] code ids")]
 
 
-class ErrorResponse(BaseModel):
-    detail: str = Field(description="What was wrong and what is allowed")
-    code: str = Field(description="Machine-readable error kind, e.g. invalid_image")
-
-
 class TokenizeJSONRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

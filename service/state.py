@@ -1,64 +1,60 @@
-"""What one running app holds: the loaded tokenizers, their batchers, the memory budget and
-the served-usage stats.
+"""What one running app holds: the served models, their batchers, the memory budget, the
+inference thread and the served-usage stats; and the registry's domain errors.
 
-Built by the app factory, filled by the lifespan (``load``), emptied on shutdown (``close``).
-All inference runs on one dedicated thread: forward passes of different models and
-requests would only fight over the same cores, and one thread keeps torch's intra-op
-parallelism the only parallelism.
+Built by the app factory, filled by ``service.loader`` (which loads the models), emptied on
+shutdown (``close``). It raises plain domain errors (``ServingError``: ``UnknownModel``,
+``NotReady``, ``ShuttingDown``, ``InvalidCodes``); ``service.errors`` turns them into HTTP
+responses.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
 import threading
-import time
-from collections.abc import Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 import vq
-from service.backends import Backend, import_onnxruntime, make_backend
+from service.backends import Backend
 from service.batcher import MicroBatcher
-from service.budget import (
-    INPUT_SHARE,
-    PROBES,
-    MemoryBudget,
-    ModelCost,
-    current_rss,
-    default_budget,
-    fix_mmap_threshold,
-    measure_peak,
-    peak_bytes_of,
-    per_pixel,
-    process_peak,
-)
-from service.errors import APIError
+from service.budget import MemoryBudget, ModelCost, current_rss, process_peak
 from service.metrics import LoadSnapshot, ServiceMetrics
 from service.schemas import UsageResponse
 from service.settings import Settings
 from service.usage_history import UsageHistory, UsagePoint
-from vq.hub import looks_like_repo_id, resolve_artifact
-from vq.precision import bf16_native
 
 logger = logging.getLogger("service")
 
 PROCESS = f"{socket.gethostname()}:{os.getpid()}"  # which process a usage report describes
 
 
-class InvalidCodes(RuntimeError):
+class ServingError(Exception):
+    """Why the state cannot serve a request; ``service.errors`` maps each kind to HTTP."""
+
+
+class UnknownModel(ServingError):
+    """A model name that is not served; the message lists those that are."""
+
+
+class NotReady(ServingError):
+    """The models (or the memory budget sized from them) are still loading."""
+
+
+class ShuttingDown(ServingError):
+    """The service drains after a stop signal and takes no new work."""
+
+
+class InvalidCodes(ServingError):
     """The network produced code ids outside [0, codebook_size): a server fault (e.g.
     non-finite weights), never the client's."""
 
 
 @dataclass
 class ServedModel:
-    """One served artifact with everything it needs, built complete by ``ServiceState``."""
+    """One served artifact with everything it needs, built complete by ``service.loader``."""
 
     name: str
     path: Path
@@ -105,121 +101,6 @@ class ServedModel:
             )
 
 
-class StartupError(RuntimeError):
-    """The service cannot start as configured; the message says why and what to change."""
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def is_hub_id(path: str) -> bool:
-    """A model spec names a Hub repo when no such local path exists and it reads "owner/name"."""
-    return not Path(path).expanduser().exists() and looks_like_repo_id(path)
-
-
-def resolve_artifact_path(path: str) -> Path:
-    """A model spec -> a local artifact directory. A path that exists wins (relative paths are
-    relative to the current directory, where ``vq-serve`` starts); else a Hugging Face Hub repo
-    id ("owner/name") is fetched through ``vq.hub`` (its cache, or the network); else the path
-    itself, which loading then reports missing. StartupError when the Hub cannot provide it."""
-    if not is_hub_id(path):
-        return Path(path).expanduser().resolve()
-    try:
-        return resolve_artifact(path)
-    except ValueError as exc:  # vq.hub.HubError: offline, not found, huggingface_hub missing
-        raise StartupError(str(exc)) from None
-
-
-def check_models(settings: Settings) -> None:
-    """Fetch every Hub id among the models into the local Hub cache, so that a model that
-    cannot be had stops start-up with one clear message (StartupError) before the server
-    starts; loading then finds it in the cache."""
-    for name, path in settings.models.items():
-        try:
-            resolve_artifact_path(path)
-        except StartupError as exc:
-            raise StartupError(f"model {name!r}: {exc}") from None
-
-
-def check_backend_available(settings: Settings) -> None:
-    """StartupError naming the fix when the configured backend's library is missing."""
-    if settings.backend == "onnxruntime":
-        try:
-            import_onnxruntime()
-        except RuntimeError as exc:
-            raise StartupError(str(exc)) from None
-
-
-def precision_reason(tokenizer: vq.Tokenizer, requested: str | None, backend: str) -> str:
-    """Why ``tokenizer`` runs at its precision, for the start-up log."""
-    if backend == "onnxruntime":
-        return "backend onnxruntime runs the float32 ONNX graphs"
-    if requested is not None:
-        return "set by VQ_PRECISION / --precision"
-    if tokenizer.metadata.get("recommended_precision") == "fp32":
-        return "auto: the artifact's config.json recommends fp32"
-    if bf16_native(tokenizer.device):
-        return f"auto: {tokenizer.device} computes bf16 natively"
-    return f"auto: {tokenizer.device} has no native bf16 (emulated bf16 is slower than fp32)"
-
-
-def _measured(
-    fn: Callable[[torch.Tensor], torch.Tensor],
-    pixels: Callable[[torch.Tensor], int],
-    observe: Callable[[float], None],
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``fn``, with the resident memory each pass takes per pixel reported to ``observe``
-    (``vq_pass_bytes_per_pixel``: what the budget's charge is checked against)."""
-
-    def run(batch: torch.Tensor) -> torch.Tensor:
-        out, peak = measure_peak(lambda: fn(batch))
-        observe(peak / max(1, pixels(batch)))
-        return out
-
-    return run
-
-
-def _encode_fn(
-    backend: Backend,
-    codebook_size: int,
-    usage: vq.CodebookUsage,
-    lock: threading.Lock,
-    history: UsageHistory,
-    observe: Callable[[float], None],
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    encode = _measured(backend.encode, lambda x: x.shape[0] * x.shape[2] * x.shape[3], observe)
-
-    def encode_batch(images: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, 3, H, W) -> int64 (N, H/f, W/f); counts the codes as served traffic."""
-        codes = encode(images)
-        low, high = int(codes.min()), int(codes.max())
-        if low < 0 or high >= codebook_size:
-            raise InvalidCodes(
-                f"the model produced code ids in [{low}, {high}], outside "
-                f"[0, {codebook_size}); its weights may be corrupt"
-            )
-        with lock:
-            usage.update(codes)
-            history.record(
-                time.monotonic(), usage.tokens_seen, usage.window_usage, usage.perplexity
-            )
-        return codes
-
-    return encode_batch
-
-
-def _lower_priority(nice: int) -> None:
-    """Raise this thread's nice value (Linux: PRIO_PROCESS with a thread id is per thread;
-    the torch worker threads it starts inherit it). The event loop keeps its priority, so
-    /healthz, admission and shedding answer while inference saturates the cores."""
-    if nice > 0 and hasattr(os, "setpriority"):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-        except OSError as exc:
-            logger.warning("could not lower the inference thread's priority: %s", exc)
-
-
 class ServiceState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -231,7 +112,8 @@ class ServiceState:
         self._budget: MemoryBudget | None = None
         self._input_budget: MemoryBudget | None = None
         self.metrics = ServiceMetrics(self.usage_snapshots, self.load_snapshot)
-        self._executor: ThreadPoolExecutor | None = None
+        # The one inference thread every model's batchers run on (service.loader starts it).
+        self.executor: ThreadPoolExecutor | None = None
 
     def usage_snapshots(self) -> list[UsageResponse]:
         return [m.usage_report(with_histogram=False) for m in list(self.models.values())]
@@ -255,197 +137,24 @@ class ServiceState:
             peak_rss=process_peak(),
         )
 
-    def _measure_cost(self, backend: Backend, f: int) -> ModelCost:
-        """Peak bytes per pixel of encode and decode on the backend at its precision: the
-        largest of PROBES probes on a trimmed heap, after a warm-up (so one-time allocations
-        such as oneDNN's caches are excluded), times the margin (service/budget.py)."""
-        side = max(f, self.settings.memory_probe_side // f * f)
-        image = torch.zeros(1, 3, side, side, dtype=torch.uint8)
-        codes = torch.zeros(1, side // f, side // f, dtype=torch.int64)
-        backend.encode(image)
-        encode = max(peak_bytes_of(lambda: backend.encode(image)) for _ in range(PROBES))
-        backend.decode(codes)
-        decode = max(peak_bytes_of(lambda: backend.decode(codes)) for _ in range(PROBES))
-        return ModelCost(per_pixel(encode, side * side), per_pixel(decode, side * side))
+    def hold(self, model: ServedModel) -> None:
+        """Serve ``model`` (its batchers started) under its name."""
+        model.encoder.start()
+        model.decoder.start()
+        self.models[model.name] = model
 
-    def _load_one(self, name: str, path: str, executor: Executor) -> ServedModel:
-        settings = self.settings
-        root = resolve_artifact_path(path)
-        onnx = settings.backend == "onnxruntime"
-        precision = "fp32" if onnx else settings.precision  # the ONNX graphs are float32
-        # A Hub id is loaded by its id (a cache hit by now): vq.load_tokenizer then trusts the
-        # snapshot's links into the cache's blobs/, which it refuses in a plain directory.
-        source = path if is_hub_id(path) else root
-        tokenizer = vq.load_tokenizer(
-            source,
-            device=settings.device,
-            precision=precision,
-            allow_unverified=settings.allow_unverified,
-        )
-        reason = precision_reason(tokenizer, settings.precision, settings.backend)
-        backend = make_backend(
-            settings.backend,
-            tokenizer,
-            root,
-            threads=settings.torch_threads,
-            allow_unverified=settings.allow_unverified,
-        )
-        cost = self._measure_cost(backend, tokenizer.f)
-        usage = vq.CodebookUsage(tokenizer.codebook_size, window=settings.usage_window)
-        lock = threading.Lock()
-        history = UsageHistory(time.monotonic())
-        wait_s = settings.batch_wait_ms / 1000.0
-        per_pixel_seen = self.metrics.pass_bytes_per_pixel
-        encoder = MicroBatcher(
-            _encode_fn(
-                backend,
-                tokenizer.codebook_size,
-                usage,
-                lock,
-                history,
-                per_pixel_seen.labels(name, "tokenize").observe,
-            ),
-            executor=executor,
-            max_batch_size=settings.effective_batch_size,
-            max_wait_s=wait_s,
-            max_batch_numel=3 * settings.max_batch_pixels,  # items are (3, H, W)
-            on_batch=self.metrics.batch_size.labels(name, "tokenize").observe,
-            max_queue=settings.max_queue,
-        )
-        f = tokenizer.f
-        decoder = MicroBatcher(
-            _measured(
-                backend.decode,
-                lambda c: c.numel() * f * f,
-                per_pixel_seen.labels(name, "detokenize").observe,
-            ),
-            executor=executor,
-            max_batch_size=settings.effective_batch_size,
-            max_wait_s=wait_s,
-            # items are (h, w) code grids; each becomes h * w * f^2 pixels
-            max_batch_numel=max(1, settings.max_batch_pixels // tokenizer.f**2),
-            on_batch=self.metrics.batch_size.labels(name, "detokenize").observe,
-            max_queue=settings.max_queue,
-        )
-        logger.info(
-            "loaded model %r from %s: %r; backend %s (%s); precision %s (%s); memory per pixel: "
-            "encode %d B, decode %d B",
-            name,
-            root,
-            tokenizer,
-            backend.name,
-            backend.source,
-            backend.precision,
-            reason,
-            cost.encode_per_pixel,
-            cost.decode_per_pixel,
-        )
-        return ServedModel(
-            name=name,
-            path=root,
-            tokenizer=tokenizer,
-            backend=backend,
-            usage=usage,
-            cost=cost,
-            encoder=encoder,
-            decoder=decoder,
-            precision_reason=reason,
-            usage_lock=lock,
-            history=history,
-        )
-
-    def _make_budget(self) -> tuple[MemoryBudget, MemoryBudget]:
-        """The pools requests reserve from, (model passes, bodies): the budget less what the
-        loaded process holds, split INPUT_SHARE for reading and parsing bodies."""
-        settings = self.settings
-        total = settings.memory_budget or default_budget()
-        baseline = current_rss()
-        pool = total - baseline
-        if pool < 16 * 2**20:
-            raise StartupError(
-                f"memory_budget={total} bytes leaves {pool} bytes for requests after the "
-                f"loaded models ({baseline} bytes resident); raise VQ_MEMORY_BUDGET"
-            )
-        logger.info(
-            "memory budget %.2f GiB: %.2f GiB resident after loading, %.2f GiB for requests",
-            total / 2**30,
-            baseline / 2**30,
-            pool / 2**30,
-        )
-        inputs = int(pool * INPUT_SHARE)
-        compute = pool - inputs
-        for model in self.models.values():
-            side = int((compute / model.cost.tokenize(1, 1)) ** 0.5) // model.f * model.f
-            logger.info(
-                "model %r: the largest single image the pool takes is %dx%d (max_image_side %d)",
-                model.name,
-                side,
-                side,
-                settings.max_image_side,
-            )
-            image_side = int((compute / model.cost.tokenize(1, 1)) ** 0.5)
-            grid_side = int((compute / model.cost.detokenize(1)) ** 0.5) // model.f
-            too_big = []
-            if settings.max_image_side > image_side:
-                too_big.append(f"max_image_side {settings.max_image_side} (at most {image_side})")
-            if settings.max_grid_side > grid_side:
-                too_big.append(f"max_grid_side {settings.max_grid_side} (at most {grid_side})")
-            if too_big:
-                raise StartupError(
-                    f"model {model.name!r} cannot run one request of the largest admitted size "
-                    f"in the {compute / 2**20:.0f} MiB the budget leaves for model passes: "
-                    f"{' and '.join(too_big)}; raise memory_budget (VQ_MEMORY_BUDGET) or lower "
-                    "those settings"
-                )
-        return MemoryBudget(compute), MemoryBudget(inputs)
-
-    async def load(self) -> None:
-        """Load every configured artifact (off the event loop) and start the batchers."""
-        settings = self.settings
-        if settings.device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("device=cuda was asked for but torch sees no CUDA device")
-        check_backend_available(settings)
-        fix_mmap_threshold()
-        if settings.torch_threads is not None:
-            torch.set_num_threads(settings.torch_threads)
-        self._executor = ThreadPoolExecutor(
-            max_workers=1,
-            thread_name_prefix="vq-inference",
-            initializer=_lower_priority,
-            initargs=(settings.inference_nice,),
-        )
-        loop = asyncio.get_running_loop()
-        for name, path in settings.models.items():
-            try:
-                model = await loop.run_in_executor(
-                    self._executor, self._load_one, name, path, self._executor
-                )
-            except (StartupError, ValueError, OSError) as exc:  # vq.ArtifactError, a bad file
-                raise StartupError(f"model {name!r}: {_one_line(exc)}") from None
-            model.encoder.start()
-            model.decoder.start()
-            self.models[name] = model
-        self._budget, self._input_budget = self._make_budget()
+    def open(self, budget: MemoryBudget, input_budget: MemoryBudget) -> None:
+        """Every model is held: take the pools requests reserve from and turn ready."""
+        self._budget, self._input_budget = budget, input_budget
         self.ready = True
         logger.info("ready: serving %s", ", ".join(self.models))
-
-    async def load_or_report(self, on_failure: Callable[[str], None]) -> None:
-        """``load``, for a server that already listens: a failure is reported as one line
-        (``on_failure``, which stops the server), a bug with its traceback as well."""
-        try:
-            await self.load()
-        except (StartupError, RuntimeError, ValueError, OSError) as exc:
-            on_failure(_one_line(exc))
-        except Exception as exc:
-            logger.exception("loading the models failed")
-            on_failure(f"loading the models failed: {type(exc).__name__}: {_one_line(exc)}")
 
     @property
     def budget(self) -> MemoryBudget:
         """The pool of model passes, decoded pixels and result images."""
         if self._budget is None:
             self.require_ready()
-            raise APIError(503, "not_ready", "the memory budget is not set up yet")
+            raise NotReady("the memory budget is not set up yet")
         return self._budget
 
     @property
@@ -453,7 +162,7 @@ class ServiceState:
         """The pool of request bodies being read and parsed."""
         if self._input_budget is None:
             self.require_ready()
-            raise APIError(503, "not_ready", "the memory budget is not set up yet")
+            raise NotReady("the memory budget is not set up yet")
         return self._input_budget
 
     def backlog_s(self) -> float:
@@ -475,32 +184,20 @@ class ServiceState:
         for model in self.models.values():
             for batcher in (model.encoder, model.decoder):
                 await batcher.stop()
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+            self.executor = None
 
     def require_ready(self) -> None:
         if self.draining:
-            raise APIError(
-                503,
-                "shutting_down",
-                "the service is shutting down; retry on another replica",
-                headers={"Retry-After": "1"},
-            )
+            raise ShuttingDown("the service is shutting down; retry on another replica")
         if not self.ready:
-            raise APIError(
-                503,
-                "not_ready",
-                "models are still loading; retry shortly",
-                headers={"Retry-After": "1"},
-            )
+            raise NotReady("models are still loading; retry shortly")
 
     def get(self, name: str) -> ServedModel:
         self.require_ready()
         model = self.models.get(name)
         if model is None:
             known = ", ".join(sorted(self.models)) or "none"
-            raise APIError(
-                404, "unknown_model", f"model {name!r} is not served; known models: {known}"
-            )
+            raise UnknownModel(f"model {name!r} is not served; known models: {known}")
         return model

@@ -23,13 +23,12 @@ from service.admission import (
 )
 from service.budget import json_parse_bytes
 from service.deps import SettingsDep, StateDep
-from service.errors import unprocessable
+from service.errors import APIError, ErrorCode, ErrorResponse
 from service.images import encode_png
 from service.schemas import (
     DetokenizeBatchRequest,
     DetokenizeBatchResponse,
     DetokenizeRequest,
-    ErrorResponse,
 )
 from service.settings import Settings
 from service.state import ServedModel, ServiceState
@@ -55,23 +54,24 @@ def check_grid(
     h, w = len(rows), len(rows[0])
     for i, row in enumerate(rows):
         if len(row) != w:
-            raise unprocessable(
+            raise APIError(
+                ErrorCode.INVALID_CODES,
                 f"{label} is ragged: row {i} has {len(row)} codes, row 0 has {w}; "
                 "every row needs the same length",
-                "invalid_codes",
             )
     if h > max_side or w > max_side:
-        raise unprocessable(
+        raise APIError(
+            ErrorCode.GRID_TOO_LARGE,
             f"{label} is {format_size(h, w)} codes; the limit is {max_side} codes per side "
             "(setting max_grid_side)",
-            "grid_too_large",
         )
     low = min(min(row) for row in rows)
     high = max(max(row) for row in rows)
     if low < 0 or high >= codebook_size:
         bad = low if low < 0 else high
-        raise unprocessable(
-            f"{label} holds code id {bad}; ids must lie in [0, {codebook_size})", "invalid_codes"
+        raise APIError(
+            ErrorCode.INVALID_CODES,
+            f"{label} holds code id {bad}; ids must lie in [0, {codebook_size})",
         )
     return torch.tensor(rows, dtype=torch.int64)  # (h, w)
 
@@ -116,10 +116,10 @@ def _parse(
     served = state.get(parsed.model)
     rows = [parsed.codes] if isinstance(parsed, DetokenizeRequest) else parsed.batch
     if len(rows) > settings.max_images_per_request:
-        raise unprocessable(
+        raise APIError(
+            ErrorCode.TOO_MANY_IMAGES,
             f"{len(rows)} grids in one request; the limit is "
             f"{settings.max_images_per_request} (setting max_images_per_request)",
-            "too_many_images",
         )
     labels = (
         ["codes"]

@@ -7,8 +7,8 @@ from typing import Any
 from fastapi import APIRouter
 
 from service.deps import StateDep
+from service.errors import ErrorResponse
 from service.schemas import (
-    ErrorResponse,
     ModelInfo,
     ModelList,
     UsageHistoryPoint,

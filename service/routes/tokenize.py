@@ -26,9 +26,9 @@ from service.admission import (
 )
 from service.budget import upload_bytes
 from service.deps import SettingsDep, StateDep
-from service.errors import APIError, bad_request, unprocessable
+from service.errors import APIError, ErrorCode, ErrorResponse
 from service.images import FitMode, fitted_size, header_size, load_image
-from service.schemas import ErrorResponse, TokenizeJSONRequest, TokenizeResponse, TokenizeResult
+from service.schemas import TokenizeJSONRequest, TokenizeResponse, TokenizeResult
 from service.settings import Settings
 from service.state import ServedModel, ServiceState
 
@@ -70,11 +70,13 @@ def _b64decode(text: str, label: str) -> bytes:
         # data:image/png;base64,....
         header, sep, text = text.partition(",")
         if not sep or not header.endswith(";base64"):
-            raise bad_request(f"{label} is a data: URL without ';base64,' data", "invalid_base64")
+            raise APIError(
+                ErrorCode.INVALID_BASE64, f"{label} is a data: URL without ';base64,' data"
+            )
     try:
         return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise bad_request(f"{label} is not valid base64: {exc}", "invalid_base64") from None
+        raise APIError(ErrorCode.INVALID_BASE64, f"{label} is not valid base64: {exc}") from None
 
 
 async def _multipart_payloads(request: Request, settings: Settings) -> list[tuple[str, bytes]]:
@@ -82,14 +84,15 @@ async def _multipart_payloads(request: Request, settings: Settings) -> list[tupl
     try:
         parts = form.getlist("files")
         if not parts:
-            raise unprocessable(
-                "no images: send them as multipart file fields named 'files'", "no_images"
+            raise APIError(
+                ErrorCode.NO_IMAGES, "no images: send them as multipart file fields named 'files'"
             )
         payloads = []
         for i, part in enumerate(parts):
             if not isinstance(part, UploadFile):
-                raise unprocessable(
-                    f"files[{i}] is a text field; send image files under 'files'", "invalid_image"
+                raise APIError(
+                    ErrorCode.NOT_A_FILE,
+                    f"files[{i}] is a text field; send image files under 'files'",
                 )
             payloads.append((f"files[{i}] ({part.filename})", await part.read()))
         return payloads
@@ -103,10 +106,10 @@ def _parse_json(body: bytes, settings: Settings) -> list[tuple[str, bytes]]:
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from None
     if len(parsed.images) > settings.max_images_per_request:
-        raise unprocessable(
+        raise APIError(
+            ErrorCode.TOO_MANY_IMAGES,
             f"{len(parsed.images)} images in one request; the limit is "
             f"{settings.max_images_per_request} (setting max_images_per_request)",
-            "too_many_images",
         )
     return [
         (f"images[{i}]", _b64decode(text, f"images[{i}]")) for i, text in enumerate(parsed.images)
@@ -212,8 +215,7 @@ async def tokenize(
         read = _json_payloads
     else:
         raise APIError(
-            415,
-            "unsupported_media_type",
+            ErrorCode.UNSUPPORTED_MEDIA_TYPE,
             f"content-type {media or 'missing'!r} is not supported; send multipart/form-data "
             "with 'files' or application/json with {'images': [base64, ...]}",
         )

@@ -15,7 +15,8 @@ from PIL import Image
 import vq
 from service.app import create_app
 from service.client import Client, ServiceError
-from service.state import StartupError
+from service.errors import ErrorCode
+from service.loader import StartupError
 from tests.service.helpers import (
     CODEBOOK_SIZE,
     F,
@@ -42,6 +43,7 @@ def assert_error(response: object, status: int, code: str, *words: str) -> None:
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
     assert body["code"] == code, body
+    assert ErrorCode(code).status == status  # the code's one status (service/errors.py)
     for word in words:
         assert word in body["detail"], body
 
@@ -314,6 +316,19 @@ def test_unknown_model_is_404_everywhere(app_client: TestClient) -> None:
     assert_error(app_client.get("/v1/models/nope/usage"), 404, "unknown_model")
 
 
+def test_the_frameworks_own_errors_have_codes(app_client: TestClient) -> None:
+    assert_error(app_client.get("/v2/nothing"), 404, "not_found")
+    response = app_client.get("/v1/tokenize")
+    assert_error(response, 405, "method_not_allowed")
+    assert "POST" in response.headers["allow"]
+    response = app_client.post(
+        "/v1/tokenize",
+        content=b"--x\r\nnot a part",
+        headers={"content-type": "multipart/form-data; boundary=x"},
+    )
+    assert_error(response, 400, "bad_request")
+
+
 @pytest.mark.parametrize(
     ("path", "body", "code", "word"),
     [
@@ -385,7 +400,7 @@ def test_unsupported_content_type_and_missing_files(app_client: TestClient) -> N
     response = app_client.post(
         "/v1/tokenize", data={"files": "just text"}, files={"other": ("a.png", b"x")}
     )
-    assert_error(response, 422, "invalid_image", "text field")
+    assert_error(response, 422, "not_a_file", "text field")
 
 
 def test_too_many_images(artifact_dir: Path) -> None:

@@ -1,11 +1,14 @@
-"""docs/api.md agrees with the code: its samples show the shipped default model, each error
-code has one meaning, and what it says the Docker health check polls is what it polls."""
+"""docs/api.md agrees with the code: its samples show the shipped default model, its error
+table is the ErrorCode enum (one row, one status per code), and what it says the Docker health
+check polls is what it polls."""
 
 from __future__ import annotations
 
 import json
 import re
 from pathlib import Path
+
+from service.errors import ErrorCode
 
 REPO = Path(__file__).resolve().parents[2]
 API = (REPO / "docs" / "api.md").read_text()
@@ -21,15 +24,22 @@ def test_samples_show_the_default_model() -> None:
     assert sizes == {quantizer["codebook_size"]}, sizes
 
 
+ERRORS = API.split("## Errors", 1)[1].split("## Settings", 1)[0]
+ROWS = re.findall(r"^\| (\d{3}) \| `([a-z0-9_]+)` \|", ERRORS, flags=re.M)
+
+
 def test_each_error_code_has_one_row() -> None:
-    table = API.split("## Errors", 1)[1].split("## Settings", 1)[0]
-    rows = re.findall(r"^\| (\d{3}) \| `([a-z_]+)` \|", table, flags=re.M)
-    codes = [code for _, code in rows]
+    codes = [code for _, code in ROWS]
     assert len(codes) == len(set(codes)), sorted(c for c in codes if codes.count(c) > 1)
     assert "internal_error" in codes and "internal" not in codes
-    assert dict((code, status) for status, code in rows)["body_timeout"] == "408"
-    prose = re.findall(r"A 500 \(`([a-z_]+)`\)", table)
+    prose = re.findall(r"A 500 \(`([a-z_]+)`\)", ERRORS)
     assert prose == ["internal_error"]
+
+
+def test_the_error_table_is_the_error_code_enum() -> None:
+    documented = {code: int(status) for status, code in ROWS}
+    assert documented == {code.value: code.status for code in ErrorCode}
+    assert documented["body_timeout"] == 408 and documented["timeout"] == 503
 
 
 def test_the_docker_health_check_is_what_the_dockerfile_polls() -> None:

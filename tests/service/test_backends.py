@@ -20,8 +20,8 @@ from skimage import data as skdata
 
 from service.app import create_app
 from service.cli import build_parser, main, settings_from_args
+from service.loader import StartupError, check_backend_available, check_models
 from service.settings import Settings
-from service.state import StartupError, check_backend_available, check_models
 from tests.service.helpers import encode_file, make_settings
 
 ort = pytest.importorskip("onnxruntime")

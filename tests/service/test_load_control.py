@@ -25,8 +25,8 @@ from service.app import create_app
 from service.batcher import DeadlineExceeded, MicroBatcher, QueueFull
 from service.budget import BudgetExceeded, MemoryBudget, ModelCost, current_rss, per_pixel
 from service.cli import build_parser, settings_from_args
+from service.loader import StartupError
 from service.settings import Settings
-from service.state import StartupError
 from tests.service.helpers import (
     encode_file,
     make_settings,

@@ -15,14 +15,16 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import uvicorn
 
+from service import loader
 from service.app import create_app
 from service.cli import DrainingServer
-from service.state import ServiceState
+from service.state import ServedModel
 from tests.service.helpers import encode_file, free_port, make_settings, random_image, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,17 +35,17 @@ PNG = encode_file(random_image(8, 8))
 def loading_server(artifact_dir: Path, gate: threading.Event) -> Iterator[str]:
     """A server whose model load waits for ``gate``; loading in the background as vq-serve's."""
     port = free_port()
-    original = ServiceState._load_one
+    original = loader.load_model
 
-    def slow_load(self: ServiceState, *args: object) -> object:
+    def slow_load(*args: Any) -> ServedModel:
         assert gate.wait(30)
-        return original(self, *args)  # type: ignore[arg-type]
+        return original(*args)
 
     failures: list[str] = []
     app = create_app(make_settings(artifact_dir), on_load_failure=failures.append)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     server = DrainingServer(config, app.state.service)
-    ServiceState._load_one = slow_load  # type: ignore[method-assign]
+    loader.load_model = slow_load
     thread = threading.Thread(target=server.run, daemon=True)
     try:
         thread.start()
@@ -53,7 +55,7 @@ def loading_server(artifact_dir: Path, gate: threading.Event) -> Iterator[str]:
         gate.set()
         server.should_exit = True
         thread.join(timeout=20)
-        ServiceState._load_one = original  # type: ignore[method-assign]
+        loader.load_model = original
     assert failures == []
 
 
