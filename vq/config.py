@@ -321,7 +321,7 @@ class VQVAEConfig:
     num_res_blocks: residual blocks per level (the VQGAN decoder has one more per level).
     code_dim: channels of z, the quantizer's input. Unset: 32 for kind="vq",
         len(levels) for kind="fsq" (set it for FSQ and the quantizer projects).
-    quantizer: the quantizer's config (unset: ``VQConfig()``).
+    quantizer: the quantizer's config, or a mapping of one (unset: ``VQConfig()``).
 
     Settable for "vqgan" only; "vqvae" has the values named (its encoder's first conv has
     widths[0] channels, its last widths[-1], it has no attention and mirrors its widths):
