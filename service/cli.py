@@ -2,7 +2,8 @@
 
     vq-serve [--host H] [--port P] [--model NAME=PATH ...] [--device cpu|cuda] ...
 
-Flags override the ``VQ_*`` environment variables, which override the defaults.
+The flags are ``service.settings.Settings``'s fields (pydantic-settings' command-line
+source); they override the ``VQ_*`` environment variables, which override the defaults.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 from pydantic import ValidationError
+from pydantic_settings import CliApp, CliSettingsSource
 
 from service.app import create_app
 from service.limits import header_timeout_protocol
@@ -93,105 +95,38 @@ class DrainingServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+# pydantic-settings names a flag's value after its type (``dict[str,str]``, ``int``); these
+# say what to write.
+_METAVARS = {"models": "NAME=PATH", "memory_budget": "SIZE", "precision": "{fp32,bf16,auto}"}
+
+
+def _add_argument(parser: argparse.ArgumentParser, *names: str, **kwargs: Any) -> argparse.Action:
+    if kwargs.get("dest") in _METAVARS:
+        kwargs["metavar"] = _METAVARS[kwargs["dest"]]
+    return parser.add_argument(*names, **kwargs)
+
+
+def settings_source() -> CliSettingsSource[Settings]:
+    """The command line of ``Settings``: a flag per field (``--max-queue``, ``--model`` for
+    ``models``, ``--allow-unverified`` and ``--no-batching`` for the booleans; how the names
+    are made is in ``Settings.model_config``), each over its ``VQ_*`` variable."""
+    parser = argparse.ArgumentParser(
         prog="vq-serve",
-        description="Serve image tokenizers over HTTP (tokenize, detokenize, usage, dashboard).",
+        description="Serve image tokenizers over HTTP (tokenize, detokenize, usage, dashboard). "
+        "Flags override the VQ_* environment variables, which override the defaults.",
     )
-    p.add_argument("--host", help="interface to bind (default 127.0.0.1; env VQ_HOST)")
-    p.add_argument("--port", type=int, help="port (default 8000; env VQ_PORT)")
-    p.add_argument(
-        "--model",
-        action="append",
-        metavar="NAME=PATH",
-        help="artifact directory (or Hugging Face Hub repo id owner/name) to serve under NAME; "
-        "repeat for several models (default default=models/default, relative to the current "
-        "directory; a local path that exists wins over a Hub id; env VQ_MODELS)",
-    )
-    p.add_argument(
-        "--allow-unverified",
-        action="store_true",
-        help="serve artifacts without checksums (no 'files' list in config.json, ONNX graphs "
-        "it does not list), each with a logged warning; refused otherwise "
-        "(env VQ_ALLOW_UNVERIFIED=true)",
-    )
-    p.add_argument("--device", choices=["cpu", "cuda"], help="env VQ_DEVICE")
-    p.add_argument(
-        "--precision",
-        help="fp32, bf16 or auto: bf16 where the device runs it natively (env VQ_PRECISION)",
-    )
-    p.add_argument(
-        "--backend",
-        help="torch (default) or onnxruntime: what runs the encoder and decoder (onnxruntime: "
-        "float32 ONNX graphs on the CPU, needs pip install onnxruntime; env VQ_BACKEND)",
-    )
-    p.add_argument(
-        "--memory-budget",
-        help="the process's memory, e.g. 8G (default: half the machine; env VQ_MEMORY_BUDGET)",
-    )
-    p.add_argument(
-        "--request-timeout-s",
-        type=float,
-        help="503 for requests not answered in time (default 60; env VQ_REQUEST_TIMEOUT_S)",
-    )
-    p.add_argument(
-        "--max-queue",
-        type=int,
-        help="items waiting per model before 503 (default 256; env VQ_MAX_QUEUE)",
-    )
-    p.add_argument(
-        "--drain-timeout-s",
-        type=float,
-        help="on SIGTERM, how long in-flight requests may finish (default 70; env "
-        "VQ_DRAIN_TIMEOUT_S)",
-    )
-    p.add_argument(
-        "--torch-threads", type=int, help="torch intra-op threads (env VQ_TORCH_THREADS)"
-    )
-    p.add_argument(
-        "--max-batch-size", type=int, help="images per forward pass (env VQ_MAX_BATCH_SIZE)"
-    )
-    p.add_argument(
-        "--batch-wait-ms", type=float, help="max wait for a batch to fill (env VQ_BATCH_WAIT_MS)"
-    )
-    p.add_argument(
-        "--no-batching",
-        action="store_true",
-        help="one image per forward pass (env VQ_BATCHING=false)",
-    )
-    p.add_argument("--max-upload-bytes", type=int, help="env VQ_MAX_UPLOAD_BYTES")
-    p.add_argument("--max-image-side", type=int, help="env VQ_MAX_IMAGE_SIDE")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    return p
+    return CliSettingsSource(Settings, root_parser=parser, add_argument_method=_add_argument)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``vq-serve``'s argument parser (its ``--help``); ``settings_from_args`` reads what it
+    parsed."""
+    return cast(argparse.ArgumentParser, settings_source().root_parser)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    overrides: dict[str, Any] = {
-        key: value
-        for key, value in (
-            ("host", args.host),
-            ("port", args.port),
-            ("models", args.model),
-            ("device", args.device),
-            ("torch_threads", args.torch_threads),
-            ("max_batch_size", args.max_batch_size),
-            ("batch_wait_ms", args.batch_wait_ms),
-            ("max_upload_bytes", args.max_upload_bytes),
-            ("max_image_side", args.max_image_side),
-            ("precision", args.precision),
-            ("backend", args.backend),
-            ("memory_budget", args.memory_budget),
-            ("request_timeout_s", args.request_timeout_s),
-            ("max_queue", args.max_queue),
-            ("drain_timeout_s", args.drain_timeout_s),
-        )
-        if value is not None
-    }
-    if args.no_batching:
-        overrides["batching"] = False
-    if args.allow_unverified:
-        overrides["allow_unverified"] = True
-    return Settings(**overrides)
+    """Settings from parsed flags over the environment (ValidationError for bad values)."""
+    return CliApp.run(Settings, cli_args=args, cli_settings_source=settings_source())
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -202,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (ValidationError, ValueError) as exc:
         parser.error(str(exc))
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     # The port first: a port already taken ends here, before any model is loaded; then the
     # server answers /healthz (and /readyz 503 "loading") while the models load behind it.
@@ -232,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         app,
         host=settings.host,
         port=settings.port,
-        log_level=args.log_level,
+        log_level=settings.log_level,
         # uvicorn's own drain: after SIGTERM it stops accepting, lets open requests finish
         # for this long, then runs the app's shutdown.
         timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),

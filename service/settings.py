@@ -14,7 +14,7 @@ from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, CliToggleFlag, NoDecode, SettingsConfigDict
 
 from service.backends import BackendName, check_backend
 from vq.precision import Precision, check_precision
@@ -85,88 +85,114 @@ def parse_model_specs(value: Any) -> dict[str, str]:
 
 
 class Settings(BaseSettings):
-    """Everything the service can be told. Environment: ``VQ_<FIELD>`` (case-insensitive)."""
+    """Everything the service can be told. Environment: ``VQ_<FIELD>`` (case-insensitive);
+    ``vq-serve``'s command line: ``--<field>`` in kebab case (``service.cli``).
 
-    model_config = SettingsConfigDict(env_prefix="VQ_", extra="ignore")
+    The attribute docstrings are the flags' help."""
 
-    # Artifact directories (config.json + model.safetensors) by serving name. Relative paths
-    # are resolved against the current directory when the service starts.
-    # Env: VQ_MODELS="default=models/default,fsq=/srv/tokenizers/fsq" (or a JSON object).
-    models: Annotated[dict[str, str], NoDecode] = Field(
-        default_factory=lambda: {"default": "models/default"}
+    model_config = SettingsConfigDict(
+        env_prefix="VQ_",
+        extra="ignore",
+        use_attribute_docstrings=True,
+        # How the command line is made from the fields, when service.cli asks for one (never
+        # here: Settings() reads no sys.argv).
+        cli_kebab_case=True,
+        cli_shortcuts={"models": "model"},
+        cli_hide_none_type=True,
+        cli_show_env_vars=True,
     )
-    # Serve artifacts without checksums (config.json with no "files" list, ONNX graphs it does
-    # not list): off, they are refused at start-up; on, each is loaded with a logged warning.
-    allow_unverified: bool = False
+
+    # pydantic copies a mutable default for each instance.
+    models: Annotated[dict[str, str], NoDecode] = {"default": "models/default"}
+    """Artifact directory (config.json + model.safetensors) or Hugging Face Hub repo id
+    (owner/name) to serve under NAME; repeat for several models. Relative paths are resolved against the current directory at start-up; a local path that
+    exists wins over a Hub id. Env: comma-separated pairs or a JSON object."""
+    # CliToggleFlag: one flag, which sets the value that is not the default.
+    allow_unverified: CliToggleFlag[bool] = False
+    """Serve artifacts without checksums (no 'files' list in config.json, ONNX graphs it does
+    not list), each with a logged warning; refused otherwise."""
     host: str = "127.0.0.1"
+    """Interface to bind."""
     port: int = Field(default=8000, ge=0, le=65535)
+    """Port to listen on."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Level of the service's and uvicorn's logs."""
 
-    # Request limits (bad input gets a 4xx, see docs/api.md).
-    max_upload_bytes: int = Field(default=20 * MiB, ge=1)  # whole request body; 413 beyond
-    # The side limits are checked on the image header / grid shape before any work; the
-    # defaults keep one maximal request of the default model to 1.2 GB (bf16; 2.1 GB fp32)
-    # and well inside request_timeout_s on 2 busy cores (docs/operations.md has the
-    # measurements). Memory itself is policed by memory_budget below.
-    max_image_side: int = Field(default=2048, ge=1)  # pixels, either side, checked before decoding
+    # Request limits (bad input gets a 4xx, see docs/api.md). The side limits are checked on
+    # the image header / grid shape before any work; the defaults keep one maximal request of
+    # the default model well inside request_timeout_s on 2 busy cores (docs/operations.md has
+    # the measurements). Memory itself is policed by memory_budget.
+    max_upload_bytes: int = Field(default=20 * MiB, ge=1)
+    """Whole request body; 413 beyond."""
+    max_image_side: int = Field(default=2048, ge=1)
+    """Pixels, either side, checked from the image header before decoding; 413 beyond."""
     max_images_per_request: int = Field(default=64, ge=1)
-    max_grid_side: int = Field(default=256, ge=1)  # detokenize: code grid rows/columns
+    """Images per tokenize request, grids per detokenize batch."""
+    max_grid_side: int = Field(default=256, ge=1)
+    """Detokenize: rows / columns of a code grid."""
 
-    # Memory admission control (service/budget.py): the process's total memory, in bytes or
-    # with a binary unit ("12G"). None: half of the machine's (or cgroup's) memory. Requests
-    # reserve their predicted peak before decoding; one that can never fit gets 413, others
-    # wait for room (up to request_timeout_s).
     memory_budget: Annotated[int | None, NoDecode] = None
-    memory_probe_side: int = Field(default=256, ge=1)  # probe image side for the measurement
-    # Load shedding: at most max_queue items (images or grids) wait per model and direction;
-    # beyond that 503 + Retry-After at once. A request not answered within
-    # request_timeout_s gets 503 and its queued items never run.
+    """The process's memory, bytes or with a binary unit, e.g. 8G (default: half of the
+    machine's or cgroup's memory). Requests reserve their predicted peak before decoding
+    (service/budget.py); one that can never fit gets 413, others wait for room (up to
+    request_timeout_s)."""
+    memory_probe_side: int = Field(default=256, ge=1)
+    """Side of the probe image with which the memory per pixel is measured at start-up."""
     max_queue: int = Field(default=256, ge=1)
-    # At most this many tokenize/detokenize requests processed at once (counted from when
-    # their body is complete); 503 beyond. Bodies still arriving count only against
-    # max_reading_bodies, so slow uploads cannot keep other requests out.
+    """Items (images or grids) waiting per model and direction; beyond, 503 + Retry-After at
+    once."""
     max_concurrent_requests: int = Field(default=64, ge=1)
+    """Tokenize/detokenize requests processed at once (counted from when their body is
+    complete); 503 beyond. Bodies still arriving count only against max_reading_bodies, so
+    slow uploads cannot keep other requests out."""
     max_reading_bodies: int = Field(default=256, ge=1)
-    # A connection must send a request's complete header within header_timeout_s of
-    # opening (or of its first byte after an idle keep-alive); it is closed otherwise.
+    """Request bodies still arriving at once; 503 beyond."""
     header_timeout_s: float = Field(default=10.0, gt=0.0)
+    """A connection must send a request's complete header within this long of opening (or of
+    its first byte after an idle keep-alive); it is closed otherwise."""
     request_timeout_s: float = Field(default=60.0, gt=0.0)
-    # Slow clients: a body must arrive within body_timeout_s and, after its first
-    # body_grace_s, at min_body_rate bytes/s on average; 408 otherwise.
+    """503 for a request not answered in time; its queued items never run."""
     body_timeout_s: float = Field(default=60.0, gt=0.0)
+    """Slow clients: a body must arrive within this long and, after its first body_grace_s,
+    at min_body_rate bytes/s on average; 408 otherwise."""
     body_grace_s: float = Field(default=5.0, ge=0.0)
     min_body_rate: int = Field(default=16 * 1024, ge=0)
-    # SIGTERM: readiness turns 503 and new requests get 503 + "Connection: close" for
-    # shutdown_delay_s (so balancers and keep-alive clients move away without a request
-    # racing a closing connection); then the listener closes and in-flight requests get
-    # drain_timeout_s to finish.
     shutdown_delay_s: float = Field(default=2.0, ge=0.0)
+    """On SIGTERM, readiness turns 503 and new requests get 503 + 'Connection: close' for
+    this long (so balancers and keep-alive clients move away without a request racing a
+    closing connection); then the listener closes."""
     drain_timeout_s: float = Field(default=70.0, ge=0.0)
-    # Nice value of the inference thread (and the torch threads it starts): above the event
-    # loop's, so that probes, parsing and shedding stay responsive while compute saturates
-    # the cores. 0 turns it off.
+    """After shutdown_delay_s, how long in-flight requests may finish."""
     inference_nice: int = Field(default=5, ge=0, le=19)
+    """Nice value of the inference thread (and the torch threads it starts): above the event
+    loop's, so that probes, parsing and shedding stay responsive while compute saturates the
+    cores. 0 turns it off."""
 
-    # Micro-batching: concurrent requests for one model share a forward pass of up to
-    # max_batch_size images, waiting at most batch_wait_ms for company. batching=False (or
-    # max_batch_size=1) runs every image on its own.
-    batching: bool = True
+    batching: CliToggleFlag[bool] = True
+    """Turn micro-batching off: one image per forward pass. On (the default), concurrent
+    requests for one model share a forward pass of up to max_batch_size images, waiting at
+    most batch_wait_ms for company."""
     max_batch_size: int = Field(default=32, ge=1)
+    """Images per forward pass."""
     batch_wait_ms: float = Field(default=2.0, ge=0.0)
-    # Also caps a batch's total pixels (memory: activations grow with N * H * W); the
-    # default takes 32 images of 256 x 256, 8 of 512 x 512, and big images one at a time.
+    """Longest wait for a batch to fill."""
     max_batch_pixels: int = Field(default=32 * 256 * 256, ge=1)
+    """Total pixels of a batch (activations grow with N * H * W): the default takes 32
+    images of 256 x 256, 8 of 512 x 512, and big images one at a time."""
 
     device: Literal["cpu", "cuda"] = "cpu"
-    # fp32 or bf16 (vq/precision.py); None ("auto"): bf16 where the device runs it natively
-    # (unless the artifact recommends fp32), else fp32. The start-up log says which and why.
+    """Where the models run."""
     precision: Precision | None = None
-    # What runs the encoder and decoder (service/backends.py): torch (the Tokenizer, at
-    # `precision`) or onnxruntime (the vq.onnx_export graphs, float32, CPU; the measured
-    # trade-off is in docs/operations.md, "Backend").
+    """fp32, bf16 or auto (vq/precision.py): bf16 where the device runs it natively (unless
+    the artifact recommends fp32), else fp32. The start-up log says which and why."""
     backend: BackendName = "torch"
-    # Intra-op threads of torch, or of the onnxruntime sessions. None: the library's default.
+    """What runs the encoder and decoder (service/backends.py): torch (the Tokenizer, at
+    precision) or onnxruntime (the vq.onnx_export graphs, float32, CPU; needs pip install
+    onnxruntime; docs/operations.md, "Backend")."""
     torch_threads: int | None = Field(default=None, ge=1)
-    usage_window: int = Field(default=65536, ge=1)  # tokens in the served-usage window
+    """Intra-op threads of torch, or of the onnxruntime sessions (default: the library's)."""
+    usage_window: int = Field(default=65536, ge=1)
+    """Tokens in the served-usage window."""
 
     @field_validator("models", mode="before")
     @classmethod

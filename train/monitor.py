@@ -27,7 +27,7 @@ def _logs_this_step(trainer: L.Trainer) -> bool:
 def collapse_fix(pl_module: L.LightningModule) -> str:
     """The remedy for a collapsed codebook, for the quantizer being trained."""
     config = getattr(pl_module, "config", None)
-    q = getattr(config, "resolved_quantizer", None)
+    q = getattr(config, "quantizer", None)
     if q is not None and q.kind == "vq" and getattr(q, "codebook", None) == "plain":
         if q.codebook_init != "data" or q.dead_code_threshold <= 0:
             return (

@@ -110,13 +110,13 @@ def _jsonable(value: Any, where: str) -> Any:
 def quantizer_summary(model: VQVAE) -> dict[str, Any]:
     """config.json's "quantizer" section: what readers (the service's /v1/models) show."""
     cfg = model.config
-    q = cfg.resolved_quantizer
+    q = cfg.quantizer
     vq = q if isinstance(q, VQConfig) else None
     return {
         "kind": q.kind,
         "codebook_size": model.codebook_size,
-        "code_dim": cfg.resolved_code_dim,
-        "levels": list(q.resolved_levels) if isinstance(q, FSQConfig) else None,
+        "code_dim": cfg.code_dim,
+        "levels": list(q.levels) if isinstance(q, FSQConfig) else None,
         "grad_estimator": vq.grad_estimator if vq else None,
         "codebook": vq.codebook if vq else None,
         "codebook_norm": vq.codebook_norm if vq else None,

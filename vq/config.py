@@ -10,6 +10,11 @@ values); ``vq.quantizers`` validates its constructor arguments through ``VQConfi
 through JSON (``to_dict`` / ``from_dict``): that is how an artifact rebuilds its network.
 Fields added after format 1 artifacts were written have defaults, so older config.json files
 load unchanged.
+
+A field holds its value: where a default depends on other options (FSQ's levels, the
+network's widths and code dim), the constructor computes it once, so no field is ``None``
+and nothing is resolved later. The constructors' arguments are what LightningCLI reads for
+``model.vqvae`` (an argument left out there is ``None``: the default).
 """
 
 from __future__ import annotations
@@ -118,8 +123,10 @@ def _from_mapping(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
     return dict(data)
 
 
-def _set(obj: object, name: str, value: Any) -> None:
-    object.__setattr__(obj, name, value)  # resolving a default inside a frozen __post_init__
+def _init_fields(obj: object, **values: Any) -> None:
+    """Set the fields of a frozen dataclass from its own ``__init__`` (each once)."""
+    for name, value in values.items():
+        object.__setattr__(obj, name, value)
 
 
 @dataclass(frozen=True)
@@ -190,48 +197,46 @@ class VQConfig:
         return cls(**_from_mapping(cls, data))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class FSQConfig:
-    """Finite scalar quantization (``vq.FSQ``). ``levels`` unset: the FSQ paper's
-    recommendation for ``codebook_size`` (which then becomes their product); set: it must
-    equal ``codebook_size``'s factors' product."""
+    """Finite scalar quantization (``vq.FSQ``): ``levels`` per channel, ``codebook_size`` their
+    product.
 
-    kind: Literal["fsq"] = "fsq"
-    codebook_size: int = 1024
-    levels: tuple[int, ...] | None = None
+    Built from ``levels`` (``codebook_size`` must then equal their product) or from
+    ``codebook_size`` alone: the FSQ paper's recommended levels for it, whose product becomes
+    ``codebook_size``.
+    """
 
-    def __post_init__(self) -> None:
-        check_choice("quantizer.kind", self.kind, ["fsq"])
-        check_int("quantizer.codebook_size", self.codebook_size, minimum=2)
-        if self.levels is None:
-            if self.codebook_size not in FSQ_RECOMMENDED_LEVELS:
+    kind: Literal["fsq"]
+    codebook_size: int
+    levels: tuple[int, ...]
+
+    def __init__(
+        self,
+        kind: Literal["fsq"] = "fsq",
+        codebook_size: int = 1024,
+        levels: tuple[int, ...] | None = None,
+    ) -> None:
+        check_choice("quantizer.kind", kind, ["fsq"])
+        check_int("quantizer.codebook_size", codebook_size, minimum=2)
+        if levels is None:
+            if codebook_size not in FSQ_RECOMMENDED_LEVELS:
                 raise ValueError(
-                    f"quantizer.codebook_size={self.codebook_size} has no recommended FSQ levels; "
+                    f"quantizer.codebook_size={codebook_size} has no recommended FSQ levels; "
                     f"choose one of {sorted(FSQ_RECOMMENDED_LEVELS)} or set quantizer.levels"
                 )
-            levels = FSQ_RECOMMENDED_LEVELS[self.codebook_size]
-            _set(self, "levels", levels)
-            _set(self, "codebook_size", math.prod(levels))
-            return
-        levels = _int_tuple("quantizer.levels", self.levels, minimum=2)
-        _set(self, "levels", levels)
-        if math.prod(levels) != self.codebook_size:
+            levels = FSQ_RECOMMENDED_LEVELS[codebook_size]
+            codebook_size = math.prod(levels)
+        levels = _int_tuple("quantizer.levels", levels, minimum=2)
+        if math.prod(levels) != codebook_size:
             raise ValueError(
-                f"quantizer.codebook_size={self.codebook_size} does not match levels {list(levels)} "
+                f"quantizer.codebook_size={codebook_size} does not match levels {list(levels)} "
                 f"(product {math.prod(levels)}); set codebook_size={math.prod(levels)}"
             )
-
-    @property
-    def resolved_levels(self) -> tuple[int, ...]:
-        assert self.levels is not None  # set in __post_init__
-        return self.levels
+        _init_fields(self, kind=kind, codebook_size=codebook_size, levels=levels)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": "fsq",
-            "codebook_size": self.codebook_size,
-            "levels": list(self.resolved_levels),
-        }
+        return {"kind": "fsq", "codebook_size": self.codebook_size, "levels": list(self.levels)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FSQConfig:
@@ -265,175 +270,185 @@ def QuantizerConfig(**options: Any) -> AnyQuantizerConfig:  # noqa: N802 - kept 
     return quantizer_config(options)
 
 
-@dataclass(frozen=True)
+def _widths(
+    name: str, value: Sequence[int] | None, default: Sequence[int], *, f: int, vqgan: bool
+) -> tuple[int, ...]:
+    """``value`` (``default`` cut to length when None) checked: one width per level of ``f``."""
+    n = int(math.log2(f)) + 1
+    widths = tuple(default[:n]) if value is None else _int_tuple(name, value, minimum=1)
+    if len(widths) != n:
+        raise ValueError(
+            f"{name}={list(widths)} is not allowed for f={f}: expected log2(f) + 1 = "
+            f"{n} positive integers, one per resolution level"
+        )
+    if vqgan and any(w % VQGAN_NORM_GROUPS for w in widths):
+        raise ValueError(
+            f"{name}={list(widths)} is not allowed for architecture='vqgan': GroupNorm"
+            f"({VQGAN_NORM_GROUPS}) needs every width to be a multiple of {VQGAN_NORM_GROUPS}"
+        )
+    return widths
+
+
+def _attn_levels(value: Sequence[int], num_levels: int) -> tuple[int, ...]:
+    levels = () if not value else _int_tuple("attn_levels", value, minimum=0)
+    if any(i >= num_levels for i in levels) or len(set(levels)) != len(levels):
+        raise ValueError(
+            f"attn_levels={list(levels)} is not allowed; expected distinct level indices "
+            f"in [0, {num_levels})"
+        )
+    return tuple(sorted(levels))
+
+
+@dataclass(frozen=True, init=False)
 class VQVAEConfig:
-    """Architecture of the tokenizer network.
+    """Architecture of the tokenizer network. Every field holds the network's value: options
+    left out take the defaults below, filled in once by the constructor.
 
     architecture: "vqvae" (``vq.model``: residual blocks, no attention, stride-2 convs) or
         "vqgan" (``vq.vqgan``: the taming / LlamaGen encoder-decoder with attention).
     f: downsampling factor (the code grid is H/f x W/f).
     widths: channels per resolution level, highest resolution first; exactly log2(f) + 1
-        entries (for "vqgan" ``ch * ch_mult``, each divisible by 32).
+        entries (for "vqgan" ``ch * ch_mult``, each divisible by 32). Unset: a ladder per
+        architecture, cut to length.
     num_res_blocks: residual blocks per level (the VQGAN decoder has one more per level).
     code_dim: channels of z, the quantizer's input. Unset: 32 for kind="vq",
         len(levels) for kind="fsq" (set it for FSQ and the quantizer projects).
+    quantizer: the quantizer's config, or a mapping of one (unset: ``VQConfig()``).
 
-    "vqgan" only (unset: the defaults named):
+    Settable for "vqgan" only; "vqvae" has the values named (its encoder's first conv has
+    widths[0] channels, its last widths[-1], it has no attention and mirrors its widths):
     stem_width: channels of ``conv_in`` (taming's ``ch``); widths[0].
     z_channels: encoder output before ``quant_conv``; widths[-1].
     attn_levels: levels whose residual blocks are each followed by attention, in the encoder
-        and the decoder (the middle block always has one); (levels - 1,), the lowest
-        resolution, as LlamaGen. taming's ``attn_resolutions`` = {resolution / 2**i}.
+        and the decoder (the middle block always has one); "vqgan": (levels - 1,), the lowest
+        resolution, as LlamaGen; "vqvae": (). taming's ``attn_resolutions`` =
+        {resolution / 2**i}.
     decoder_widths: the decoder's channels per level; widths.
     """
 
-    in_channels: int = 3
-    f: int = 8
-    widths: tuple[int, ...] | None = None
-    num_res_blocks: int = 1
-    code_dim: int | None = None
-    quantizer: VQConfig | FSQConfig | None = None
-    architecture: Architecture = "vqvae"
-    stem_width: int | None = None
-    z_channels: int | None = None
-    attn_levels: tuple[int, ...] | None = None
-    decoder_widths: tuple[int, ...] | None = None
+    in_channels: int
+    f: int
+    widths: tuple[int, ...]
+    num_res_blocks: int
+    code_dim: int
+    quantizer: AnyQuantizerConfig
+    architecture: Architecture
+    stem_width: int
+    z_channels: int
+    attn_levels: tuple[int, ...]
+    decoder_widths: tuple[int, ...]
 
-    def __post_init__(self) -> None:
-        q = self.quantizer
-        if q is None:
-            q = VQConfig()
-        elif isinstance(q, Mapping):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        f: int = 8,
+        widths: tuple[int, ...] | None = None,
+        num_res_blocks: int = 1,
+        code_dim: int | None = None,
+        quantizer: VQConfig | FSQConfig | None = None,
+        architecture: Architecture = "vqvae",
+        stem_width: int | None = None,
+        z_channels: int | None = None,
+        attn_levels: tuple[int, ...] | None = None,
+        decoder_widths: tuple[int, ...] | None = None,
+    ) -> None:
+        q: Any = VQConfig() if quantizer is None else quantizer
+        if isinstance(q, Mapping):
             q = quantizer_config(q)
         if not isinstance(q, VQConfig | FSQConfig):
             raise ValueError(f"quantizer must be a VQConfig, an FSQConfig or a mapping, got {q!r}")
-        _set(self, "quantizer", q)
-        check_choice("architecture", self.architecture, get_args(Architecture))
-        check_int("in_channels", self.in_channels, minimum=1)
-        check_choice("f", self.f, ALLOWED_F[self.architecture])
-        vqgan = self.architecture == "vqgan"
-        check_int("num_res_blocks", self.num_res_blocks, minimum=1 if vqgan else 0)
+        check_choice("architecture", architecture, get_args(Architecture))
+        check_int("in_channels", in_channels, minimum=1)
+        check_choice("f", f, ALLOWED_F[architecture])
+        vqgan = architecture == "vqgan"
+        check_int("num_res_blocks", num_res_blocks, minimum=1 if vqgan else 0)
         ladder = _DEFAULT_VQGAN_LADDER if vqgan else _DEFAULT_WIDTH_LADDER
-        _set(self, "widths", self._check_widths("widths", self.widths, ladder))
-        if self.code_dim is None:
-            _set(
-                self,
-                "code_dim",
-                len(q.resolved_levels) if isinstance(q, FSQConfig) else DEFAULT_VQ_CODE_DIM,
-            )
-        check_int("code_dim", self.code_dim, minimum=1)
+        widths = _widths("widths", widths, ladder, f=f, vqgan=vqgan)
+        if code_dim is None:
+            code_dim = len(q.levels) if isinstance(q, FSQConfig) else DEFAULT_VQ_CODE_DIM
+        check_int("code_dim", code_dim, minimum=1)
+        num_levels = len(widths)
         if not vqgan:
-            for name in ("stem_width", "z_channels", "attn_levels", "decoder_widths"):
-                if getattr(self, name) is not None:
+            ours: dict[str, Any] = {
+                "stem_width": widths[0],
+                "z_channels": widths[-1],
+                "attn_levels": (),
+                "decoder_widths": widths,
+            }
+            given = {
+                "stem_width": stem_width,
+                "z_channels": z_channels,
+                "attn_levels": attn_levels,
+                "decoder_widths": decoder_widths,
+            }
+            for name, value in given.items():
+                value = tuple(value) if isinstance(value, list) else value
+                if value is not None and value != ours[name]:
                     raise ValueError(
-                        f"{name} is for architecture='vqgan'; leave it unset for 'vqvae'"
+                        f"{name} is for architecture='vqgan'; leave it unset for 'vqvae' "
+                        f"(whose {name} is {ours[name]!r})"
                     )
-            return
-        widths = self.resolved_widths
-        _set(
-            self,
-            "decoder_widths",
-            self._check_widths("decoder_widths", self.decoder_widths, widths),
-        )
-        for name, default in (("stem_width", widths[0]), ("z_channels", widths[-1])):
-            value = getattr(self, name)
-            value = default if value is None else value
-            check_int(name, value, minimum=1)
-            _set(self, name, value)
-        if self.attn_levels is None:
-            _set(self, "attn_levels", (self.num_levels - 1,))
+            stem_width, z_channels = widths[0], widths[-1]
+            attn_levels, decoder_widths = (), widths
         else:
-            levels = (
-                ()
-                if not self.attn_levels
-                else _int_tuple("attn_levels", self.attn_levels, minimum=0)
-            )
-            if any(i >= self.num_levels for i in levels) or len(set(levels)) != len(levels):
+            decoder_widths = _widths("decoder_widths", decoder_widths, widths, f=f, vqgan=True)
+            stem_width = widths[0] if stem_width is None else stem_width
+            z_channels = widths[-1] if z_channels is None else z_channels
+            check_int("stem_width", stem_width, minimum=1)
+            check_int("z_channels", z_channels, minimum=1)
+            if stem_width % VQGAN_NORM_GROUPS:
                 raise ValueError(
-                    f"attn_levels={list(levels)} is not allowed; expected distinct level indices "
-                    f"in [0, {self.num_levels})"
+                    f"stem_width={stem_width} is not allowed for architecture='vqgan': "
+                    f"GroupNorm({VQGAN_NORM_GROUPS}) needs a multiple of {VQGAN_NORM_GROUPS}"
                 )
-            _set(self, "attn_levels", tuple(sorted(levels)))
-        if self.resolved_stem_width % VQGAN_NORM_GROUPS:
-            raise ValueError(
-                f"stem_width={self.stem_width} is not allowed for architecture='vqgan': "
-                f"GroupNorm({VQGAN_NORM_GROUPS}) needs a multiple of {VQGAN_NORM_GROUPS}"
+            attn_levels = (
+                (num_levels - 1,) if attn_levels is None else _attn_levels(attn_levels, num_levels)
             )
-
-    def _check_widths(
-        self, name: str, value: tuple[int, ...] | None, default: Sequence[int]
-    ) -> tuple[int, ...]:
-        n = self.num_levels
-        widths = tuple(default[:n]) if value is None else _int_tuple(name, value, minimum=1)
-        if len(widths) != n:
-            raise ValueError(
-                f"{name}={list(widths)} is not allowed for f={self.f}: expected log2(f) + 1 = "
-                f"{n} positive integers, one per resolution level"
-            )
-        if self.architecture == "vqgan" and any(w % VQGAN_NORM_GROUPS for w in widths):
-            raise ValueError(
-                f"{name}={list(widths)} is not allowed for architecture='vqgan': GroupNorm"
-                f"({VQGAN_NORM_GROUPS}) needs every width to be a multiple of {VQGAN_NORM_GROUPS}"
-            )
-        return widths
+        _init_fields(
+            self,
+            in_channels=in_channels,
+            f=f,
+            widths=widths,
+            num_res_blocks=num_res_blocks,
+            code_dim=code_dim,
+            quantizer=q,
+            architecture=architecture,
+            stem_width=stem_width,
+            z_channels=z_channels,
+            attn_levels=attn_levels,
+            decoder_widths=decoder_widths,
+        )
 
     @property
     def num_levels(self) -> int:
-        return int(math.log2(self.f)) + 1
-
-    @property
-    def resolved_quantizer(self) -> AnyQuantizerConfig:
-        assert self.quantizer is not None  # set in __post_init__
-        return self.quantizer
-
-    @property
-    def resolved_widths(self) -> tuple[int, ...]:
-        assert self.widths is not None  # set in __post_init__
-        return self.widths
-
-    @property
-    def resolved_decoder_widths(self) -> tuple[int, ...]:
-        return self.decoder_widths if self.decoder_widths is not None else self.resolved_widths
-
-    @property
-    def resolved_code_dim(self) -> int:
-        assert self.code_dim is not None  # set in __post_init__
-        return self.code_dim
-
-    @property
-    def resolved_stem_width(self) -> int:
-        return self.stem_width if self.stem_width is not None else self.resolved_widths[0]
-
-    @property
-    def resolved_z_channels(self) -> int:
-        return self.z_channels if self.z_channels is not None else self.resolved_widths[-1]
-
-    @property
-    def resolved_attn_levels(self) -> tuple[int, ...]:
-        return self.attn_levels if self.attn_levels is not None else (self.num_levels - 1,)
+        return len(self.widths)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "in_channels": self.in_channels,
             "f": self.f,
-            "widths": list(self.resolved_widths),
+            "widths": list(self.widths),
             "num_res_blocks": self.num_res_blocks,
             "code_dim": self.code_dim,
-            "quantizer": self.resolved_quantizer.to_dict(),
+            "quantizer": self.quantizer.to_dict(),
             "architecture": self.architecture,
         }
+        # "vqvae" has fixed values for the rest (see above): its config.json never held them,
+        # and leaving them out keeps every artifact's config hash.
         if self.architecture == "vqgan":
             out |= {
-                "stem_width": self.resolved_stem_width,
-                "z_channels": self.resolved_z_channels,
-                "attn_levels": list(self.resolved_attn_levels),
-                "decoder_widths": list(self.resolved_decoder_widths),
+                "stem_width": self.stem_width,
+                "z_channels": self.z_channels,
+                "attn_levels": list(self.attn_levels),
+                "decoder_widths": list(self.decoder_widths),
             }
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> VQVAEConfig:
+        """The config a ``to_dict`` mapping describes; keys left out or null take the defaults
+        (older config.json files)."""
         kwargs = _from_mapping(cls, data)
-        if "quantizer" in kwargs and kwargs["quantizer"] is not None:
+        if kwargs.get("quantizer") is not None:
             kwargs["quantizer"] = quantizer_config(kwargs["quantizer"])
         return cls(**kwargs)

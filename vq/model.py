@@ -53,7 +53,7 @@ __all__ = [
 def build_quantizer(cfg: AnyQuantizerConfig, dim: int) -> Quantizer:
     """The quantizer described by ``cfg`` for encoder vectors of ``dim`` channels."""
     if isinstance(cfg, FSQConfig):
-        levels = cfg.resolved_levels
+        levels = cfg.levels
         # FSQ only needs its own projection when z is wider than the number of levels.
         return FSQ(levels, dim=None if dim == len(levels) else dim)
     # Every VQConfig field goes through (none copied by hand, none dropped).
@@ -110,7 +110,7 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: VQVAEConfig) -> None:
         super().__init__()
-        widths = cfg.resolved_widths
+        widths = cfg.widths
         self.stem = nn.Conv2d(cfg.in_channels, widths[0], 3, padding=1)
         layers: list[nn.Module] = []
         for i, width in enumerate(widths):
@@ -119,7 +119,7 @@ class Encoder(nn.Module):
                 layers.append(Downsample(width, widths[i + 1]))
         self.blocks = nn.Sequential(*layers)
         self.norm_out = _norm(widths[-1])
-        self.pre_quant = nn.Conv2d(widths[-1], cfg.resolved_code_dim, 1)
+        self.pre_quant = nn.Conv2d(widths[-1], cfg.code_dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = float32_input(self.stem, x)
@@ -136,8 +136,8 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: VQVAEConfig) -> None:
         super().__init__()
-        widths = cfg.resolved_widths
-        self.post_quant = nn.Conv2d(cfg.resolved_code_dim, widths[-1], 1)
+        widths = cfg.widths
+        self.post_quant = nn.Conv2d(cfg.code_dim, widths[-1], 1)
         layers: list[nn.Module] = []
         for i in reversed(range(len(widths))):
             layers += [ResBlock(widths[i]) for _ in range(cfg.num_res_blocks)]
@@ -172,7 +172,7 @@ class VQVAE(nn.Module):
         vqgan = config.architecture == "vqgan"
         # Built in this order (encoder, quantizer, decoder) so seeded inits stay reproducible.
         self.encoder: nn.Module = VQGANEncoder(config) if vqgan else Encoder(config)
-        self.quantizer = build_quantizer(config.resolved_quantizer, config.resolved_code_dim)
+        self.quantizer = build_quantizer(config.quantizer, config.code_dim)
         self.decoder: nn.Module = VQGANDecoder(config) if vqgan else Decoder(config)
 
     @property
@@ -181,7 +181,7 @@ class VQVAE(nn.Module):
 
     @property
     def code_dim(self) -> int:
-        return self.config.resolved_code_dim
+        return self.config.code_dim
 
     def check_images(self, images: torch.Tensor) -> None:
         """ValueError unless ``images`` is (B, in_channels, H, W) with H, W positive multiples of f."""

@@ -147,7 +147,7 @@ class Tokenizer:
         return self
 
     def __repr__(self) -> str:
-        q = self.config.resolved_quantizer
+        q = self.config.quantizer
         return (
             f"Tokenizer(kind={q.kind!r}, codebook_size={self.codebook_size}, f={self.f}, "
             f"code_dim={self.code_dim}, device={str(self.device)!r}, "

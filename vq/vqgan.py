@@ -158,18 +158,18 @@ class VQGANEncoder(nn.Module):
 
     def __init__(self, cfg: VQVAEConfig) -> None:
         super().__init__()
-        widths, attn = cfg.resolved_widths, set(cfg.resolved_attn_levels)
+        widths, attn = cfg.widths, set(cfg.attn_levels)
         last = len(widths) - 1
-        self.conv_in = nn.Conv2d(cfg.in_channels, cfg.resolved_stem_width, 3, padding=1)
-        ins = (cfg.resolved_stem_width, *widths[:-1])
+        self.conv_in = nn.Conv2d(cfg.in_channels, cfg.stem_width, 3, padding=1)
+        ins = (cfg.stem_width, *widths[:-1])
         self.down = nn.ModuleList(
             Level(ins[i], w, cfg.num_res_blocks, i in attn, "down" if i < last else "")
             for i, w in enumerate(widths)
         )
         self.mid = Mid(widths[-1])
         self.norm_out = norm(widths[-1])
-        self.conv_out = nn.Conv2d(widths[-1], cfg.resolved_z_channels, 3, padding=1)
-        self.quant_conv = nn.Conv2d(cfg.resolved_z_channels, cfg.resolved_code_dim, 1)
+        self.conv_out = nn.Conv2d(widths[-1], cfg.z_channels, 3, padding=1)
+        self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.code_dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
@@ -185,9 +185,9 @@ class VQGANDecoder(nn.Module):
 
     def __init__(self, cfg: VQVAEConfig) -> None:
         super().__init__()
-        widths, attn = cfg.resolved_decoder_widths, set(cfg.resolved_attn_levels)
-        self.post_quant_conv = nn.Conv2d(cfg.resolved_code_dim, cfg.resolved_z_channels, 1)
-        self.conv_in = nn.Conv2d(cfg.resolved_z_channels, widths[-1], 3, padding=1)
+        widths, attn = cfg.decoder_widths, set(cfg.attn_levels)
+        self.post_quant_conv = nn.Conv2d(cfg.code_dim, cfg.z_channels, 1)
+        self.conv_in = nn.Conv2d(cfg.z_channels, widths[-1], 3, padding=1)
         self.mid = Mid(widths[-1])
         # Level i takes the width of level i + 1 (the one run before it); the last, the mid's.
         ins = (*widths[1:], widths[-1])

@@ -32,7 +32,7 @@ def model_info(model: ServedModel) -> ModelInfo:
     levels = quantizer.get("levels")
     return ModelInfo(
         name=model.name,
-        kind=str(quantizer.get("kind", model.tokenizer.config.resolved_quantizer.kind)),
+        kind=str(quantizer.get("kind", model.tokenizer.config.quantizer.kind)),
         codebook_size=model.codebook_size,
         f=model.f,
         code_dim=model.tokenizer.code_dim,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import sys
+
 import pytest
 
 from service.cli import build_parser, settings_from_args
@@ -92,3 +95,40 @@ def test_cli_rejects_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--model", "bad name=x"])
     assert info.value.code == 2
     assert "not allowed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "field", "value"),
+    [
+        (["--model", "a=x", "--model", "b=y"], "models", {"a": "x", "b": "y"}),
+        (["--models", "a=x"], "models", {"a": "x"}),
+        (["--model", "just/a/path"], "models", {"default": "just/a/path"}),
+        (["--allow-unverified"], "allow_unverified", True),
+        (["--no-batching"], "batching", False),
+        (["--memory-budget", "8G"], "memory_budget", 8 * 2**30),
+        (["--precision", "auto"], "precision", None),
+        (["--log-level", "debug"], "log_level", "debug"),
+        (["--max-batch-pixels", "1024"], "max_batch_pixels", 1024),
+    ],
+)
+def test_flags_set_their_field(argv: list[str], field: str, value: object) -> None:
+    assert getattr(settings_from_args(build_parser().parse_args(argv)), field) == value
+
+
+def test_every_setting_has_a_flag_named_after_it() -> None:
+    help_text = build_parser().format_help()
+    for name, info in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if info.default is True:
+            flag = "--no-" + flag[2:]
+        assert re.search(rf"{flag}(?![\w-])", help_text), flag
+
+
+def test_settings_alone_read_no_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["vq-serve", "--port", "1234"])
+    assert Settings().port == 8000
+
+
+def test_a_duplicate_model_name_is_refused() -> None:
+    with pytest.raises(ValueError, match="'a' is given twice"):
+        settings_from_args(build_parser().parse_args(["--model", "a=x", "--model", "a=y"]))

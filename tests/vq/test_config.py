@@ -189,6 +189,26 @@ def test_fsq_size_from_the_table_becomes_the_product_and_round_trips() -> None:
     assert FSQConfig.from_dict(cfg.to_dict()) == cfg
 
 
+@pytest.mark.parametrize(
+    ("missing", "default"),
+    [("widths", (32, 64, 128, 128)), ("code_dim", 3), ("quantizer", VQConfig())],
+)
+def test_config_json_with_nulls_or_missing_keys_takes_the_defaults(
+    missing: str, default: Any
+) -> None:
+    # Older config.json files: a key left out, or null where the field was optional.
+    full = VQVAEConfig(
+        widths=(8, 8, 8, 8), code_dim=4, quantizer=FSQConfig(codebook_size=240, levels=(8, 6, 5))
+    )
+    for data in (
+        {**full.to_dict(), missing: None},
+        {k: v for k, v in full.to_dict().items() if k != missing},
+    ):
+        cfg = VQVAEConfig.from_dict(data)
+        assert getattr(cfg, missing) == default != getattr(full, missing)
+        assert VQVAEConfig.from_dict(cfg.to_dict()) == cfg
+
+
 def test_vqgan_config_round_trips_and_resolves_defaults() -> None:
     cfg = VQVAEConfig(architecture="vqgan", f=16, quantizer=VQConfig(codebook_norm="l2"))
     assert cfg.widths == (128, 128, 256, 256, 512)
@@ -211,6 +231,11 @@ def test_vqgan_config_validation(kwargs: dict[str, Any], message: str) -> None:
         VQVAEConfig(architecture="vqgan", f=4, widths=kwargs.pop("widths", (32, 64, 64)), **kwargs)
 
 
-def test_vqgan_fields_are_rejected_for_our_architecture() -> None:
+def test_vqgan_fields_hold_our_architectures_values_and_reject_others() -> None:
+    cfg = VQVAEConfig(widths=(16, 32, 64, 64))
+    assert (cfg.stem_width, cfg.z_channels) == (16, 64)
+    assert (cfg.attn_levels, cfg.decoder_widths) == ((), cfg.widths)
+    assert "stem_width" not in cfg.to_dict()  # what config.json of "vqvae" artifacts holds
+    assert dataclasses.replace(cfg, in_channels=1).stem_width == 16
     with pytest.raises(ValueError, match="z_channels is for architecture='vqgan'"):
         VQVAEConfig(z_channels=8)

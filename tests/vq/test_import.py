@@ -110,14 +110,14 @@ def test_converted_fixtures_infer_their_configs() -> None:
     # ddconfig ch 32, ch_mult [1, 2, 2], num_res_blocks 1, attn_resolutions [16] at res 64.
     assert (taming.widths, taming.num_res_blocks, taming.attn_levels) == ((32, 64, 64), 1, (2,))
     assert (taming.z_channels, taming.code_dim, taming.f) == (32, 16, 4)
-    assert taming.resolved_quantizer == vq.VQConfig(codebook_size=256)
+    assert taming.quantizer == vq.VQConfig(codebook_size=256)
     # ch 32, ch_mult [1, 1, 2], num_res_blocks 2, attention on the last level.
     assert (llamagen.widths, llamagen.num_res_blocks, llamagen.attn_levels) == (
         (32, 32, 64),
         2,
         (2,),
     )
-    assert llamagen.resolved_quantizer == vq.VQConfig(codebook_size=256, codebook_norm="l2")
+    assert llamagen.quantizer == vq.VQConfig(codebook_size=256, codebook_norm="l2")
 
 
 # ------------------------------------------------------ the mistakes the fixture catches

@@ -58,12 +58,12 @@ def test_config_json_round_trip(quantizer: str) -> None:
 def test_default_config_resolves_widths_and_code_dim() -> None:
     cfg = VQVAEConfig()
     assert cfg.f == 8
-    assert cfg.widths is not None and len(cfg.widths) == 4
+    assert len(cfg.widths) == 4
     assert cfg.code_dim == 32
     fsq = VQVAEConfig(quantizer=QuantizerConfig(kind="fsq", codebook_size=1024))
     assert fsq.quantizer.levels == FSQ_RECOMMENDED_LEVELS[1024]
     assert fsq.code_dim == len(FSQ_RECOMMENDED_LEVELS[1024])
-    assert VQVAEConfig(f=16).widths is not None and len(VQVAEConfig(f=16).widths or ()) == 5
+    assert len(VQVAEConfig(f=16).widths) == 5
 
 
 def test_quantizer_given_as_mapping_is_converted() -> None:
