@@ -42,7 +42,7 @@ import httpx
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.service import png_bytes, resolve_model, synthetic_images
+from bench.serving import png_bytes, resolve_model, synthetic_images
 from service.client import service_error
 
 ROOT = Path(__file__).resolve().parent.parent

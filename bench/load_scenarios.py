@@ -41,7 +41,7 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.load import free_port, rss_of
-from bench.service import png_bytes, resolve_model, synthetic_images
+from bench.serving import png_bytes, resolve_model, synthetic_images
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## Memory, fairness and slow clients (issue 23 scenarios)"

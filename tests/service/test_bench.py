@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -11,31 +12,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_service_benchmark_quick(artifact_dir: Path, tmp_path: Path) -> None:
-    out = tmp_path / "service.md"
-    cmd = [
-        sys.executable,
-        str(ROOT / "bench" / "service.py"),
-        "--quick",
-        "--model",
-        str(artifact_dir),
-        "--size",
-        "32",
-        "--concurrency",
-        "1",
-        "4",
-        "--out",
-        str(out),
-    ]
+    cmd = [sys.executable, str(ROOT / "bench" / "service.py"), "--quick", "--model"]
+    cmd += [str(artifact_dir), "--size", "32", "--concurrency", "1", "4", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = out.read_text()
-    for needle in (
-        "| batched | 4 |",
-        "| unbatched | 1 |",
-        "ceiling",
-        "batched service / unbatched",
-    ):
-        assert needle in report, report
+    result = json.loads((tmp_path / "service.json").read_text())
+    rows = {(r["mode"], r["concurrency"]): r for r in result["results"]}
+    assert set(rows) == {(m, c) for m in ("batched", "unbatched") for c in (1, 4)}
+    for r in rows.values():
+        assert r["requests"] >= 4 and r["img_s"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"]
+        assert r["mean_batch"] >= 1.0
+    assert rows[("unbatched", 4)]["mean_batch"] == 1.0  # one image per forward pass
+    assert all(c["batch_img_s"] > 0 and c["single_img_s"] > 0 for c in result["ceilings"])
+    assert "| batched | 4 |" in (tmp_path / "service.md").read_text()
 
 
 def test_load_benchmark_quick(artifact_dir: Path, tmp_path: Path) -> None:
