@@ -224,7 +224,7 @@ Call = Callable[[httpx.AsyncClient, int], Awaitable[bool]]
 async def clients(
     url: str,
     concurrency: int,
-    requests: int,
+    requests: float,
     call: Call,
     *,
     max_seconds: float = math.inf,
