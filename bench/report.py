@@ -935,8 +935,8 @@ def quantizer_targets(results: Sequence[dict[str, Any]], n: int) -> list[Target]
             )
         )
     fsq = [r for r in results if r["task"]["impl"] == "ours" and r["task"]["method"] == "fsq"]
-    pairs = [(r, _median(r), _median(by.get(("reference", "fsq", r["task"]["k"])))) for r in fsq]
-    ratios = [(r["task"]["levels"], a / b) for r, a, b in pairs if a and b]
+    timed = [(r, _median(r), _median(by.get(("reference", "fsq", r["task"]["k"])))) for r in fsq]
+    ratios = [(r["task"]["levels"], a / b) for r, a, b in timed if a and b]
     out.append(
         (
             f"FSQ at most {t['fsq_vs_reference']:g}x the reference's time",
