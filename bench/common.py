@@ -15,9 +15,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import report  # noqa: E402 - bench/ is a folder of scripts
-
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "bench") not in sys.path:  # bench/ is a folder of scripts
+    sys.path.append(str(ROOT / "bench"))  # appended: bench/service.py must not shadow service/
+
+import report  # noqa: E402
 
 
 def parser(doc: str | None, name: str) -> argparse.ArgumentParser:
