@@ -29,7 +29,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,37 +37,6 @@ for _path in (REPO, REPO / "bench"):
         sys.path.append(str(_path))  # appended: bench/service.py must not shadow service/
 
 import common  # noqa: E402 - bench/ is a folder of scripts
-
-
-class StepTimes(L.Callback):
-    """Records wall-clock times of training step starts/ends, and of predict start/end, to
-    ``out`` (JSON) when the stage ends."""
-
-    def __init__(self, out: str) -> None:
-        self.out = out
-        self.starts: list[float] = []
-        self.ends: list[float] = []
-        self.predict: list[float] = []
-
-    def on_train_batch_start(self, *args: Any, **kwargs: Any) -> None:
-        self.starts.append(time.time())
-
-    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
-        self.ends.append(time.time())
-
-    def on_predict_start(self, *args: Any, **kwargs: Any) -> None:
-        self.predict.append(time.time())
-
-    def on_predict_end(self, *args: Any, **kwargs: Any) -> None:
-        self.predict.append(time.time())
-        self._save()
-
-    def on_train_end(self, *args: Any, **kwargs: Any) -> None:
-        self._save()
-
-    def _save(self) -> None:
-        data = {"starts": self.starts, "ends": self.ends, "predict": self.predict}
-        Path(self.out).write_text(json.dumps(data))
 
 
 def _tree_pss_mb(root: int) -> float:
@@ -152,7 +120,7 @@ def _pattern(shards: Path) -> str:
 
 def fit(root: str, val: Path, work: Path, tag: str, steps: int, extra: list[str]) -> dict[str, Any]:
     times = work / f"times-{tag}.json"
-    cb = json.dumps({"class_path": "bench.data.StepTimes", "init_args": {"out": str(times)}})
+    cb = json.dumps({"class_path": "bench.steps.StepTimes", "init_args": {"out": str(times)}})
     cmd = [
         sys.executable, "-m", "train.cli", "fit", "--config", "configs/default.yaml",
         f"--data.root={root}", f"--data.val_root={val}", f"--trainer.max_steps={steps}",
@@ -182,7 +150,7 @@ def fit(root: str, val: Path, work: Path, tag: str, steps: int, extra: list[str]
 def predict(shards: Path, work: Path, tag: str, batch: int) -> dict[str, Any]:
     times = work / f"times-{tag}.json"
     out = work / f"codes-{tag}"
-    cb = json.dumps({"class_path": "bench.data.StepTimes", "init_args": {"out": str(times)}})
+    cb = json.dumps({"class_path": "bench.steps.StepTimes", "init_args": {"out": str(times)}})
     cmd = [
         sys.executable, "-m", "train.cli", "predict", "--config", "configs/default.yaml",
         f"--data.predict_root={_pattern(shards)}", f"--data.predict_batch_size={batch}",

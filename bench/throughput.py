@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -176,8 +175,8 @@ def kodak_agreement(
 def training(steps: int, quick: bool) -> list[dict[str, Any]]:
     """vq-train's default configuration: float32 NCHW eager against the fast path, through
     the real Lightning loop; data wait = time between one batch's end and the next's start."""
-    import lightning as L
     import yaml
+    from steps import StepTimes, trainer
 
     from train.cli import silence_third_party_noise
     from train.data import ImageDataModule
@@ -195,23 +194,6 @@ def training(steps: int, quick: bool) -> list[dict[str, Any]]:
         data_cfg.update(root=str(REPO / data_cfg["root"]), val_root=None)
     data_cfg["samples_per_epoch"] = data_cfg["batch_size"] * (steps + 2)
 
-    class Clock(L.Callback):
-        def __init__(self) -> None:
-            self.wait = 0.0
-            self.last_end: float | None = None
-            self.start: float | None = None
-
-        def on_train_batch_start(self, *args: Any) -> None:
-            now = time.perf_counter()
-            if self.last_end is not None:
-                self.wait += now - self.last_end
-            elif self.start is None:
-                self.start = now
-            self._t = now
-
-        def on_train_batch_end(self, *args: Any) -> None:
-            self.last_end = time.perf_counter()
-
     rows = []
     for name, precision, channels_last in (
         ("fp32 NCHW eager", "32-true", False),
@@ -221,28 +203,15 @@ def training(steps: int, quick: bool) -> list[dict[str, Any]]:
             continue
         module = VQVAEModule(**{k: v for k, v in cfg["model"].items()}, channels_last=channels_last)
         data = ImageDataModule(**data_cfg)
-        clock = Clock()
-        trainer = L.Trainer(
-            max_steps=steps + 2,
-            precision=precision,  # type: ignore[arg-type]
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            limit_val_batches=0,
-            callbacks=[clock],
-            accelerator="cpu",
-            devices=1,
-        )
-        trainer.fit(module, datamodule=data)
-        assert clock.start is not None and clock.last_end is not None
-        elapsed = clock.last_end - clock.start
+        clock = StepTimes()
+        trainer(steps + 2, precision, clock, accelerator="cpu", devices=1).fit(module, data)
+        elapsed = clock.ends[-1] - clock.starts[0]
         rows.append(
             {
                 "config": name,
                 "steps_s": (steps + 1) / elapsed,
                 "images_s": (steps + 1) * data_cfg["batch_size"] / elapsed,
-                "data_wait": clock.wait / elapsed,
+                "data_wait": sum(clock.waits()) / elapsed,
                 "crop": data_cfg["crop_size"],
                 "batch": data_cfg["batch_size"],
             }
