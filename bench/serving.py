@@ -140,25 +140,22 @@ class Server:
             raise RuntimeError(f"vq-serve exited:\n{self.log.read_text()}")
         return self
 
+    def samples(self, name: str) -> list[tuple[dict[str, str], float]]:
+        """(labels, value) of each sample named ``name`` on /metrics."""
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        families = text_string_to_metric_families(text)
+        return [(s.labels, s.value) for f in families for s in f.samples if s.name == name]
+
     def metric(self, name: str, **labels: str) -> float:
         """Sum of the samples named ``name`` whose labels include ``labels`` (NaN: none)."""
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        values = [
-            s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-            if s.name == name and labels.items() <= s.labels.items()
-        ]
+        values = [v for got, v in self.samples(name) if labels.items() <= got.items()]
         return float(sum(values)) if values else math.nan
 
     def metric_by(self, name: str, label: str) -> dict[str, float]:
         """The samples named ``name`` summed per value of ``label``."""
         out: dict[str, float] = {}
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                if s.name == name:
-                    out[s.labels[label]] = out.get(s.labels[label], 0.0) + s.value
+        for labels, value in self.samples(name):
+            out[labels[label]] = out.get(labels[label], 0.0) + value
         return out
 
     def stop(self) -> None:
