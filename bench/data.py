@@ -223,6 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         args.sizes, args.steps, args.predict_images = [200, 1000], 10, 64
     out = common.out_dir(args.out, "data", args.quick)
+    result = common.meta("bench/data.py", argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     from train.stream import default_workers
@@ -234,9 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for source, root in (("folder", str(folder)), ("tar", _pattern(shards))):
             setup.append({"n": n, "source": source, "s": setup_seconds(root, val)})
     if args.setup_only:
-        result = json.loads((out / "data.json").read_text())
-        result["setup"] = setup
-        common.save(result, out, "data")
+        earlier = json.loads((out / "data.json").read_text())
+        common.save({**earlier, "setup": setup}, out, "data")
         return 0
     rows = []
     for n in [] if args.skip_fit else args.sizes:
@@ -254,7 +254,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(rows[-1]), flush=True)
     k = args.predict_images
     folder, shards = make_dataset(Path(args.photos), work, k, args.side, seed=2, shard_size=64)
-    result = common.meta("bench/data.py", argv)
     result.update(
         benchmark="data",
         quick=args.quick,

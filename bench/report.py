@@ -91,7 +91,7 @@ def run_lines(p: dict[str, Any]) -> list[str]:
     soft = [
         f"torch {p['torch']}" if p.get("torch") else "",
         f"Python {p['python']}" if p.get("python") else "",
-        f"{p['threads']} torch threads" if p.get("threads") else "",
+        f"torch threads {p['threads']}" if p.get("threads") else "",
         f"1-min load average {load[0]:.2f} at the start" if load else "",
         f"{load[1]:.2f} at the end" if len(load) > 1 else "",
     ]
