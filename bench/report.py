@@ -1119,8 +1119,42 @@ def data_markdown(r: dict[str, Any]) -> str:
     return "\n".join([*lines, "", "## Targets", "", *targets_table(data_targets(r))])
 
 
+# --- An imported model on CPU -------------------------------------------------------------
+
+
+def imported_cpu_markdown(p: dict[str, Any]) -> str:
+    return "\n".join(
+        [
+            "# LlamaGen's VQ-16 shape on CPU, converted with vq-import",
+            "",
+            generated_by("imported_cpu"),
+            "",
+            *run_lines(p),
+            "",
+            *table(
+                ["", "measured"],
+                [
+                    ["parameters", f"{p['parameters'] / 1e6:.2f} M"],
+                    ["`model.safetensors`", f"{p['artifact_bytes'] / 2**20:.0f} MiB"],
+                    [
+                        "peak RSS after imports / loaded / after encode+decode",
+                        f"{p['rss_imports_mib']:.0f} / {p['rss_loaded_mib']:.0f} / "
+                        f"{p['rss_peak_mib']:.0f} MiB",
+                    ],
+                    [
+                        f"encode, 256 x 256, batch 1 ({p['precision']}, mean of {p['images']})",
+                        f"{1000 * p['encode_s']:.0f} ms",
+                    ],
+                    [f"decode of its codes {tuple(p['codes'])}", f"{1000 * p['decode_s']:.0f} ms"],
+                ],  # fmt: skip
+            ),
+        ]
+    )
+
+
 RENDERERS = {
     "data": data_markdown,
+    "imported_cpu": imported_cpu_markdown,
     "load": load_markdown,
     "load_scenarios": load_scenarios_markdown,
     "quantizers": quantizers_markdown,
