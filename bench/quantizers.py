@@ -81,10 +81,6 @@ class Result:
     extra: dict[str, Any] = field(default_factory=dict)  # search: context timings
     load: tuple[float, float] | None = None  # 1-min load average at child start, end
 
-    @property
-    def median_s(self) -> float | None:
-        return statistics.median(self.times_s) if self.status == "ok" and self.times_s else None
-
 
 # --------------------------------------------------------------------------- child side
 
