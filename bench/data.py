@@ -2,7 +2,7 @@
 
     python bench/data.py --photos PHOTOS --quick          # sizes 200 and 1,000, minutes
     python bench/data.py --photos PHOTOS                  # sizes 1,000, 5,000 and 20,000
-    python bench/data.py --photos PHOTOS --out docs/benchmarks/data.md
+    python bench/data.py --photos PHOTOS --out docs/benchmarks
 
 Synthetic data sets of N JPEGs (random 256x256 crops of the photos in PHOTOS, saved at
 quality 90 under --work, never in the checkout) are read as a folder and as tar shards
@@ -14,57 +14,29 @@ and the next one's start, which is where Lightning fetches a batch) against the 
 ``vq-train predict`` then tokenizes the tar shards into Parquet, against ``vq.Tokenizer``
 encoding the same images already decoded in memory, both fp32 with the same architecture.
 
-Results go to a JSON file under --work; ``--out FILE.md`` also writes the report.
+Results go to ``--out`` (default runs/bench/data): data.json and the report rendered from it.
+Targets: bench/targets.toml.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
-import re
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+for _path in (REPO, REPO / "bench"):
+    if str(_path) not in sys.path:
+        sys.path.append(str(_path))  # appended: bench/service.py must not shadow service/
 
-
-class StepTimes(L.Callback):
-    """Records wall-clock times of training step starts/ends, and of predict start/end, to
-    ``out`` (JSON) when the stage ends."""
-
-    def __init__(self, out: str) -> None:
-        self.out = out
-        self.starts: list[float] = []
-        self.ends: list[float] = []
-        self.predict: list[float] = []
-
-    def on_train_batch_start(self, *args: Any, **kwargs: Any) -> None:
-        self.starts.append(time.time())
-
-    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
-        self.ends.append(time.time())
-
-    def on_predict_start(self, *args: Any, **kwargs: Any) -> None:
-        self.predict.append(time.time())
-
-    def on_predict_end(self, *args: Any, **kwargs: Any) -> None:
-        self.predict.append(time.time())
-        self._save()
-
-    def on_train_end(self, *args: Any, **kwargs: Any) -> None:
-        self._save()
-
-    def _save(self) -> None:
-        data = {"starts": self.starts, "ends": self.ends, "predict": self.predict}
-        Path(self.out).write_text(json.dumps(data))
+import common  # noqa: E402 - bench/ is a folder of scripts
 
 
 def _tree_pss_mb(root: int) -> float:
@@ -148,7 +120,7 @@ def _pattern(shards: Path) -> str:
 
 def fit(root: str, val: Path, work: Path, tag: str, steps: int, extra: list[str]) -> dict[str, Any]:
     times = work / f"times-{tag}.json"
-    cb = json.dumps({"class_path": "bench.data.StepTimes", "init_args": {"out": str(times)}})
+    cb = json.dumps({"class_path": "bench.steps.StepTimes", "init_args": {"out": str(times)}})
     cmd = [
         sys.executable, "-m", "train.cli", "fit", "--config", "configs/default.yaml",
         f"--data.root={root}", f"--data.val_root={val}", f"--trainer.max_steps={steps}",
@@ -178,7 +150,7 @@ def fit(root: str, val: Path, work: Path, tag: str, steps: int, extra: list[str]
 def predict(shards: Path, work: Path, tag: str, batch: int) -> dict[str, Any]:
     times = work / f"times-{tag}.json"
     out = work / f"codes-{tag}"
-    cb = json.dumps({"class_path": "bench.data.StepTimes", "init_args": {"out": str(times)}})
+    cb = json.dumps({"class_path": "bench.steps.StepTimes", "init_args": {"out": str(times)}})
     cmd = [
         sys.executable, "-m", "train.cli", "predict", "--config", "configs/default.yaml",
         f"--data.predict_root={_pattern(shards)}", f"--data.predict_batch_size={batch}",
@@ -222,40 +194,6 @@ def tokenizer_encode(folder: Path, n: int, batch: int) -> dict[str, Any]:
     }
 
 
-def checks(result: dict[str, Any]) -> list[str]:
-    """The issue's targets, each with its measured value and whether it holds."""
-    streamed = [r for r in result["fit"] if "memory" not in r["source"]]
-    out = []
-    for source in sorted({r["source"] for r in streamed}):
-        rows = sorted((r for r in streamed if r["source"] == source), key=lambda r: r["n"])
-        if len(rows) > 1:
-            ratio = rows[-1]["peak_mb"] / rows[0]["peak_mb"]
-            ok = "holds" if ratio <= 1.2 else "missed"
-            out.append(
-                f"- peak memory at {rows[-1]['n']:,} / at {rows[0]['n']:,} images ({source}): "
-                f"{ratio:.2f} (target <= 1.2: {ok})"
-            )
-    if result["fit"]:
-        first = max(r["first_step_s"] for r in result["fit"])
-        out.append(
-            f"- slowest launch -> first step: {first:.1f} s "
-            f"(target <= 30 s: {'holds' if first <= 30 else 'missed'})"
-        )
-    if streamed:
-        share = max(r["wait_share"] for r in streamed)
-        out.append(
-            f"- largest data wait share of a step (median wait / (wait + step)): {share:.1%} "
-            f"(target < 5 %: {'holds' if share < 0.05 else 'missed'})"
-        )
-    if result.get("predict") and result.get("tokenizer"):
-        ratio = result["predict"]["images_per_s"] / result["tokenizer"]["images_per_s"]
-        out.append(
-            f"- predict / Tokenizer.encode throughput: {ratio:.2f} "
-            f"(target >= 0.85: {'holds' if ratio >= 0.85 else 'missed'})"
-        )
-    return out
-
-
 def setup_seconds(root: str, val: Path) -> float:
     """Wall time of the data module's setup for a streamed source (index, split, probe):
     the part of the time to the first step that depends on the data set's size."""
@@ -266,113 +204,26 @@ def setup_seconds(root: str, val: Path) -> float:
     return round(time.perf_counter() - t0, 3)
 
 
-def write_report(result: dict[str, Any], path: Path) -> None:
-    cfg = result["config"]
-    memory_rows = [r for r in result["fit"] if "memory" in r["source"]]
-    command = re.sub(r"--photos \S+", "--photos PHOTOS", result["command"])
-    lines = [
-        "# Data at scale: memory, start-up, data wait, predict",
-        "",
-        f"`{command}` on {result['machine']}, {result['date']}; PHOTOS: the training "
-        "photographs of the photo corpus beside the checkout.",
-        f"Images: {cfg['side']}x{cfg['side']} JPEG crops; `vq-train fit --config "
-        f"configs/default.yaml` for {cfg['steps']} steps, fp32, streamed (`--data.cache_mb=0`) "
-        f"with the default workers ({result['default_workers']})"
-        + (
-            ", and the smallest set once through the in-memory path for reference"
-            if memory_rows
-            else ""
-        )
-        + ". Peak memory is the sum of the proportional set sizes (PSS) of the process and its "
-        "DataLoader workers, so pages the workers share are counted once.",
-        "",
-        "| images | source | steps | peak PSS (MiB) | launch -> first step (s) | step (s) "
-        "| data wait (s) | wait share |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in result["fit"]:
-        run = f" ({row['run']})" if "run" in row else ""
-        lines.append(
-            f"| {row['n']:,} | {row['source']}{run} | {row['steps']} | {row['peak_mb']:.0f} "
-            f"| {row['first_step_s']:.1f} | {row['step_s']:.3f} | {row['data_wait_s']:.4f} "
-            f"| {row['wait_share']:.1%} |"
-        )
-    if "setup" in result:
-        lines += [
-            "",
-            "Data setup alone (index, held-out split, probe decode), in process: "
-            + "; ".join(
-                f"{r['n']:,} images as {r['source']}: {r['s']:.2f} s" for r in result["setup"]
-            )
-            + ". It is the only part of the time to the first step that grows with the data set.",
-        ]
-    p, t = result.get("predict"), result.get("tokenizer")
-    lines += (
-        []
-        if not (p and t)
-        else [
-            "",
-            f"Predict ({p['images']:,} images in tar shards of "
-            f"{cfg.get('predict_shard', 'up to 1,000')} to Parquet, batch "
-            f"{cfg['predict_batch']}, fp32): {p['images_per_s']:.2f} images/s from predict start to "
-            f"end ({p['end_to_end_images_per_s']:.2f} images/s including start-up, "
-            f"{p['wall_s']:.0f} s); `vq.Tokenizer.encode` of the same {t['images']} images decoded "
-            f"in memory: {t['images_per_s']:.2f} images/s.",
-        ]
-    )
-    lines += [
-        "",
-        "Targets (issue 22):",
-        "",
-        *checks(result),
-        "",
-        "Notes:",
-        "",
-        *(f"- {c}" for c in result.get("caveats", [])),
-        "- The machine was shared with other jobs while measuring"
-        + (
-            f" (load average {result['load_average'][2]:.1f} over the last 15 minutes at the end)"
-            if "load_average" in result
-            else ""
-        )
-        + ", and the benchmark ran under `nice`: step times and images/s are low and noisy; "
-        "the ratios (memory at the largest / smallest set, data wait / step, predict / "
-        "Tokenizer) are what the runs compare.",
-        "- Memory is flat because nothing but the index (file names, tar member offsets) "
-        "grows with the data set; the rest is the model, the optimizer and one batch per "
-        "worker."
-        + (" The in-memory row shows the fast path small folders keep." if memory_rows else ""),
-        "- Not measured here: GPUs, several nodes, shards on a network file system, and "
-        "data sets beyond the sizes in the table.",
-        "",
-    ]
-    path.write_text("\n".join(lines))
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = common.parser(__doc__, "data")
     parser.add_argument("--photos", help="folder of photographs to crop from (required)")
-    parser.add_argument("--work", default="/tmp/vq-bench-data", help="data sets, logs, JSON")
+    parser.add_argument("--work", default="/tmp/vq-bench-data", help="data sets, logs")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 20000])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--side", type=int, default=256)
     parser.add_argument("--predict-batch", type=int, default=16)
     parser.add_argument("--predict-images", type=int, default=256, help="in shards of 64")
-    parser.add_argument("--quick", action="store_true", help="sizes 200 and 1,000, 10 steps")
-    parser.add_argument("--out", type=Path, help="also write the markdown report here")
-    parser.add_argument("--render", type=Path, help="only write --out from this JSON")
     parser.add_argument("--skip-fit", action="store_true", help="measure predict only")
     parser.add_argument(
         "--setup-only", action="store_true", help="only add the data setup times to the JSON"
     )
     args = parser.parse_args(argv)
-    if args.render is not None:
-        write_report(json.loads(args.render.read_text()), args.out or Path("data.md"))
-        return 0
     if args.photos is None:
         parser.error("--photos is required")
     if args.quick:
         args.sizes, args.steps, args.predict_images = [200, 1000], 10, 64
+    out = common.out_dir(args.out, "data", args.quick)
+    result = common.meta("bench/data.py", argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     from train.stream import default_workers
@@ -384,11 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         for source, root in (("folder", str(folder)), ("tar", _pattern(shards))):
             setup.append({"n": n, "source": source, "s": setup_seconds(root, val)})
     if args.setup_only:
-        path = work / "data.json"
-        result = json.loads(path.read_text()) if path.is_file() else {}
-        result["setup"] = setup
-        path.write_text(json.dumps(result, indent=2))
-        print(json.dumps(setup))
+        earlier = json.loads((out / "data.json").read_text())
+        common.save({**earlier, "setup": setup}, out, "data")
         return 0
     rows = []
     for n in [] if args.skip_fit else args.sizes:
@@ -406,29 +254,22 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows[-1]), flush=True)
     k = args.predict_images
     folder, shards = make_dataset(Path(args.photos), work, k, args.side, seed=2, shard_size=64)
-    pred = predict(shards, work, f"predict-{k}", args.predict_batch)
-    tok = tokenizer_encode(folder, k, args.predict_batch)
-    result = {
-        "command": "python bench/data.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} usable cores",
-        "date": time.strftime("%Y-%m-%d"),
-        "default_workers": default_workers(),
-        "load_average": os.getloadavg(),
-        "config": {
+    result.update(
+        benchmark="data",
+        quick=args.quick,
+        default_workers=default_workers(),
+        config={
             "side": args.side,
             "steps": args.steps,
             "predict_batch": args.predict_batch,
             "predict_shard": 64,
         },
-        "fit": rows,
-        "setup": setup,
-        "predict": pred,
-        "tokenizer": tok,
-    }
-    (work / "data.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps({"predict": pred, "tokenizer": tok}))
-    if args.out is not None:
-        write_report(result, args.out)
+        fit=rows,
+        setup=setup,
+        predict=predict(shards, work, f"predict-{k}", args.predict_batch),
+        tokenizer=tokenizer_encode(folder, k, args.predict_batch),
+    )
+    common.save(result, out, "data")
     return 0
 
 

@@ -6,16 +6,17 @@ codes of dim 8, L2-normalised), written in LlamaGen's checkpoint layout and conv
     .venv/bin/python bench/imported_cpu.py            # 4 images, 256 x 256
     .venv/bin/python bench/imported_cpu.py --quick    # 1 image (a smoke run)
 
-Prints the parameter count, the artifact size, peak resident memory after load and after
+Measures the parameter count, the artifact size, peak resident memory after load and after
 encode/decode, and the per-image encode and decode time at batch 1 (fp32, the precision
-vq-import recommends) for the torch thread count given (default: all cores).
+vq-import recommends) for the torch thread count given (default: all cores); writes
+imported_cpu.json and its report into --out (default runs/bench/imported_cpu).
 Random weights cost the same time as trained ones: the work is the same convolutions.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import json
 import re
 import resource
 import subprocess
@@ -26,8 +27,14 @@ from pathlib import Path
 
 import torch
 
-import vq
-from vq.importer import main as import_main
+for _path in (Path(__file__).resolve().parents[1], Path(__file__).resolve().parent):
+    if str(_path) not in sys.path:
+        sys.path.append(str(_path))  # appended: bench/service.py must not shadow service/
+
+import common  # noqa: E402 - bench/ is a folder of scripts
+
+import vq  # noqa: E402
+from vq.importer import main as import_main  # noqa: E402
 
 
 def peak_rss_mib() -> float:
@@ -58,19 +65,19 @@ def llamagen_layout(state: dict[str, torch.Tensor], num_levels: int) -> dict[str
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one image instead of four")
+def main(argv: list[str] | None = None) -> None:
+    parser = common.parser(__doc__, "imported_cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--run", help=argparse.SUPPRESS)  # the measuring child process
     parser.add_argument("--images", type=int, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     n = args.images or (1 if args.quick else 4)
     if args.run:
-        run(args.run, n)
+        print(json.dumps(run(args.run, n)))
         return
+    result = common.meta("bench/imported_cpu.py", argv)
     cfg = vq.VQVAEConfig(
         architecture="vqgan",
         f=16,
@@ -89,15 +96,23 @@ def main() -> None:
         del model
         assert import_main(["llamagen", str(ckpt), str(Path(tmp) / "vq16")]) == 0
         size = (Path(tmp) / "vq16" / "model.safetensors").stat().st_size
-        print(f"parameters: {params / 1e6:.2f} M; model.safetensors {size / 2**20:.0f} MiB")
         # A fresh process, as vq-serve would be, so its memory is the served model's alone.
         cmd = [sys.executable, __file__, "--run", str(Path(tmp) / "vq16"), "--images", str(n)]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
-        subprocess.run(cmd, check=True)
+        child = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    measured = json.loads(child.stdout.strip().splitlines()[-1])
+    result.update(
+        benchmark="imported_cpu",
+        quick=args.quick,
+        parameters=params,
+        artifact_bytes=size,
+        **measured,
+    )
+    common.save(result, common.out_dir(args.out, "imported_cpu", args.quick), "imported_cpu")
 
 
-def run(artifact: str, n: int) -> None:
+def run(artifact: str, n: int) -> dict[str, object]:
     rss0 = peak_rss_mib()
     tok = vq.load_tokenizer(artifact)
     rss_load = peak_rss_mib()
@@ -110,21 +125,17 @@ def run(artifact: str, n: int) -> None:
     t0 = time.perf_counter()
     for c in codes:
         tok.decode(c)
-    t_dec = (time.perf_counter() - t0) / n
-    print(
-        f"torch threads {torch.get_num_threads()}, precision {tok.precision}, "
-        f"codes {tuple(codes[0].shape)} per image"
-    )
-    print(
-        f"peak RSS: {rss0:.0f} MiB after imports, {rss_load:.0f} MiB loaded, "
-        f"{peak_rss_mib():.0f} MiB after encode/decode"
-    )
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"machine: {os.cpu_count()} cores, load average {load:.1f} at the end")
-    print(
-        f"256x256, batch 1, {n} images: encode {t_enc * 1000:.0f} ms/image, "
-        f"decode {t_dec * 1000:.0f} ms/image"
-    )
+    return {
+        "threads": torch.get_num_threads(),
+        "precision": tok.precision,
+        "codes": list(codes[0].shape),
+        "images": n,
+        "rss_imports_mib": rss0,
+        "rss_loaded_mib": rss_load,
+        "rss_peak_mib": peak_rss_mib(),
+        "encode_s": t_enc,
+        "decode_s": (time.perf_counter() - t0) / n,
+    }
 
 
 if __name__ == "__main__":

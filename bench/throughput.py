@@ -8,23 +8,17 @@ Configurations (encode/decode): "fp32 NCHW eager" is the network as it ran befor
 contiguous NCHW); "fp32 channels_last" and "bf16 channels_last" are what ``vq.Tokenizer``
 runs at precision "fp32" and "bf16". FLOPs are counted with ``torch.utils.flop_counter`` on
 one image and multiplied by the images per second. Results go to
-runs/bench/throughput.md and a JSON file beside it (``--out docs/benchmarks/throughput.md``
-updates the committed report).
+runs/bench/throughput/throughput.{json,md} (``--out docs/benchmarks`` updates the committed
+report). The bf16-vs-fp32 agreement runs over the Kodak images of ``--kodak`` (skipped
+without it). Targets: bench/targets.toml.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import datetime as dt
 import functools
-import json
-import math
-import os
-import platform
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +27,17 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+for _path in (REPO, REPO / "bench"):
+    if str(_path) not in sys.path:
+        sys.path.append(str(_path))  # appended: bench/service.py must not shadow service/
+
+import common  # noqa: E402 - bench/ is a folder of scripts
+from metrics import psnr_uint8 as psnr  # noqa: E402
 
 import vq  # noqa: E402
 from vq.precision import autocast, bf16_native  # noqa: E402
 from vq.search import nearest_code  # noqa: E402
 
-DEFAULT_OUT = REPO / "runs" / "bench" / "throughput.md"  # docs/benchmarks/ only when asked
-KODAK = REPO.parent / "shared" / "data" / "kodak"
 CONFIGS = ("fp32 NCHW eager", "fp32 channels_last", "bf16 channels_last")
 # What users get: Tokenizer.encode/decode at precision bf16 (channels_last, CPU batches in
 # chunks of vq.tokenizer.CPU_CHUNK_PIXELS), from uint8 pixels to int64 codes and back.
@@ -48,17 +45,7 @@ SHIPPED = "bf16 Tokenizer (chunked)"
 
 
 def best_time(step: Callable[[], object], repeats: int, budget_s: float) -> float:
-    """Best of up to ``repeats`` timed calls (after one warm-up) within ``budget_s``."""
-    t0 = time.perf_counter()
-    step()
-    first = time.perf_counter() - t0
-    repeats = max(1, min(repeats, int(budget_s // max(first, 1e-9))))
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return min(common.timed(step, repeats, budget_s))
 
 
 def gemm_peak(n: int, dtype: torch.dtype, budget_s: float) -> float:
@@ -151,14 +138,11 @@ def onnxruntime_rows(
     return {"batch": batch, "encode_img_s": batch / t_enc, "decode_img_s": batch / t_dec}
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = (a.double() - b.double()).pow(2).mean().item()
-    return 10 * math.log10(255.0**2 / max(mse, 1e-12))
-
-
-def kodak_agreement(model_dir: Path, kodak: Path, limit: int | None) -> dict[str, Any] | None:
-    """Codes and PSNR of precision bf16 against fp32 on the Kodak photos (None if absent)."""
-    if not kodak.is_dir():
+def kodak_agreement(
+    model_dir: Path, kodak: Path | None, limit: int | None
+) -> dict[str, Any] | None:
+    """Codes and PSNR of precision bf16 against fp32 on the Kodak photos (None without)."""
+    if kodak is None:
         return None
     from PIL import Image
 
@@ -175,7 +159,10 @@ def kodak_agreement(model_dir: Path, kodak: Path, limit: int | None) -> dict[str
         same += int((c32 == c16).sum())
         total += c32.numel()
         ref = torch.from_numpy(image).permute(2, 0, 1)[None]
-        deltas.append(psnr(fp32.decode(c32), ref) - psnr(bf16.decode(c16), ref))
+        ref_np = ref.numpy()
+        deltas.append(
+            psnr(fp32.decode(c32).numpy(), ref_np) - psnr(bf16.decode(c16).numpy(), ref_np)
+        )
     return {
         "images": len(files),
         "tokens": total,
@@ -188,8 +175,8 @@ def kodak_agreement(model_dir: Path, kodak: Path, limit: int | None) -> dict[str
 def training(steps: int, quick: bool) -> list[dict[str, Any]]:
     """vq-train's default configuration: float32 NCHW eager against the fast path, through
     the real Lightning loop; data wait = time between one batch's end and the next's start."""
-    import lightning as L
     import yaml
+    from steps import StepTimes, trainer
 
     from train.cli import silence_third_party_noise
     from train.data import ImageDataModule
@@ -207,23 +194,6 @@ def training(steps: int, quick: bool) -> list[dict[str, Any]]:
         data_cfg.update(root=str(REPO / data_cfg["root"]), val_root=None)
     data_cfg["samples_per_epoch"] = data_cfg["batch_size"] * (steps + 2)
 
-    class Clock(L.Callback):
-        def __init__(self) -> None:
-            self.wait = 0.0
-            self.last_end: float | None = None
-            self.start: float | None = None
-
-        def on_train_batch_start(self, *args: Any) -> None:
-            now = time.perf_counter()
-            if self.last_end is not None:
-                self.wait += now - self.last_end
-            elif self.start is None:
-                self.start = now
-            self._t = now
-
-        def on_train_batch_end(self, *args: Any) -> None:
-            self.last_end = time.perf_counter()
-
     rows = []
     for name, precision, channels_last in (
         ("fp32 NCHW eager", "32-true", False),
@@ -233,28 +203,15 @@ def training(steps: int, quick: bool) -> list[dict[str, Any]]:
             continue
         module = VQVAEModule(**{k: v for k, v in cfg["model"].items()}, channels_last=channels_last)
         data = ImageDataModule(**data_cfg)
-        clock = Clock()
-        trainer = L.Trainer(
-            max_steps=steps + 2,
-            precision=precision,  # type: ignore[arg-type]
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            limit_val_batches=0,
-            callbacks=[clock],
-            accelerator="cpu",
-            devices=1,
-        )
-        trainer.fit(module, datamodule=data)
-        assert clock.start is not None and clock.last_end is not None
-        elapsed = clock.last_end - clock.start
+        clock = StepTimes()
+        trainer(steps + 2, precision, clock, accelerator="cpu", devices=1).fit(module, data)
+        elapsed = clock.ends[-1] - clock.starts[0]
         rows.append(
             {
                 "config": name,
                 "steps_s": (steps + 1) / elapsed,
                 "images_s": (steps + 1) * data_cfg["batch_size"] / elapsed,
-                "data_wait": clock.wait / elapsed,
+                "data_wait": sum(clock.waits()) / elapsed,
                 "crop": data_cfg["crop_size"],
                 "batch": data_cfg["batch_size"],
             }
@@ -296,159 +253,10 @@ def search(n: int, ks: list[int], d: int, budget_s: float) -> list[dict[str, Any
     return rows
 
 
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def verdicts(r: dict[str, Any]) -> list[tuple[str, str, str]]:
-    out: list[tuple[str, str, str]] = []
-
-    def row(batch: int, config: str) -> dict[str, Any] | None:
-        return next(
-            (x for x in r["encode_decode"] if x["batch"] == batch and x["config"] == config), None
-        )
-
-    for batch, target, what in ((8, 6.0, "encode"), (1, 4.0, "encode"), (8, 5.0, "decode")):
-        base, fast = row(batch, CONFIGS[0]), row(batch, SHIPPED)
-        if base is None or fast is None:
-            continue
-        ratio = fast[f"{what}_img_s"] / base[f"{what}_img_s"]
-        extra = ""
-        if what == "encode" and batch == 8:
-            share = fast["encode_gflops"] / r["gemm_bf16"]
-            extra = f"; {fast['encode_gflops']:.0f} GFLOP/s = {share:.0%} of the bf16 GEMM peak"
-        out.append(
-            (
-                f"{what} batch {batch}: bf16 Tokenizer >= {target:g}x fp32 NCHW",
-                "holds" if ratio >= target else "does not hold",
-                f"{ratio:.2f}x{extra}",
-            )
-        )
-    agree = r.get("kodak")
-    if agree:
-        ok = agree["identical"] >= 0.985 and agree["psnr_delta_max"] <= 0.05
-        out.append(
-            (
-                "Kodak: >= 98.5 % identical codes, PSNR within 0.05 dB",
-                "holds" if ok else "does not hold",
-                f"{agree['identical']:.2%} identical, max |ΔPSNR| {agree['psnr_delta_max']:.3f} dB",
-            )
-        )
-    train = r.get("training", [])
-    if len(train) == 2:
-        ratio = train[1]["images_s"] / train[0]["images_s"]
-        ok = ratio >= 2.0 and train[1]["data_wait"] < 0.05
-        out.append(
-            (
-                "training images/s >= 2x fp32 eager, data wait < 5 %",
-                "holds" if ok else "does not hold",
-                f"{ratio:.2f}x, data wait {train[1]['data_wait']:.1%}",
-            )
-        )
-    for s in r.get("search", []):
-        if "faiss" in s:
-            ratio = s["ours"] / s["faiss"]
-            out.append(
-                (
-                    f"nearest_code >= 1.0x faiss at K = {s['k']:,}, exact",
-                    "holds" if ratio >= 1.0 and s["identical_to_fp32"] == 1.0 else "does not hold",
-                    f"{ratio:.2f}x ({s['ours']:.0f} vs {s['faiss']:.0f} GFLOP/s), "
-                    f"both routes give the same ids ({s['identical_to_fp32']:.2%})",
-                )
-            )
-    return out
-
-
-def write_report(r: dict[str, Any], out: Path, command: str) -> None:
-    lines = [
-        "# CPU throughput: the fast path (bf16 + channels_last) and the search",
-        "",
-        f"Command: `{command}`  ",
-        f"Machine: {r['machine']}  ",
-        f"Date: {r['date']}; torch {torch.__version__}; {r['threads']} threads; "
-        f"model `{r['model']}`; load average at start {r['load'][0]:.1f}, at end {r['load'][1]:.1f}.",
-        "",
-        "Ratios are from this one run (the machine is noisy; each number is the best of a few "
-        "repeats).",
-        "",
-        "## GEMM peak (4096², or smaller with --quick)",
-        "",
-        f"float32 {r['gemm_fp32']:.0f} GFLOP/s, bfloat16 {r['gemm_bf16']:.0f} GFLOP/s "
-        f"({r['gemm_bf16'] / r['gemm_fp32']:.2f}x).",
-        "",
-        f"## Encode and decode, {r['size']}×{r['size']}",
-        "",
-        "| batch | configuration | encode img/s | encode GFLOP/s | decode img/s | decode GFLOP/s |",
-        "|---|---|---|---|---|---|",
-    ]
-    for x in r["encode_decode"]:
-        lines.append(
-            f"| {x['batch']} | {x['config']} | {x['encode_img_s']:.2f} | {x['encode_gflops']:.0f} "
-            f"| {x['decode_img_s']:.2f} | {x['decode_gflops']:.0f} |"
-        )
-    ort_row = r.get("onnxruntime")
-    if ort_row:
-        lines += [
-            "",
-            f"onnxruntime (CPU provider, `vq-export --onnx` graphs, float32), batch "
-            f"{ort_row['batch']}: encode {ort_row['encode_img_s']:.2f} img/s, decode "
-            f"{ort_row['decode_img_s']:.2f} img/s.",
-        ]
-    lines += ["", "## bf16 against fp32 on Kodak", ""]
-    k = r.get("kodak")
-    if k:
-        lines.append(
-            f"{k['images']} images, {k['tokens']:,} tokens: {k['identical']:.2%} of codes identical; "
-            f"PSNR (fp32 - bf16, each decoding its own codes) mean {k['psnr_delta_mean']:+.3f} dB, "
-            f"max |Δ| {k['psnr_delta_max']:.3f} dB."
-        )
-    else:
-        lines.append("Skipped: ../shared/data/kodak is absent.")
-    lines += [
-        "",
-        "## Training (configs/default.yaml through Lightning)",
-        "",
-        "| configuration | crop | batch | steps/s | images/s | data wait |",
-        "|---|---|---|---|---|---|",
-    ]
-    for t in r["training"]:
-        lines.append(
-            f"| {t['config']} | {t['crop']} | {t['batch']} | {t['steps_s']:.2f} "
-            f"| {t['images_s']:.1f} | {t['data_wait']:.1%} |"
-        )
-    lines += [
-        "",
-        f"## nearest_code against faiss-cpu IndexFlatL2 (N = {r['search_n']:,}, D = 64)",
-        "",
-        "| K | ours (default: float32 tiles) GFLOP/s | ours, bf16 candidates | faiss GFLOP/s "
-        "| ours / faiss | same ids as faiss |",
-        "|---|---|---|---|---|---|",
-    ]
-    for s in r["search"]:
-        f = s.get("faiss")
-        theirs = ("-", "-", "-")
-        if f is not None:
-            theirs = (f"{f:.0f}", f"{s['ours'] / f:.2f}x", f"{s['identical_to_faiss']:.2%}")
-        lines.append(
-            f"| {s['k']:,} | {s['ours']:.0f} | {s['ours_bf16']:.0f} | " + " | ".join(theirs) + " |"
-        )
-    lines += ["", "## Targets", "", "| target | verdict | measured |", "|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in verdicts(r)]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    out.with_suffix(".json").write_text(json.dumps(r, indent=1) + "\n", encoding="utf-8")
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (seconds)")
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = common.parser(__doc__, "throughput")
     parser.add_argument("--model", default=str(REPO / "models" / "default"))
-    parser.add_argument("--out", default=str(DEFAULT_OUT))
-    parser.add_argument("--kodak", default=str(KODAK))
+    parser.add_argument("--kodak", type=Path, default=None, help="folder of the Kodak images")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--train-steps", type=int, default=20)
@@ -457,13 +265,9 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     quick = args.quick
     budget = 0.5 if quick else 4.0
-    r: dict[str, Any] = {
-        "machine": f"{cpu_model()}, {os.cpu_count()} CPUs, native bf16: {bf16_native('cpu')}",
-        "date": dt.date.today().isoformat(),
-        "threads": torch.get_num_threads(),
-        "model": Path(args.model).name,
-        "load": [os.getloadavg()[0], 0.0],
-    }
+    r = common.meta("bench/throughput.py", argv)
+    r.update(benchmark="throughput", quick=quick, model=Path(args.model).name)
+    r["machine"] += f", native bf16: {bf16_native('cpu')}"
     print("GEMM peaks", flush=True)
     n = 512 if quick else 4096
     r["gemm_fp32"] = gemm_peak(n, torch.float32, budget)
@@ -477,17 +281,14 @@ def main(argv: list[str] | None = None) -> None:
     print("onnxruntime", flush=True)
     r["onnxruntime"] = onnxruntime_rows(tok, r["size"], 2 if quick else 8, budget)
     print("Kodak agreement", flush=True)
-    r["kodak"] = kodak_agreement(Path(args.model), Path(args.kodak), 2 if quick else None)
+    r["kodak"] = kodak_agreement(Path(args.model), args.kodak, 2 if quick else None)
     print("training", flush=True)
     r["training"] = training(3 if quick else args.train_steps, quick)
     print("search", flush=True)
     r["search_n"] = 1024 if quick else 16384
     ks = [512, 2048] if quick else [1024, 16384, 65536, 262144]
     r["search"] = search(r["search_n"], ks, 64, budget)
-    r["load"][1] = os.getloadavg()[0]
-    command = "python bench/throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_report(r, Path(args.out), command)
-    print(f"wrote {args.out}")
+    common.save(r, common.out_dir(args.out, "throughput", quick), "throughput")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from types import ModuleType
 
 import pytest
 
-from tests.bench.helpers import load_script
+from tests.bench.helpers import ROOT, load_script
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +72,24 @@ def test_an_unknown_kind_is_named(report: ModuleType) -> None:
 def test_missing_figures_render_as_n_a(report: ModuleType) -> None:
     assert report.fmt(math.nan, ".2f") == "n/a" and report.fmt(None, ".2f") == "n/a"
     assert report.fmt(0.5, ".1%") == "50.0%"
+
+
+# quality.md predates the renderer's present quality tables; the quality benchmark running
+# now writes both anew (strict: this fails once they agree, so the mark goes then).
+STALE = pytest.mark.xfail(reason="quality.md predates the renderer", strict=True)
+COMMITTED = [
+    pytest.param(p, id=p.name, marks=[STALE] if p.name == "quality.json" else [])
+    for p in sorted((ROOT / "docs" / "benchmarks").rglob("*.json"))
+]
+
+
+@pytest.mark.parametrize("path", COMMITTED)
+def test_each_committed_report_is_its_json_rendered(
+    report: ModuleType, path: Path, tmp_path: Path
+) -> None:
+    committed = path.with_suffix(".md").read_text()
+    out = tmp_path / path.with_suffix(".md").name
+    out.write_text(committed)
+    report.render(path, out)
+    generated = out.read_text().split(report.HAND_WRITTEN)[0]
+    assert generated == committed.split(report.HAND_WRITTEN)[0]

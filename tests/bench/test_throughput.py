@@ -1,4 +1,4 @@
-"""bench/throughput.py: the --quick run measures every section and writes the report."""
+"""bench/throughput.py: the --quick run measures every section and writes JSON and report."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     out = tmp_path / "throughput.md"
-    cmd = [sys.executable, str(ROOT / "bench" / "throughput.py"), "--quick", "--out", str(out)]
+    cmd = [sys.executable, str(ROOT / "bench" / "throughput.py"), "--quick", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=280, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = out.read_text()

@@ -1,0 +1,96 @@
+"""What every benchmark shares: its command line, where it writes, the run's description and
+the timing loop. A benchmark measures, then ``save`` writes ``OUT/<name>.json`` and renders
+``OUT/<name>.md`` from it (``bench/report.py``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "bench") not in sys.path:  # bench/ is a folder of scripts
+    sys.path.append(str(ROOT / "bench"))  # appended: bench/service.py must not shadow service/
+
+import report  # noqa: E402
+
+
+def parser(doc: str | None, name: str) -> argparse.ArgumentParser:
+    """An argument parser with the flags every benchmark has: --quick and --out."""
+    p = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--quick", action="store_true", help="small counts: a smoke run, seconds")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"folder for {name}.json and {name}.md (default runs/bench/{name}; "
+        f"--quick: runs/bench-quick/{name})",
+    )
+    return p
+
+
+def out_dir(out: Path | None, name: str, quick: bool) -> Path:
+    """``--out``, else a folder under runs/: a benchmark writes into docs/ only when asked."""
+    return out or ROOT / "runs" / ("bench-quick" if quick else "bench") / name
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def meta(script: str, argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """The run's description: command, date, machine, versions, threads, load average."""
+    import torch
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    return {
+        "command": " ".join(["python", script, *args]),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{cpu_model()}, {os.cpu_count()} logical CPUs, "
+        f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "load": [os.getloadavg()[0]],
+    }
+
+
+def timed(
+    step: Callable[[], object], repeats: int, budget_s: float, warmup: int = 1
+) -> list[float]:
+    """Seconds of each of up to ``repeats`` calls of ``step`` after ``warmup`` untimed ones;
+    the timed calls stop early once they have taken ``budget_s`` (at least one runs)."""
+    for _ in range(warmup):
+        step()
+    times: list[float] = []
+    while len(times) < repeats and sum(times) < budget_s:
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def save(payload: dict[str, Any], out: Path, name: str) -> Path:
+    """Write ``out/<name>.json`` (the load average at the end appended) and render its report."""
+    payload.setdefault("load", []).append(os.getloadavg()[0])
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    report.render(path, path.with_suffix(".md"))
+    print(f"wrote {path} and {path.with_suffix('.md').name}", flush=True)
+    return path
