@@ -124,6 +124,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     result = common.meta("-m bench.load", argv)
     server_args = ["--memory-budget", args.memory_budget]
     server_args += ["--request-timeout-s", f"{args.request_timeout_s:g}"]
+    # Small images only: the default 2048-px limit would not fit the budget (start-up refusal).
+    side = max(256, args.size)
+    server_args += ["--max-image-side", str(side), "--max-grid-side", str(side // 8)]
     with tempfile.TemporaryDirectory() as tmp:
         model, note = serving.resolve_model(args.model, Path(tmp))
         bodies = [serving.png_bytes(im) for im in serving.synthetic_images(32, args.size)]

@@ -221,6 +221,8 @@ def check_target(t: dict[str, Any], results: Sequence[dict[str, Any]]) -> tuple[
     metric = t.get("metric", "window_usage")
     runs = _ok(results, t.get("methods", ()))
     if t["kind"] == "floor":
+        low, high = t.get("min_k", 0), t.get("max_k", math.inf)
+        runs = [r for r in runs if low <= r["nominal_size"] <= high and metric in r]
         detail = ", ".join(f"{r['method']}@{r['codebook_size']}: {r[metric]:.1%}" for r in runs)
         return (all(r[metric] >= t["min"] for r in runs) if runs else None), detail or "not run"
     if t["kind"] == "falling":
