@@ -84,14 +84,13 @@ def test_every_quantizer_keeps_one_codebook_on_both_ranks(tmp_path: Path) -> Non
 DDP = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
 
 
-@pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`vq-train fit` on 2 gloo processes with EMA + data init + dead-code restart."""
-    root = tmp_path_factory.mktemp("ddp")
+def _ddp_fit(root: Path, options: list[str], whole: bool = False) -> Path:
+    """`vq-train fit` of configs/rotation.yaml at tiny size on 2 gloo processes; each rank
+    saves its state (``whole``: the LightningModule's) into ``root/ranks``."""
     save = json.dumps(
         {
             "class_path": "tests.train.helpers.SaveRankState",
-            "init_args": {"out_dir": str(root / "ranks")},
+            "init_args": {"out_dir": str(root / "ranks"), "whole": whole},
         }
     )
     proc = run_cli(
@@ -102,9 +101,7 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
             *TINY_OVERRIDES,
             *DDP,
             "--trainer.enable_progress_bar=false",
-            "--model.vqvae.quantizer.codebook_update=ema",
-            "--model.vqvae.quantizer.codebook_init=data",
-            "--model.vqvae.quantizer.dead_code_threshold=0.5",
+            *options,
             f"--trainer.default_root_dir={root}",
             f"--trainer.callbacks+={save}",
         ],
@@ -113,6 +110,19 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return root
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`vq-train fit` on 2 gloo processes with EMA + data init + dead-code restart."""
+    return _ddp_fit(
+        tmp_path_factory.mktemp("ddp"),
+        [
+            "--model.vqvae.quantizer.codebook_update=ema",
+            "--model.vqvae.quantizer.codebook_init=data",
+            "--model.vqvae.quantizer.dead_code_threshold=0.5",
+        ],
+    )
 
 
 def test_ddp_fit_ends_with_identical_codebooks_and_two_rank_usage(ddp_run: Path) -> None:
@@ -133,30 +143,8 @@ def test_ddp_fit_ends_with_identical_codebooks_and_two_rank_usage(ddp_run: Path)
 def test_ddp_trains_the_adversarial_recipe_with_identical_ranks(tmp_path: Path) -> None:
     """Two optimizers and two backward passes a step under plain ``ddp``: each pass leaves
     the other player's parameters without gradients, which the CLI tells DDP to allow."""
-    save = json.dumps(
-        {
-            "class_path": "tests.train.helpers.SaveRankState",
-            "init_args": {"out_dir": str(tmp_path / "ranks"), "whole": True},
-        }
-    )
-    proc = run_cli(
-        [
-            "fit",
-            "--config",
-            str(CONFIGS / "rotation.yaml"),
-            *TINY_OVERRIDES,
-            *DDP,
-            "--trainer.enable_progress_bar=false",
-            "--model.adversarial.weight=0.5",
-            "--model.adversarial.channels=8",
-            "--model.ema_decay=0.9",
-            f"--trainer.default_root_dir={tmp_path}",
-            f"--trainer.callbacks+={save}",
-        ],
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    options = ["--model.adversarial.weight=0.5", "--model.adversarial.channels=8"]
+    _ddp_fit(tmp_path, [*options, "--model.ema_decay=0.9"], whole=True)
     a = torch.load(tmp_path / "ranks" / "rank0.pt", weights_only=True)
     b = torch.load(tmp_path / "ranks" / "rank1.pt", weights_only=True)
     assert a["step"] == b["step"] == 4
