@@ -32,9 +32,8 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-for _path in (REPO, REPO / "bench"):
-    if str(_path) not in sys.path:
-        sys.path.append(str(_path))  # appended: bench/service.py must not shadow service/
+# appended, not prepended: bench/service.py must not shadow the service package
+sys.path += [p for p in (str(REPO), str(REPO / "bench")) if p not in sys.path]
 
 import common  # noqa: E402 - bench/ is a folder of scripts
 

@@ -49,11 +49,9 @@ import numpy as np
 import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-for _path in (ROOT, ROOT / "bench"):  # run as a script: vq/, train/ and kodak.py importable
-    if str(_path) not in sys.path:
-        # appended: bench/service.py must not shadow the service package
-        sys.path.append(str(_path))
+ROOT = Path(__file__).resolve().parents[1]
+# appended, not prepended: bench/service.py must not shadow the service package
+sys.path += [p for p in (str(ROOT), str(ROOT / "bench")) if p not in sys.path]
 
 import common  # noqa: E402 - bench/ is a folder of scripts
 import kodak  # noqa: E402

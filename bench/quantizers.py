@@ -32,10 +32,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-REPO = Path(__file__).resolve().parent.parent
-for _path in (REPO, REPO / "bench"):
-    if str(_path) not in sys.path:
-        sys.path.append(str(_path))  # appended: bench/service.py must not shadow service/
+REPO = Path(__file__).resolve().parents[1]
+# appended, not prepended: bench/service.py must not shadow the service package
+sys.path += [p for p in (str(REPO), str(REPO / "bench")) if p not in sys.path]
 
 import common  # noqa: E402 - bench/ is a folder of scripts
 
