@@ -16,6 +16,7 @@ counts are bounded.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import sys
 import tempfile
@@ -49,7 +50,7 @@ def ceiling(
         x = torch.from_numpy(stack).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W)
         tokenizer.encode(x)  # warm-up
         cpu0 = time.process_time()
-        times = common.timed(lambda x=x: tokenizer.encode(x), 10_000, budget_s, warmup=0)
+        times = common.timed(functools.partial(tokenizer.encode, x), 10_000, budget_s, warmup=0)
         out[key] = n * len(times) / sum(times)
         if n == batch:
             out["cpu_ms"] = 1000 * (time.process_time() - cpu0) / (n * len(times))
