@@ -32,9 +32,8 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-for _path in (REPO, REPO / "bench"):
-    if str(_path) not in sys.path:
-        sys.path.append(str(_path))  # appended: bench/service.py must not shadow service/
+# appended, not prepended: bench/service.py must not shadow the service package
+sys.path += [p for p in (str(REPO), str(REPO / "bench")) if p not in sys.path]
 
 import common  # noqa: E402 - bench/ is a folder of scripts
 
@@ -118,19 +117,25 @@ def _pattern(shards: Path) -> str:
     return str(shards / f"train-{{{names[0][6:11]}..{names[-1][6:11]}}}.tar")
 
 
-def fit(root: str, val: Path, work: Path, tag: str, steps: int, extra: list[str]) -> dict[str, Any]:
+def vq_train(
+    command: str, work: Path, tag: str, args: list[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``vq-train COMMAND`` with configs/default.yaml, fp32 and ``args``, measured
+    (``run_measured``), and the step times its ``bench.steps.StepTimes`` callback wrote."""
     times = work / f"times-{tag}.json"
     cb = json.dumps({"class_path": "bench.steps.StepTimes", "init_args": {"out": str(times)}})
-    cmd = [
-        sys.executable, "-m", "train.cli", "fit", "--config", "configs/default.yaml",
+    cmd = [sys.executable, "-m", "train.cli", command, "--config", "configs/default.yaml"]
+    cmd += ["--trainer.precision=32-true", "--trainer.enable_progress_bar=false"]
+    run = run_measured([*cmd, f"--trainer.callbacks+={cb}", *args], work / f"log-{tag}.txt")
+    return run, json.loads(times.read_text())
+
+
+def fit(root: str, val: Path, work: Path, tag: str, steps: int, extra: list[str]) -> dict[str, Any]:
+    run, t = vq_train("fit", work, tag, [
         f"--data.root={root}", f"--data.val_root={val}", f"--trainer.max_steps={steps}",
-        "--trainer.num_sanity_val_steps=0", "--trainer.precision=32-true",
-        "--trainer.enable_progress_bar=false",
-        f"--trainer.default_root_dir={work / 'runs' / tag}",
-        f"--trainer.callbacks+={cb}", *extra,
-    ]  # fmt: skip
-    run = run_measured(cmd, work / f"log-{tag}.txt")
-    t = json.loads(times.read_text())
+        "--trainer.num_sanity_val_steps=0", f"--trainer.default_root_dir={work / 'runs' / tag}",
+        *extra,
+    ])  # fmt: skip
     starts, ends = np.array(t["starts"]), np.array(t["ends"])
     steady = slice(2, None)  # the first steps include warm-up (workers starting, allocations)
     step = float(np.median((ends - starts)[steady]))
@@ -148,20 +153,15 @@ def fit(root: str, val: Path, work: Path, tag: str, steps: int, extra: list[str]
 
 
 def predict(shards: Path, work: Path, tag: str, batch: int) -> dict[str, Any]:
-    times = work / f"times-{tag}.json"
-    out = work / f"codes-{tag}"
-    cb = json.dumps({"class_path": "bench.steps.StepTimes", "init_args": {"out": str(times)}})
-    cmd = [
-        sys.executable, "-m", "train.cli", "predict", "--config", "configs/default.yaml",
-        f"--data.predict_root={_pattern(shards)}", f"--data.predict_batch_size={batch}",
-        "--trainer.precision=32-true", "--trainer.enable_progress_bar=false",
-        "--predict_writer.format=parquet", f"--predict_writer.out_dir={out}",
-        "--predict_writer.resume=false", f"--trainer.callbacks+={cb}",
-    ]  # fmt: skip
-    run = run_measured(cmd, work / f"log-{tag}.txt")
-    t = json.loads(times.read_text())["predict"]
     import pyarrow.parquet as pq
 
+    out = work / f"codes-{tag}"
+    run, times = vq_train("predict", work, tag, [
+        f"--data.predict_root={_pattern(shards)}", f"--data.predict_batch_size={batch}",
+        "--predict_writer.format=parquet", f"--predict_writer.out_dir={out}",
+        "--predict_writer.resume=false",
+    ])  # fmt: skip
+    t = times["predict"]
     n = sum(pq.ParquetFile(p).metadata.num_rows for p in out.glob("*.parquet"))
     return {
         "images": n,
@@ -206,64 +206,58 @@ def setup_seconds(root: str, val: Path) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = common.parser(__doc__, "data")
-    parser.add_argument("--photos", help="folder of photographs to crop from (required)")
-    parser.add_argument("--work", default="/tmp/vq-bench-data", help="data sets, logs")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 20000])
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--side", type=int, default=256)
-    parser.add_argument("--predict-batch", type=int, default=16)
-    parser.add_argument("--predict-images", type=int, default=256, help="in shards of 64")
-    parser.add_argument("--skip-fit", action="store_true", help="measure predict only")
-    parser.add_argument(
-        "--setup-only", action="store_true", help="only add the data setup times to the JSON"
-    )
+    add = parser.add_argument
+    add("--photos", required=True, help="folder of photographs to crop from")
+    add("--work", default="/tmp/vq-bench-data", help="data sets, logs")
+    add("--sizes", type=int, nargs="+", default=[1000, 5000, 20000])
+    add("--steps", type=int, default=20)
+    add("--side", type=int, default=256)
+    add("--predict-batch", type=int, default=16)
+    add("--predict-images", type=int, default=256, help="in shards of 64")
+    add("--skip-fit", action="store_true", help="measure predict only")
+    add("--setup-only", action="store_true", help="only add the data setup times to the JSON")
     args = parser.parse_args(argv)
-    if args.photos is None:
-        parser.error("--photos is required")
     if args.quick:
         args.sizes, args.steps, args.predict_images = [200, 1000], 10, 64
     out = common.out_dir(args.out, "data", args.quick)
     result = common.meta("bench/data.py", argv)
-    work = Path(args.work)
+    work, photos = Path(args.work), Path(args.photos)
     work.mkdir(parents=True, exist_ok=True)
     from train.stream import default_workers
 
-    val, _ = make_dataset(Path(args.photos), work, 16, args.side, seed=1)
-    setup: list[dict[str, Any]] = []
-    for n in [] if args.skip_fit else args.sizes:
-        folder, shards = make_dataset(Path(args.photos), work, n, args.side, seed=0)
-        for source, root in (("folder", str(folder)), ("tar", _pattern(shards))):
-            setup.append({"n": n, "source": source, "s": setup_seconds(root, val)})
+    val, _ = make_dataset(photos, work, 16, args.side, seed=1)
+    sets = (
+        [] if args.skip_fit else [make_dataset(photos, work, n, args.side, 0) for n in args.sizes]
+    )
+    sources = [
+        (n, source, root)
+        for n, (folder, shards) in zip(args.sizes, sets, strict=False)
+        for source, root in (("folder", str(folder)), ("tar", _pattern(shards)))
+    ]
+    setup = [{"n": n, "source": src, "s": setup_seconds(root, val)} for n, src, root in sources]
     if args.setup_only:
         earlier = json.loads((out / "data.json").read_text())
         common.save({**earlier, "setup": setup}, out, "data")
         return 0
     rows = []
-    for n in [] if args.skip_fit else args.sizes:
-        folder, shards = make_dataset(Path(args.photos), work, n, args.side, seed=0)
-        for source, root in (("folder", str(folder)), ("tar", _pattern(shards))):
-            row = fit(root, val, work, f"{source}-{n}", args.steps, ["--data.cache_mb=0"])
-            rows.append({"n": n, "source": source, **row})
-            print(json.dumps(rows[-1]), flush=True)
-    # Today's path for reference: the smallest set decoded into memory (data.cache_mb default).
-    n = min(args.sizes)
-    if not args.skip_fit:
-        folder, _ = make_dataset(Path(args.photos), work, n, args.side, seed=0)
+    for n, source, root in sources:
+        row = fit(root, val, work, f"{source}-{n}", args.steps, ["--data.cache_mb=0"])
+        rows.append({"n": n, "source": source, **row})
+        print(json.dumps(rows[-1]), flush=True)
+    if sets:  # today's path for reference: the smallest set decoded into memory (cache_mb default)
+        n = min(args.sizes)
+        folder, _ = make_dataset(photos, work, n, args.side, seed=0)
         row = fit(str(folder), val, work, f"memory-{n}", args.steps, [])
         rows.append({"n": n, "source": "folder, in memory", **row})
         print(json.dumps(rows[-1]), flush=True)
     k = args.predict_images
-    folder, shards = make_dataset(Path(args.photos), work, k, args.side, seed=2, shard_size=64)
+    folder, shards = make_dataset(photos, work, k, args.side, seed=2, shard_size=64)
+    config = {"side": args.side, "steps": args.steps, "predict_batch": args.predict_batch}
     result.update(
         benchmark="data",
         quick=args.quick,
         default_workers=default_workers(),
-        config={
-            "side": args.side,
-            "steps": args.steps,
-            "predict_batch": args.predict_batch,
-            "predict_shard": 64,
-        },
+        config={**config, "predict_shard": 64},
         fit=rows,
         setup=setup,
         predict=predict(shards, work, f"predict-{k}", args.predict_batch),

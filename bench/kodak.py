@@ -24,7 +24,6 @@ supplies; skipped otherwise).
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
@@ -40,13 +39,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-for _path in (ROOT, ROOT / "bench"):  # run as a script: vq/, train/ and metrics.py importable
-    if str(_path) not in sys.path:
-        # appended: bench/service.py must not shadow the service package
-        sys.path.append(str(_path))
+ROOT = Path(__file__).resolve().parents[1]
+# appended, not prepended: bench/service.py must not shadow the service package
+sys.path += [p for p in (str(ROOT), str(ROOT / "bench")) if p not in sys.path]
 
-import metrics  # noqa: E402 - bench/ is a folder of scripts
+import common  # noqa: E402 - bench/ is a folder of scripts
+import metrics  # noqa: E402
 import report  # noqa: E402
 
 from train.images import find_images  # noqa: E402
@@ -54,8 +52,6 @@ from vq import Tokenizer, load_tokenizer  # noqa: E402
 from vq.usage import histogram_perplexity  # noqa: E402
 from vqio import format_size, read_image  # noqa: E402
 
-DEFAULT_OUT = ROOT / "runs" / "bench" / "kodak"
-QUICK_OUT = ROOT / "runs" / "bench-quick" / "kodak"
 # Quality sweeps down to each codec's lowest setting (JPEG and WebP quality 1 is legal).
 JPEG_QUALITIES = (1, 5, 10, 15, 20, 30, 40, 50, 60, 75, 90)
 WEBP_QUALITIES = (0, 1, 5, 10, 20, 30, 40, 50, 60, 75, 90)
@@ -71,10 +67,8 @@ CROPS = (
 
 
 def code_entropy_bits(hist: torch.Tensor) -> float:
-    """Entropy in bits per token of a code histogram (0 log 0 = 0)."""
-    p = hist.double() / hist.sum().clamp_min(1)
-    p = p[p > 0]
-    return float(-(p * p.log2()).sum())
+    """Entropy in bits per token of a code histogram (0 log 0 = 0): log2 of its perplexity."""
+    return math.log2(max(histogram_perplexity(hist), 1.0))
 
 
 @dataclass
@@ -188,8 +182,7 @@ def evaluate_tokenizer(
     ``fid``: (feature extractor, the originals' features) for rFID."""
     start = time.perf_counter()
     hist = torch.zeros(tok.codebook_size, dtype=torch.long)
-    per_image = []
-    recons = []
+    per_image, recons = [], []
     for image_name, im in zip(images.names, images.pixels, strict=True):
         recon, codes = reconstruct(tok, image_name, im)
         if fid is not None:
@@ -285,15 +278,20 @@ def fid_extractor(path: Path | None, device: str = "cpu") -> tuple[Features | No
     )
 
 
-def plot_rd(
-    tokenizers: Sequence[TokenizerResult], codecs: Sequence[CodecPoint], path: Path, title: str
-) -> None:
-    """PSNR vs bpp: codec curves, and per tokenizer its nominal (o) and entropy (x) rates."""
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_rd(
+    tokenizers: Sequence[TokenizerResult], codecs: Sequence[CodecPoint], path: Path, title: str
+) -> None:
+    """PSNR vs bpp: codec curves, and per tokenizer its nominal (o) and entropy (x) rates."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.8))
     for codec, color in (("jpeg", "black"), ("webp", "grey")):
         pts = sorted((p for p in codecs if p.codec == codec), key=lambda p: p.bpp)
@@ -328,11 +326,7 @@ def crops_picture(
     """Rows of zoomed crops (``CROPS``; the first image's centre when they are absent):
     original | JPEG | WebP (``CROP_CODECS``) | each tokenizer, saved as PNG. Returns the
     column titles."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     index = {n: i for i, n in enumerate(images.names)}
     rows = [c for c in CROPS if c[0] in index]
     if not rows:
@@ -356,8 +350,7 @@ def crops_picture(
         for c, (pixels, note) in enumerate(columns):
             ax = axes[r][c]
             ax.imshow(pixels[top : top + side, left : left + side], interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set(xticks=[], yticks=[])
             ax.set_title(f"{titles[c]}\n{name} {note}".strip(), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -401,27 +394,25 @@ def run(
         for (name, tok), (_, path) in zip(loaded, tokenizers, strict=True)
     ]
     out.mkdir(parents=True, exist_ok=True)
-    payload = {
+    payload: dict[str, Any] = {
         "images": {"folder": display_path(kodak), "names": images.names},
         "averaging": "mean over images of the per-image figure (RGB uint8, whole image)",
         "notes": [lpips_note, fid_note],
         "tokenizers": [asdict(r) for r in results],
         "codecs": [asdict(p) for p in codecs],
     }
-    (out / "kodak.json").write_text(json.dumps(payload, indent=1, allow_nan=True) + "\n")
     plot_rd(results, codecs, out / "kodak_rd.png", f"Kodak ({len(images.names)} images)")
     if loaded:
         crops_picture(images, loaded, out / "kodak_crops.png")
+        regions = [c for c in CROPS if c[0] in images.names]
         payload["crops"] = {
             "regions": [
-                {"image": n, "top": t, "left": left, "side": side}
-                for n, t, left, side in CROPS
-                if n in images.names
+                dict(zip(("image", "top", "left", "side"), c, strict=True)) for c in regions
             ],
             "codecs": [f"{c.upper()} q={q}" for c, q in CROP_CODECS],
         }
-        (out / "kodak.json").write_text(json.dumps(payload, indent=1, allow_nan=True) + "\n")
-    report.write(out / "kodak.md", report.kodak_markdown(payload, out))
+    (out / "kodak.json").write_text(json.dumps(payload, indent=1) + "\n")
+    report.render(out / "kodak.json", out / "kodak.md")
     return payload
 
 
@@ -432,31 +423,15 @@ def parse_tokenizer(arg: str) -> tuple[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--tokenizer",
-        action="append",
-        default=[],
-        type=parse_tokenizer,
-        help="artifact folder, or NAME=FOLDER; repeat for several (none: codecs only)",
-    )
-    p.add_argument("--kodak", type=Path, default=None, help="folder of the Kodak images (required)")
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help=f"output folder (default {display_path(DEFAULT_OUT)})",
-    )
-    p.add_argument("--quick", action="store_true", help="2 images, 3 quality settings")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--lpips-backbone", type=Path, default=None, help="VGG16 weights (torchvision)")
-    p.add_argument("--lpips-heads", type=Path, default=None, help="LPIPS linear heads")
-    p.add_argument(
-        "--fid-inception",
-        type=Path,
-        default=None,
-        help="Inception-v3 TorchScript (inception-2015-12-05.pt) for rFID",
-    )
+    p = common.parser(__doc__, "kodak")
+    add = p.add_argument
+    help_tok = "artifact folder, or NAME=FOLDER; repeat for several (none: codecs only)"
+    add("--tokenizer", action="append", default=[], type=parse_tokenizer, help=help_tok)
+    add("--kodak", type=Path, default=None, help="folder of the Kodak images (required)")
+    add("--device", default="cpu")
+    add("--lpips-backbone", type=Path, default=None, help="VGG16 weights (torchvision)")
+    add("--lpips-heads", type=Path, default=None, help="LPIPS linear heads")
+    add("--fid-inception", type=Path, help="Inception-v3 TorchScript (inception-2015-12-05.pt)")
     args = p.parse_args(argv)
     if args.kodak is None or not args.kodak.is_dir():
         where = "" if args.kodak is None else f" ({args.kodak} is not a folder)"
@@ -466,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
+    out = common.out_dir(args.out, "kodak", args.quick)
     try:
         payload = run(
             args.tokenizer,

@@ -32,9 +32,9 @@ from typing import Any
 
 import httpx
 
-for _path in (Path(__file__).resolve().parents[1], Path(__file__).resolve().parent):
-    if str(_path) not in sys.path:
-        sys.path.append(str(_path))  # appended: bench/service.py must not shadow service/
+ROOT = Path(__file__).resolve().parents[1]
+# appended, not prepended: bench/service.py must not shadow the service package
+sys.path += [p for p in (str(ROOT), str(ROOT / "bench")) if p not in sys.path]
 
 import common  # noqa: E402 - bench/ is a folder of scripts
 import serving  # noqa: E402
@@ -81,11 +81,10 @@ def run_phase(
     shed = {} if sigterm_after is not None else server.metric_by("vq_requests_shed_total", "reason")
     also = [terminate(sigterm_after)] if sigterm_after is not None else []
     with serving.Probe(server.url, server.pid) as probe:
-        seconds = asyncio.run(
-            serving.clients(
-                server.url, concurrency, requests, call, max_seconds=max_seconds, alongside=also
-            )
+        load = serving.clients(
+            server.url, concurrency, requests, call, max_seconds=max_seconds, alongside=also
         )
+        seconds = asyncio.run(load)
     if sigterm_after is None:
         after = server.metric_by("vq_requests_shed_total", "reason")
         shed = {k: v - shed.get(k, 0.0) for k, v in after.items()}
@@ -109,12 +108,14 @@ def run_phase(
 
 def main(argv: Sequence[str] | None = None) -> None:
     p = common.parser(__doc__, "load")
-    p.add_argument("--model", help="artifact directory (default models/default)")
-    p.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
-    p.add_argument("--memory-budget", default="2G", help="vq-serve --memory-budget (default 2G)")
-    p.add_argument("--request-timeout-s", type=float, default=10.0, help="vq-serve deadline")
-    p.add_argument("--max-seconds", type=float, default=150.0, help="cap per phase")
+    add = p.add_argument
+    add("--model", help="artifact directory (default models/default)")
+    add("--size", type=int, default=32, help="image side in pixels (default 32)")
+    add("--memory-budget", default="2G", help="vq-serve --memory-budget (default 2G)")
+    add("--request-timeout-s", type=float, default=10.0, help="vq-serve deadline")
+    add("--max-seconds", type=float, default=150.0, help="cap per phase")
     args = p.parse_args(argv)
+    # (name, concurrency, requests): sustained, overload, then SIGTERM after some seconds
     plan = [("sustained", 64, 5000), ("overload", 256, 2000)]
     drain_plan = ("SIGTERM drain", 64, 2000, 5.0)
     if args.quick:

@@ -36,9 +36,9 @@ from typing import Any
 
 import httpx
 
-for _path in (Path(__file__).resolve().parents[1], Path(__file__).resolve().parent):
-    if str(_path) not in sys.path:
-        sys.path.append(str(_path))  # appended: bench/service.py must not shadow service/
+ROOT = Path(__file__).resolve().parents[1]
+# appended, not prepended: bench/service.py must not shadow the service package
+sys.path += [p for p in (str(ROOT), str(ROOT / "bench")) if p not in sys.path]
 
 import common  # noqa: E402 - bench/ is a folder of scripts
 import serving  # noqa: E402

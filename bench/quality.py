@@ -36,27 +36,25 @@ import json
 import math
 import multiprocessing
 import os
-import platform
 import shutil
 import sys
 import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-for _path in (ROOT, ROOT / "bench"):  # run as a script: vq/, train/ and kodak.py importable
-    if str(_path) not in sys.path:
-        # appended: bench/service.py must not shadow the service package
-        sys.path.append(str(_path))
+ROOT = Path(__file__).resolve().parents[1]
+# appended, not prepended: bench/service.py must not shadow the service package
+sys.path += [p for p in (str(ROOT), str(ROOT / "bench")) if p not in sys.path]
 
-import kodak  # noqa: E402 - bench/ is a folder of scripts
+import common  # noqa: E402 - bench/ is a folder of scripts
+import kodak  # noqa: E402
 import report  # noqa: E402
 from torchmetrics.functional.image import (  # noqa: E402
     peak_signal_noise_ratio,
@@ -70,8 +68,6 @@ from vq.model import FSQ_RECOMMENDED_LEVELS  # noqa: E402
 from vq.pixels import float_to_unit  # noqa: E402
 
 CONFIGS = ROOT / "configs"
-DEFAULT_OUT = ROOT / "runs" / "bench" / "quality"
-QUICK_OUT = ROOT / "runs" / "bench-quick" / "quality"
 METHODS = ("ste", "rotation", "simvq", "simvq_rotation", "fsq")  # configs/<method>.yaml
 PLAIN_METHODS = ("ste", "rotation")
 SIZES = (1024, 8192, 65536)
@@ -289,7 +285,7 @@ def evaluate(artifact: Path, cfg: BenchConfig, result: RunResult, images: Any) -
     device = torch.device(cfg.device)
     fixed = torch.zeros(k, dtype=torch.long, device=device)
     psnrs, ssims, err, norm = [], [], 0.0, 0.0
-    val = torch.from_numpy(__import__("numpy").stack(datamodule(cfg).val_crops()))
+    val = torch.from_numpy(np.stack(datamodule(cfg).val_crops()))
     for chunk in val.permute(0, 3, 1, 2).split(cfg.eval_batch):  # (B, 3, h, w) uint8
         images_in = chunk.to(device).float() / 127.5 - 1
         out = model(images_in)
@@ -385,91 +381,85 @@ def _worker(method: str, size: int, cfg: BenchConfig, work: Path, setting: str) 
 
 
 def machine(device: str) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    desc = f"{os.cpu_count()} CPU cores ({cpu})"
+    desc = f"{os.cpu_count()} CPU cores ({common.cpu_model()})"
     if device.startswith("cuda") and torch.cuda.is_available():
         desc += f", GPU {torch.cuda.get_device_name(torch.device(device))}"
     return desc
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="tiny model and budget (a smoke test)")
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    p.add_argument("--sizes", nargs="+", type=int, default=None, help="codebook sizes K")
-    p.add_argument("--steps", type=int, default=None, help="training steps per configuration")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--crop", type=int, default=None, help="training crop side (multiple of f)")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument(
-        "--plain",
-        nargs="+",
-        choices=list(SETTINGS),
-        default=None,
-        help="settings of the plain codebooks (ste, rotation), one run each (default papers)",
-    )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a vq-train option for every config, e.g. --set model.lr=1e-3 (repeatable)",
-    )
-    p.add_argument("--corpus", default=None, help="folder with train/ (val/, kodak/)")
-    p.add_argument("--kodak", default=None, help="Kodak folder (default: CORPUS/kodak)")
-    p.add_argument("--kodak-limit", type=int, default=None, help="first N Kodak images only")
-    p.add_argument("--device", default=None, help="cpu or cuda")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads per run")
-    p.add_argument("--jobs", type=int, default=1, help="configurations trained at once")
-    p.add_argument("--out", type=Path, default=None, help="folder for the JSON, report, plots")
-    p.add_argument("--work-dir", type=Path, default=None, help="run folders (default OUT/work)")
-    p.add_argument("--resume", action="store_true", help="continue the runs in --work-dir")
+    p = common.parser(__doc__, "quality")
+    add = p.add_argument
+    add("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    add("--sizes", nargs="+", type=int, default=None, help="codebook sizes K")
+    add("--steps", type=int, default=None, help="training steps per configuration")
+    add("--batch-size", type=int, default=None)
+    add("--crop", type=int, default=None, help="training crop side (multiple of f)")
+    add("--seed", type=int, default=None)
+    add("--plain", nargs="+", choices=list(SETTINGS), help="plain codebooks' settings (papers)")
+    sets = "a vq-train option for every config, e.g. --set model.lr=1e-3 (repeatable)"
+    add("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=sets)
+    add("--corpus", default=None, help="folder with train/ (val/, kodak/)")
+    add("--kodak", default=None, help="Kodak folder (default: CORPUS/kodak)")
+    add("--kodak-limit", type=int, default=None, help="first N Kodak images only")
+    add("--device", default=None, help="cpu or cuda")
+    add("--threads", type=int, default=None, help="torch intra-op threads per run")
+    add("--jobs", type=int, default=1, help="configurations trained at once")
+    add("--work-dir", type=Path, default=None, help="run folders (default OUT/work)")
+    add("--resume", action="store_true", help="continue the runs in --work-dir")
     return p.parse_args(argv)
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[BenchConfig, tuple[int, ...]]:
+    given = {k: getattr(args, k) for k in ("steps", "batch_size", "crop", "seed", "device")}
+    given |= {"threads": args.threads, "kodak_limit": args.kodak_limit}
+    given |= {"plain": args.plain and tuple(args.plain), "overrides": tuple(args.overrides)}
     cfg = QUICK if args.quick else BenchConfig()
-    given = {
-        "steps": args.steps,
-        "batch_size": args.batch_size,
-        "crop": args.crop,
-        "seed": args.seed,
-        "plain": tuple(args.plain) if args.plain else None,
-        "device": args.device,
-        "threads": args.threads,
-        "kodak_limit": args.kodak_limit,
-        "overrides": tuple(args.overrides) or None,
-    }
     cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})
-    if args.corpus is not None and not (Path(args.corpus) / "train").is_dir():
+    corpus = Path(args.corpus) if args.corpus is not None else None
+    if corpus is not None and not (corpus / "train").is_dir():
         raise ValueError(f"--corpus {args.corpus!r} has no train/ folder")
-    kodak_dir = args.kodak or (
-        str(Path(args.corpus) / "kodak")
-        if args.corpus and (Path(args.corpus) / "kodak").is_dir()
-        else None
-    )
+    kodak_dir = args.kodak
+    if kodak_dir is None and corpus and (corpus / "kodak").is_dir():
+        kodak_dir = str(corpus / "kodak")
     if kodak_dir is not None and not Path(kodak_dir).is_dir():
         raise ValueError(f"--kodak {kodak_dir!r} is not a folder")
     cfg = replace(cfg, corpus=args.corpus, kodak=kodak_dir)
-    for name in ("steps", "batch_size", "crop"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')}={getattr(cfg, name)} must be >= 1")
+    checked = {"steps": cfg.steps, "batch-size": cfg.batch_size, "crop": cfg.crop}
+    for name, value in {**checked, "jobs": args.jobs}.items():
+        if value < 1:
+            raise ValueError(f"--{name}={value} must be >= 1")
     if cfg.crop % 8:
         raise ValueError(f"--crop={cfg.crop} must be a multiple of f=8")
-    if args.jobs < 1:
-        raise ValueError(f"--jobs={args.jobs} must be >= 1")
-    sizes = tuple(args.sizes) if args.sizes else (QUICK_SIZES if args.quick else SIZES)
+    sizes = tuple(args.sizes or (QUICK_SIZES if args.quick else SIZES))
     if any(s < 2 for s in sizes):
         raise ValueError(f"--sizes {list(sizes)}: codebook sizes must be >= 2")
     return cfg, sizes
+
+
+def train_all(
+    runs: Sequence[tuple[str, int, str]], cfg: BenchConfig, work_dir: Path, jobs: int, resume: bool
+) -> dict[tuple[str, int, str], RunResult]:
+    """Every configuration, ``jobs`` at once in spawned processes; with ``resume`` a finished
+    one is read from its result.json instead."""
+    results: dict[tuple[str, int, str], RunResult] = {}
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        futures = {}
+        for run in runs:
+            work = work_dir / run_name(*run)
+            if resume and (work / "result.json").exists():
+                results[run] = RunResult(**json.loads((work / "result.json").read_text()))
+            else:
+                futures[pool.submit(_worker, run[0], run[1], cfg, work, run[2])] = run
+        for future in concurrent.futures.as_completed(futures):
+            r = results[futures[future]] = future.result()
+            said = f"PSNR {r.psnr:.2f} usage {r.window_usage:.1%} fixed-set {r.fixed_usage:.1%}"
+            print(
+                f"{run_name(*futures[future])}: {f'FAILED {r.error}' if r.error else said}",
+                flush=True,
+            )
+    return results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -479,10 +469,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
+    out = common.out_dir(args.out, "quality", args.quick)
     work_dir = args.work_dir or out / "work"
     if args.quick and args.out is None and not args.resume:
-        shutil.rmtree(QUICK_OUT, ignore_errors=True)  # the default quick folder is scratch
+        shutil.rmtree(out, ignore_errors=True)  # the default quick folder is scratch
     runs = configurations(args.methods, sizes, cfg)
     started = [w for r in runs if (w := work_dir / run_name(*r)).exists()]
     if started and not args.resume:
@@ -497,52 +487,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     images = kodak.load_images(cfg.kodak, cfg.kodak_limit) if cfg.kodak else None
     codecs = []
     if images is not None:
-        qualities = cfg.codec_qualities
-        codecs = kodak.codec_sweep(images, "jpeg", qualities or kodak.JPEG_QUALITIES)
-        codecs += kodak.codec_sweep(images, "webp", qualities or kodak.WEBP_QUALITIES)
+        codecs = kodak.codec_sweep(images, "jpeg", cfg.codec_qualities or kodak.JPEG_QUALITIES)
+        codecs += kodak.codec_sweep(images, "webp", cfg.codec_qualities or kodak.WEBP_QUALITIES)
     dm = datamodule(cfg)
-    data = (
-        f"{kodak.display_path(cfg.corpus) if cfg.corpus else 'the bundled photographs'}: "
-        f"{len(dm.train_names)} training, {len(dm.val_names)} held-out images; "
-        + (f"Kodak: {len(images.names)} whole images" if images else "no Kodak")
-    )
+    shown = kodak.display_path(cfg.corpus) if cfg.corpus else "the bundled photographs"
+    data = f"{shown}: {len(dm.train_names)} training, {len(dm.val_names)} held-out images; "
+    data += f"Kodak: {len(images.names)} whole images" if images else "no Kodak"
     start = time.perf_counter()
-    results: dict[tuple[str, int, str], RunResult] = {}
-    with concurrent.futures.ProcessPoolExecutor(
-        max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")
-    ) as pool:
-        futures = {}
-        for run in runs:
-            done = work_dir / run_name(*run) / "result.json"
-            if args.resume and done.exists():
-                results[run] = RunResult(**json.loads(done.read_text()))
-            else:
-                m, k, setting = run
-                work = work_dir / run_name(*run)
-                futures[pool.submit(_worker, m, k, cfg, work, setting)] = run
-        for future in concurrent.futures.as_completed(futures):
-            r = future.result()
-            results[futures[future]] = r
-            print(
-                f"{run_name(*futures[future])}: "
-                + (
-                    f"PSNR {r.psnr:.2f} usage {r.window_usage:.1%} fixed-set {r.fixed_usage:.1%}"
-                    if r.error is None
-                    else f"FAILED {r.error}"
-                ),
-                flush=True,
-            )
-    shown = [
-        a if not Path(a).is_absolute() else kodak.display_path(a) for a in (argv or sys.argv[1:])
-    ]
+    results = train_all(runs, cfg, work_dir, args.jobs, args.resume)
+    command = [kodak.display_path(a) if Path(a).is_absolute() else a for a in argv or sys.argv[1:]]
+    meta = common.meta("bench/quality.py", command)
     payload = {
         "meta": {
-            "command": "python bench/quality.py " + " ".join(shown),
-            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": meta["command"],
+            "date": meta["date"],
             "total_seconds": time.perf_counter() - start,
             "machine": machine(cfg.device),
             "torch": torch.__version__,
-            "python": platform.python_version(),
+            "python": meta["python"],
             "data": data,
             "methods": list(METHODS),
             "codecs": [asdict(p) for p in codecs],
@@ -556,9 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "quality.json").write_text(json.dumps(payload, indent=1) + "\n")
-    report.write(
-        out / "quality.md", report.quality_markdown(payload, report.quality_plots(payload, out))
-    )
+    report.render(out / "quality.json", out / "quality.md")
     print(f"wrote {out / 'quality.json'}, quality.md and plots")
     return 0 if any(r.error is None for r in results.values()) else 1
 

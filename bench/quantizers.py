@@ -27,15 +27,14 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-REPO = Path(__file__).resolve().parent.parent
-for _path in (REPO, REPO / "bench"):
-    if str(_path) not in sys.path:
-        sys.path.append(str(_path))  # appended: bench/service.py must not shadow service/
+REPO = Path(__file__).resolve().parents[1]
+# appended, not prepended: bench/service.py must not shadow the service package
+sys.path += [p for p in (str(REPO), str(REPO / "bench")) if p not in sys.path]
 
 import common  # noqa: E402 - bench/ is a folder of scripts
 
@@ -104,20 +103,13 @@ def _build(task: Task) -> Any:
 
     kind, estimator = VQ_SPEC.get(task.method, ("", ""))
     rotation = estimator == "rotation"
-    if kind == "plain":
-        # A codebook learned by gradient (not EMA), as ours is by default.
+    vq_args = {"dim": DIM, "codebook_size": task.k, "rotation_trick": rotation}
+    if kind == "plain":  # a codebook learned by gradient (not EMA), as ours is by default
         module = ref.VectorQuantize(
-            dim=DIM,
-            codebook_size=task.k,
-            rotation_trick=rotation,
-            learnable_codebook=True,
-            ema_update=False,
-            accept_image_fmap=True,
+            **vq_args, learnable_codebook=True, ema_update=False, accept_image_fmap=True
         )
     elif kind == "linear":
-        module = ref.SimVQ(
-            dim=DIM, codebook_size=task.k, rotation_trick=rotation, channel_first=True
-        )
+        module = ref.SimVQ(**vq_args, channel_first=True)
     else:
         module = ref.FSQ(levels=task.levels, dim=DIM, channel_first=True)
 
@@ -163,16 +155,14 @@ def _search(task: Task, n: int, warmup: int, repeats: int, budget_s: float) -> R
             if argmin:
                 dist.argmin(dim=1)
 
-    times = common.timed(lambda: nearest_code(x, codebook), repeats, budget_s, warmup)
+    def timed(step: Callable[[], object]) -> list[float]:
+        return common.timed(step, repeats, budget_s, warmup)
+
     extra = {
-        "row_chunked_argmin_s": statistics.median(
-            common.timed(lambda: row_chunked(True), repeats, budget_s, warmup)
-        ),
-        "row_chunked_matmul_s": statistics.median(
-            common.timed(lambda: row_chunked(False), repeats, budget_s, warmup)
-        ),
+        "row_chunked_argmin_s": statistics.median(timed(lambda: row_chunked(True))),
+        "row_chunked_matmul_s": statistics.median(timed(lambda: row_chunked(False))),
     }
-    return Result(task, times_s=times, extra=extra)
+    return Result(task, times_s=timed(lambda: nearest_code(x, codebook)), extra=extra)
 
 
 def _is_memory_error(exc: BaseException) -> bool:
@@ -222,15 +212,8 @@ def child_main(spec: dict[str, Any]) -> None:
 
 def run_children(tasks: Sequence[Task], args: argparse.Namespace) -> list[Result]:
     """Run ``tasks`` in one child process; failures become results with a status."""
-    spec = {
-        "tasks": [asdict(t) for t in tasks],
-        "n": args.n,
-        "warmup": args.warmup,
-        "repeats": args.repeats,
-        "budget_s": args.budget_s,
-        "threads": args.threads,
-        "memory_limit_gib": args.memory_limit_gib,
-    }
+    spec = {k: getattr(args, k) for k in ("n", "warmup", "repeats", "budget_s", "threads")}
+    spec |= {"tasks": [asdict(t) for t in tasks], "memory_limit_gib": args.memory_limit_gib}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
     env = dict(os.environ)
     if args.omp_wait_policy != "unset":
@@ -291,33 +274,23 @@ def plan(args: argparse.Namespace) -> list[list[Task]]:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = common.parser(__doc__, "quantizers")
-    p.add_argument("--n", type=int, default=None, help="vectors per batch (multiple of 1024)")
-    p.add_argument("--ks", type=int, nargs="+", default=None, help="codebook sizes")
-    p.add_argument(
-        "--reference-max-k",
-        type=int,
-        default=16384,
-        help="run the reference only up to this K (it is killed for memory at 65,536 on 24 GiB)",
-    )
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=None, help="timed repeats (median reported)")
-    p.add_argument("--budget-s", type=float, default=40.0, help="time budget per measurement")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch.set_num_threads in each child (default 2; 1 with --quick, whose numbers are "
-        "a smoke test and which then stays fast on a loaded machine)",
-    )
-    p.add_argument("--timeout-s", type=float, default=900.0, help="per child process")
-    p.add_argument("--memory-limit-gib", type=float, default=16.0, help="RLIMIT_AS per child")
-    p.add_argument(
+    add = p.add_argument
+    add("--n", type=int, default=None, help="vectors per batch (multiple of 1024)")
+    add("--ks", type=int, nargs="+", default=None, help="codebook sizes")
+    add("--reference-max-k", type=int, default=16384, help="run the reference only up to this K")
+    add("--warmup", type=int, default=1)
+    add("--repeats", type=int, default=None, help="timed repeats (median reported)")
+    add("--budget-s", type=float, default=40.0, help="time budget per measurement")
+    add("--threads", type=int, help="torch threads in each child (default 2; --quick: 1)")
+    add("--timeout-s", type=float, default=900.0, help="per child process")
+    add("--memory-limit-gib", type=float, default=16.0, help="RLIMIT_AS per child")
+    add(
         "--omp-wait-policy",
         choices=["passive", "active", "unset"],
         default="passive",
-        help="OMP_WAIT_POLICY of the children (both sides). On a machine shared with other jobs, "
-        "the default spinning at OpenMP barriers makes 2-thread runs of many short ops several "
-        "times slower; 'passive' threads sleep instead. 'unset' leaves the environment alone.",
+        help="OMP_WAIT_POLICY of the children (both sides): 'passive' threads sleep at OpenMP "
+        "barriers instead of spinning, which suits cores shared with other jobs; 'unset' "
+        "leaves the environment alone",
     )
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

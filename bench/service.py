@@ -16,6 +16,7 @@ counts are bounded.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import sys
 import tempfile
@@ -28,9 +29,9 @@ import httpx
 import numpy as np
 import torch
 
-for _path in (Path(__file__).resolve().parents[1], Path(__file__).resolve().parent):
-    if str(_path) not in sys.path:
-        sys.path.append(str(_path))  # appended: this file must not shadow the service package
+ROOT = Path(__file__).resolve().parents[1]
+# appended, not prepended: bench/service.py must not shadow the service package
+sys.path += [p for p in (str(ROOT), str(ROOT / "bench")) if p not in sys.path]
 
 import common  # noqa: E402 - bench/ is a folder of scripts
 import serving  # noqa: E402
@@ -49,7 +50,7 @@ def ceiling(
         x = torch.from_numpy(stack).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W)
         tokenizer.encode(x)  # warm-up
         cpu0 = time.process_time()
-        times = common.timed(lambda x=x: tokenizer.encode(x), 10_000, budget_s, warmup=0)
+        times = common.timed(functools.partial(tokenizer.encode, x), 10_000, budget_s, warmup=0)
         out[key] = n * len(times) / sum(times)
         if n == batch:
             out["cpu_ms"] = 1000 * (time.process_time() - cpu0) / (n * len(times))
@@ -102,39 +103,23 @@ def run_load(
 
 def main(argv: Sequence[str] | None = None) -> None:
     p = common.parser(__doc__, "service")
-    p.add_argument(
-        "--model", help="artifact directory (default: models/default, else an untrained default)"
-    )
-    p.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    p.add_argument(
-        "--requests-per-client",
-        type=int,
-        default=None,
-        help="default 4 (full), 1 (quick); at least 32 per level",
-    )
-    p.add_argument(
-        "--torch-threads",
-        type=int,
-        default=None,
-        help="torch threads for the servers and the in-process ceiling (default: torch's); "
-        "1 gives steadier numbers on a machine shared with other work",
-    )
+    add = p.add_argument
+    add("--model", help="artifact directory (default: models/default, else an untrained default)")
+    add("--size", type=int, default=256, help="image side in pixels (default 256)")
+    add("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    add("--requests-per-client", type=int, help="default 4 (full), 1 (quick); >= 32 per level")
+    add("--torch-threads", type=int, help="torch threads of the servers and the ceiling")
     args = p.parse_args(argv)
     if args.torch_threads is not None:
         torch.set_num_threads(args.torch_threads)
     result = common.meta("bench/service.py", argv)
     batch = max(args.concurrency)
     per_client = args.requests_per_client or (1 if args.quick else 4)
-    min_requests = 4 if args.quick else 32
-    budget_s = 0.5 if args.quick else 6.0
+    min_requests, budget_s = (4, 0.5) if args.quick else (32, 6.0)
     threads = ["--torch-threads", str(args.torch_threads)] if args.torch_threads else []
     # Both servers run side by side (the idle one costs memory, not CPU) and the modes
     # alternate per concurrency level, so slow drifts in outside load hit both alike.
-    modes = {
-        "batched": ["--max-batch-size", str(batch), *threads],
-        "unbatched": ["--no-batching", *threads],
-    }
+    modes = {"batched": ["--max-batch-size", str(batch)], "unbatched": ["--no-batching"]}
     with tempfile.TemporaryDirectory() as tmp:
         model, note = serving.resolve_model(args.model, Path(tmp))
         images = serving.synthetic_images(8 if args.quick else 64, args.size)
@@ -144,12 +129,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         # of outside load during one phase does not flatter the service.
         ceilings = [ceiling(tokenizer, images, batch, budget_s)]
         print(f"ceiling: {ceilings[0]}", flush=True)
-        servers: dict[str, serving.Server] = {}
         rows = []
+        servers: dict[str, serving.Server] = {}
         try:
             for mode, extra in modes.items():
-                log = Path(tmp) / f"{mode}.log"
-                servers[mode] = serving.Server(model, [*extra, "--log-level", "warning"], log)
+                server_args = [*extra, *threads, "--log-level", "warning"]
+                servers[mode] = serving.Server(model, server_args, Path(tmp) / f"{mode}.log")
             for server in servers.values():
                 server.started()
             for c in args.concurrency:

@@ -26,10 +26,9 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-REPO = Path(__file__).resolve().parent.parent
-for _path in (REPO, REPO / "bench"):
-    if str(_path) not in sys.path:
-        sys.path.append(str(_path))  # appended: bench/service.py must not shadow service/
+REPO = Path(__file__).resolve().parents[1]
+# appended, not prepended: bench/service.py must not shadow the service package
+sys.path += [p for p in (str(REPO), str(REPO / "bench")) if p not in sys.path]
 
 import common  # noqa: E402 - bench/ is a folder of scripts
 from metrics import psnr_uint8 as psnr  # noqa: E402
@@ -144,27 +143,22 @@ def kodak_agreement(
     """Codes and PSNR of precision bf16 against fp32 on the Kodak photos (None without)."""
     if kodak is None:
         return None
-    from PIL import Image
+    from kodak import load_images
 
     fp32 = vq.load_tokenizer(model_dir, precision="fp32")
     bf16 = vq.load_tokenizer(model_dir, precision="bf16")
     same = total = 0
     deltas = []
-    files = sorted(kodak.glob("*.png"))[:limit]
-    for path in files:
-        image = np.asarray(Image.open(path).convert("RGB"))
-        h, w = (s - s % fp32.f for s in image.shape[:2])
-        image = image[:h, :w]
+    images = load_images(kodak, limit).pixels
+    for image in images:
+        image = image[: image.shape[0] // fp32.f * fp32.f, : image.shape[1] // fp32.f * fp32.f]
         c32, c16 = fp32.encode(image), bf16.encode(image)
         same += int((c32 == c16).sum())
         total += c32.numel()
-        ref = torch.from_numpy(image).permute(2, 0, 1)[None]
-        ref_np = ref.numpy()
-        deltas.append(
-            psnr(fp32.decode(c32).numpy(), ref_np) - psnr(bf16.decode(c16).numpy(), ref_np)
-        )
+        ref = image.transpose(2, 0, 1)[None]  # (1, 3, H, W) as the decoders return
+        deltas.append(psnr(fp32.decode(c32).numpy(), ref) - psnr(bf16.decode(c16).numpy(), ref))
     return {
-        "images": len(files),
+        "images": len(images),
         "tokens": total,
         "identical": same / total,
         "psnr_delta_mean": float(np.mean(deltas)),
@@ -201,7 +195,7 @@ def training(steps: int, quick: bool) -> list[dict[str, Any]]:
     ):
         if precision == "bf16-mixed" and not bf16_native("cpu"):
             continue
-        module = VQVAEModule(**{k: v for k, v in cfg["model"].items()}, channels_last=channels_last)
+        module = VQVAEModule(**cfg["model"], channels_last=channels_last)
         data = ImageDataModule(**data_cfg)
         clock = StepTimes()
         trainer(steps + 2, precision, clock, accelerator="cpu", devices=1).fit(module, data)

@@ -107,7 +107,7 @@ def test_without_images_it_fails_naming_the_option(
 
 
 def test_default_output_is_not_docs(kodak: ModuleType) -> None:
-    for folder in (kodak.DEFAULT_OUT, kodak.QUICK_OUT):
+    for folder in (kodak.common.out_dir(None, "kodak", q) for q in (False, True)):
         assert "docs" not in folder.relative_to(ROOT).parts
 
 

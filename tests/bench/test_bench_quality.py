@@ -197,5 +197,5 @@ def test_bad_arguments_are_rejected(
 
 
 def test_default_outputs_are_not_docs(quality: ModuleType) -> None:
-    for folder in (quality.DEFAULT_OUT, quality.QUICK_OUT):
+    for folder in (quality.common.out_dir(None, "quality", q) for q in (False, True)):
         assert "docs" not in folder.relative_to(ROOT).parts
