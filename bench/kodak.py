@@ -421,7 +421,7 @@ def run(
             "codecs": [f"{c.upper()} q={q}" for c, q in CROP_CODECS],
         }
         (out / "kodak.json").write_text(json.dumps(payload, indent=1, allow_nan=True) + "\n")
-    report.write(out / "kodak.md", report.kodak_markdown(payload, out))
+    report.render(out / "kodak.json", out / "kodak.md")
     return payload
 
 
@@ -481,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print("\n".join(report.kodak_tables(payload)))
+    print(report.markdown(payload, "kodak", out))
     print(f"wrote {out / 'kodak.json'}, kodak.md and the pictures beside it")
     return 0
 

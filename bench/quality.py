@@ -556,9 +556,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "quality.json").write_text(json.dumps(payload, indent=1) + "\n")
-    report.write(
-        out / "quality.md", report.quality_markdown(payload, report.quality_plots(payload, out))
-    )
+    report.render(out / "quality.json", out / "quality.md")
     print(f"wrote {out / 'quality.json'}, quality.md and plots")
     return 0 if any(r.error is None for r in results.values()) else 1
 

@@ -1,11 +1,12 @@
-"""The one renderer: benchmark JSON -> markdown report (and the quality benchmark's plots).
+"""The one renderer: a benchmark's JSON -> its markdown report (and the quality plots).
 
+    python bench/report.py docs/benchmarks/service.json    # -> docs/benchmarks/service.md
     python bench/report.py runs/bench/quality/quality.json --out docs/benchmarks/quality.md
-    python bench/report.py runs/bench/kodak/kodak.json --out docs/benchmarks/kodak_default/kodak.md
 
-A report is a generated part followed by ``HAND_WRITTEN`` and text written by hand; rewriting
-a report replaces the generated part and keeps the rest. Targets come from
-``bench/targets.toml``.
+A report is its template (``bench/templates/<benchmark>.md.j2``, Jinja) filled from the JSON,
+then ``HAND_WRITTEN`` and text written by hand: rewriting a report replaces the generated part
+and keeps the rest as it is. Every target is a row of ``bench/targets.toml``, judged by `judge`
+from a figure of `FIGURES`.
 """
 
 from __future__ import annotations
@@ -13,78 +14,328 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import operator
 import re
 import statistics
 import sys
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import jinja2
+
 HAND_WRITTEN = "<!-- analysis: written by hand, kept when the script rewrites this file -->"
-TARGETS = Path(__file__).resolve().parent / "targets.toml"
-HF_NOTE = (
-    "*HF ratio*: power of the luma's 2-D spectrum above 0.25 cycles/pixel (the upper half of "
-    "the band), reconstruction over original, mean over images. It says how much fine-detail "
-    "energy survives: a blur scores near 0, noise, ringing or invented texture can score 1 or "
-    "more. It does not say whether the detail is the original's (PSNR, SSIM and VIF do)."
-)
+HERE = Path(__file__).resolve().parent
+TARGETS = HERE / "targets.toml"
+Payload = dict[str, Any]
 
 
 def write(path: Path, generated: str) -> None:
-    """Write ``generated`` to ``path``, keeping the hand-written part of an existing file."""
-    kept = ""
-    if path.exists() and HAND_WRITTEN in (text := path.read_text()):
-        kept = text.split(HAND_WRITTEN, 1)[1].strip("\n")
+    """Write ``generated``, the marker and whatever an existing ``path`` holds after it."""
+    old = path.read_text() if path.exists() else ""
+    kept = old.split(HAND_WRITTEN, 1)[1] if HAND_WRITTEN in old else "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{generated.rstrip()}\n\n{HAND_WRITTEN}\n{kept}".rstrip() + "\n")
+    path.write_text(f"{generated.rstrip()}\n\n{HAND_WRITTEN}{kept}")
 
 
-def fmt(x: Any, spec: str) -> str:
-    ok = isinstance(x, int | float) and math.isfinite(x)
-    return format(x, spec) if ok else "n/a"
+def fmt(x: Any, spec: str = "") -> str:
+    """``format(x, spec)``; a string as it is (a failed run's message); else n/a (missing,
+    None, not finite)."""
+    if isinstance(x, str):
+        return x
+    return format(x, spec) if isinstance(x, int | float) and math.isfinite(x) else "n/a"
+
+
+def listed(d: dict[str, Any]) -> str:
+    """``{"200": 3, "503": 1}`` -> ``200: 3, 503: 1`` (zeros left out; none: 0)."""
+    return ", ".join(f"{k}: {v:g}" for k, v in sorted(d.items()) if v) or "0"
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(r) + " |" for r in [header, *rows]]
+    return [lines[0], "|" + "---|" * len(header), *lines[1:]]
+
+
+# --- Targets -------------------------------------------------------------------------------
+
+Check = tuple[str, str, bool | None]  # (target, measured, holds; None: not measured)
+Figure = Callable[[Payload, Payload], list[tuple[str, float]]]  # -> [(shown, value)]
+FIGURES: dict[str, Figure] = {}
+TESTS = {"at_least": operator.ge, "at_most": operator.le, "below": operator.lt}
+
+
+def figure(fn: Figure) -> Figure:
+    FIGURES[fn.__name__] = fn
+    return fn
+
+
+def load_targets(path: Path = TARGETS) -> list[Payload]:
+    """targets.toml's targets, each with its benchmark (the table it is listed under)."""
+    data = tomllib.loads(path.read_text())
+    targets = [{"benchmark": b, **t} for b, ts in data.items() for t in ts]
+    for t in targets:
+        if t["figure"] not in FIGURES:
+            raise ValueError(f"{path.name}: figure {t['figure']!r} is not one of {list(FIGURES)}")
+        if sum(k in t for k in (*TESTS, "falls")) != 1:
+            raise ValueError(f"{path.name}: {t['text']!r} needs one of {[*TESTS, 'falls']}")
+    return targets
+
+
+def judge(t: Payload, p: Payload) -> Check:
+    """One target against a benchmark's JSON: every value of its figure passes its test
+    (``falls``: each value is below the one before); no value: not measured."""
+    got = FIGURES[t["figure"]](p, t)
+    values = [v for _, v in got]
+    measured = (" -> " if "falls" in t else ", ").join(s for s, _ in got) or "n/a"
+    if "falls" in t:
+        ok = all(b < a for a, b in zip(values, values[1:], strict=False)) if got[1:] else None
+    else:
+        ok = all(f(v, t[k]) for k, f in TESTS.items() if k in t for v in values) if got else None
+    return t["text"].format(**{**p, **t}), measured, ok
+
+
+def targets(p: Payload, benchmark: str) -> str:
+    verdict = {True: "holds", False: "**missed**", None: "not measured"}
+    rows = [judge(t, p) for t in load_targets() if t["benchmark"] == benchmark]
+    lines = table(["target", "measured", "verdict"], [[n, m, verdict[ok]] for n, m, ok in rows])
+    return "\n".join(["## Targets", "", *lines]) if rows else ""
+
+
+def _get(p: Any, path: str) -> Any:
+    """``a.b.0.c`` in nested dicts and lists; None where it is missing."""
+    for key in path.split("."):
+        try:
+            p = p[int(key)] if isinstance(p, list) else p[key]
+        except (KeyError, IndexError, TypeError, ValueError):
+            return None
+    return p
+
+
+@figure
+def field(p: Payload, t: Payload) -> list[tuple[str, float]]:
+    x = _get(p, t["path"])
+    return [] if x is None else [(t["shown"].format(x=x), x)]
+
+
+@figure
+def ratio(p: Payload, t: Payload) -> list[tuple[str, float]]:
+    a, b = _get(p, t["num"]), _get(p, t["den"])
+    return [(f"{a / b:.2f}x", a / b)] if a is not None and b else []
+
+
+def primary(p: Payload) -> str:
+    """The quality benchmark's setting of the plain codebooks that the targets judge."""
+    plain = p["config"]["plain"]
+    return plain if isinstance(plain, str) else plain[0]  # a string in older JSON
+
+
+def _runs(p: Payload, t: Payload) -> list[Payload]:
+    """The quality runs a target judges: finished, in the first plain setting, of its methods
+    and K range, by K."""
+    lo, hi = t.get("min_k", 0), t.get("max_k", math.inf)
+    runs = [
+        r for r in p["results"]
+        if r["error"] is None and r.get("setting", "") in ("", primary(p))
+        and r["method"] in t.get("methods", [r["method"]]) and lo <= r["nominal_size"] <= hi
+    ]  # fmt: skip
+    return sorted(runs, key=lambda r: r["nominal_size"])
+
+
+@figure
+def usage(p: Payload, t: Payload) -> list[tuple[str, float]]:
+    m = t.get("metric", "window_usage")
     return [
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *("| " + " | ".join(r) + " |" for r in rows),
+        (f"{r['method']}@{r['codebook_size']}: {r[m]:.1%}", r[m]) for r in _runs(p, t) if m in r
     ]
 
 
-def columns(spec: str, rows: Sequence[dict[str, Any]]) -> list[str]:
-    """A table of ``rows`` (dicts): ``spec`` has a line ``header | key | format spec`` per
-    column (the spec may be left out); a string value is shown as it is."""
-    cols = [[c.strip() for c in line.split("|")] + [""] for line in spec.strip().splitlines()]
-
-    def cell(value: Any, spec: str) -> str:
-        return value if isinstance(value, str) else fmt(value, spec)
-
-    return table([c[0] for c in cols], [[cell(r.get(c[1]), c[2]) for c in cols] for r in rows])
-
-
-def verdict(ok: bool) -> str:
-    return "holds" if ok else "**missed**"
-
-
-Target = tuple[str, str, bool | None]  # (target, measured, holds; None: not measured)
+@figure
+def vs_baseline(p: Payload, t: Payload) -> list[tuple[str, float]]:
+    m, spec = t.get("metric", "window_usage"), ".2f" if t.get("metric") == "psnr" else ".1%"
+    base = {r["nominal_size"]: r for r in _runs(p, {**t, "methods": [t["baseline"]]})}
+    pairs = [(r, base[r["nominal_size"]]) for r in _runs(p, t) if r["nominal_size"] in base]
+    return [
+        (
+            f"K={r['nominal_size']}: {r[m]:{spec}} vs {b[m]:{spec}}",
+            r[m] / b[m] if b[m] else math.inf,
+        )
+        for r, b in pairs
+    ]
 
 
-def targets_table(rows: Sequence[Target]) -> list[str]:
-    verdicts = [("not measured" if ok is None else verdict(ok)) for *_, ok in rows]
-    return table(
-        ["target", "measured", "verdict"],
-        [[n, m, v] for (n, m, _), v in zip(rows, verdicts, strict=True)],
+@figure
+def best(p: Payload, t: Payload) -> list[tuple[str, float]]:
+    m = t["metric"]
+    r = max(_runs(p, {}), key=lambda r: r[m], default=None)
+    return [(f"best: {r['method']} K={r['codebook_size']}, {r[m]:.2f}", r[m])] if r else []
+
+
+def _median(r: Payload | None) -> float | None:
+    ok = r is not None and r["status"] == "ok" and r["times_s"]
+    return statistics.median(r["times_s"]) if ok else None  # type: ignore[index]
+
+
+def _by(p: Payload) -> dict[tuple[str, str, int], Payload]:
+    return {(r["task"]["impl"], r["task"]["method"], r["task"]["k"]): r for r in p["results"]}
+
+
+@figure
+def vs_reference(p: Payload, t: Payload) -> list[tuple[str, float]]:
+    """ours / reference time of our runs of the methods (at K = k); one unpaired: not measured."""
+    by, out = _by(p), []
+    for (impl, m, k), r in by.items():
+        if impl == "ours" and m in t["methods"] and t.get("k", k) == k:
+            a, b = _median(r), _median(by.get(("reference", m, k)))
+            if not (a and b):
+                return []
+            out.append(
+                (f"{m}{' ' + str(r['task']['levels']) if m == 'fsq' else ''} {a / b:.3f}x", a / b)
+            )
+    return out
+
+
+@figure
+def large_k_rss(p: Payload, t: Payload) -> list[tuple[str, float]]:
+    big = [r for r in p["results"] if r["task"]["impl"] == "ours" and r["task"]["k"] >= t["min_k"]]
+    w = max(big, key=lambda r: r["peak_rss_mib"] or 0.0, default=None)
+    worst = max((r["status"] == "ok" and r["peak_rss_mib"]) or math.inf for r in big) if w else 0
+    return [(
+        f"largest: {w['task']['method']} at K = {w['task']['k']:,}: "
+        f"{fmt(w['peak_rss_mib'], ',.0f')} MiB ({w['status']})", worst,
+    )] if w else []  # fmt: skip
+
+
+def gflops(n: int, k: int, seconds: float | None) -> float | None:
+    return 2 * n * k * 64 / seconds / 1e9 if seconds else None
+
+
+@figure
+def search_gflops(p: Payload, t: Payload) -> list[tuple[str, float]]:
+    n, lo, hi = p["config"]["n"], t["min_k"], t.get("max_k", math.inf)
+    ks = [r["task"]["k"] for r in p["results"] if r["task"]["method"] == "search"]
+    rates = [(k, gflops(n, k, _median(_by(p)[("ours", "search", k)]))) for k in ks if lo <= k <= hi]
+    return [(f"K={k:,}: {fmt(g, '.1f') if g else 'failed'}", g or 0.0) for k, g in rates]
+
+
+@figure
+def speedup(p: Payload, t: Payload) -> list[tuple[str, float]]:
+    """bf16 Tokenizer over fp32 NCHW eager images/s."""
+    rows = {
+        x["config"]: x[f"{t['what']}_img_s"] for x in p["encode_decode"] if x["batch"] == t["batch"]
+    }
+    a, b = rows.get("bf16 Tokenizer (chunked)"), rows.get("fp32 NCHW eager")
+    return [(f"{a / b:.2f}x", a / b)] if a and b else []
+
+
+@figure
+def search_vs_faiss(p: Payload, t: Payload) -> list[tuple[str, float]]:
+    rows = [x for x in p["search"] if "faiss" in x]
+    shown = "K={k:,}: {r:.2f}x ({ours:.0f} vs {faiss:.0f})"
+    return [(shown.format(**x, r=x["ours"] / x["faiss"]), x["ours"] / x["faiss"]) for x in rows]
+
+
+@figure
+def search_exact(p: Payload, t: Payload) -> list[tuple[str, float]]:
+    return [
+        (f"K={x['k']:,}: {x['identical_to_fp32']:.2%}", x["identical_to_fp32"]) for x in p["search"]
+    ]
+
+
+def top(p: Payload) -> tuple[int, Payload | None, Payload | None]:
+    """The service's highest concurrency and its batched and unbatched rows."""
+    c = max(r["concurrency"] for r in p["results"])
+    at = {r["mode"]: r for r in p["results"] if r["concurrency"] == c}
+    return c, at.get("batched"), at.get("unbatched")
+
+
+@figure
+def vs_ceiling(p: Payload, t: Payload) -> list[tuple[str, float]]:
+    c, b, _ = top(p)
+    x = b["img_s"] / max(c["batch_img_s"] for c in p["ceilings"]) if b else None
+    return [(f"{x:.2f}x at concurrency {c}", x)] if x else []
+
+
+@figure
+def vs_unbatched(p: Payload, t: Payload) -> list[tuple[str, float]]:
+    c, b, u = top(p)
+    x = b["img_s"] / u["img_s"] if b and u else None
+    return [(f"{x:.2f}x at concurrency {c}", x)] if x else []
+
+
+@figure
+def server_errors(p: Payload, t: Payload) -> list[tuple[str, float]]:
+    five = sum(
+        n for r in p["phases"] for s, n in r["statuses"].items() if s[0] == "5" and s != "503"
     )
+    return [(str(five), five)]
 
 
-def generated_by(script: str, targets: bool = False) -> str:
-    also = "; targets from `bench/targets.toml`" if targets else ""
-    return f"Generated by `bench/{script}.py` (rendered by `bench/report.py`{also})."
+@figure
+def lost_on_sigterm(p: Payload, t: Payload) -> list[tuple[str, float]]:
+    lost = sum(n for s, n in p["phases"][-1]["statuses"].items() if s.startswith("lost"))
+    return [(str(lost), lost)]
 
 
-def run_lines(p: dict[str, Any]) -> list[str]:
+@figure
+def rss_vs_budget(p: Payload, t: Payload) -> list[tuple[str, float]]:
+    peak = max(r["peak_rss_mib"] for r in p.get("phases", []) + p.get("memory", []))
+    return [(f"peak {peak:.0f} MiB", peak * 2**20 / p["budget_bytes"])]
+
+
+@figure
+def p99_vs_deadline(p: Payload, t: Payload) -> list[tuple[str, float]]:
+    p99 = max(r["p99_ms"] for r in p["phases"][:-1])  # the drain's own is not judged
+    return [(f"{p99:.0f} ms", p99 / 1000 / p["deadline_s"])]
+
+
+@figure
+def healthz_p99(p: Payload, t: Payload) -> list[tuple[str, float]]:
+    """/healthz p99 under load: in the phases but the drain, or in every scenario."""
+    rows = p.get("phases", [])[:-1] + p.get("memory", [])
+    rows += [p[k] for k in ("head_of_line", "slow_uploads") if k in p]
+    worst = max(x for r in rows if (x := r["healthz_p99_ms"]) is not None)
+    return [(f"largest {worst:.1f} ms", worst)]
+
+
+def _streamed(p: Payload) -> list[Payload]:
+    return [x for x in p["fit"] if "memory" not in x["source"]]
+
+
+@figure
+def memory_growth(p: Payload, t: Payload) -> list[tuple[str, float]]:
+    """Peak memory at the largest over the smallest data set, per streamed source."""
+    out = []
+    for source in sorted({x["source"] for x in _streamed(p)}):
+        rows = sorted((x for x in _streamed(p) if x["source"] == source), key=lambda x: x["n"])
+        x = rows[-1]["peak_mb"] / rows[0]["peak_mb"]
+        out += [(f"{source} {x:.2f}x ({rows[-1]['n']:,} / {rows[0]['n']:,} images)", x)] * (
+            len(rows) > 1
+        )
+    return out
+
+
+@figure
+def first_step(p: Payload, t: Payload) -> list[tuple[str, float]]:
+    x = max((x["first_step_s"] for x in p["fit"]), default=None)
+    return [] if x is None else [(f"{x:.1f} s", x)]
+
+
+@figure
+def wait_share(p: Payload, t: Payload) -> list[tuple[str, float]]:
+    shares = [x["wait_share"] for x in _streamed(p)]
+    return [(f"largest {max(shares):.1%}", max(shares))] if shares else []
+
+
+@figure
+def vs_mse_step(p: Payload, t: Payload) -> list[tuple[str, float]]:
+    return [(f"{k} {x:.2f}x", x) for k, x in p["ratio_to_mse"].items() if k != "mse"]
+
+
+# --- Reports -------------------------------------------------------------------------------
+
+
+def run_lines(p: Payload) -> str:
     """The run's description (bench/common.py's meta) as a bullet list."""
     quick = " (quick mode: small counts, numbers are rough)" if p.get("quick") else ""
     load = p.get("load") or []
@@ -95,1089 +346,164 @@ def run_lines(p: dict[str, Any]) -> list[str]:
         f"1-min load average {load[0]:.2f} at the start" if load else "",
         f"{load[1]:.2f} at the end" if len(load) > 1 else "",
     ]
-    return [
-        f"- Command: `{p['command']}`{quick}",
-        f"- Date: {p['date']}",
-        "; ".join([f"- Machine: {p['machine']}", ", ".join(x for x in soft if x)]).rstrip("; "),
-    ]
+    machine = "; ".join([f"- Machine: {p['machine']}", ", ".join(x for x in soft if x)])
+    return f"- Command: `{p['command']}`{quick}\n- Date: {p['date']}\n{machine.rstrip('; ')}"
 
 
-QUALITY_FIGURES = ("PSNR dB", "SSIM", "MS-SSIM", "VIF", "HF ratio")
+def _quality(p: Payload, folder: Path | None) -> Payload:
+    meta, order = p["meta"], p["meta"].get("methods", [])
+    wall = f"; wall time of this invocation {meta['total_seconds'] / 60:.1f} min"
+    sizes = sorted({r["nominal_size"] for r in p["results"]})
+    at = {s: [r for r in p["results"] if r["nominal_size"] == s] for s in sizes}
+    rank = {m: i for i, m in enumerate(order)}
+    return {
+        "run": run_lines({**meta, "date": meta["date"] + wall}),
+        "primary": primary(p),
+        "sizes": {s: sorted(at[s], key=lambda r: rank.get(r["method"], len(order))) for s in sizes},
+    }
 
 
-def _figures(r: dict[str, Any]) -> list[str]:
-    return [
-        fmt(r["psnr"], ".2f"),
-        fmt(r["ssim"], ".3f"),
-        fmt(r.get("ms_ssim"), ".3f"),
-        fmt(r.get("vif"), ".3f"),
-        fmt(r.get("hf_ratio"), ".3f"),
-    ]
+def _quantizers(p: Payload, folder: Path | None) -> Payload:
+    by, n = _by(p), p["config"]["n"]
+
+    def cells(r: Payload | None, side: str) -> Payload:
+        """A result's time (or status, or skipped), peak RSS, load."""
+        m, load = _median(r), r and r.get("load")
+        shown = "skipped" if r is None else fmt(1000 * m, ",.0f") if m is not None else r["status"]
+        return {
+            side: shown,
+            f"{side}_rss": r and r["peak_rss_mib"],
+            "load": load and "{:.1f}/{:.1f}".format(*load),
+        }
+
+    def row(label: str, method: str, k: int) -> Payload:
+        ours, ref = by.get(("ours", method, k)), by.get(("reference", method, k))
+        a, b = _median(ours), _median(ref)
+        repeats = len(ours["times_s"]) if ours else 0
+        return {
+            "label": label,
+            "ratio": a / b if a and b else None,
+            "repeats": repeats,
+            **cells(ref, "ref"),
+            **cells(ours, "ours"),
+        }
+
+    tables = {
+        k: [row(m, m, k) for m in ("ste", "rotation", "simvq", "simvq_rotation")]
+        for k in p["config"]["ks"]
+    }
+    for r in p["results"]:
+        t = r["task"]
+        if t["method"] == "fsq" and t["impl"] == "ours" and t.get("table") in tables:
+            tables[t["table"]].append(row(f"fsq {t['levels']} (K = {t['k']:,})", "fsq", t["k"]))
+    search = [
+        {"k": k, **cells(r, "ours"), "gflops": gflops(n, k, _median(r)),
+         **{f"{x}_gflops": gflops(n, k, r["extra"].get(f"row_chunked_{x}_s")) for x in ("argmin", "matmul") if r["status"] == "ok"}}
+        for k in p["config"]["ks"] if (r := by.get(("ours", "search", k)))
+    ]  # fmt: skip
+    return {"tables": tables, "search": search}
 
 
-# --- Kodak ---------------------------------------------------------------------------------
-
-
-def kodak_tables(payload: dict[str, Any]) -> list[str]:
-    toks = payload["tokenizers"]
-    lines = (
-        table(
-            [
-                "tokenizer",
-                "K",
-                *QUALITY_FIGURES,
-                "LPIPS",
-                "rFID",
-                "bpp log2(K)/f²",
-                "bpp entropy",
-                "usage",
-                "perplexity",
-                "dead codes",
-            ],
-            [
-                [
-                    r["name"],
-                    f"{r['codebook_size']:,}",
-                    *_figures(r),
-                    fmt(r.get("lpips"), ".3f"),
-                    fmt(r.get("rfid"), ".1f"),
-                    f"{r['bpp_nominal']:.4f}",
-                    f"{r['bpp_entropy']:.4f}",
-                    f"{r['usage']:.1%}",
-                    f"{r['perplexity']:,.0f}",
-                    f"{r['dead_codes']:,}",
-                ]
-                for r in toks
-            ],
-        )
-        if toks
-        else []
-    )
-    lines += [""] + table(
-        ["codec", "quality", "bpp", *QUALITY_FIGURES],
-        [
-            [p["codec"], str(p["quality"]), f"{p['bpp']:.3f}", *_figures(p)]
-            for p in payload["codecs"]
-        ],
-    )
-    return lines
-
-
-def kodak_markdown(payload: dict[str, Any], folder: Path | None = None) -> str:
-    images = payload["images"]
-    lines = [
-        f"# Kodak: {len(images['names'])} images",
-        "",
-        "Generated by `bench/kodak.py` (rendered by `bench/report.py`). Every figure is the "
-        "mean over images of the per-image figure, on RGB uint8 images, whole.",
-        "",
-        *kodak_tables(payload),
-        "",
-        HF_NOTE,
-        "",
-        *(f"- {note}" for note in payload.get("notes", [])),
-    ]
-    for name, caption in (
-        ("kodak_rd.png", "PSNR vs bits per pixel"),
-        ("kodak_crops.png", "Zoomed crops"),
-    ):
-        if folder is None or (folder / name).exists():
-            lines += ["", f"![{caption}]({name})"]
-    crops = payload.get("crops")
-    if crops:
-        regions = "; ".join(
-            f"{c['image']} rows {c['top']}-{c['top'] + c['side']}, columns "
-            f"{c['left']}-{c['left'] + c['side']}"
-            for c in crops["regions"]
-        )
-        lines += [
-            "",
-            f"Zoomed crops, 1:1 pixels: original | {' | '.join(crops['codecs'])} | each "
-            f"tokenizer (bpp in the titles); {regions or 'the centre of the first image'}.",
+DERIVED: dict[str, Callable[[Payload, Path | None], Payload]] = {
+    "kodak": lambda p, folder: {
+        "pictures": [
+            n for n in ("kodak_rd.png", "kodak_crops.png") if not folder or (folder / n).exists()
         ]
-    return "\n".join(lines)
+    },
+    "quality": _quality,
+    "quantizers": _quantizers,
+    "service": lambda p, folder: dict(zip(("top", "b", "u"), top(p), strict=True)),
+    "data": lambda p, folder: {
+        "streamed": _streamed(p),
+        "run": run_lines(
+            {**p, "command": re.sub(r"--photos \S+", "--photos PHOTOS", p["command"])}
+        ),
+    },
+}
+TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(HERE / "templates"),
+    undefined=jinja2.ChainableUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+TEMPLATES.filters.update(f=fmt, listed=listed)
 
 
-# --- quality -------------------------------------------------------------------------------
+def markdown(
+    p: Payload, benchmark: str, folder: Path | None = None, plots: Sequence[str] = ()
+) -> str:
+    """A benchmark's report from its JSON (``folder``: where its pictures are)."""
+    has = any(t["benchmark"] == benchmark for t in load_targets())
+    also = "; targets from `bench/targets.toml`" if has else ""
+    fields = {
+        **p,
+        "generated": f"Generated by `bench/{benchmark}.py` (rendered by `bench/report.py`{also}).",
+        "run": run_lines(p) if "command" in p else "",
+        "targets": targets(p, benchmark),
+        "plots": [Path(x).name for x in plots],
+    }
+    fields.update(DERIVED.get(benchmark, lambda p, folder: {})(p, folder))
+    return TEMPLATES.get_template(f"{benchmark}.md.j2").render(fields)
 
 
-def load_targets(path: Path = TARGETS) -> list[dict[str, Any]]:
-    return list(tomllib.loads(path.read_text())["quality"])
-
-
-def targets(benchmark: str) -> dict[str, Any]:
-    """The thresholds of one benchmark in targets.toml."""
-    return dict(tomllib.loads(TARGETS.read_text())[benchmark])
-
-
-def _ok(results: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
-    runs = [r for r in results if r["method"] in methods and r["error"] is None]
-    return sorted(runs, key=lambda r: r["nominal_size"])
-
-
-def check_target(t: dict[str, Any], results: Sequence[dict[str, Any]]) -> tuple[bool | None, str]:
-    """One target of targets.toml against the results -> (holds, or None when not measured;
-    the measured figures)."""
-    metric = t.get("metric", "window_usage")
-    runs = _ok(results, t.get("methods", ()))
-    if t["kind"] == "floor":
-        low, high = t.get("min_k", 0), t.get("max_k", math.inf)
-        runs = [r for r in runs if low <= r["nominal_size"] <= high and metric in r]
-        detail = ", ".join(f"{r['method']}@{r['codebook_size']}: {r[metric]:.1%}" for r in runs)
-        return (all(r[metric] >= t["min"] for r in runs) if runs else None), detail or "not run"
-    if t["kind"] == "falling":
-        values = [r[metric] for r in runs]
-        detail = " -> ".join(f"{r[metric]:.1%} (K={r['codebook_size']})" for r in runs)
-        if len(runs) < 2:
-            return None, "needs >= 2 sizes"
-        return all(b < a for a, b in zip(values, values[1:], strict=False)), detail
-    if t["kind"] == "ratio":
-        base = {r["nominal_size"]: r for r in _ok(results, [t["baseline"]])}
-        pairs = [(base[r["nominal_size"]], r) for r in runs if r["nominal_size"] in base]
-        pairs = [(b, r) for b, r in pairs if r["nominal_size"] >= t.get("min_k", 0)]
-        if not pairs:
-            return None, "not run"
-        holds = all(
-            r[metric] >= t["factor"] * b[metric] and r["psnr"] >= b["psnr"] for b, r in pairs
-        )
-        detail = "; ".join(
-            f"K={r['nominal_size']}: {r[metric]:.1%} vs {b[metric]:.1%}, PSNR {r['psnr']:.2f} vs "
-            f"{b['psnr']:.2f} dB"
-            for b, r in pairs
-        )
-        return holds, detail
-    if t["kind"] == "best":
-        runs = [r for r in results if r["error"] is None]
-        if not runs:
-            return None, "no run finished"
-        best = max(runs, key=lambda r: r[metric])
-        return best[metric] >= t[
-            "min"
-        ], f"best: {best['method']} K={best['codebook_size']}, {best[metric]:.2f}"
-    raise ValueError(f"targets.toml: kind {t['kind']!r} is not one of floor, falling, ratio, best")
-
-
-def _size(r: dict[str, Any]) -> str:
-    return f"{r['codebook_size']:,}" + (f" ({r['levels']})" if r.get("levels") else "")
-
-
-def quality_tables(results: Sequence[dict[str, Any]], order: Sequence[str]) -> list[str]:
-    lines: list[str] = []
-    for size in sorted({r["nominal_size"] for r in results}):
-        runs = sorted(
-            (r for r in results if r["nominal_size"] == size),
-            key=lambda r: order.index(r["method"]) if r["method"] in order else 99,
-        )
-        rows = []
-        for r in runs:
-            if r["error"] is not None:
-                rows.append([r["method"], _size(r), f"failed: {r['error']}"] + [""] * 10)
-                continue
-            rows.append(
-                [
-                    r["method"],
-                    _size(r),
-                    fmt(r["psnr"], ".2f"),
-                    fmt(r["ssim"], ".3f"),
-                    f"{r['window_usage']:.1%} ({r['window_tokens']:,})",
-                    f"{fmt(r.get('fixed_usage'), '.1%')} ({r.get('fixed_tokens', 0):,})",
-                    fmt(r["window_perplexity"], ",.0f"),
-                    f"{r['dead_codes']:,}",
-                    fmt(r["quant_error"], ".3g"),
-                    fmt(r["quant_error_rel"], ".3f"),
-                    fmt(r["train_seconds"], ".0f"),
-                    fmt(r["eval_seconds"], ".0f"),
-                    r.get("setting", ""),
-                ]
-            )
-        lines += ["", f"## K = {size:,}", ""] + table(
-            [
-                "method",
-                "K (levels)",
-                "PSNR dB",
-                "SSIM",
-                "window usage (tokens)",
-                "fixed-set usage (tokens)",
-                "perplexity",
-                "dead codes",
-                "‖e−q‖²",
-                "‖e−q‖²/‖e‖²",
-                "train s",
-                "eval s",
-                "setting",
-            ],
-            rows,
-        )
-        kodak = [r for r in runs if r["error"] is None and r.get("kodak")]
-        if kodak:
-            lines += ["", f"Kodak (K = {size:,}):", ""] + table(
-                ["method", "K", *QUALITY_FIGURES, "usage", "bpp log2(K)/f²", "bpp entropy"],
-                [
-                    [
-                        r["method"],
-                        f"{r['codebook_size']:,}",
-                        *_figures(r["kodak"]),
-                        f"{r['kodak']['usage']:.1%}",
-                        f"{r['kodak']['bpp_nominal']:.4f}",
-                        f"{r['kodak']['bpp_entropy']:.4f}",
-                    ]
-                    for r in kodak
-                ],
-            )
-    return lines
-
-
-def quality_markdown(payload: dict[str, Any], plots: Sequence[str] = ()) -> str:
-    meta, cfg, results = payload["meta"], payload["config"], payload["results"]
-    plain = cfg["plain"]
-    primary = plain if isinstance(plain, str) else plain[0]  # older JSON: one string
-    judged = [r for r in results if r.get("setting", "") in ("", primary)]
-    checks = [(t["name"], *check_target(t, judged)) for t in load_targets()]
-    verdict = {True: "yes", False: "**no**", None: "n/a"}
-    lines = [
-        "# Quality benchmark: STE vs rotation trick vs SimVQ vs FSQ",
-        "",
-        "Generated by `bench/quality.py` (rendered by `bench/report.py`; targets from "
-        "`bench/targets.toml`). Every configuration trains with `vq-train fit --config "
-        "configs/<method>.yaml` (Lightning's Trainer, `train.module.VQVAEModule`) with the "
-        "codebook size, budget and the overrides below.",
-        "",
-        f"- Command: `{meta['command']}`",
-        f"- Date: {meta['date']}; wall time of this invocation {meta['total_seconds'] / 60:.1f} min",
-        f"- Machine: {meta['machine']}; torch {meta['torch']}, Python {meta['python']}",
-        f"- Budget: {cfg['steps']} steps x batch {cfg['batch_size']} of {cfg['crop']}² crops; "
-        f"seed {cfg['seed']}; overrides {cfg['overrides'] or 'none'}",
-        f"- Data: {meta['data']}",
-        f"- *Window usage*: share of the K codes hit in max(4K, {cfg['min_window']:,}) tokens of "
-        "training crops encoded in eval mode after training. *Fixed-set usage*: share hit over "
-        f"a fixed token set of at least {cfg.get('tokens_per_code', 16)} tokens per code (every "
-        "held-out token, then training-crop tokens), comparable to the SimVQ paper's usage "
-        "figure. PSNR/SSIM: held-out crops; Kodak: whole images from the exported artifact "
-        "(float32).",
-        "- *Setting* of the plain codebooks (ste, rotation): `papers` = uniform init, no "
-        "dead-code restart; `recipe` = the config's data init + restart; `rotation-paper` = "
-        "the rotation-trick paper's VQ-VAE runs (its src/models/vq_vae.py: l2-normalised "
-        "EMA codebook, decay 0.8, commitment 1.0, kaiming-scale init). "
-        f"The targets judge the `{primary}` rows.",
-        "",
-        "## Targets",
-        "",
-        *table(["target", "holds", "measured"], [[n, verdict[h], d] for n, h, d in checks]),
-        *quality_tables(results, meta.get("methods", [])),
-    ]
-    codecs = meta.get("codecs") or []
-    if codecs:
-        lines += ["", "## JPEG and WebP on the same Kodak images (Pillow)", ""]
-        lines += table(
-            ["codec", "quality", "bpp", *QUALITY_FIGURES],
-            [[p["codec"], str(p["quality"]), f"{p['bpp']:.3f}", *_figures(p)] for p in codecs],
-        )
-        lines += ["", HF_NOTE]
-    if plots:
-        lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
-    return "\n".join(lines)
-
-
-def quality_plots(payload: dict[str, Any], out_dir: Path, stem: str = "quality") -> list[str]:
+def quality_plots(p: Payload, out_dir: Path, stem: str = "quality") -> list[str]:
     """Usage vs step, usage and PSNR vs K; PNGs in ``out_dir``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [r for r in payload["results"] if r["error"] is None]
+    ok = [r for r in p["results"] if r["error"] is None]
+
+    def label(r: Payload) -> str:
+        return f"{r['method']}{r.get('setting') and ' ' + r['setting'] or ''}"
+
+    def save(fig: Any, name: str) -> str:
+        fig.tight_layout()
+        fig.savefig(out_dir / f"{stem}_{name}.png", dpi=110)
+        plt.close(fig)
+        return str(out_dir / f"{stem}_{name}.png")
+
+    labels, sizes = sorted({label(r) for r in ok}), sorted({r["nominal_size"] for r in ok})
+    color = {m: f"C{i}" for i, m in enumerate(labels)}
     if not ok:
         return []
-    labels = sorted({f"{r['method']}{r.get('setting') and ' ' + r['setting']}" for r in ok})
-    color = {m: f"C{i}" for i, m in enumerate(labels)}
-
-    def label(r: dict[str, Any]) -> str:
-        return f"{r['method']}{r.get('setting') and ' ' + r['setting']}"
-
-    paths = []
-    sizes = sorted({r["nominal_size"] for r in ok})
     fig, axes = plt.subplots(1, len(sizes), figsize=(4.5 * len(sizes), 3.6), squeeze=False)
     for ax, size in zip(axes[0], sizes, strict=True):
         for r in (r for r in ok if r["nominal_size"] == size and r["history"]):
-            steps = [h["step"] for h in r["history"]]
-            ax.plot(
-                steps,
-                [100 * h["window_usage"] for h in r["history"]],
-                label=label(r),
-                color=color[label(r)],
-            )
+            usage = [100 * h["window_usage"] for h in r["history"]]
+            ax.plot([h["step"] for h in r["history"]], usage, label=label(r), color=color[label(r)])
         ax.set(title=f"K ≈ {size:,}", xlabel="step", ylim=(0, 105))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("training window usage (%)")
-    fig.tight_layout()
-    paths.append(out_dir / f"{stem}_usage_vs_step.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths = [save(fig, "usage_vs_step")]
     for key, ylabel in (("window_usage", "window usage (%)"), ("psnr", "held-out PSNR (dB)")):
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
         for name in labels:
             runs = sorted((r for r in ok if label(r) == name), key=lambda r: r["codebook_size"])
-            scale = 100 if key == "window_usage" else 1
+            ys = [(100 if key == "window_usage" else 1) * r[key] for r in runs]
             ax.plot(
-                [r["codebook_size"] for r in runs],
-                [scale * r[key] for r in runs],
-                marker="o",
-                label=name,
-                color=color[name],
+                [r["codebook_size"] for r in runs], ys, marker="o", label=name, color=color[name]
             )
         ax.set_xscale("log", base=2)
         ax.set(xlabel="codebook size K (FSQ: prod(levels))", ylabel=ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        paths.append(out_dir / f"{stem}_{key.split('_')[-1]}_vs_k.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
-    return [str(p) for p in paths]
-
-
-# --- Recipe step cost ----------------------------------------------------------------------
-
-
-def recipe_step_markdown(payload: dict[str, Any]) -> str:
-    ms = payload["seconds_per_step"]
-    ratio = payload["ratio_to_mse"]
-    limit = payload["target_max_ratio"]
-    rows = [[name, fmt(1000 * ms[name], ".0f"), fmt(ratio[name], ".2f")] for name in ms]
-    worst = max(v for k, v in ratio.items() if k != "mse")
-    verdict = "holds" if worst <= limit else "missed"
-    return "\n".join(
-        [
-            "# Recipe training step vs MSE step",
-            "",
-            f"`{payload['command']}` on {payload['machine']}, torch {payload['torch']}, "
-            f"{payload['precision']}, {payload['date']}; batch {payload['batch']} (configs/"
-            f"default.yaml's network and crops), median of {payload['rounds']} alternating "
-            f"rounds of {payload['steps']} steps.",
-            "",
-            *table(["variant", "ms / step", "× MSE step"], rows),
-            "",
-            f"Target: a recipe step (discriminator included) at most {limit:g}× an MSE step: "
-            f"**{verdict}** (worst {worst:.2f}×). `recipe`: MS-SSIM + adaptive hinge PatchGAN "
-            "(its step and the generator's pass through it) + EMA + L1, all parameters; "
-            "`recipe_decoder_only`: the same with the encoder and quantizer frozen "
-            "(configs/recipes/default_decoder_ft.yaml), whose frozen half runs without a graph.",
-        ]
-    )
-
-
-# --- Service -------------------------------------------------------------------------------
-
-SERVICE_COLUMNS = """
-mode | mode
-concurrency | concurrency
-requests | requests
-images/s | img_s | .2f
-p50 ms | p50_ms | .0f
-p99 ms | p99_ms | .0f
-mean batch | mean_batch | .1f
-server CPU ms/img | server_cpu_ms | .0f
-client CPU ms/img | client_cpu_ms | .0f
-"""
-
-
-def service_markdown(p: dict[str, Any]) -> str:
-    t, rows, batch = targets("service"), p["results"], p["batch"]
-    ceiling = max(c["batch_img_s"] for c in p["ceilings"])
-    single = max(c["single_img_s"] for c in p["ceilings"])
-    cpu_ms = min(c["cpu_ms"] for c in p["ceilings"] if c.get("cpu_ms") is not None)
-    top = max(r["concurrency"] for r in rows)
-    lines = [
-        "# Service benchmark: tokenize throughput and latency",
-        "",
-        generated_by("service", targets=True),
-        "",
-        *run_lines(p),
-        f"- Model: {p['model']}; precision {p['precision']} (the default on this CPU, in "
-        "process and in the servers)",
-        f"- Workload: one {p['size']}x{p['size']} PNG per `POST /v1/tokenize` (multipart), "
-        "synthetic images; clients are asyncio + httpx in the benchmark process, on the same "
-        "machine as the server, over loopback.",
-        f"- Server: `vq-serve` on CPU; batched = `--max-batch-size {batch}` (default 2 ms batch "
-        "wait); unbatched = `--no-batching` (one image per forward pass). Both run at once; "
-        "the modes alternate per concurrency level.",
-        "",
-        "## Results",
-        "",
-        *columns(SERVICE_COLUMNS, rows),
-        "",
-        f"In-process `Tokenizer.encode` (no HTTP, no PNG decoding): **{ceiling:.2f} images/s "
-        f"at batch {batch}** (the ceiling), {single:.2f} images/s at batch 1: each the better "
-        "of a measurement before and one after the service runs ("
-        + "; ".join(
-            f"batch {batch} {c['batch_img_s']:.2f}, batch 1 {c['single_img_s']:.2f}"
-            for c in p["ceilings"]
-        )
-        + f"). In process one image costs {cpu_ms:.0f} ms of CPU time (all threads) at batch "
-        f"{batch}; the table's CPU columns are the server's and the load generator's CPU time "
-        "per request over the timed requests (from /proc), on the same cores. p99 over a few "
-        "dozen requests is close to the maximum; read it as a rough tail.",
-    ]
-    by = {(r["mode"], r["concurrency"]): r for r in rows}
-    b, u = by.get(("batched", top)), by.get(("unbatched", top))
-    if b and u:
-        vs_ceiling, vs_unbatched = b["img_s"] / ceiling, b["img_s"] / u["img_s"]
-        cpu = b["server_cpu_ms"] + b["client_cpu_ms"]
-        lines += [
-            "",
-            f"## Against the targets (concurrency {top})",
-            "",
-            *targets_table(
-                [
-                    (
-                        f"batched service >= {t['vs_ceiling']}x the in-process ceiling",
-                        f"{vs_ceiling:.2f}x",
-                        vs_ceiling >= t["vs_ceiling"],
-                    ),
-                    (
-                        f"batched service >= {t['vs_unbatched']}x the unbatched service",
-                        f"{vs_unbatched:.2f}x",
-                        vs_unbatched >= t["vs_unbatched"],
-                    ),
-                ]  # fmt: skip
-            ),
-            "",
-            f"One forward pass of {batch} images runs at {ceiling / single:.2f}x the per-image "
-            "throughput of single-image passes in process: that bounds what micro-batching can "
-            f"buy (mean batch {b['mean_batch']:.1f} at concurrency {top}). Where the CPU "
-            f"went at concurrency {top}: the server spent {b['server_cpu_ms']:.0f} ms of "
-            f"CPU per image against {cpu_ms:.0f} ms in process, the load generator "
-            f"{b['client_cpu_ms']:.0f} ms; were the cores the only limit, {cpu:.0f} ms "
-            f"against {cpu_ms:.0f} would give {cpu_ms / cpu:.2f}x. Server and client together "
-            f"kept {b['busy_cores']:.2f} cores busy.",
-        ]
-    return "\n".join(lines)
-
-
-# --- Load ----------------------------------------------------------------------------------
-
-LOAD_COLUMNS = """
-phase | name
-concurrency | concurrency
-requests | sent
-seconds | seconds | .1f
-req/s | ok_per_s | .1f
-p50 ms | p50_ms | .0f
-p99 ms | p99_ms | .0f
-answers by status | answers
-shed (server counters) | shed_by
-peak RSS MiB | peak_rss_mib | .0f
-/healthz p50 / p99 / max ms | healthz
-"""
-
-
-def listed(d: dict[str, Any]) -> str:
-    """``{"200": 3, "503": 1}`` -> ``200: 3, 503: 1`` (zeros left out; none: 0)."""
-    return ", ".join(f"{k}: {v:g}" for k, v in sorted(d.items()) if v) or "0"
-
-
-def load_markdown(p: dict[str, Any]) -> str:
-    t, phases = targets("load"), p["phases"]
-    rows = [
-        {
-            **r,
-            "answers": listed(r["statuses"]),
-            "shed_by": listed(r["shed"]),
-            "healthz": " / ".join(fmt(r[f"healthz_{q}_ms"], ".1f") for q in ("p50", "p99", "max")),
-        }
-        for r in phases
-    ]
-    lost = sum(n for s, n in phases[-1]["statuses"].items() if s.startswith("lost"))
-    five = sum(n for r in phases for s, n in r["statuses"].items() if s[0] == "5" and s != "503")
-    peak = max(r["peak_rss_mib"] for r in phases)
-    p99 = max(r["p99_ms"] for r in phases[:-1])  # the drain's own is not judged
-    health99 = max(r["healthz_p99_ms"] for r in phases[:-1])
-    health = max(r["healthz_max_ms"] for r in phases[:-1])
-    deadline, budget = p["deadline_s"], p["budget"]
-    return "\n".join(
-        [
-            "# Load benchmark: vq-serve under sustained load, overload and SIGTERM",
-            "",
-            generated_by("load", targets=True),
-            "",
-            *run_lines(p),
-            f"- Model: {p['model']}. Requests: one {p['size']}x{p['size']} PNG each, multipart "
-            f"tokenize, to `vq-serve {' '.join(p['server_args'])}` on 127.0.0.1 (memory budget "
-            f"{budget}, deadline {deadline:g} s). Loopback only; every phase is bounded in count "
-            "and time.",
-            "",
-            *columns(LOAD_COLUMNS, rows),
-            "",
-            f"SIGTERM under load: delivered during the drain phase; the process exited with "
-            f"code {p['exit_code']} {p['drain_s']:.1f} s later. Lost requests (connected, never "
-            f"answered): {lost}.",
-            "",
-            *targets_table(
-                [
-                    ("0 x 5xx (other than 503 shedding)", str(five), five == 0),
-                    (
-                        f"RSS under the budget ({budget})",
-                        f"peak {peak:.0f} MiB",
-                        peak * 2**20 <= p["budget_bytes"],
-                    ),
-                    (
-                        f"p99 of accepted requests within the deadline ({deadline:g} s)",
-                        f"{p99:.0f} ms",
-                        p99 <= 1000 * deadline,
-                    ),
-                    (
-                        f"/healthz p99 under {t['healthz_p99_ms']:g} ms during load",
-                        f"p99 {health99:.1f} ms, max {health:.1f} ms",
-                        health99 < t["healthz_p99_ms"],
-                    ),
-                    (
-                        f"{t['lost_on_sigterm']} requests lost on SIGTERM",
-                        str(lost),
-                        lost <= t["lost_on_sigterm"],
-                    ),
-                ]  # fmt: skip
-            ),
-            "",
-            "Statuses: 200 answered; 503 refused by load shedding (`overloaded`: the queue of "
-            "`max_queue` items was full, `timeout`: the deadline passed; both with Retry-After) "
-            "or by the drain (`shutting_down`); 'refused (connect)': the listener was already "
-            "closed after SIGTERM, so the client knows the request never reached the service.",
-        ]
-    )
-
-
-SCENARIO_COLUMNS = """
-restart | restart
-answers | answers
-peak RSS MiB (server's VmHWM / sampled VmRSS) | rss
-charge | charge
-/healthz p99 ms | healthz_p99_ms | .1f
-"""
-
-
-def load_scenarios_markdown(p: dict[str, Any]) -> str:
-    t = targets("load_scenarios")
-    memory, hol, slow = p["memory"], p["head_of_line"], p["slow_uploads"]
-    rows = [
-        {
-            **m,
-            "answers": listed(m["statuses"]),
-            "rss": f"{m['peak_rss_mib']:.0f} / {m['sampled_rss_mib']:.0f}",
-        }  # fmt: skip
-        for m in memory
-    ]
-    peak = max(m["peak_rss_mib"] for m in memory)
-    ratio = hol["mixed_p99_ms"] / hol["alone_p99_ms"]
-    probes = [m["healthz_p99_ms"] for m in memory] + [hol["healthz_p99_ms"], slow["healthz_p99_ms"]]
-    health = max(x for x in probes if x is not None)  # None: not recorded
-    ok, side = slow["ok_share"], p["image_side"]
-    return "\n".join(
-        [
-            "# Memory, fairness and slow clients: vq-serve at its limits",
-            "",
-            generated_by("load_scenarios", targets=True),
-            "",
-            *run_lines(p),
-            f"- Model: {p['model']}. `--memory-budget {p['budget']}` admits `--max-image-side "
-            f"{side}` (the server refused larger sides at start-up and named these; charge "
-            f"{p['charge']}) and max_grid_side {p['grid_side']}. {p['restarts']} restart(s) of "
-            f"the server for the memory scenario, {p['seconds']:g} s per scenario.",
-            "",
-            *columns(SCENARIO_COLUMNS, rows),
-            "",
-            f"Head-of-line: small (256 x 256) requests from 2 clients, p99 "
-            f"{hol['alone_p99_ms']:.0f} ms alone ({hol['alone_n']} requests) and "
-            f"{hol['mixed_p99_ms']:.0f} ms ({hol['mixed_n']} requests) next to one client "
-            f"sending 4 x {side}^2 per request (its answers: {listed(hol['heavy'])}).",
-            "",
-            f"Slow uploads: 64 bodies trickling at 20 KiB/s; other clients' answers "
-            f"{listed(slow['statuses'])} ({ok:.1%} 200); the slow uploads ended: "
-            f"{listed(slow['slow'])}.",
-            "",
-            *targets_table(
-                [
-                    (
-                        f"peak RSS <= budget ({p['budget']}) in every restart",
-                        f"max {peak:.0f} MiB",
-                        peak * 2**20 <= p["budget_bytes"],
-                    ),
-                    (
-                        f"small p99 next to the heavy client <= {t['head_of_line_ratio']:g}x alone",
-                        f"{ratio:.2f}x",
-                        ratio <= t["head_of_line_ratio"],
-                    ),
-                    (
-                        f"others >= {t['slow_uploads_ok_share']:.0%} 200 during 64 slow uploads",
-                        f"{ok:.1%}",
-                        ok >= t["slow_uploads_ok_share"],
-                    ),
-                    (
-                        f"/healthz p99 <= {t['healthz_p99_ms']:g} ms in every scenario",
-                        f"max {health:.1f} ms",
-                        health <= t["healthz_p99_ms"],
-                    ),
-                ]  # fmt: skip
-            ),
-        ]
-    )
-
-
-# --- CPU throughput ------------------------------------------------------------------------
-
-SHIPPED = "bf16 Tokenizer (chunked)"
-ENCODE_DECODE_COLUMNS = """
-batch | batch
-configuration | config
-encode img/s | encode_img_s | .2f
-encode GFLOP/s | encode_gflops | .0f
-decode img/s | decode_img_s | .2f
-decode GFLOP/s | decode_gflops | .0f
-"""
-TRAINING_COLUMNS = """
-configuration | config
-crop | crop
-batch | batch
-steps/s | steps_s | .2f
-images/s | images_s | .1f
-data wait | data_wait | .1%
-"""
-SEARCH_COLUMNS = """
-K | k | ,
-ours (default: float32 tiles) GFLOP/s | ours | .0f
-ours, bf16 candidates | ours_bf16 | .0f
-faiss GFLOP/s | faiss | .0f
-ours / faiss | vs_faiss
-same ids as faiss | identical_to_faiss | .2%
-"""
-
-
-def throughput_targets(r: dict[str, Any]) -> list[Target]:
-    t = targets("throughput")
-    rows = {(x["batch"], x["config"]): x for x in r["encode_decode"]}
-    out: list[Target] = []
-    for what, batch, factor in t["speedups"]:
-        base, fast = rows.get((batch, "fp32 NCHW eager")), rows.get((batch, SHIPPED))
-        if base and fast:
-            ratio = fast[f"{what}_img_s"] / base[f"{what}_img_s"]
-            share = fast["encode_gflops"] / r["gemm_bf16"]
-            peak = f"; {fast['encode_gflops']:.0f} GFLOP/s = {share:.0%} of the bf16 GEMM peak"
-            name = f"{what} batch {batch}: bf16 Tokenizer >= {factor:g}x fp32 NCHW"
-            extra = peak if (what, batch) == ("encode", 8) else ""
-            out.append((name, f"{ratio:.2f}x{extra}", ratio >= factor))
-    if k := r.get("kodak"):
-        out.append(
-            (
-                f"Kodak: >= {t['kodak_identical']:.1%} identical codes, PSNR within "
-                f"{t['kodak_psnr_delta_db']:g} dB",
-                f"{k['identical']:.2%} identical, max |ΔPSNR| {k['psnr_delta_max']:.3f} dB",
-                k["identical"] >= t["kodak_identical"]
-                and k["psnr_delta_max"] <= t["kodak_psnr_delta_db"],
-            )
-        )
-    if len(train := r.get("training", [])) == 2:
-        ratio, wait = train[1]["images_s"] / train[0]["images_s"], train[1]["data_wait"]
-        out.append(
-            (
-                f"training images/s >= {t['training_speedup']:g}x fp32 eager, data wait < "
-                f"{t['training_data_wait']:.0%}",
-                f"{ratio:.2f}x, data wait {wait:.1%}",
-                ratio >= t["training_speedup"] and wait < t["training_data_wait"],
-            )
-        )
-    for x in r.get("search", []):
-        if "faiss" in x:
-            ratio = x["ours"] / x["faiss"]
-            out.append(
-                (
-                    f"nearest_code >= {t['search_vs_faiss']:g}x faiss at K = {x['k']:,}, exact",
-                    f"{ratio:.2f}x ({x['ours']:.0f} vs {x['faiss']:.0f} GFLOP/s), both routes "
-                    f"give the same ids ({x['identical_to_fp32']:.2%})",
-                    ratio >= t["search_vs_faiss"] and x["identical_to_fp32"] == 1.0,
-                )
-            )
-    return out
-
-
-def throughput_markdown(r: dict[str, Any]) -> str:
-    size, k, ort = r["size"], r.get("kodak"), r.get("onnxruntime")
-    search = [
-        {**x, "vs_faiss": x["ours"] / x["faiss"] if "faiss" in x else None} for x in r["search"]
-    ]
-    for x in search:
-        x["vs_faiss"] = fmt(x["vs_faiss"], ".2f") + "x" if x["vs_faiss"] else "n/a"
-    lines = [
-        "# CPU throughput: the fast path (bf16 + channels_last) and the search",
-        "",
-        generated_by("throughput", targets=True) + " Ratios are from this one run (the machine "
-        "is noisy; each number is the best of a few repeats).",
-        "",
-        *run_lines(r),
-        f"- Model: `{r['model']}`",
-        "",
-        "## GEMM peak (4096², or smaller with --quick)",
-        "",
-        f"float32 {r['gemm_fp32']:.0f} GFLOP/s, bfloat16 {r['gemm_bf16']:.0f} GFLOP/s "
-        f"({r['gemm_bf16'] / r['gemm_fp32']:.2f}x).",
-        "",
-        f"## Encode and decode, {size}×{size}",
-        "",
-        *columns(ENCODE_DECODE_COLUMNS, r["encode_decode"]),
-    ]
-    if ort:
-        lines += [
-            "",
-            f"onnxruntime (CPU provider, `vq-export --onnx` graphs, float32), batch "
-            f"{ort['batch']}: encode {ort['encode_img_s']:.2f} img/s, decode "
-            f"{ort['decode_img_s']:.2f} img/s.",
-        ]
-    agreement = (
-        f"{k['images']} images, {k['tokens']:,} tokens: {k['identical']:.2%} of codes "
-        f"identical; PSNR (fp32 - bf16, each decoding its own codes) mean "
-        f"{k['psnr_delta_mean']:+.3f} dB, max |Δ| {k['psnr_delta_max']:.3f} dB."
-        if k
-        else "Skipped: no `--kodak` folder."
-    )
-    lines += [
-        "",
-        "## bf16 against fp32 on Kodak",
-        "",
-        agreement,
-        "",
-        "## Training (configs/default.yaml through Lightning)",
-        "",
-        *columns(TRAINING_COLUMNS, r["training"]),
-        "",
-        f"## nearest_code against faiss-cpu IndexFlatL2 (N = {r['search_n']:,}, D = 64)",
-        "",
-        *columns(SEARCH_COLUMNS, search),
-        "",
-        "## Targets",
-        "",
-        *targets_table(throughput_targets(r)),
-    ]
-    return "\n".join(lines)
-
-
-# --- Quantizers ----------------------------------------------------------------------------
-
-VQ_METHODS = ("ste", "rotation", "simvq", "simvq_rotation")
-QUANTIZER_COLUMNS = """
-quantizer | label
-ours (ms) | ours_ms
-reference (ms) | ref_ms
-ours / ref | ratio | .3f
-ours peak RSS (MiB) | ours_rss | ,.0f
-ref peak RSS (MiB) | ref_rss | ,.0f
-ours repeats | repeats
-load | load
-"""
-SEARCH_ALONE_COLUMNS = """
-K | k | ,
-nearest_code (ms) | ours_ms
-GFLOP/s | gflops | .1f
-row chunks + argmin GFLOP/s | argmin_gflops | .1f
-bare z @ C.T GFLOP/s | matmul_gflops | .1f
-peak RSS (MiB) | ours_rss | ,.0f
-load | load
-"""
-
-
-def _median(r: dict[str, Any] | None) -> float | None:
-    ok = r is not None and r["status"] == "ok" and r["times_s"]
-    return statistics.median(r["times_s"]) if ok else None  # type: ignore[index]
-
-
-def _gflops(n: int, k: int, seconds: float | None) -> float | None:
-    return 2 * n * k * 64 / seconds / 1e9 if seconds else None
-
-
-def quantizer_targets(results: Sequence[dict[str, Any]], n: int) -> list[Target]:
-    t = targets("quantizers")
-    by = {(r["task"]["impl"], r["task"]["method"], r["task"]["k"]): r for r in results}
-    out: list[Target] = []
-    for k, bound in t["fwd_bwd_vs_reference"]:
-        pairs = [
-            (m, _median(by.get(("ours", m, k))), _median(by.get(("reference", m, k))))
-            for m in VQ_METHODS
-        ]
-        ratios = [(m, a / b) for m, a, b in pairs if a and b]
-        out.append(
-            (
-                f"VQ and SimVQ fwd+bwd <= {bound}x reference at K = {k:,}",
-                ", ".join(f"{m} {x:.3f}x" for m, x in ratios) or "no paired measurement",
-                all(x <= bound for _, x in ratios) if len(ratios) == len(VQ_METHODS) else None,
-            )
-        )
-    big = [r for r in results if r["task"]["impl"] == "ours" and r["task"]["k"] >= t["large_k"]]
-    limit = t["large_k_peak_rss_mib"]
-    worst = max(big, key=lambda r: r["peak_rss_mib"] or 0.0, default=None)
-    out.append(
-        (
-            f"K >= {t['large_k']:,} under {limit / 1024:g} GiB peak RSS (ours)",
-            f"largest: {worst['task']['method']} at K = {worst['task']['k']:,}: "
-            f"{fmt(worst['peak_rss_mib'], ',.0f')} MiB ({worst['status']})"
-            if worst
-            else "not run",
-            all(r["status"] == "ok" and (r["peak_rss_mib"] or math.inf) < limit for r in big)
-            if big
-            else None,
-        )
-    )
-    for lo, hi, bound in t["search_gflops"]:
-        where = f"K >= {lo:,}" if math.isinf(hi) else f"K = {lo:,}" if lo == hi else f"K {lo}-{hi}"
-        rows = [
-            r for r in results if r["task"]["method"] == "search" and lo <= r["task"]["k"] <= hi
-        ]
-        rates = [(r["task"]["k"], _gflops(n, r["task"]["k"], _median(r))) for r in rows]
-        out.append(
-            (
-                f"search >= {bound:g} GFLOP/s at {where}",
-                ", ".join(f"K={k:,}: {fmt(g, '.1f') if g else 'failed'}" for k, g in rates)
-                or "not run",
-                all(g is not None and g >= bound for _, g in rates) if rates else None,
-            )
-        )
-    fsq = [r for r in results if r["task"]["impl"] == "ours" and r["task"]["method"] == "fsq"]
-    timed = [(r, _median(r), _median(by.get(("reference", "fsq", r["task"]["k"])))) for r in fsq]
-    ratios = [(r["task"]["levels"], a / b) for r, a, b in timed if a and b]
-    out.append(
-        (
-            f"FSQ at most {t['fsq_vs_reference']:g}x the reference's time",
-            ", ".join(f"{lv}: {x:.2f}x" for lv, x in ratios) or "no paired measurement",
-            all(x <= t["fsq_vs_reference"] for _, x in ratios) if ratios else None,
-        )
-    )
-    return out
-
-
-def quantizers_markdown(p: dict[str, Any]) -> str:
-    c, results = p["config"], p["results"]
-    n = c["n"]
-    by = {(r["task"]["impl"], r["task"]["method"], r["task"]["k"]): r for r in results}
-
-    def cells(r: dict[str, Any] | None, prefix: str) -> dict[str, Any]:
-        """A result's cells: its time (or status, or skipped), peak RSS, load."""
-        if r is None:
-            return {f"{prefix}_ms": "skipped", f"{prefix}_rss": None}
-        m = _median(r)
-        shown = fmt(1000 * m, ",.0f") if m is not None else r["status"]
-        load = f"{r['load'][0]:.1f}/{r['load'][1]:.1f}" if r.get("load") else "n/a"
-        return {f"{prefix}_ms": shown, f"{prefix}_rss": r["peak_rss_mib"], "load": load}
-
-    lines = [
-        "# Quantizer benchmark: ours vs vector-quantize-pytorch",
-        "",
-        generated_by("quantizers", targets=True) + " Times are the median of the timed "
-        f"repeats after warmup, for one forward+backward pass of N vectors (a ({n // 1024}, 64, "
-        "32, 32) feature map, D = 64); ratio = ours / reference (lower is better). Peak RSS is "
-        "`ru_maxrss` of the child process that ran that configuration alone, so it includes "
-        "the interpreter and torch (~300 MiB).",
-        "",
-        "## Run",
-        "",
-        *run_lines(p),
-        f"- vector-quantize-pytorch {p['reference']}; wall time {p['wall_s'] / 60:.1f} min",
-        f"- torch threads per child: {c['threads']}; warmup {c['warmup']}, up to {c['repeats']} "
-        f"timed repeats within {c['budget_s']:.0f} s per measurement; child address space "
-        f"capped at {c['memory_limit_gib']:g} GiB; per-child timeout {c['timeout_s']:.0f} s; "
-        f"OMP_WAIT_POLICY {c['omp_wait_policy']} in every child (both sides)",
-        f"- N = {n:,}, K = {', '.join(f'{k:,}' for k in c['ks'])}; reference run for "
-        f"K <= {c['reference_max_k']:,}. The `load` column is the 1-minute load average when "
-        "each of our children started/ended: each ratio pairs two runs made minutes apart on a "
-        "machine other jobs shared, so absolute times are noisy.",
-    ]
-    if p.get("quick"):
-        lines.append(
-            "- **--quick run**: small N and K, one shared child process per implementation, so "
-            "peak RSS is the maximum over that process, not per configuration."
-        )
-    for k in c["ks"]:
-        shown = [(m, k, m) for m in VQ_METHODS] + [
-            ("fsq", r["task"]["k"], f"fsq {r['task']['levels']} (K = {r['task']['k']:,})")
-            for r in results
-            if r["task"]["method"] == "fsq" and r["task"]["impl"] == "ours"
-            and r["task"].get("table") == k
-        ]  # fmt: skip
-        rows = []
-        for method, key, label in shown:
-            ours, ref = by.get(("ours", method, key)), by.get(("reference", method, key))
-            a, b = _median(ours), _median(ref)
-            repeats = len(ours["times_s"]) if ours else 0
-            row = {"label": label, "ratio": a / b if a and b else None, "repeats": repeats}
-            rows.append({**row, **cells(ref, "ref"), **cells(ours, "ours")})
-        lines += ["", f"## K = {k:,}", "", *columns(QUANTIZER_COLUMNS, rows)]
-    search = []
-    for k in c["ks"]:
-        if r := by.get(("ours", "search", k)):
-            extra = r["extra"] if r["status"] == "ok" else {}
-            search.append(
-                {
-                    "k": k,
-                    **cells(r, "ours"),
-                    "gflops": _gflops(n, k, _median(r)),
-                    "argmin_gflops": _gflops(n, k, extra.get("row_chunked_argmin_s")),
-                    "matmul_gflops": _gflops(n, k, extra.get("row_chunked_matmul_s")),
-                }
-            )
-    lines += [
-        "",
-        "## Nearest-code search alone",
-        "",
-        f"N = {n:,}, D = 64, random Gaussian inputs; effective GFLOP/s = 2·N·K·D / time. "
-        "Context columns: the same `||c||² - 2 e·c` in row chunks of at most 32 MiB (`addmm`), "
-        "with `argmin` (the previous, untiled `nearest_code`) and without it (a bare `z @ C.T`).",
-        "",
-        *columns(SEARCH_ALONE_COLUMNS, search),
-        "",
-        "## Targets",
-        "",
-        *targets_table(quantizer_targets(results, n)),
-    ]
-    return "\n".join(lines)
-
-
-# --- Data at scale -------------------------------------------------------------------------
-
-FIT_COLUMNS = """
-images | n | ,
-source | source_run
-steps | steps
-peak PSS (MiB) | peak_mb | .0f
-launch -> first step (s) | first_step_s | .1f
-step (s) | step_s | .3f
-data wait (s) | data_wait_s | .4f
-wait share | wait_share | .1%
-"""
-
-
-def data_targets(r: dict[str, Any]) -> list[Target]:
-    t = targets("data")
-    streamed = [x for x in r["fit"] if "memory" not in x["source"]]
-    out: list[Target] = []
-    for source in sorted({x["source"] for x in streamed}):
-        rows = sorted((x for x in streamed if x["source"] == source), key=lambda x: x["n"])
-        if len(rows) > 1:
-            ratio = rows[-1]["peak_mb"] / rows[0]["peak_mb"]
-            out.append(
-                (
-                    f"peak memory at {rows[-1]['n']:,} <= {t['memory_growth']:g}x at "
-                    f"{rows[0]['n']:,} images ({source})",
-                    f"{ratio:.2f}x",
-                    ratio <= t["memory_growth"],
-                )
-            )
-    if r["fit"]:
-        first = max(x["first_step_s"] for x in r["fit"])
-        name = f"launch -> first step <= {t['first_step_s']:g} s (the slowest)"
-        out.append((name, f"{first:.1f} s", first <= t["first_step_s"]))
-    if streamed:
-        share = max(x["wait_share"] for x in streamed)
-        name = f"data wait < {t['wait_share']:.0%} of a step (median wait / (wait + step))"
-        out.append((name, f"largest {share:.1%}", share < t["wait_share"]))
-    if r.get("predict") and r.get("tokenizer"):
-        ratio = r["predict"]["images_per_s"] / r["tokenizer"]["images_per_s"]
-        name = f"predict >= {t['predict_vs_tokenizer']:g}x Tokenizer.encode throughput"
-        out.append((name, f"{ratio:.2f}x", ratio >= t["predict_vs_tokenizer"]))
-    return out
-
-
-def data_markdown(r: dict[str, Any]) -> str:
-    cfg, pred, tok = r["config"], r.get("predict"), r.get("tokenizer")
-    in_memory = any("memory" in x["source"] for x in r["fit"])
-    fit = [
-        {**x, "source_run": x["source"] + (f" ({x['run']})" if "run" in x else "")}
-        for x in r["fit"]
-    ]
-    lines = [
-        "# Data at scale: memory, start-up, data wait, predict",
-        "",
-        generated_by("data", targets=True),
-        "",
-        *run_lines({**r, "command": re.sub(r"--photos \S+", "--photos PHOTOS", r["command"])}),
-        f"- Images: {cfg['side']}x{cfg['side']} JPEG crops of the photographs in PHOTOS; "
-        f"`vq-train fit --config configs/default.yaml` for {cfg['steps']} steps, fp32, "
-        f"streamed (`--data.cache_mb=0`) with the default workers ({r['default_workers']})"
-        + (", and the smallest set once through the in-memory path" if in_memory else "")
-        + ". Peak memory is the sum of the proportional set sizes (PSS) of the process and its "
-        "DataLoader workers, so pages the workers share are counted once.",
-        "",
-        *columns(FIT_COLUMNS, fit),
-    ]
-    if r.get("setup"):
-        lines += [
-            "",
-            "Data setup alone (index, held-out split, probe decode), in process: "
-            + "; ".join(f"{x['n']:,} images as {x['source']}: {x['s']:.2f} s" for x in r["setup"])
-            + ". It is the only part of the time to the first step that grows with the data set.",
-        ]
-    if pred and tok:
-        lines += [
-            "",
-            f"Predict ({pred['images']:,} images in tar shards of {cfg['predict_shard']} to "
-            f"Parquet, batch {cfg['predict_batch']}, fp32): {pred['images_per_s']:.2f} images/s "
-            f"from predict start to end ({pred['end_to_end_images_per_s']:.2f} images/s "
-            f"including start-up, {pred['wall_s']:.0f} s); `vq.Tokenizer.encode` of the same "
-            f"{tok['images']} images decoded in memory: {tok['images_per_s']:.2f} images/s.",
-        ]
-    return "\n".join([*lines, "", "## Targets", "", *targets_table(data_targets(r))])
-
-
-# --- An imported model on CPU -------------------------------------------------------------
-
-
-def imported_cpu_markdown(p: dict[str, Any]) -> str:
-    return "\n".join(
-        [
-            "# LlamaGen's VQ-16 shape on CPU, converted with vq-import",
-            "",
-            generated_by("imported_cpu"),
-            "",
-            *run_lines(p),
-            "",
-            *table(
-                ["", "measured"],
-                [
-                    ["parameters", f"{p['parameters'] / 1e6:.2f} M"],
-                    ["`model.safetensors`", f"{p['artifact_bytes'] / 2**20:.0f} MiB"],
-                    [
-                        "peak RSS after imports / loaded / after encode+decode",
-                        f"{p['rss_imports_mib']:.0f} / {p['rss_loaded_mib']:.0f} / "
-                        f"{p['rss_peak_mib']:.0f} MiB",
-                    ],
-                    [
-                        f"encode, 256 x 256, batch 1 ({p['precision']}, mean of {p['images']})",
-                        f"{1000 * p['encode_s']:.0f} ms",
-                    ],
-                    [f"decode of its codes {tuple(p['codes'])}", f"{1000 * p['decode_s']:.0f} ms"],
-                ],  # fmt: skip
-            ),
-        ]
-    )
-
-
-RENDERERS = {
-    "data": data_markdown,
-    "imported_cpu": imported_cpu_markdown,
-    "load": load_markdown,
-    "load_scenarios": load_scenarios_markdown,
-    "quantizers": quantizers_markdown,
-    "recipe_step": recipe_step_markdown,
-    "service": service_markdown,
-    "throughput": throughput_markdown,
-}
+        paths.append(save(fig, f"{key.split('_')[-1]}_vs_k"))
+    return paths
 
 
 def render(json_path: Path, out: Path) -> None:
-    """Re-render a report from its JSON (its ``benchmark`` key names the kind; Kodak's and
-    the quality benchmark's JSON are told by their keys)."""
-    payload = json.loads(json_path.read_text())
-    if payload.get("benchmark") in RENDERERS:
-        write(out, RENDERERS[payload["benchmark"]](payload))
-    elif "tokenizers" in payload:
-        write(out, kodak_markdown(payload, json_path.parent))
-    else:
-        write(out, quality_markdown(payload, quality_plots(payload, out.parent, out.stem)))
+    """Re-render a report from its JSON: its ``benchmark`` key names the kind (Kodak's and the
+    quality benchmark's JSON are told by their keys); the quality plots go beside ``out``."""
+    p = json.loads(json_path.read_text())
+    benchmark = p.get("benchmark") or ("kodak" if "tokenizers" in p else "quality")
+    if not (HERE / "templates" / f"{benchmark}.md.j2").exists():
+        raise ValueError(f"{json_path}: no template for benchmark {benchmark!r} in bench/templates")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plots = quality_plots(p, out.parent, out.stem) if benchmark == "quality" else ()
+    write(out, markdown(p, benchmark, json_path.parent, plots))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
