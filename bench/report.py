@@ -52,11 +52,6 @@ def listed(d: dict[str, Any]) -> str:
     return ", ".join(f"{k}: {v:g}" for k, v in sorted(d.items()) if v) or "0"
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(r) + " |" for r in [header, *rows]]
-    return [lines[0], "|" + "---|" * len(header), *lines[1:]]
-
-
 # --- Targets -------------------------------------------------------------------------------
 
 Check = tuple[str, str, bool | None]  # (target, measured, holds; None: not measured)
@@ -98,7 +93,8 @@ def judge(t: Payload, p: Payload) -> Check:
 def targets(p: Payload, benchmark: str) -> str:
     verdict = {True: "holds", False: "**missed**", None: "not measured"}
     rows = [judge(t, p) for t in load_targets() if t["benchmark"] == benchmark]
-    lines = table(["target", "measured", "verdict"], [[n, m, verdict[ok]] for n, m, ok in rows])
+    lines = ["| target | measured | verdict |", "|---|---|---|"]
+    lines += [f"| {text} | {measured} | {verdict[ok]} |" for text, measured, ok in rows]
     return "\n".join(["## Targets", "", *lines]) if rows else ""
 
 
@@ -250,17 +246,15 @@ def top(p: Payload) -> tuple[int, Payload | None, Payload | None]:
 
 
 @figure
-def vs_ceiling(p: Payload, t: Payload) -> list[tuple[str, float]]:
-    c, b, _ = top(p)
-    x = b["img_s"] / max(c["batch_img_s"] for c in p["ceilings"]) if b else None
-    return [(f"{x:.2f}x at concurrency {c}", x)] if x else []
-
-
-@figure
-def vs_unbatched(p: Payload, t: Payload) -> list[tuple[str, float]]:
+def batched_vs(p: Payload, t: Payload) -> list[tuple[str, float]]:
+    """The batched service's images/s at the highest concurrency over the in-process ceiling
+    (``over = "ceiling"``) or over the unbatched service's."""
     c, b, u = top(p)
-    x = b["img_s"] / u["img_s"] if b and u else None
-    return [(f"{x:.2f}x at concurrency {c}", x)] if x else []
+    ceiling = max(x["batch_img_s"] for x in p["ceilings"])
+    base = ceiling if t["over"] == "ceiling" else u and u["img_s"]
+    return (
+        [(f"{b['img_s'] / base:.2f}x at concurrency {c}", b["img_s"] / base)] if b and base else []
+    )
 
 
 @figure
@@ -308,23 +302,21 @@ def memory_growth(p: Payload, t: Payload) -> list[tuple[str, float]]:
     out = []
     for source in sorted({x["source"] for x in _streamed(p)}):
         rows = sorted((x for x in _streamed(p) if x["source"] == source), key=lambda x: x["n"])
-        x = rows[-1]["peak_mb"] / rows[0]["peak_mb"]
-        out += [(f"{source} {x:.2f}x ({rows[-1]['n']:,} / {rows[0]['n']:,} images)", x)] * (
-            len(rows) > 1
-        )
+        if len(rows) > 1:
+            x, sizes = (
+                rows[-1]["peak_mb"] / rows[0]["peak_mb"],
+                f"{rows[-1]['n']:,} / {rows[0]['n']:,}",
+            )
+            out.append((f"{source} {x:.2f}x ({sizes} images)", x))
     return out
 
 
 @figure
-def first_step(p: Payload, t: Payload) -> list[tuple[str, float]]:
-    x = max((x["first_step_s"] for x in p["fit"]), default=None)
-    return [] if x is None else [(f"{x:.1f} s", x)]
-
-
-@figure
-def wait_share(p: Payload, t: Payload) -> list[tuple[str, float]]:
-    shares = [x["wait_share"] for x in _streamed(p)]
-    return [(f"largest {max(shares):.1%}", max(shares))] if shares else []
+def largest(p: Payload, t: Payload) -> list[tuple[str, float]]:
+    """The largest ``key`` of the data benchmark's fits (``streamed``: not the in-memory one)."""
+    rows = _streamed(p) if t.get("streamed") else p["fit"]
+    x = max((r[t["key"]] for r in rows), default=None)
+    return [] if x is None else [(t["shown"].format(x=x), x)]
 
 
 @figure
@@ -335,21 +327,6 @@ def vs_mse_step(p: Payload, t: Payload) -> list[tuple[str, float]]:
 # --- Reports -------------------------------------------------------------------------------
 
 
-def run_lines(p: Payload) -> str:
-    """The run's description (bench/common.py's meta) as a bullet list."""
-    quick = " (quick mode: small counts, numbers are rough)" if p.get("quick") else ""
-    load = p.get("load") or []
-    soft = [
-        f"torch {p['torch']}" if p.get("torch") else "",
-        f"Python {p['python']}" if p.get("python") else "",
-        f"torch threads {p['threads']}" if p.get("threads") else "",
-        f"1-min load average {load[0]:.2f} at the start" if load else "",
-        f"{load[1]:.2f} at the end" if len(load) > 1 else "",
-    ]
-    machine = "; ".join([f"- Machine: {p['machine']}", ", ".join(x for x in soft if x)])
-    return f"- Command: `{p['command']}`{quick}\n- Date: {p['date']}\n{machine.rstrip('; ')}"
-
-
 def _quality(p: Payload, folder: Path | None) -> Payload:
     meta, order = p["meta"], p["meta"].get("methods", [])
     wall = f"; wall time of this invocation {meta['total_seconds'] / 60:.1f} min"
@@ -357,67 +334,20 @@ def _quality(p: Payload, folder: Path | None) -> Payload:
     at = {s: [r for r in p["results"] if r["nominal_size"] == s] for s in sizes}
     rank = {m: i for i, m in enumerate(order)}
     return {
-        "run": run_lines({**meta, "date": meta["date"] + wall}),
+        **meta,
+        "date": meta["date"] + wall,
         "primary": primary(p),
         "sizes": {s: sorted(at[s], key=lambda r: rank.get(r["method"], len(order))) for s in sizes},
     }
 
 
-def _quantizers(p: Payload, folder: Path | None) -> Payload:
-    by, n = _by(p), p["config"]["n"]
-
-    def cells(r: Payload | None, side: str) -> Payload:
-        """A result's time (or status, or skipped), peak RSS, load."""
-        m, load = _median(r), r and r.get("load")
-        shown = "skipped" if r is None else fmt(1000 * m, ",.0f") if m is not None else r["status"]
-        return {
-            side: shown,
-            f"{side}_rss": r and r["peak_rss_mib"],
-            "load": load and "{:.1f}/{:.1f}".format(*load),
-        }
-
-    def row(label: str, method: str, k: int) -> Payload:
-        ours, ref = by.get(("ours", method, k)), by.get(("reference", method, k))
-        a, b = _median(ours), _median(ref)
-        repeats = len(ours["times_s"]) if ours else 0
-        return {
-            "label": label,
-            "ratio": a / b if a and b else None,
-            "repeats": repeats,
-            **cells(ref, "ref"),
-            **cells(ours, "ours"),
-        }
-
-    tables = {
-        k: [row(m, m, k) for m in ("ste", "rotation", "simvq", "simvq_rotation")]
-        for k in p["config"]["ks"]
-    }
-    for r in p["results"]:
-        t = r["task"]
-        if t["method"] == "fsq" and t["impl"] == "ours" and t.get("table") in tables:
-            tables[t["table"]].append(row(f"fsq {t['levels']} (K = {t['k']:,})", "fsq", t["k"]))
-    search = [
-        {"k": k, **cells(r, "ours"), "gflops": gflops(n, k, _median(r)),
-         **{f"{x}_gflops": gflops(n, k, r["extra"].get(f"row_chunked_{x}_s")) for x in ("argmin", "matmul") if r["status"] == "ok"}}
-        for k in p["config"]["ks"] if (r := by.get(("ours", "search", k)))
-    ]  # fmt: skip
-    return {"tables": tables, "search": search}
-
-
 DERIVED: dict[str, Callable[[Payload, Path | None], Payload]] = {
-    "kodak": lambda p, folder: {
-        "pictures": [
-            n for n in ("kodak_rd.png", "kodak_crops.png") if not folder or (folder / n).exists()
-        ]
-    },
     "quality": _quality,
-    "quantizers": _quantizers,
+    "quantizers": lambda p, folder: {"by": _by(p)},
     "service": lambda p, folder: dict(zip(("top", "b", "u"), top(p), strict=True)),
     "data": lambda p, folder: {
         "streamed": _streamed(p),
-        "run": run_lines(
-            {**p, "command": re.sub(r"--photos \S+", "--photos PHOTOS", p["command"])}
-        ),
+        "command": re.sub(r"--photos \S+", "--photos PHOTOS", p["command"]),
     },
 }
 TEMPLATES = jinja2.Environment(
@@ -425,22 +355,22 @@ TEMPLATES = jinja2.Environment(
     undefined=jinja2.ChainableUndefined,
     trim_blocks=True,
     lstrip_blocks=True,
+    keep_trailing_newline=True,
 )
 TEMPLATES.filters.update(f=fmt, listed=listed)
+TEMPLATES.globals.update(median=_median, gflops=gflops)
 
 
-def markdown(
-    p: Payload, benchmark: str, folder: Path | None = None, plots: Sequence[str] = ()
-) -> str:
+def markdown(p: Payload, benchmark: str, folder: Path | None = None, plots: Sequence = ()) -> str:
     """A benchmark's report from its JSON (``folder``: where its pictures are)."""
     has = any(t["benchmark"] == benchmark for t in load_targets())
     also = "; targets from `bench/targets.toml`" if has else ""
     fields = {
         **p,
         "generated": f"Generated by `bench/{benchmark}.py` (rendered by `bench/report.py`{also}).",
-        "run": run_lines(p) if "command" in p else "",
         "targets": targets(p, benchmark),
         "plots": [Path(x).name for x in plots],
+        "folder": folder,
     }
     fields.update(DERIVED.get(benchmark, lambda p, folder: {})(p, folder))
     return TEMPLATES.get_template(f"{benchmark}.md.j2").render(fields)
