@@ -3,6 +3,7 @@ judged from the JSON; every committed report is its JSON rendered."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from types import ModuleType
@@ -169,6 +170,38 @@ def test_targets_toml_names_a_known_figure_and_one_test(report: ModuleType, tmp_
 def test_missing_figures_render_as_n_a(report: ModuleType) -> None:
     assert report.fmt(math.nan, ".2f") == "n/a" and report.fmt(None, ".2f") == "n/a"
     assert report.fmt(0.5, ".1%") == "50.0%" and report.fmt("failed: x", ".2f") == "failed: x"
+
+
+def _partial(name: str) -> dict[str, Any]:
+    """A committed JSON with the parts a --quick run may lack left out."""
+    p = json.loads((ROOT / "docs" / "benchmarks" / name).read_text())
+    if name == "throughput.json":
+        del p["kodak"], p["onnxruntime"]
+        p["search"] = [{k: v for k, v in x.items() if k != "faiss"} for x in p["search"]]
+    if name == "quantizers.json":
+        p["results"] = [r for r in p["results"] if r["task"]["impl"] == "ours"]
+    if name == "data.json":
+        del p["predict"], p["setup"]
+    if name == "kodak_default/kodak.json":
+        p["tokenizers"] = []
+    return p
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("throughput.json", "Skipped: no `--kodak` folder."),
+        ("quantizers.json", "| ste | 57 | skipped | n/a |"),
+        ("data.json", "| predict >= 0.85x Tokenizer.encode throughput | n/a | not measured |"),
+        ("kodak_default/kodak.json", "| codec | quality | bpp |"),
+    ],
+)
+def test_a_run_without_some_parts_renders_them_not_measured(
+    report: ModuleType, name: str, shown: str
+) -> None:
+    p = _partial(name)
+    text = report.markdown(p, p.get("benchmark", "kodak"), ROOT / "nowhere")
+    assert shown in text and "](kodak_crops.png)" not in text
 
 
 # quality.md predates the renderer's present quality tables; the quality benchmark running
