@@ -209,8 +209,8 @@ def gflops(n: int, k: int, seconds: float | None) -> float | None:
 @figure
 def search_gflops(p: Payload, t: Payload) -> list[tuple[str, float]]:
     n, lo, hi = p["config"]["n"], t["min_k"], t.get("max_k", math.inf)
-    ks = [r["task"]["k"] for r in p["results"] if r["task"]["method"] == "search"]
-    rates = [(k, gflops(n, k, _median(_by(p)[("ours", "search", k)]))) for k in ks if lo <= k <= hi]
+    rows = [r for r in p["results"] if r["task"]["method"] == "search"]
+    rates = [(k, gflops(n, k, _median(r))) for r in rows if lo <= (k := r["task"]["k"]) <= hi]
     return [(f"K={k:,}: {fmt(g, '.1f') if g else 'failed'}", g or 0.0) for k, g in rates]
 
 
@@ -303,11 +303,8 @@ def memory_growth(p: Payload, t: Payload) -> list[tuple[str, float]]:
     for source in sorted({x["source"] for x in _streamed(p)}):
         rows = sorted((x for x in _streamed(p) if x["source"] == source), key=lambda x: x["n"])
         if len(rows) > 1:
-            x, sizes = (
-                rows[-1]["peak_mb"] / rows[0]["peak_mb"],
-                f"{rows[-1]['n']:,} / {rows[0]['n']:,}",
-            )
-            out.append((f"{source} {x:.2f}x ({sizes} images)", x))
+            x = rows[-1]["peak_mb"] / rows[0]["peak_mb"]
+            out.append((f"{source} {x:.2f}x ({rows[-1]['n']:,} / {rows[0]['n']:,} images)", x))
     return out
 
 
