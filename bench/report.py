@@ -3,10 +3,11 @@
     python bench/report.py docs/benchmarks/service.json    # -> docs/benchmarks/service.md
     python bench/report.py runs/bench/quality/quality.json --out docs/benchmarks/quality.md
 
-A report is its template (``bench/templates/<benchmark>.md.j2``, Jinja) filled from the JSON,
-then ``HAND_WRITTEN`` and text written by hand: rewriting a report replaces the generated part
-and keeps the rest as it is. Every target is a row of ``bench/targets.toml``, judged by `judge`
-from a figure of `FIGURES`.
+A report is its template (``bench/templates/<benchmark>.md.j2``, Jinja: the JSON's keys, the
+filters ``f`` = `fmt` and `listed`, what `DERIVED` adds) filled from the JSON, then
+``HAND_WRITTEN`` and text written by hand: rewriting a report replaces the generated part and
+keeps the rest as it is. Every target is a row of ``bench/targets.toml``, judged by `judge` from
+a figure of `FIGURES`.
 """
 
 from __future__ import annotations
