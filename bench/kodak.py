@@ -456,7 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print("\n".join(report.kodak_tables(payload)))
+    print(report.markdown(payload, "kodak", out))
     print(f"wrote {out / 'kodak.json'}, kodak.md and the pictures beside it")
     return 0
 
