@@ -449,10 +449,9 @@ class VQVAEModule(L.LightningModule):
             else:
                 # The Tokenizer's chunking, so predict runs the same passes as the library.
                 pixels = cropped.shape[2] * cropped.shape[3]
-                # The layout the weights are in (setup): a mismatched input is converted per
-                # convolution, which costs more than the convolutions themselves on CPU.
-                x = cropped.contiguous(memory_format=self.memory_format)
-                codes = in_chunks(self.inference_model.encode, x, pixels, self.device).cpu()
+                codes = in_chunks(
+                    self.inference_model.encode, cropped, pixels, self.device
+                ).cpu()  # (B, h, w)
         return {"codes": codes, "paths": paths, "errors": errors}
 
     def _total_steps(self) -> int:

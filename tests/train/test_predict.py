@@ -100,16 +100,3 @@ def test_predict_split_over_ranks_loses_and_duplicates_nothing(folder: Path) -> 
 def test_predict_without_root_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="predict_root"):
         ImageDataModule().predict_dataloader()
-
-
-def test_predict_feeds_the_encoder_in_the_weights_layout(folder: Path, tmp_path: Path) -> None:
-    # A contiguous (NCHW) input to channels_last weights is converted at every convolution.
-    module = tiny_module().eval()
-    seen: list[bool] = []
-    module.model.encoder.register_forward_pre_hook(
-        lambda _, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last))
-    )
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
-    dm = ImageDataModule(predict_root=str(folder), predict_batch_size=2)
-    trainer.predict(module, datamodule=dm, return_predictions=False)
-    assert module.hparams["channels_last"] and seen and all(seen)
