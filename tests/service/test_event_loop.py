@@ -165,3 +165,28 @@ def test_healthz_answers_while_a_large_tokenize_response_is_serialized(
     during = [end - start for start, end in probes if start >= encoder.returned]
     assert during, (serializing, probes[-5:])
     assert max(during) < serializing / 3, (max(during), serializing)
+
+
+def test_validation_error_body_is_what_error_response_gives() -> None:
+    from fastapi.exceptions import RequestValidationError
+
+    from service.errors import ErrorCode, _validation_response, error_response
+
+    raw = [
+        {
+            "loc": ("body", "batch", i, 0),
+            "msg": f"Input should be a valid integer ü{i}",
+            "type": "int_type",
+        }
+        for i in range(7)
+    ]
+    got = _validation_response(RequestValidationError(raw))
+    errors = [
+        {"loc": f"batch.{i}.0", "msg": e["msg"], "type": "int_type"} for i, e in enumerate(raw)
+    ]
+    summary = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:5])
+    want = error_response(ErrorCode.INVALID_REQUEST, summary, errors=errors)
+    assert (got.status_code, got.body) == (want.status_code, want.body)
+    assert got.headers == want.headers
+    empty = error_response(ErrorCode.INVALID_REQUEST, "invalid request", errors=[])
+    assert _validation_response(RequestValidationError([])).body == empty.body
