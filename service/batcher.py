@@ -247,19 +247,21 @@ class MicroBatcher:
         batch = live
         if not batch:
             return
-        stacked = torch.stack([item.tensor for item in batch])  # (N, *shape)
+        tensors = [item.tensor for item in batch]
+        numel = sum(t.numel() for t in tensors)
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
         try:
-            results = await loop.run_in_executor(self.executor, self.fn, stacked)
+            # Stacked on the inference thread too: a copy of the whole batch.
+            results = await loop.run_in_executor(self.executor, _stack_and_run, self.fn, tensors)
         except Exception as exc:  # every waiter learns what went wrong; the loop goes on
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
         finally:
-            self.pending_numel -= stacked.numel()
-        took = (time.perf_counter() - start) / max(1, stacked.numel())
+            self.pending_numel -= numel
+        took = (time.perf_counter() - start) / max(1, numel)
         self.seconds_per_numel = (
             took if not self.seconds_per_numel else (0.7 * self.seconds_per_numel + 0.3 * took)
         )
@@ -271,3 +273,7 @@ class MicroBatcher:
         for item, result in zip(batch, results, strict=True):
             if not item.future.done():
                 item.future.set_result(result)
+
+
+def _stack_and_run(fn: BatchFn, tensors: list[torch.Tensor]) -> torch.Tensor:
+    return fn(torch.stack(tensors))  # (N, *shape)

@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
@@ -144,6 +145,29 @@ def _location(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(parts) or "body"
 
 
+_render = JSONResponse(content=None).render  # what a JSONResponse writes for its content
+
+
+def _validation_response(exc: RequestValidationError) -> Response:
+    """The 422 of a validation error, listing every error. A large invalid body can hold
+    an error per element, so the list is written one error at a time (one call over all of
+    them would hold the GIL, and the event loop with it): the bytes ``error_response``
+    gives, run on a worker thread."""
+    errors = [
+        {
+            "loc": _location(e.get("loc", ())),
+            "msg": str(e.get("msg", "")),
+            "type": e.get("type"),
+        }
+        for e in exc.errors()
+    ]
+    summary = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:5]) or "invalid request"
+    head = _render(error_body(ErrorCode.INVALID_REQUEST, summary))  # {"detail":..,"code":..}
+    body = head[:-1] + b',"errors":[' + b",".join(_render(e) for e in errors) + b"]}"
+    status = ErrorCode.INVALID_REQUEST.status
+    return Response(body, status_code=status, media_type=JSONResponse.media_type)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -177,17 +201,10 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {
-                "loc": _location(e.get("loc", ())),
-                "msg": str(e.get("msg", "")),
-                "type": e.get("type"),
-            }
-            for e in exc.errors()
-        ]
-        summary = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:5]) or "invalid request"
-        return error_response(ErrorCode.INVALID_REQUEST, summary, errors=errors)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        # A large invalid body can hold an error per element: listed and serialized on a
+        # worker thread, off the event loop.
+        return await run_in_threadpool(_validation_response, exc)
 
     @app.exception_handler(ClientDisconnect)
     async def _client_left(request: Request, exc: ClientDisconnect) -> Response:

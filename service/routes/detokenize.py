@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 from typing import Any, TypeVar
 
 import torch
@@ -22,6 +21,7 @@ from service.admission import (
     reserved,
 )
 from service.budget import json_parse_bytes
+from service.chunked import PIECE, b64_json_string, dump, json_array, json_object
 from service.deps import SettingsDep, StateDep
 from service.errors import APIError, ErrorCode, ErrorResponse
 from service.images import encode_png
@@ -73,7 +73,13 @@ def check_grid(
             ErrorCode.INVALID_CODES,
             f"{label} holds code id {bad}; ids must lie in [0, {codebook_size})",
         )
-    return torch.tensor(rows, dtype=torch.int64)  # (h, w)
+    # Converted a block of rows at a time (service/chunked.py): one call over a whole
+    # large grid would hold the GIL, and the event loop with it, until it ends.
+    out = torch.empty((h, w), dtype=torch.int64)
+    step = max(1, PIECE // w)
+    for i in range(0, h, step):
+        out[i : i + step] = torch.tensor(rows[i : i + step], dtype=torch.int64)
+    return out  # (h, w)
 
 
 def _to_pngs(images: list[torch.Tensor]) -> list[bytes]:
@@ -194,19 +200,26 @@ async def detokenize(request: Request, state: StateDep, settings: SettingsDep) -
     )
 
 
+def _batch_body(model: str, pngs: list[bytes], sizes: list[tuple[int, int]]) -> bytes:
+    """The JSON of ``DetokenizeBatchResponse``, byte for byte, built a piece at a time
+    (``service.chunked``): run on a worker thread, it leaves the event loop free."""
+    return json_object(
+        model=dump(model),
+        images=json_array([b64_json_string(png) for png in pngs]),
+        image_size=dump(sizes),
+    )
+
+
 @router.post(
     "/detokenize/batch",
     summary="Several code grids -> base64 PNGs",
+    response_model=DetokenizeBatchResponse,
     responses=_ERRORS,
     openapi_extra=_json_body(DetokenizeBatchRequest),
 )
-async def detokenize_batch(
-    request: Request, state: StateDep, settings: SettingsDep
-) -> DetokenizeBatchResponse:
+async def detokenize_batch(request: Request, state: StateDep, settings: SettingsDep) -> Response:
     """`{"model": ..., "batch": [grid, ...]}` -> one base64 PNG per grid, in request order."""
     body, pngs, sizes = await _detokenize(request, state, settings, DetokenizeBatchRequest)
-    return DetokenizeBatchResponse(
-        model=body.model,
-        images=[base64.b64encode(png).decode("ascii") for png in pngs],
-        image_size=[list(size) for size in sizes],
-    )
+    # A DetokenizeBatchResponse (response_model, the OpenAPI docs), serialized here.
+    content = await run_in_threadpool(_batch_body, body.model, pngs, sizes)
+    return Response(content=content, media_type="application/json")

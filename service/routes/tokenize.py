@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 from typing import Annotated
 
 import numpy as np
 import torch
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -25,10 +24,11 @@ from service.admission import (
     reserved,
 )
 from service.budget import upload_bytes
+from service.chunked import b64decode, dump, grid_json, json_array, json_object
 from service.deps import SettingsDep, StateDep
 from service.errors import APIError, ErrorCode, ErrorResponse
 from service.images import FitMode, fitted_size, header_size, load_image
-from service.schemas import TokenizeJSONRequest, TokenizeResponse, TokenizeResult
+from service.schemas import TokenizeJSONRequest, TokenizeResponse
 from service.settings import Settings
 from service.state import ServedModel, ServiceState
 
@@ -74,7 +74,7 @@ def _b64decode(text: str, label: str) -> bytes:
                 ErrorCode.INVALID_BASE64, f"{label} is a data: URL without ';base64,' data"
             )
     try:
-        return base64.b64decode("".join(text.split()), validate=True)
+        return b64decode("".join(text.split()))
     except (binascii.Error, ValueError) as exc:
         raise APIError(ErrorCode.INVALID_BASE64, f"{label} is not valid base64: {exc}") from None
 
@@ -163,7 +163,10 @@ async def _encode(
 ) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
     """Price the images, then per piece: reserve its memory, decode its images and run them
     through the batcher, release."""
-    priced = _priced(payloads, served, fit=fit, max_side=settings.max_image_side)
+    # Header reads, one per image: off the event loop like the decoding that follows.
+    priced = await run_in_threadpool(
+        _priced, payloads, served, fit=fit, max_side=settings.max_image_side
+    )
     codes: list[torch.Tensor] = []
     sizes: list[tuple[int, int]] = []
     quota = min(
@@ -188,9 +191,26 @@ async def _encode(
     return codes, sizes
 
 
+def _body(
+    model: str, codebook_size: int, codes: list[torch.Tensor], sizes: list[tuple[int, int]]
+) -> bytes:
+    """The JSON of ``TokenizeResponse``, byte for byte, built a piece at a time
+    (``service.chunked``): run on a worker thread, it leaves the event loop free."""
+    results = [
+        json_object(
+            codes=grid_json(c), grid=dump([int(c.shape[0]), int(c.shape[1])]), image_size=dump(size)
+        )
+        for c, size in zip(codes, sizes, strict=True)
+    ]
+    return json_object(
+        model=dump(model), codebook_size=dump(codebook_size), results=json_array(results)
+    )
+
+
 @router.post(
     "/tokenize",
     summary="Images -> code grids",
+    response_model=TokenizeResponse,
     responses=_ERRORS,
     openapi_extra=_REQUEST_BODY,
 )
@@ -203,7 +223,7 @@ async def tokenize(
         FitMode,
         Query(description="Sides not multiples of f: reject (422), crop, pad or resize"),
     ] = "reject",
-) -> TokenizeResponse:
+) -> Response:
     """Send images as multipart `files` or as JSON `{"images": [base64, ...]}`; get one
     code grid per image, in request order."""
     deadline = request_deadline(state, request)
@@ -234,10 +254,6 @@ async def tokenize(
     tokens = sum(int(np.prod(c.shape)) for c in codes)
     state.metrics.images.labels(model, "tokenize").inc(len(codes))
     state.metrics.tokens.labels(model, "tokenize").inc(tokens)
-    results = [
-        TokenizeResult(
-            codes=c.tolist(), grid=[int(c.shape[0]), int(c.shape[1])], image_size=list(size)
-        )
-        for c, size in zip(codes, sizes, strict=True)
-    ]
-    return TokenizeResponse(model=model, codebook_size=served.codebook_size, results=results)
+    # The body is a TokenizeResponse (response_model, the OpenAPI docs), serialized here.
+    body = await run_in_threadpool(_body, model, served.codebook_size, codes, sizes)
+    return Response(content=body, media_type="application/json")
