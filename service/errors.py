@@ -148,22 +148,31 @@ def _location(loc: tuple[Any, ...] | list[Any]) -> str:
 _render = JSONResponse(content=None).render  # what a JSONResponse writes for its content
 
 
+# A body of N bad elements holds N errors: the 422 lists the first ones (its size bounded, as
+# nothing prices it against the memory budget) and counts them all.
+MAX_LISTED_ERRORS = 100
+
+
 def _validation_response(exc: RequestValidationError) -> Response:
-    """The 422 of a validation error, listing every error. A large invalid body can hold
+    """The 422 of a validation error, listing the first ``MAX_LISTED_ERRORS`` errors. A large invalid body can hold
     an error per element, so the list is written one error at a time (one call over all of
     them would hold the GIL, and the event loop with it): the bytes ``error_response``
     gives, run on a worker thread."""
+    found = exc.errors()
     errors = [
         {
             "loc": _location(e.get("loc", ())),
             "msg": str(e.get("msg", "")),
             "type": e.get("type"),
         }
-        for e in exc.errors()
+        for e in found[:MAX_LISTED_ERRORS]
     ]
     summary = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:5]) or "invalid request"
     head = _render(error_body(ErrorCode.INVALID_REQUEST, summary))  # {"detail":..,"code":..}
-    body = head[:-1] + b',"errors":[' + b",".join(_render(e) for e in errors) + b"]}"
+    listed = b",".join(_render(e) for e in errors)
+    body = (
+        head[:-1] + b',"errors":[' + listed + b'],"errors_total":' + str(len(found)).encode() + b"}"
+    )
     status = ErrorCode.INVALID_REQUEST.status
     return Response(body, status_code=status, media_type=JSONResponse.media_type)
 

@@ -185,8 +185,22 @@ def test_validation_error_body_is_what_error_response_gives() -> None:
         {"loc": f"batch.{i}.0", "msg": e["msg"], "type": "int_type"} for i, e in enumerate(raw)
     ]
     summary = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:5])
-    want = error_response(ErrorCode.INVALID_REQUEST, summary, errors=errors)
+    want = error_response(ErrorCode.INVALID_REQUEST, summary, errors=errors, errors_total=7)
     assert (got.status_code, got.body) == (want.status_code, want.body)
     assert got.headers == want.headers
-    empty = error_response(ErrorCode.INVALID_REQUEST, "invalid request", errors=[])
+    empty = error_response(ErrorCode.INVALID_REQUEST, "invalid request", errors=[], errors_total=0)
     assert _validation_response(RequestValidationError([])).body == empty.body
+
+
+def test_validation_error_lists_the_first_errors_and_counts_them_all() -> None:
+    import json
+
+    from fastapi.exceptions import RequestValidationError
+
+    from service.errors import MAX_LISTED_ERRORS, _validation_response
+
+    n = MAX_LISTED_ERRORS * 3 + 1
+    raw = [{"loc": ("body", "grid", i), "msg": "bad", "type": "int_type"} for i in range(n)]
+    body = json.loads(_validation_response(RequestValidationError(raw)).body)
+    assert body["errors_total"] == n
+    assert [e["loc"] for e in body["errors"]] == [f"grid.{i}" for i in range(MAX_LISTED_ERRORS)]
