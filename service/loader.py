@@ -31,7 +31,7 @@ from service.budget import (
     current_rss,
     default_budget,
     fix_mmap_threshold,
-    measure_peak,
+    measure_alone,
     peak_bytes_of,
     per_pixel,
 )
@@ -111,11 +111,14 @@ def _measured(
     observe: Callable[[float], None],
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``fn``, with the resident memory each pass takes per pixel reported to ``observe``
-    (``vq_pass_bytes_per_pixel``: what the budget's charge is checked against)."""
+    (``vq_pass_bytes_per_pixel``: what the budget's charge is checked against), for passes
+    that ran alone (``measure_alone``: the lanes' passes beside each other are not
+    measurements)."""
 
     def run(batch: torch.Tensor) -> torch.Tensor:
-        out, peak = measure_peak(lambda: fn(batch))
-        observe(peak / max(1, pixels(batch)))
+        out, peak = measure_alone(lambda: fn(batch))
+        if peak is not None:
+            observe(peak / max(1, pixels(batch)))
         return out
 
     return run

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from service.batcher import MicroBatcher, QueueFull
+from service.budget import measure_alone
 from service.lanes import Lanes
 from tests.service.helpers import encode_file, make_settings, random_image, serving, wait_until
 
@@ -170,6 +171,20 @@ def test_each_lane_thread_keeps_its_own_torch_threads(artifact_dir: Path) -> Non
 
 
 def test_lane_split_pixels_zero_is_one_lane(artifact_dir: Path) -> None:
-    with serving(make_settings(artifact_dir, lane_split_pixels=32 * 32)) as (_, state, _):
+    with serving(make_settings(artifact_dir, lane_split_pixels=0)) as (_, state, _):
         assert state.small_executor is None
         assert isinstance(state.models["default"].encoder, MicroBatcher)
+
+
+def test_a_pass_beside_another_is_not_a_memory_measurement() -> None:
+    both = threading.Barrier(2, timeout=10)
+
+    def pass_beside_another() -> int:
+        both.wait()  # the two passes overlap
+        return 1
+
+    with ThreadPoolExecutor(2) as pool:
+        side_by_side = list(pool.map(lambda _: measure_alone(pass_beside_another), range(2)))
+    assert [peak for _, peak in side_by_side] == [None, None]
+    result, peak = measure_alone(lambda: bytearray(1 << 20))
+    assert len(result) == 1 << 20 and peak is not None  # alone: measured
