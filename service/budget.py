@@ -24,9 +24,11 @@ import ctypes.util
 import math
 import os
 import resource
+import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from itertools import count
 from pathlib import Path
 from typing import TypeVar
 
@@ -108,6 +110,7 @@ def current_rss() -> int:
 
 
 _peak_before_reset = 0  # the largest VmHWM seen before a reset (see process_peak)
+_reset_lock = threading.Lock()  # held while resetting VmHWM and folding what it held
 
 
 def process_peak() -> int:
@@ -153,8 +156,9 @@ def measure_peak(fn: Callable[[], T]) -> tuple[T, int]:
     """
     global _peak_before_reset
     try:
-        _peak_before_reset = process_peak()
-        Path("/proc/self/clear_refs").write_text("5")
+        with _reset_lock:  # the inference lanes' threads reset it too
+            _peak_before_reset = process_peak()
+            Path("/proc/self/clear_refs").write_text("5")
         before = current_rss()
         result = fn()
         peak = _status_kib("VmHWM")
@@ -165,6 +169,29 @@ def measure_peak(fn: Callable[[], T]) -> tuple[T, int]:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         result = fn()
         return result, max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
+
+
+_passes_lock = threading.Lock()
+_passes: dict[int, bool] = {}  # the measured passes running now -> ran beside another
+_pass_ids = count()
+
+
+def measure_alone(fn: Callable[[], T]) -> tuple[T, int | None]:
+    """``measure_peak`` for passes that may run side by side (the two inference lanes,
+    service/lanes.py): the peak, or None when another such pass ran at any time during this
+    one, because VmHWM is the process's: the reading would hold the other pass's memory
+    too, or miss part of this one's where the other reset it."""
+    with _passes_lock:
+        key = next(_pass_ids)
+        for other in _passes:
+            _passes[other] = True
+        _passes[key] = bool(_passes)
+    try:
+        result, peak = measure_peak(fn)
+    finally:
+        with _passes_lock:
+            overlapped = _passes.pop(key)
+    return result, None if overlapped else peak
 
 
 def peak_bytes_of(fn: Callable[[], object]) -> int:

@@ -22,7 +22,7 @@ import torch
 
 import vq
 from service.backends import Backend, import_onnxruntime, make_backend
-from service.batcher import MicroBatcher
+from service.batcher import BatchFn, MicroBatcher
 from service.budget import (
     INPUT_SHARE,
     PROBES,
@@ -31,10 +31,11 @@ from service.budget import (
     current_rss,
     default_budget,
     fix_mmap_threshold,
-    measure_peak,
+    measure_alone,
     peak_bytes_of,
     per_pixel,
 )
+from service.lanes import Lanes
 from service.metrics import ServiceMetrics
 from service.settings import Settings
 from service.state import InvalidCodes, ServedModel, ServiceState
@@ -110,11 +111,14 @@ def _measured(
     observe: Callable[[float], None],
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``fn``, with the resident memory each pass takes per pixel reported to ``observe``
-    (``vq_pass_bytes_per_pixel``: what the budget's charge is checked against)."""
+    (``vq_pass_bytes_per_pixel``: what the budget's charge is checked against), for passes
+    that ran alone (``measure_alone``: the lanes' passes beside each other are not
+    measurements)."""
 
     def run(batch: torch.Tensor) -> torch.Tensor:
-        out, peak = measure_peak(lambda: fn(batch))
-        observe(peak / max(1, pixels(batch)))
+        out, peak = measure_alone(lambda: fn(batch))
+        if peak is not None:
+            observe(peak / max(1, pixels(batch)))
         return out
 
     return run
@@ -160,6 +164,51 @@ def _lower_priority(nice: int) -> None:
             logger.warning("could not lower the inference thread's priority: %s", exc)
 
 
+def _inference_thread(nice: int, threads: int) -> None:
+    """Start one lane's inference thread: its priority, and its own count of intra-op torch
+    threads. torch keeps that count per thread (OpenMP's, set by torch.set_num_threads in
+    the calling thread) but initialises a thread's count from the process-wide last value on
+    its first parallel op; running one op right after setting it makes the count this
+    thread's own, whatever another thread sets later."""
+    _lower_priority(nice)
+    torch.set_num_threads(threads)
+    torch.zeros(1).add_(1)
+
+
+def _batcher(
+    fn: BatchFn,
+    settings: Settings,
+    executors: tuple[Executor, Executor | None],
+    *,
+    numel: Callable[[int], int],
+    on_batch: Callable[[int], None],
+) -> MicroBatcher | Lanes:
+    """The batcher of one model and direction: two lanes split at ``lane_split_pixels``
+    when there is a small lane's executor, else one. ``numel``: the elements of the items
+    that stand for so many pixels."""
+    large, small = executors
+
+    def lane(executor: Executor, max_queue: int | None) -> MicroBatcher:
+        return MicroBatcher(
+            fn,
+            executor=executor,
+            max_batch_size=settings.effective_batch_size,
+            max_wait_s=settings.batch_wait_ms / 1000.0,
+            max_batch_numel=max(1, numel(settings.max_batch_pixels)),
+            on_batch=on_batch,
+            max_queue=max_queue,
+        )
+
+    if small is None:
+        return lane(large, settings.max_queue)
+    return Lanes(
+        lane(small, None),
+        lane(large, None),
+        split_numel=max(1, numel(settings.lane_split_pixels)),
+        max_queue=settings.max_queue,
+    )
+
+
 def measure_cost(backend: Backend, f: int, probe_side: int) -> ModelCost:
     """Peak bytes per pixel of encode and decode on the backend at its precision: the
     largest of PROBES probes on a trimmed heap, after a warm-up (so one-time allocations
@@ -175,9 +224,15 @@ def measure_cost(backend: Backend, f: int, probe_side: int) -> ModelCost:
 
 
 def load_model(
-    name: str, path: str, settings: Settings, metrics: ServiceMetrics, executor: Executor
+    name: str,
+    path: str,
+    settings: Settings,
+    metrics: ServiceMetrics,
+    executors: tuple[Executor, Executor | None],
 ) -> ServedModel:
-    """One artifact, verified, on its backend, measured, with its batchers (not started)."""
+    """One artifact, verified, on its backend, measured, with its batchers (not started).
+    ``executors``: the large lane's inference thread and the small lane's (None: one
+    lane)."""
     root = resolve_artifact_path(path)
     onnx = settings.backend == "onnxruntime"
     precision = "fp32" if onnx else settings.precision  # the ONNX graphs are float32
@@ -202,9 +257,8 @@ def load_model(
     usage = vq.CodebookUsage(tokenizer.codebook_size, window=settings.usage_window)
     lock = threading.Lock()
     history = UsageHistory(time.monotonic())
-    wait_s = settings.batch_wait_ms / 1000.0
     per_pixel_seen = metrics.pass_bytes_per_pixel
-    encoder = MicroBatcher(
+    encoder = _batcher(
         _encode_fn(
             backend,
             tokenizer.codebook_size,
@@ -213,27 +267,22 @@ def load_model(
             history,
             per_pixel_seen.labels(name, "tokenize").observe,
         ),
-        executor=executor,
-        max_batch_size=settings.effective_batch_size,
-        max_wait_s=wait_s,
-        max_batch_numel=3 * settings.max_batch_pixels,  # items are (3, H, W)
+        settings,
+        executors,
+        numel=lambda pixels: 3 * pixels,  # items are (3, H, W)
         on_batch=metrics.batch_size.labels(name, "tokenize").observe,
-        max_queue=settings.max_queue,
     )
     f = tokenizer.f
-    decoder = MicroBatcher(
+    decoder = _batcher(
         _measured(
             backend.decode,
             lambda c: c.numel() * f * f,
             per_pixel_seen.labels(name, "detokenize").observe,
         ),
-        executor=executor,
-        max_batch_size=settings.effective_batch_size,
-        max_wait_s=wait_s,
-        # items are (h, w) code grids; each becomes h * w * f^2 pixels
-        max_batch_numel=max(1, settings.max_batch_pixels // tokenizer.f**2),
+        settings,
+        executors,
+        numel=lambda pixels: pixels // f**2,  # items are (h, w) grids of h * w * f^2 pixels
         on_batch=metrics.batch_size.labels(name, "detokenize").observe,
-        max_queue=settings.max_queue,
     )
     logger.info(
         "loaded model %r from %s: %r; backend %s (%s); precision %s (%s); memory per pixel: "
@@ -321,20 +370,35 @@ async def load_models(state: ServiceState) -> None:
     fix_mmap_threshold()
     if settings.torch_threads is not None:
         torch.set_num_threads(settings.torch_threads)
-    # One inference thread for every model and request: forward passes of different models
-    # would only fight over the same cores, and one thread keeps torch's intra-op
-    # parallelism the only parallelism.
+    threads = torch.get_num_threads()
+    # One inference thread per lane for every model and request: the large lane's runs
+    # every pass when there is one lane; with two, the small lane's runs items of at most
+    # lane_split_pixels beside it, with fewer intra-op threads (service/lanes.py).
     executor = state.executor = ThreadPoolExecutor(
         max_workers=1,
         thread_name_prefix="vq-inference",
-        initializer=_lower_priority,
-        initargs=(settings.inference_nice,),
+        initializer=_inference_thread,
+        initargs=(settings.inference_nice, threads),
     )
+    small: ThreadPoolExecutor | None = None
+    if settings.lane_split_pixels > 0:
+        small = state.small_executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="vq-inference-small",
+            initializer=_inference_thread,
+            initargs=(settings.inference_nice, settings.small_lane_threads or max(1, threads // 2)),
+        )
     loop = asyncio.get_running_loop()
+    # Start both threads now, then put the process-wide count back (each thread keeps its
+    # own): threads that start later (the request handlers') get torch_threads as before.
+    for started in (executor, small):
+        if started is not None:
+            await loop.run_in_executor(started, torch.get_num_threads)
+    torch.set_num_threads(threads)
     for name, path in settings.models.items():
         try:
             model = await loop.run_in_executor(
-                executor, load_model, name, path, settings, state.metrics, executor
+                executor, load_model, name, path, settings, state.metrics, (executor, small)
             )
         except (StartupError, ValueError, OSError) as exc:  # vq.ArtifactError, a bad file
             raise StartupError(f"model {name!r}: {_one_line(exc)}") from None

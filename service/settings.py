@@ -179,6 +179,15 @@ class Settings(BaseSettings):
     max_batch_pixels: int = Field(default=32 * 256 * 256, ge=1)
     """Total pixels of a batch (activations grow with N * H * W): the default takes 32
     images of 256 x 256, 8 of 512 x 512, and big images one at a time."""
+    lane_split_pixels: int = Field(default=512 * 512, ge=0)
+    """Images (or grids decoding to) of at most this many pixels run in the small lane, on
+    an inference thread of their own beside the large lane's, so a small request never
+    waits for a large image's pass (docs/operations.md, "Fairness"). 0: one lane for all."""
+    small_lane_threads: int | None = Field(default=None, ge=1)
+    """Intra-op torch threads of the small lane (default: half of the large lane's, which
+    has torch_threads or torch's default; at least 1), so the two lanes together do not
+    crowd the cores much beyond torch_threads. The onnxruntime backend's sessions have one
+    thread pool for both lanes."""
 
     device: Literal["cpu", "cuda"] = "cpu"
     """Where the models run."""

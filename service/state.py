@@ -1,5 +1,5 @@
 """What one running app holds: the served models, their batchers, the memory budget, the
-inference thread and the served-usage stats; and the registry's domain errors.
+inference threads and the served-usage stats; and the registry's domain errors.
 
 Built by the app factory, filled by ``service.loader`` (which loads the models), emptied on
 shutdown (``close``). It raises plain domain errors (``ServingError``: ``UnknownModel``,
@@ -21,6 +21,7 @@ import vq
 from service.backends import Backend
 from service.batcher import MicroBatcher
 from service.budget import MemoryBudget, ModelCost, current_rss, process_peak
+from service.lanes import Lanes
 from service.metrics import LoadSnapshot, ServiceMetrics
 from service.schemas import UsageResponse
 from service.settings import Settings
@@ -62,8 +63,8 @@ class ServedModel:
     backend: Backend  # what the batchers run (service/backends.py)
     usage: vq.CodebookUsage
     cost: ModelCost
-    encoder: MicroBatcher
-    decoder: MicroBatcher
+    encoder: MicroBatcher | Lanes
+    decoder: MicroBatcher | Lanes
     precision_reason: str
     # Window usage and perplexity since loading (the dashboard's line), under usage_lock.
     history: UsageHistory
@@ -112,8 +113,10 @@ class ServiceState:
         self._budget: MemoryBudget | None = None
         self._input_budget: MemoryBudget | None = None
         self.metrics = ServiceMetrics(self.usage_snapshots, self.load_snapshot)
-        # The one inference thread every model's batchers run on (service.loader starts it).
+        # The inference threads every model's batchers run on (service.loader starts them):
+        # the large lane's (the only one when lane_split_pixels is 0) and the small lane's.
         self.executor: ThreadPoolExecutor | None = None
+        self.small_executor: ThreadPoolExecutor | None = None
 
     def usage_snapshots(self) -> list[UsageResponse]:
         return [m.usage_report(with_histogram=False) for m in list(self.models.values())]
@@ -166,7 +169,8 @@ class ServiceState:
         return self._input_budget
 
     def backlog_s(self) -> float:
-        """Seconds of inference already admitted, all models and directions (one thread)."""
+        """Seconds of inference already admitted, all models, directions and lanes (summed:
+        the lanes share the cores)."""
         return sum(
             batcher.backlog_s
             for model in list(self.models.values())
@@ -184,9 +188,10 @@ class ServiceState:
         for model in self.models.values():
             for batcher in (model.encoder, model.decoder):
                 await batcher.stop()
-        if self.executor is not None:
-            self.executor.shutdown(wait=True, cancel_futures=True)
-            self.executor = None
+        for executor in (self.executor, self.small_executor):
+            if executor is not None:
+                executor.shutdown(wait=True, cancel_futures=True)
+        self.executor = self.small_executor = None
 
     def require_ready(self) -> None:
         if self.draining:
