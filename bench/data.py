@@ -32,6 +32,9 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+# Fit runs on one torch thread (its figures are memory, start-up and data wait); predict and
+# the Tokenizer it is compared with both get every usable core, as a user's run would.
+PREDICT_THREADS = len(os.sched_getaffinity(0))
 # appended, not prepended: bench/service.py must not shadow the service package
 sys.path += [p for p in (str(REPO), str(REPO / "bench")) if p not in sys.path]
 
@@ -65,9 +68,10 @@ def _tree_pss_mb(root: int) -> float:
     return total / 1024
 
 
-def run_measured(cmd: list[str], log: Path) -> dict[str, float]:
-    """Run ``cmd``, sampling its process tree's memory; its launch time and peak PSS."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+def run_measured(cmd: list[str], log: Path, threads: int) -> dict[str, float]:
+    """Run ``cmd`` with ``threads`` torch threads, sampling its process tree's memory; its
+    launch time and peak PSS."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads)}
     t0 = time.time()
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -118,7 +122,7 @@ def _pattern(shards: Path) -> str:
 
 
 def vq_train(
-    command: str, work: Path, tag: str, args: list[str]
+    command: str, work: Path, tag: str, args: list[str], threads: int = 1
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``vq-train COMMAND`` with configs/default.yaml, fp32 and ``args``, measured
     (``run_measured``), and the step times its ``bench.steps.StepTimes`` callback wrote."""
@@ -126,7 +130,8 @@ def vq_train(
     cb = json.dumps({"class_path": "bench.steps.StepTimes", "init_args": {"out": str(times)}})
     cmd = [sys.executable, "-m", "train.cli", command, "--config", "configs/default.yaml"]
     cmd += ["--trainer.precision=32-true", "--trainer.enable_progress_bar=false"]
-    run = run_measured([*cmd, f"--trainer.callbacks+={cb}", *args], work / f"log-{tag}.txt")
+    log = work / f"log-{tag}.txt"
+    run = run_measured([*cmd, f"--trainer.callbacks+={cb}", *args], log, threads)
     return run, json.loads(times.read_text())
 
 
@@ -160,7 +165,7 @@ def predict(shards: Path, work: Path, tag: str, batch: int) -> dict[str, Any]:
         f"--data.predict_root={_pattern(shards)}", f"--data.predict_batch_size={batch}",
         "--predict_writer.format=parquet", f"--predict_writer.out_dir={out}",
         "--predict_writer.resume=false",
-    ])  # fmt: skip
+    ], threads=PREDICT_THREADS)  # fmt: skip
     t = times["predict"]
     n = sum(pq.ParquetFile(p).metadata.num_rows for p in out.glob("*.parquet"))
     return {
@@ -179,8 +184,7 @@ def tokenizer_encode(folder: Path, n: int, batch: int) -> dict[str, Any]:
     from vq import load_tokenizer
     from vqio import read_image
 
-    # The threads the predict subprocess gets (OMP_NUM_THREADS is passed on to it).
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", len(os.sched_getaffinity(0)))))
+    torch.set_num_threads(PREDICT_THREADS)
     tok = load_tokenizer(REPO / "models" / "default", precision="fp32")
     paths = find_images(folder)[:n]
     images = torch.from_numpy(np.stack([read_image(p) for p in paths])).permute(0, 3, 1, 2)
@@ -257,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         benchmark="data",
         quick=args.quick,
         default_workers=default_workers(),
-        config={**config, "predict_shard": 64},
+        config={**config, "predict_shard": 64, "predict_threads": PREDICT_THREADS},
         fit=rows,
         setup=setup,
         # The Tokenizer runs before and after predict, its figure their mean: a 2-core
