@@ -54,6 +54,15 @@ class DeadlineExceeded(RuntimeError):
     """The item's deadline passed before its batch ran."""
 
 
+def check_room(queued: int, more: int, max_queue: int | None) -> None:
+    """Raise ``QueueFull`` when ``more`` items would take ``queued`` past ``max_queue``."""
+    if max_queue is not None and queued + more > max_queue:
+        raise QueueFull(
+            f"{queued} items are queued; {more} more would pass the limit of {max_queue} "
+            "(setting max_queue)"
+        )
+
+
 class MicroBatcher:
     """Gathers items into batches of up to ``max_batch_size`` for ``fn``.
 
@@ -154,11 +163,7 @@ class MicroBatcher:
         """
         if self._queue is None or not self.running:
             raise BatcherClosed("the batcher is not running")
-        if self.max_queue is not None and self.queue_depth + len(tensors) > self.max_queue:
-            raise QueueFull(
-                f"{self.queue_depth} items are queued; {len(tensors)} more would pass the "
-                f"limit of {self.max_queue} (setting max_queue)"
-            )
+        check_room(self.queue_depth, len(tensors), self.max_queue)
         loop = asyncio.get_running_loop()
         futures = []
         for tensor in tensors:

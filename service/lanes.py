@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from service.batcher import MicroBatcher, QueueFull
+from service.batcher import MicroBatcher, check_room
 
 
 class Lanes:
@@ -118,11 +118,7 @@ class Lanes:
     ) -> list[asyncio.Future[torch.Tensor]]:
         """``MicroBatcher.submit_many`` over both lanes: all or none under ``max_queue``
         (``QueueFull``), one future per item in the order given."""
-        if self.max_queue is not None and self.queue_depth + len(tensors) > self.max_queue:
-            raise QueueFull(
-                f"{self.queue_depth} items are queued; {len(tensors)} more would pass the "
-                f"limit of {self.max_queue} (setting max_queue)"
-            )
+        check_room(self.queue_depth, len(tensors), self.max_queue)
         routed: dict[int, list[int]] = {}  # lane index -> positions in tensors
         for i, tensor in enumerate(tensors):
             routed.setdefault(self._index(tensor), []).append(i)
