@@ -56,11 +56,12 @@ def run_phase(
     statuses: Counter[str] = Counter()
     accepted: list[float] = []
     signalled: list[float] = []
+    send = serving.tokenize(bodies)
 
     async def call(client: httpx.AsyncClient, i: int) -> bool:
         t0 = time.perf_counter()
         try:
-            r = await client.post("/v1/tokenize", files=serving.tokenize_files(bodies, i))
+            r = await send(client, i)
         except httpx.ConnectError:
             statuses["refused (connect)"] += 1
             return not signalled  # after SIGTERM the listener is closed: this client is done
@@ -76,18 +77,18 @@ def run_phase(
     async def terminate(after: float) -> None:
         await asyncio.sleep(after)
         signalled.append(time.perf_counter())
-        os.kill(server.pid, signal.SIGTERM)
+        os.kill(server.proc.pid, signal.SIGTERM)
 
-    shed = {} if sigterm_after is not None else server.metric_by("vq_requests_shed_total", "reason")
+    drain = sigterm_after is not None  # the drain's shed counters are not read: the server exits
+
+    def shed() -> dict[str, float]:
+        return {} if drain else server.metric_by("vq_requests_shed_total", "reason")
+
+    before = shed()
     also = [terminate(sigterm_after)] if sigterm_after is not None else []
-    with serving.Probe(server.url, server.pid) as probe:
-        load = serving.clients(
-            server.url, concurrency, requests, call, max_seconds=max_seconds, alongside=also
-        )
-        seconds = asyncio.run(load)
-    if sigterm_after is None:
-        after = server.metric_by("vq_requests_shed_total", "reason")
-        shed = {k: v - shed.get(k, 0.0) for k, v in after.items()}
+    with serving.Probe(server.url, server.proc.pid) as probe:
+        load = serving.clients(server.url, concurrency, call, requests, max_seconds=max_seconds)
+        seconds = serving.run(load, *also)[0]
     row = {
         "name": name,
         "concurrency": concurrency,
@@ -97,7 +98,7 @@ def run_phase(
         "p50_ms": serving.pct(accepted, 50),
         "p99_ms": serving.pct(accepted, 99),
         "statuses": dict(sorted(statuses.items())),
-        "shed": shed,
+        "shed": {k: v - before.get(k, 0.0) for k, v in shed().items()},
         **probe.summary(),
     }
     if signalled:
@@ -132,15 +133,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         model, note = serving.resolve_model(args.model, Path(tmp))
         bodies = [serving.png_bytes(im) for im in serving.synthetic_images(32, args.size)]
         log = Path(tmp) / "serve.log"
-        server = serving.Server(model, [*server_args, "--log-level", "warning"], log).started()
-        try:
+        with serving.Server(model, [*server_args, "--log-level", "warning"], log) as server:
             phases = [run_phase(server, *step, bodies, args.max_seconds) for step in plan]
             name, concurrency, n, after_s = drain_plan
             drain = run_phase(server, name, concurrency, n, bodies, args.max_seconds, after_s)
             exit_code = server.proc.wait(timeout=120)
             drain_s = time.perf_counter() - drain.pop("signalled", time.perf_counter())
-        finally:
-            server.stop()
     result.update(
         benchmark="load",
         quick=args.quick,

@@ -21,7 +21,6 @@ Scenarios, each bounded in requests and seconds and stopping on its own:
 
 from __future__ import annotations
 
-import asyncio
 import math
 import re
 import socket
@@ -30,7 +29,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,47 +86,6 @@ def admitted_sides(model: Path, budget: str, workdir: Path) -> tuple[int, int, s
     raise RuntimeError("could not find sides the budget admits")
 
 
-Send = Callable[[httpx.AsyncClient, int], Awaitable[httpx.Response]]
-
-
-def counting(statuses: Counter[str], label: str, send: Send) -> serving.Call:
-    """A load generator call that counts answers (and transport errors) under ``label``."""
-
-    async def call(client: httpx.AsyncClient, i: int) -> bool:
-        try:
-            statuses[f"{label}{(await send(client, i)).status_code}"] += 1
-        except httpx.HTTPError as exc:
-            statuses[f"{label}{type(exc).__name__}"] += 1
-        return True
-
-    return call
-
-
-def timing(latencies: list[float], send: Send) -> serving.Call:
-    """A load generator call that keeps the latency of each 200 answer."""
-
-    async def call(client: httpx.AsyncClient, i: int) -> bool:
-        t0 = time.perf_counter()
-        if (await send(client, i)).status_code == 200:
-            latencies.append(1000 * (time.perf_counter() - t0))
-        return True
-
-    return call
-
-
-def tokenize(body: bytes, images: int = 1) -> Send:
-    def send(client: httpx.AsyncClient, i: int) -> Awaitable[httpx.Response]:
-        files = [("files", (f"{i}-{k}.png", body, "image/png")) for k in range(images)]
-        return client.post("/v1/tokenize", files=files)
-
-    return send
-
-
-async def after(delay: float, work: Awaitable[float]) -> float:
-    await asyncio.sleep(delay)
-    return await work
-
-
 def memory_scenario(
     model: Path, budget: str, image: int, grid: int, restarts: int, seconds: float, tmp: Path
 ) -> list[dict[str, Any]]:
@@ -141,21 +99,16 @@ def memory_scenario(
 
     results = []
     for r in range(restarts):
-        s = server(model, budget, image, grid, tmp / f"mem{r}.log").started()
         statuses: Counter[str] = Counter()
-        with serving.Probe(s.url, s.pid) as probe:
-
-            async def load(s: serving.Server = s, statuses: Counter[str] = statuses) -> None:
-                big_call = counting(statuses, "tokenize ", tokenize(big))
-                json_call = counting(statuses, "detokenize ", detokenize)
-                await asyncio.gather(
-                    serving.clients(s.url, 20, math.inf, big_call, max_seconds=seconds),
-                    serving.clients(s.url, 3, math.inf, json_call, max_seconds=seconds),
+        big_call = serving.record(serving.tokenize([big]), statuses, label="tokenize ")
+        json_call = serving.record(detokenize, statuses, label="detokenize ")
+        with server(model, budget, image, grid, tmp / f"mem{r}.log") as s:
+            with serving.Probe(s.url, s.proc.pid) as probe:
+                serving.run(
+                    serving.clients(s.url, 20, big_call, max_seconds=seconds),
+                    serving.clients(s.url, 3, json_call, max_seconds=seconds),
                 )
-
-            asyncio.run(load())
-        own_peak = s.metric("vq_resident_memory_peak_bytes")
-        s.stop()
+            own_peak = s.metric("vq_resident_memory_peak_bytes")
         results.append(
             {
                 "restart": r + 1,
@@ -174,38 +127,28 @@ def memory_scenario(
 def head_of_line_scenario(
     model: Path, budget: str, image: int, grid: int, seconds: float, tmp: Path
 ) -> dict[str, Any]:
-    small = tokenize(serving.png_bytes(serving.synthetic_images(1, 256, seed=1)[0]))
-    heavy = tokenize(serving.png_bytes(serving.synthetic_images(1, image, seed=2)[0]), images=4)
-    s = server(model, budget, image, grid, tmp / "hol.log").started()
+    small = serving.tokenize([serving.png_bytes(serving.synthetic_images(1, 256, seed=1)[0])])
+    big = serving.png_bytes(serving.synthetic_images(1, image, seed=2)[0])
     alone: list[float] = []
     mixed: list[float] = []
-    heavy_statuses: Counter[str] = Counter()
-    try:
-        with serving.Probe(s.url, s.pid) as alone_probe:
-            asyncio.run(
-                serving.clients(s.url, 2, math.inf, timing(alone, small), max_seconds=seconds)
+    heavy: Counter[str] = Counter()
+    with server(model, budget, image, grid, tmp / "hol.log") as s:
+        with serving.Probe(s.url, s.proc.pid) as alone_probe:
+            small_call = serving.record(small, Counter(), alone)
+            serving.run(serving.clients(s.url, 2, small_call, max_seconds=seconds))
+        with serving.Probe(s.url, s.proc.pid) as mixed_probe:
+            heavy_call = serving.record(serving.tokenize([big], images=4), heavy)
+            small_call = serving.record(small, Counter(), mixed)
+            serving.run(
+                serving.clients(s.url, 1, heavy_call, max_seconds=seconds + 1),
+                serving.clients(s.url, 2, small_call, max_seconds=seconds, delay=1.0),
             )
-        with serving.Probe(s.url, s.pid) as mixed_probe:
-
-            async def mix() -> None:
-                heavy_call = counting(heavy_statuses, "", heavy)
-                small_call = timing(mixed, small)
-                await asyncio.gather(
-                    serving.clients(s.url, 1, math.inf, heavy_call, max_seconds=seconds + 1),
-                    after(
-                        1.0, serving.clients(s.url, 2, math.inf, small_call, max_seconds=seconds)
-                    ),
-                )
-
-            asyncio.run(mix())
-    finally:
-        s.stop()
     return {
         "alone_p99_ms": serving.pct(alone, 99),
         "alone_n": len(alone),
         "mixed_p99_ms": serving.pct(mixed, 99),
         "mixed_n": len(mixed),
-        "heavy": dict(heavy_statuses),
+        "heavy": dict(heavy),
         "healthz_p99_ms": max(
             serving.pct(alone_probe.healthz_ms, 99), serving.pct(mixed_probe.healthz_ms, 99)
         ),
@@ -215,43 +158,38 @@ def head_of_line_scenario(
 def slow_upload_scenario(
     model: Path, budget: str, image: int, grid: int, seconds: float, tmp: Path
 ) -> dict[str, Any]:
-    small = tokenize(serving.png_bytes(serving.synthetic_images(1, 64, seed=1)[0]))
-    s = server(model, budget, image, grid, tmp / "slow.log").started()
+    small = serving.tokenize([serving.png_bytes(serving.synthetic_images(1, 64, seed=1)[0])])
     rate = 20 * 1024  # bytes/s, just above the default min_body_rate of 16 KiB/s
     length = int(rate * (seconds + 10))
-    stop = time.monotonic() + seconds
     cut: Counter[str] = Counter()
-
-    def trickle() -> None:
-        head = (
-            b"POST /v1/tokenize HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
-            + f"content-length: {length}\r\n\r\n".encode()
-        )
-        try:
-            with socket.create_connection(("127.0.0.1", s.port), timeout=30) as sock:
-                sock.sendall(head + b'{"images": ["')
-                while time.monotonic() < stop:
-                    sock.sendall(b"A" * (rate // 10))
-                    time.sleep(0.1)
-            cut["closed by the client at the end"] += 1
-        except OSError as exc:
-            cut[type(exc).__name__] += 1
-
     statuses: Counter[str] = Counter()
-    try:
-        with serving.Probe(s.url, s.pid) as probe:
+    with server(model, budget, image, grid, tmp / "slow.log") as s:
+        stop = time.monotonic() + seconds
+
+        def trickle() -> None:
+            head = (
+                b"POST /v1/tokenize HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+                + f"content-length: {length}\r\n\r\n".encode()
+            )
+            try:
+                with socket.create_connection(("127.0.0.1", s.port), timeout=30) as sock:
+                    sock.sendall(head + b'{"images": ["')
+                    while time.monotonic() < stop:
+                        sock.sendall(b"A" * (rate // 10))
+                        time.sleep(0.1)
+                cut["closed by the client at the end"] += 1
+            except OSError as exc:
+                cut[type(exc).__name__] += 1
+
+        with serving.Probe(s.url, s.proc.pid) as probe:
             threads = [threading.Thread(target=trickle, daemon=True) for _ in range(64)]
             for t in threads:
                 t.start()
-            others = counting(statuses, "", small)
             # The other clients start after the slow uploads are in.
-            asyncio.run(
-                after(1.0, serving.clients(s.url, 4, math.inf, others, max_seconds=seconds - 1))
-            )
+            others = serving.record(small, statuses)
+            serving.run(serving.clients(s.url, 4, others, max_seconds=seconds - 1, delay=1.0))
             for t in threads:
                 t.join()
-    finally:
-        s.stop()
     answered = sum(statuses.values())
     return {
         "statuses": dict(statuses),

@@ -15,7 +15,7 @@ counts are bounded.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import functools
 import math
 import sys
@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import torch
 
@@ -63,28 +62,21 @@ def run_load(
     """One concurrency level against one server: the row of the results table."""
     latencies: list[float] = []
     cpu0: dict[str, float] = {}
-
-    async def call(client: httpx.AsyncClient, i: int) -> bool:
-        t0 = time.perf_counter()
-        response = await client.post("/v1/tokenize", files=serving.tokenize_files(bodies, i))
-        latencies.append(1000 * (time.perf_counter() - t0))
-        response.raise_for_status()
-        return True
+    call = serving.record(serving.tokenize(bodies), ms=latencies)
 
     def on_start() -> None:
         latencies.clear()
-        cpu0.update(client=time.process_time(), server=serving.cpu_seconds(server.pid))
+        cpu0.update(client=time.process_time(), server=serving.cpu_seconds(server.proc.pid))
 
     def batches() -> tuple[float, float]:
         count = server.metric("vq_batch_size_count", op="tokenize")
         return count, server.metric("vq_batch_size_sum", op="tokenize")
 
     before = batches()
-    seconds = asyncio.run(
-        serving.clients(server.url, concurrency, requests, call, warmup=True, on_start=on_start)
-    )
+    load = serving.clients(server.url, concurrency, call, requests, warmup=True, on_start=on_start)
+    seconds = serving.run(load)[0]
     client_cpu = time.process_time() - cpu0["client"]
-    server_cpu = serving.cpu_seconds(server.pid) - cpu0["server"]
+    server_cpu = serving.cpu_seconds(server.proc.pid) - cpu0["server"]
     after = batches()
     passes = after[0] - before[0]  # the warm-up requests count too, in both
     return {
@@ -117,11 +109,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     per_client = args.requests_per_client or (1 if args.quick else 4)
     min_requests, budget_s = (4, 0.5) if args.quick else (32, 6.0)
     threads = ["--torch-threads", str(args.torch_threads)] if args.torch_threads else []
+    quiet = [*threads, "--log-level", "warning"]
     # Both servers run side by side (the idle one costs memory, not CPU) and the modes
     # alternate per concurrency level, so slow drifts in outside load hit both alike.
     modes = {"batched": ["--max-batch-size", str(batch)], "unbatched": ["--no-batching"]}
     with tempfile.TemporaryDirectory() as tmp:
-        model, note = serving.resolve_model(args.model, Path(tmp))
+        logs = Path(tmp)
+        model, note = serving.resolve_model(args.model, logs)
         images = serving.synthetic_images(8 if args.quick else 64, args.size)
         bodies = [serving.png_bytes(im) for im in images]
         tokenizer = vq.load_tokenizer(model)
@@ -130,22 +124,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         ceilings = [ceiling(tokenizer, images, batch, budget_s)]
         print(f"ceiling: {ceilings[0]}", flush=True)
         rows = []
-        servers: dict[str, serving.Server] = {}
-        try:
-            for mode, extra in modes.items():
-                server_args = [*extra, *threads, "--log-level", "warning"]
-                servers[mode] = serving.Server(model, server_args, Path(tmp) / f"{mode}.log")
-            for server in servers.values():
-                server.started()
+        with contextlib.ExitStack() as stack:
+            servers = {
+                mode: stack.enter_context(serving.Server(model, [*extra, *quiet], logs / mode))
+                for mode, extra in modes.items()
+            }
             for c in args.concurrency:
                 for mode, server in servers.items():
                     rows.append(
                         run_load(server, mode, bodies, c, max(min_requests, c * per_client))
                     )
                     print(rows[-1], flush=True)
-        finally:
-            for server in servers.values():
-                server.stop()
         ceilings.append(ceiling(tokenizer, images, batch, budget_s))
         print(f"ceiling: {ceilings[1]}", flush=True)
     rows.sort(key=lambda r: (r["mode"] != "batched", r["concurrency"]))

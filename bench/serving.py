@@ -13,9 +13,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -116,10 +118,6 @@ class Server:
                 cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT
             )
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
     def wait_ready(self, timeout: float = 240) -> bool:
         """True once /readyz is 200; False if the process exited (its log says why)."""
         deadline = time.monotonic() + timeout
@@ -132,13 +130,17 @@ class Server:
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
+        self.stop()
         raise RuntimeError(f"vq-serve not ready after {timeout} s:\n{self.log.read_text()}")
 
-    def started(self) -> Server:
+    def __enter__(self) -> Server:
         """Wait until ready; raise with the server's log if it exited."""
         if not self.wait_ready():
             raise RuntimeError(f"vq-serve exited:\n{self.log.read_text()}")
         return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def samples(self, name: str) -> list[tuple[dict[str, str], float]]:
         """(labels, value) of each sample named ``name`` on /metrics."""
@@ -216,25 +218,68 @@ class Probe:
 
 
 Call = Callable[[httpx.AsyncClient, int], Awaitable[bool]]
+Send = Callable[[httpx.AsyncClient, int], Awaitable[httpx.Response]]
+
+
+def tokenize(bodies: Sequence[bytes], images: int = 1) -> Send:
+    """Request i: a multipart tokenize of ``images`` copies of PNG ``bodies[i % len(bodies)]``."""
+
+    def send(client: httpx.AsyncClient, i: int) -> Awaitable[httpx.Response]:
+        body = bodies[i % len(bodies)]
+        files = [("files", (f"{i}-{k}.png", body, "image/png")) for k in range(images)]
+        return client.post("/v1/tokenize", files=files)
+
+    return send
+
+
+def record(
+    send: Send,
+    statuses: Counter[str] | None = None,
+    ms: list[float] | None = None,
+    label: str = "",
+) -> Call:
+    """A load generator call that sends request i and counts its answer (or transport error)
+    by status under ``label`` in ``statuses`` and keeps the latency of each 200 in ``ms``;
+    without ``statuses`` anything but a 200 raises."""
+
+    async def call(client: httpx.AsyncClient, i: int) -> bool:
+        t0 = time.perf_counter()
+        try:
+            r = await send(client, i)
+        except httpx.HTTPError as exc:
+            if statuses is None:
+                raise
+            statuses[f"{label}{type(exc).__name__}"] += 1
+            return True
+        if statuses is None:
+            r.raise_for_status()
+        else:
+            statuses[f"{label}{r.status_code}"] += 1
+        if ms is not None and r.status_code == 200:
+            ms.append(1000 * (time.perf_counter() - t0))
+        return True
+
+    return call
 
 
 async def clients(
     url: str,
     concurrency: int,
-    requests: float,
     call: Call,
+    requests: float = math.inf,
     *,
     max_seconds: float = math.inf,
+    delay: float = 0.0,
     warmup: bool = False,
     on_start: Callable[[], None] | None = None,
-    alongside: Sequence[Awaitable[object]] = (),
 ) -> float:
-    """The load generator: ``concurrency`` clients on one connection pool await
-    ``call(client, i)`` for i = 0, 1, ... until ``requests`` calls were made or
-    ``max_seconds`` passed; a client stops early when its call returns False. ``warmup``: one
-    untimed call per client first (index -1: connections open, the server warms up);
-    ``on_start`` runs when the clock starts; ``alongside`` runs with the clients. Returns the
-    wall seconds of the timed part."""
+    """The load generator: after ``delay`` seconds, ``concurrency`` clients on one
+    connection pool await ``call(client, i)`` for i = 0, 1, ... until ``requests`` calls were
+    made or ``max_seconds`` passed; a client stops early when its call returns False.
+    ``warmup``: one untimed call per client first (index -1: connections open, the server
+    warms up); ``on_start`` runs when the clock starts. Returns the wall seconds of the timed
+    part."""
+    await asyncio.sleep(delay)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     next_index = 0
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
@@ -252,10 +297,14 @@ async def clients(
                 if not await call(client, i):
                     return
 
-        await asyncio.gather(*(loop() for _ in range(concurrency)), *alongside)
+        await asyncio.gather(*(loop() for _ in range(concurrency)))
         return time.perf_counter() - start
 
 
-def tokenize_files(bodies: Sequence[bytes], i: int) -> list[tuple[str, tuple[str, bytes, str]]]:
-    """Multipart ``files`` of one PNG for request ``i``."""
-    return [("files", (f"{i}.png", bodies[i % len(bodies)], "image/png"))]
+def run(*loads: Awaitable[Any]) -> list[Any]:
+    """Run load generators (and other work) at once; their results."""
+
+    async def together() -> list[Any]:
+        return list(await asyncio.gather(*loads))
+
+    return asyncio.run(together())
