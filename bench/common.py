@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "bench") not in sys.path:  # bench/ is a folder of scripts
-    sys.path.append(str(ROOT / "bench"))  # appended: bench/service.py must not shadow service/
+# bench/ is a folder of scripts that import each other and the repository's packages: both go
+# on sys.path, appended, not prepended, so that bench/service.py does not shadow service/.
+sys.path += [p for p in (str(ROOT), str(ROOT / "bench")) if p not in sys.path]
 
 import report  # noqa: E402
 
@@ -53,13 +54,18 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def meta(script: str, argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """The run's description: command, date, machine, versions, threads, load average."""
+def meta(
+    name: str, argv: Sequence[str] | None = None, quick: bool = False, script: str = ""
+) -> dict[str, Any]:
+    """The run's description: benchmark, command (``script``: default bench/NAME.py), date,
+    machine, versions, threads, load average."""
     import torch
 
     args = list(sys.argv[1:] if argv is None else argv)
     return {
-        "command": " ".join(["python", script, *args]),
+        "benchmark": name,
+        "quick": quick,
+        "command": " ".join(["python", script or f"bench/{name}.py", *args]),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{cpu_model()}, {os.cpu_count()} logical CPUs, "
         f"{platform.system()} {platform.release()}",
@@ -85,9 +91,12 @@ def timed(
     return times
 
 
-def save(payload: dict[str, Any], out: Path, name: str) -> Path:
-    """Write ``out/<name>.json`` (the load average at the end appended) and render its report."""
+def save(payload: dict[str, Any], out: Path | None) -> Path:
+    """Write ``NAME.json`` (NAME: its ``benchmark``; the load average at the end appended) into
+    ``out_dir(out, ...)`` and render its report beside it."""
     payload.setdefault("load", []).append(os.getloadavg()[0])
+    name = payload["benchmark"]
+    out = out_dir(out, name, payload.get("quick", False))
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
     path.write_text(json.dumps(payload, indent=1) + "\n")

@@ -29,16 +29,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import common  # first: it puts the repository on sys.path
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
 # Fit runs on one torch thread (its figures are memory, start-up and data wait); predict and
 # the Tokenizer it is compared with both get every usable core, as a user's run would.
 PREDICT_THREADS = len(os.sched_getaffinity(0))
-# appended, not prepended: bench/service.py must not shadow the service package
-sys.path += [p for p in (str(REPO), str(REPO / "bench")) if p not in sys.path]
-
-import common  # noqa: E402 - bench/ is a folder of scripts
 
 
 def _tree_pss_mb(root: int) -> float:
@@ -71,10 +67,10 @@ def _tree_pss_mb(root: int) -> float:
 def run_measured(cmd: list[str], log: Path, threads: int) -> dict[str, float]:
     """Run ``cmd`` with ``threads`` torch threads, sampling its process tree's memory; its
     launch time and peak PSS."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, "PYTHONPATH": str(common.ROOT), "OMP_NUM_THREADS": str(threads)}
     t0 = time.time()
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=common.ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         peak = 0.0
         while proc.poll() is None:
             peak = max(peak, _tree_pss_mb(proc.pid))
@@ -185,7 +181,7 @@ def tokenizer_encode(folder: Path, n: int, batch: int) -> dict[str, Any]:
     from vqio import read_image
 
     torch.set_num_threads(PREDICT_THREADS)
-    tok = load_tokenizer(REPO / "models" / "default", precision="fp32")
+    tok = load_tokenizer(common.ROOT / "models" / "default", precision="fp32")
     paths = find_images(folder)[:n]
     images = torch.from_numpy(np.stack([read_image(p) for p in paths])).permute(0, 3, 1, 2)
     tok.encode(images[:batch])  # warm-up
@@ -219,12 +215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     add("--predict-batch", type=int, default=16)
     add("--predict-images", type=int, default=256, help="in shards of 64")
     add("--skip-fit", action="store_true", help="measure predict only")
-    add("--setup-only", action="store_true", help="only add the data setup times to the JSON")
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.steps, args.predict_images = [200, 1000], 10, 64
-    out = common.out_dir(args.out, "data", args.quick)
-    result = common.meta("bench/data.py", argv)
+    result = common.meta("data", argv, args.quick)
     work, photos = Path(args.work), Path(args.photos)
     work.mkdir(parents=True, exist_ok=True)
     from train.stream import default_workers
@@ -239,10 +233,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         for source, root in (("folder", str(folder)), ("tar", _pattern(shards)))
     ]
     setup = [{"n": n, "source": src, "s": setup_seconds(root, val)} for n, src, root in sources]
-    if args.setup_only:
-        earlier = json.loads((out / "data.json").read_text())
-        common.save({**earlier, "setup": setup}, out, "data")
-        return 0
     rows = []
     for n, source, root in sources:
         row = fit(root, val, work, f"{source}-{n}", args.steps, ["--data.cache_mb=0"])
@@ -250,16 +240,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(rows[-1]), flush=True)
     if sets:  # today's path for reference: the smallest set decoded into memory (cache_mb default)
         n = min(args.sizes)
-        folder, _ = make_dataset(photos, work, n, args.side, seed=0)
-        row = fit(str(folder), val, work, f"memory-{n}", args.steps, [])
+        row = fit(str(sets[args.sizes.index(n)][0]), val, work, f"memory-{n}", args.steps, [])
         rows.append({"n": n, "source": "folder, in memory", **row})
         print(json.dumps(rows[-1]), flush=True)
     k = args.predict_images
     folder, shards = make_dataset(photos, work, k, args.side, seed=2, shard_size=64)
     config = {"side": args.side, "steps": args.steps, "predict_batch": args.predict_batch}
     result.update(
-        benchmark="data",
-        quick=args.quick,
         default_workers=default_workers(),
         config={**config, "predict_shard": 64, "predict_threads": PREDICT_THREADS},
         fit=rows,
@@ -272,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     after = tokenizer_encode(folder, k, args.predict_batch)
     rates = [result["tokenizer"]["images_per_s"], after["images_per_s"]]
     result["tokenizer"].update(images_per_s=round(sum(rates) / 2, 2), runs=rates)
-    common.save(result, out, "data")
+    common.save(result, args.out)
     return 0
 
 

@@ -25,16 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import common  # first: it puts the repository on sys.path
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-# appended, not prepended: bench/service.py must not shadow the service package
-sys.path += [p for p in (str(ROOT), str(ROOT / "bench")) if p not in sys.path]
-
-import common  # noqa: E402 - bench/ is a folder of scripts
-
-import vq  # noqa: E402
-from vq.importer import main as import_main  # noqa: E402
+import vq
+from vq.importer import main as import_main
 
 
 def peak_rss_mib() -> float:
@@ -77,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.run:
         print(json.dumps(run(args.run, n)))
         return
-    result = common.meta("bench/imported_cpu.py", argv)
+    result = common.meta("imported_cpu", argv, args.quick)
     cfg = vq.VQVAEConfig(
         architecture="vqgan",
         f=16,
@@ -103,13 +98,11 @@ def main(argv: list[str] | None = None) -> None:
         child = subprocess.run(cmd, check=True, capture_output=True, text=True)
     measured = json.loads(child.stdout.strip().splitlines()[-1])
     result.update(
-        benchmark="imported_cpu",
-        quick=args.quick,
         parameters=params,
         artifact_bytes=size,
         **measured,
     )
-    common.save(result, common.out_dir(args.out, "imported_cpu", args.quick), "imported_cpu")
+    common.save(result, args.out)
 
 
 def run(artifact: str, n: int) -> dict[str, object]:

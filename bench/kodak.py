@@ -35,22 +35,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import common  # first: it puts the repository on sys.path
+import metrics
 import numpy as np
+import report
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-# appended, not prepended: bench/service.py must not shadow the service package
-sys.path += [p for p in (str(ROOT), str(ROOT / "bench")) if p not in sys.path]
-
-import common  # noqa: E402 - bench/ is a folder of scripts
-import metrics  # noqa: E402
-import report  # noqa: E402
-
-from train.images import find_images  # noqa: E402
-from vq import Tokenizer, load_tokenizer  # noqa: E402
-from vq.usage import histogram_perplexity  # noqa: E402
-from vqio import format_size, read_image  # noqa: E402
+from train.images import find_images
+from vq import Tokenizer, load_tokenizer
+from vq.usage import histogram_perplexity
+from vqio import format_size, read_image
 
 # Quality sweeps down to each codec's lowest setting (JPEG and WebP quality 1 is legal).
 JPEG_QUALITIES = (1, 5, 10, 15, 20, 30, 40, 50, 60, 75, 90)
@@ -361,7 +356,7 @@ def crops_picture(
 def display_path(path: str | Path) -> str:
     """Paths inside or beside the repository are shown relative to it (reports are committed)."""
     p = Path(path).resolve()
-    for base, prefix in ((ROOT, ""), (ROOT.parent, "../")):
+    for base, prefix in ((common.ROOT, ""), (common.ROOT.parent, "../")):
         if p.is_relative_to(base):
             return prefix + str(p.relative_to(base))
     return str(path)

@@ -32,9 +32,7 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-# appended, not prepended: bench/service.py must not shadow the service package
-sys.path += [p for p in (str(ROOT), str(ROOT / "bench")) if p not in sys.path]
+sys.path.append(str(Path(__file__).parent))  # run as -m bench.load
 
 import common  # noqa: E402 - bench/ is a folder of scripts
 import serving  # noqa: E402
@@ -123,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         plan = [("sustained", 8, 80), ("overload", 32, 80)]
         drain_plan = ("SIGTERM drain", 8, 400, 1.0)
         args.max_seconds = min(args.max_seconds, 30.0)
-    result = common.meta("-m bench.load", argv)
+    result = common.meta("load", argv, args.quick, "-m bench.load")
     server_args = ["--memory-budget", args.memory_budget]
     server_args += ["--request-timeout-s", f"{args.request_timeout_s:g}"]
     # Small images only: the default 2048-px limit would not fit the budget (start-up refusal).
@@ -140,8 +138,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             exit_code = server.proc.wait(timeout=120)
             drain_s = time.perf_counter() - drain.pop("signalled", time.perf_counter())
     result.update(
-        benchmark="load",
-        quick=args.quick,
         model=note,
         size=args.size,
         server_args=server_args,
@@ -152,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         exit_code=exit_code,
         drain_s=drain_s,
     )
-    common.save(result, common.out_dir(args.out, "load", args.quick), "load")
+    common.save(result, args.out)
 
 
 if __name__ == "__main__":

@@ -35,9 +35,7 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-# appended, not prepended: bench/service.py must not shadow the service package
-sys.path += [p for p in (str(ROOT), str(ROOT / "bench")) if p not in sys.path]
+sys.path.append(str(Path(__file__).parent))  # run as -m bench.load_scenarios
 
 import common  # noqa: E402 - bench/ is a folder of scripts
 import serving  # noqa: E402
@@ -209,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.quick:
         args.restarts = min(args.restarts, 3)
         args.seconds = min(args.seconds, 20.0)
-    result = common.meta("-m bench.load_scenarios", argv)
+    result = common.meta("load_scenarios", argv, args.quick, "-m bench.load_scenarios")
     budget = args.memory_budget
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -222,8 +220,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         slow = slow_upload_scenario(model, budget, image, grid, args.seconds, tmp)
         print(f"slow uploads: {slow}", flush=True)
     result.update(
-        benchmark="load_scenarios",
-        quick=args.quick,
         model=note,
         budget=budget,
         budget_bytes=int(parse_bytes(budget) or 0),
@@ -236,8 +232,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         head_of_line=hol,
         slow_uploads=slow,
     )
-    out = common.out_dir(args.out, "load_scenarios", args.quick)
-    common.save(result, out, "load_scenarios")
+    common.save(result, args.out)
 
 
 if __name__ == "__main__":

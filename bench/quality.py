@@ -45,29 +45,24 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import common  # first: it puts the repository on sys.path
+import kodak
 import numpy as np
+import report
 import torch
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-# appended, not prepended: bench/service.py must not shadow the service package
-sys.path += [p for p in (str(ROOT), str(ROOT / "bench")) if p not in sys.path]
-
-import common  # noqa: E402 - bench/ is a folder of scripts
-import kodak  # noqa: E402
-import report  # noqa: E402
-from torchmetrics.functional.image import (  # noqa: E402
+from torchmetrics.functional.image import (
     peak_signal_noise_ratio,
     structural_similarity_index_measure,
 )
 
-from train import cli  # noqa: E402
-from train.data import ImageDataModule  # noqa: E402
-from vq import CodebookUsage, load_tokenizer  # noqa: E402
-from vq.model import FSQ_RECOMMENDED_LEVELS  # noqa: E402
-from vq.pixels import float_to_unit  # noqa: E402
+from train import cli
+from train.data import ImageDataModule
+from vq import CodebookUsage, load_tokenizer
+from vq.model import FSQ_RECOMMENDED_LEVELS
+from vq.pixels import float_to_unit
 
-CONFIGS = ROOT / "configs"
+CONFIGS = common.ROOT / "configs"
 METHODS = ("ste", "rotation", "simvq", "simvq_rotation", "fsq")  # configs/<method>.yaml
 PLAIN_METHODS = ("ste", "rotation")
 SIZES = (1024, 8192, 65536)
@@ -496,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     results = train_all(runs, cfg, work_dir, args.jobs, args.resume)
     command = [kodak.display_path(a) if Path(a).is_absolute() else a for a in argv or sys.argv[1:]]
-    meta = common.meta("bench/quality.py", command)
+    meta = common.meta("quality", command)
     payload = {
         "meta": {
             "command": meta["command"],

@@ -32,13 +32,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-REPO = Path(__file__).resolve().parents[1]
-# appended, not prepended: bench/service.py must not shadow the service package
-sys.path += [p for p in (str(REPO), str(REPO / "bench")) if p not in sys.path]
+import common  # first: it puts the repository on sys.path
 
-import common  # noqa: E402 - bench/ is a folder of scripts
-
-from vq.model import FSQ_RECOMMENDED_LEVELS  # noqa: E402
+from vq.model import FSQ_RECOMMENDED_LEVELS
 
 DIM = 64
 SPATIAL = 32 * 32  # vectors per feature map: inputs are (N / 1024, D, 32, 32)
@@ -312,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.child is not None:
         child_main(json.loads(args.child))
         return
-    payload = common.meta("bench/quantizers.py", argv)
+    payload = common.meta("quantizers", argv, args.quick)
     t0 = time.perf_counter()
     results: list[dict[str, Any]] = []
     for group in plan(args):
@@ -327,14 +323,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         reference = "not installed"
     config = {k: v for k, v in vars(args).items() if k not in ("out", "child")}
     payload.update(
-        benchmark="quantizers",
-        quick=args.quick,
         wall_s=time.perf_counter() - t0,
         reference=reference,
         config=config,
         results=results,
     )
-    common.save(payload, common.out_dir(args.out, "quantizers", args.quick), "quantizers")
+    common.save(payload, args.out)
 
 
 if __name__ == "__main__":

@@ -63,10 +63,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name, options in VARIANTS.items():
             samples[name].append(time_variant(options, batch, steps, args.precision))
     seconds = {name: statistics.median(v) for name, v in samples.items()}
-    result = common.meta("bench/recipe_step.py", argv)
+    result = common.meta("recipe_step", argv, args.quick)
     result.update(
-        benchmark="recipe_step",
-        quick=args.quick,
         precision=args.precision,
         batch=[8, 3, 96, 96],
         steps=steps,
@@ -76,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ratio_to_mse={name: seconds[name] / seconds["mse"] for name in VARIANTS},
         target_max_ratio=2.0,
     )
-    common.save(result, common.out_dir(args.out, "recipe_step", args.quick), "recipe_step")
+    common.save(result, args.out)
 
 
 if __name__ == "__main__":

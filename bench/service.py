@@ -18,24 +18,18 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import common  # first: it puts the repository on sys.path
 import numpy as np
+import serving
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-# appended, not prepended: bench/service.py must not shadow the service package
-sys.path += [p for p in (str(ROOT), str(ROOT / "bench")) if p not in sys.path]
-
-import common  # noqa: E402 - bench/ is a folder of scripts
-import serving  # noqa: E402
-
-import vq  # noqa: E402
+import vq
 
 
 def ceiling(
@@ -104,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.torch_threads is not None:
         torch.set_num_threads(args.torch_threads)
-    result = common.meta("bench/service.py", argv)
+    result = common.meta("service", argv, args.quick)
     batch = max(args.concurrency)
     per_client = args.requests_per_client or (1 if args.quick else 4)
     min_requests, budget_s = (4, 0.5) if args.quick else (32, 6.0)
@@ -139,8 +133,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"ceiling: {ceilings[1]}", flush=True)
     rows.sort(key=lambda r: (r["mode"] != "batched", r["concurrency"]))
     result.update(
-        benchmark="service",
-        quick=args.quick,
         model=note,
         precision=tokenizer.precision,
         size=args.size,
@@ -148,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ceilings=ceilings,
         results=rows,
     )
-    common.save(result, common.out_dir(args.out, "service", args.quick), "service")
+    common.save(result, args.out)
     if not all(math.isfinite(v) for c in ceilings for v in c.values()):
         raise SystemExit(1)
 

@@ -17,25 +17,19 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import common  # first: it puts the repository on sys.path
 import numpy as np
 import torch
+from metrics import psnr_uint8 as psnr
 from torch.utils.flop_counter import FlopCounterMode
 
-REPO = Path(__file__).resolve().parents[1]
-# appended, not prepended: bench/service.py must not shadow the service package
-sys.path += [p for p in (str(REPO), str(REPO / "bench")) if p not in sys.path]
-
-import common  # noqa: E402 - bench/ is a folder of scripts
-from metrics import psnr_uint8 as psnr  # noqa: E402
-
-import vq  # noqa: E402
-from vq.precision import autocast, bf16_native  # noqa: E402
-from vq.search import nearest_code  # noqa: E402
+import vq
+from vq.precision import autocast, bf16_native
+from vq.search import nearest_code
 
 CONFIGS = ("fp32 NCHW eager", "fp32 channels_last", "bf16 channels_last")
 # What users get: Tokenizer.encode/decode at precision bf16 (channels_last, CPU batches in
@@ -177,15 +171,15 @@ def training(steps: int, quick: bool) -> list[dict[str, Any]]:
     from train.module import VQVAEModule
 
     silence_third_party_noise()  # the same filters as vq-train, so the log shows only ours
-    cfg = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
+    cfg = yaml.safe_load((common.ROOT / "configs" / "default.yaml").read_text())
     data_cfg = dict(cfg["data"])
-    if quick or not (REPO / data_cfg["root"]).is_dir():
+    if quick or not (common.ROOT / data_cfg["root"]).is_dir():
         data_cfg.update(root=None, val_root=None)
     if quick:
         cfg["model"]["vqvae"].update(widths=[8, 8, 16, 16], num_res_blocks=1)
         data_cfg.update(crop_size=32, batch_size=2)
     else:
-        data_cfg.update(root=str(REPO / data_cfg["root"]), val_root=None)
+        data_cfg.update(root=str(common.ROOT / data_cfg["root"]), val_root=None)
     data_cfg["samples_per_epoch"] = data_cfg["batch_size"] * (steps + 2)
 
     rows = []
@@ -249,7 +243,7 @@ def search(n: int, ks: list[int], d: int, budget_s: float) -> list[dict[str, Any
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = common.parser(__doc__, "throughput")
-    parser.add_argument("--model", default=str(REPO / "models" / "default"))
+    parser.add_argument("--model", default=str(common.ROOT / "models" / "default"))
     parser.add_argument("--kodak", type=Path, default=None, help="folder of the Kodak images")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
@@ -259,8 +253,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     quick = args.quick
     budget = 0.5 if quick else 4.0
-    r = common.meta("bench/throughput.py", argv)
-    r.update(benchmark="throughput", quick=quick, model=Path(args.model).name)
+    r = common.meta("throughput", argv, quick)
+    r["model"] = Path(args.model).name
     r["machine"] += f", native bf16: {bf16_native('cpu')}"
     print("GEMM peaks", flush=True)
     n = 512 if quick else 4096
@@ -282,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     r["search_n"] = 1024 if quick else 16384
     ks = [512, 2048] if quick else [1024, 16384, 65536, 262144]
     r["search"] = search(r["search_n"], ks, 64, budget)
-    common.save(r, common.out_dir(args.out, "throughput", quick), "throughput")
+    common.save(r, args.out)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def load_script(name: str, folder: str = "bench") -> ModuleType:
     """<folder>/<name>.py loaded as the module ``<folder>_<name>`` (registered in
-    sys.modules so its dataclasses and pickling work)."""
+    sys.modules so its dataclasses and pickling work), its folder on sys.path as when run."""
+    if str(ROOT / folder) not in sys.path:
+        sys.path.append(str(ROOT / folder))
     spec = importlib.util.spec_from_file_location(f"{folder}_{name}", ROOT / folder / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

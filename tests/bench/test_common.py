@@ -48,7 +48,7 @@ def test_save_writes_json_and_the_rendered_report(common: ModuleType, tmp_path: 
         "ratio_to_mse": {"mse": 1.0, "recipe": 1.5},
         "target_max_ratio": 2.0,
     }
-    path = common.save(payload, tmp_path, "recipe_step")
+    path = common.save(payload, tmp_path)
     assert (
         path == tmp_path / "recipe_step.json"
         and "× MSE step" in path.with_suffix(".md").read_text()
