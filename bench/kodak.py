@@ -24,6 +24,7 @@ supplies; skipped otherwise).
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import math
@@ -31,7 +32,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,10 +72,6 @@ class Images:
     names: list[str]
     pixels: list[np.ndarray]  # uint8 (H, W, 3)
 
-    @property
-    def num_pixels(self) -> list[int]:
-        return [im.shape[0] * im.shape[1] for im in self.pixels]
-
 
 def load_images(folder: str | Path, limit: int | None = None) -> Images:
     """Every image under ``folder`` (sorted by path), decoded once by the training decoder."""
@@ -86,15 +83,15 @@ def load_images(folder: str | Path, limit: int | None = None) -> Images:
     return Images([p.name for p in paths], [np.array(read_image(p)) for p in paths])
 
 
-def codec_roundtrip(image: np.ndarray, codec: str, quality: int) -> tuple[np.ndarray, int]:
-    """Encode with Pillow at ``quality``, decode: (decoded uint8 image, file bytes)."""
+def codec_roundtrip(image: np.ndarray, codec: str, quality: int) -> tuple[np.ndarray, float]:
+    """Encode with Pillow at ``quality``, decode: (decoded uint8 image, bits per pixel)."""
     buf = io.BytesIO()
     options: dict[str, Any] = {"quality": quality}
     if codec == "webp":
         options["method"] = 6  # the slowest, best-compressing WebP encoder effort
     Image.fromarray(image).save(buf, format={"jpeg": "JPEG", "webp": "WEBP"}[codec], **options)
     decoded = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
-    return decoded, len(buf.getvalue())
+    return decoded, len(buf.getvalue()) * 8 / (image.shape[0] * image.shape[1])
 
 
 def mean_figures(rows: Sequence[dict[str, float]]) -> dict[str, float]:
@@ -102,55 +99,18 @@ def mean_figures(rows: Sequence[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in rows])) for k in metrics.FIGURES}
 
 
-@dataclass
-class CodecPoint:
-    """One codec setting, averaged over the images."""
-
-    codec: str
-    quality: int
-    bpp: float
-    psnr: float
-    ssim: float
-    ms_ssim: float = math.nan
-    vif: float = math.nan
-    hf_ratio: float = math.nan
-
-
-def codec_sweep(images: Images, codec: str, qualities: Sequence[int]) -> list[CodecPoint]:
-    """Every image at each quality: mean bpp and figures per quality."""
+def codec_sweep(images: Images, codec: str, qualities: Sequence[int]) -> list[dict[str, Any]]:
+    """Every image at each quality: per quality the mean bpp and figures over the images."""
     points = []
     for quality in qualities:
         bpps, rows = [], []
-        for im, pixels in zip(images.pixels, images.num_pixels, strict=True):
-            decoded, size = codec_roundtrip(im, codec, quality)
-            bpps.append(size * 8 / pixels)
+        for im in images.pixels:
+            decoded, bpp = codec_roundtrip(im, codec, quality)
+            bpps.append(bpp)
             rows.append(metrics.image_figures(im, decoded))
-        points.append(CodecPoint(codec, quality, float(np.mean(bpps)), **mean_figures(rows)))
+        mean_bpp = float(np.mean(bpps))
+        points.append({"codec": codec, "quality": quality, "bpp": mean_bpp, **mean_figures(rows)})
     return points
-
-
-@dataclass
-class TokenizerResult:
-    name: str
-    path: str
-    codebook_size: int
-    f: int
-    psnr: float  # each figure: the mean over images of the per-image figure
-    ssim: float
-    ms_ssim: float
-    vif: float
-    hf_ratio: float
-    bpp_nominal: float  # log2(K) / f^2
-    bpp_entropy: float  # empirical code entropy over the Kodak tokens / f^2
-    entropy_bits_per_token: float
-    usage: float  # fraction of the K codes hit over all Kodak tokens
-    perplexity: float
-    dead_codes: int
-    tokens: int
-    seconds: float
-    lpips: float | None = None
-    rfid: float | None = None  # HiFiC patches of the reconstructions vs the originals'
-    per_image: list[dict[str, Any]] = field(default_factory=list)
 
 
 def reconstruct(tok: Tokenizer, name: str, image: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
@@ -172,7 +132,7 @@ def evaluate_tokenizer(
     path: str = "",
     lpips: Callable[[np.ndarray, np.ndarray], float] | None = None,
     fid: tuple[Features, np.ndarray] | None = None,
-) -> TokenizerResult:
+) -> dict[str, Any]:
     """Encode and decode every image whole; quality, usage and rate as the module says.
     ``fid``: (feature extractor, the originals' features) for rFID."""
     start = time.perf_counter()
@@ -189,24 +149,24 @@ def evaluate_tokenizer(
         per_image.append(row)
     entropy = code_entropy_bits(hist)
     f2 = tok.f**2
-    return TokenizerResult(
-        name=name,
-        path=display_path(path),
-        codebook_size=tok.codebook_size,
-        f=tok.f,
+    return {
+        "name": name,
+        "path": display_path(path),
+        "codebook_size": tok.codebook_size,
+        "f": tok.f,
         **mean_figures(per_image),
-        bpp_nominal=math.log2(tok.codebook_size) / f2,
-        bpp_entropy=entropy / f2,
-        entropy_bits_per_token=entropy,
-        usage=float((hist > 0).sum()) / tok.codebook_size,
-        perplexity=histogram_perplexity(hist),
-        dead_codes=int((hist == 0).sum()),
-        tokens=int(hist.sum()),
-        seconds=time.perf_counter() - start,
-        lpips=float(np.mean([r["lpips"] for r in per_image])) if lpips else None,
-        rfid=metrics.frechet_distance(fid[1], fid[0](recons)) if fid else None,
-        per_image=per_image,
-    )
+        "bpp_nominal": math.log2(tok.codebook_size) / f2,
+        "bpp_entropy": entropy / f2,
+        "entropy_bits_per_token": entropy,
+        "usage": float((hist > 0).sum()) / tok.codebook_size,  # codes hit over the Kodak tokens
+        "perplexity": histogram_perplexity(hist),
+        "dead_codes": int((hist == 0).sum()),
+        "tokens": int(hist.sum()),
+        "seconds": time.perf_counter() - start,
+        "lpips": float(np.mean([r["lpips"] for r in per_image])) if lpips else None,
+        "rfid": metrics.frechet_distance(fid[1], fid[0](recons)) if fid else None,
+        "per_image": per_image,
+    }
 
 
 def lpips_scorer(
@@ -273,37 +233,25 @@ def fid_extractor(path: Path | None, device: str = "cpu") -> tuple[Features | No
     )
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_rd(
-    tokenizers: Sequence[TokenizerResult], codecs: Sequence[CodecPoint], path: Path, title: str
+    tokenizers: Sequence[dict[str, Any]], codecs: Sequence[dict[str, Any]], path: Path, title: str
 ) -> None:
     """PSNR vs bpp: codec curves, and per tokenizer its nominal (o) and entropy (x) rates."""
-    plt = _pyplot()
+    plt = report.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.8))
     for codec, color in (("jpeg", "black"), ("webp", "grey")):
-        pts = sorted((p for p in codecs if p.codec == codec), key=lambda p: p.bpp)
+        pts = sorted((p for p in codecs if p["codec"] == codec), key=lambda p: p["bpp"])
         if pts:
-            ax.plot(
-                [p.bpp for p in pts],
-                [p.psnr for p in pts],
-                marker=".",
-                color=color,
-                label=f"{codec.upper()} (Pillow, quality {pts[0].quality}..{pts[-1].quality})",
-            )
+            qualities = f"quality {pts[0]['quality']}..{pts[-1]['quality']}"
+            label = f"{codec.upper()} (Pillow, {qualities})"
+            x, y = [p["bpp"] for p in pts], [p["psnr"] for p in pts]
+            ax.plot(x, y, marker=".", color=color, label=label)
     for i, r in enumerate(tokenizers):
-        color = f"C{i}"
-        label = r.name if "K=" in r.name else f"{r.name} (K={r.codebook_size:,}, f={r.f})"
-        ax.plot([r.bpp_nominal], [r.psnr], "o", color=color, label=f"{label}: log2(K)/f²")
-        ax.plot([r.bpp_entropy], [r.psnr], "x", color=color, ms=8, label=f"{label}: code entropy")
-        ax.plot([r.bpp_entropy, r.bpp_nominal], [r.psnr, r.psnr], ":", color=color, lw=1)
+        color, name, psnr = f"C{i}", r["name"], r["psnr"]
+        label = name if "K=" in name else f"{name} (K={r['codebook_size']:,}, f={r['f']})"
+        ax.plot([r["bpp_nominal"]], [psnr], "o", color=color, label=f"{label}: log2(K)/f²")
+        ax.plot([r["bpp_entropy"]], [psnr], "x", color=color, ms=8, label=f"{label}: code entropy")
+        ax.plot([r["bpp_entropy"], r["bpp_nominal"]], [psnr, psnr], ":", color=color, lw=1)
     ax.set_xscale("log")
     ax.set_xlabel("bits per pixel (log scale)")
     ax.set_ylabel("PSNR (dB, RGB, mean over images)")
@@ -315,13 +263,10 @@ def plot_rd(
     plt.close(fig)
 
 
-def crops_picture(
-    images: Images, tokenizers: Sequence[tuple[str, Tokenizer]], path: Path
-) -> list[str]:
+def crops_picture(images: Images, tokenizers: Sequence[tuple[str, Tokenizer]], path: Path) -> None:
     """Rows of zoomed crops (``CROPS``; the first image's centre when they are absent):
-    original | JPEG | WebP (``CROP_CODECS``) | each tokenizer, saved as PNG. Returns the
-    column titles."""
-    plt = _pyplot()
+    original | JPEG | WebP (``CROP_CODECS``) | each tokenizer, saved as PNG."""
+    plt = report.pyplot()
     index = {n: i for i, n in enumerate(images.names)}
     rows = [c for c in CROPS if c[0] in index]
     if not rows:
@@ -337,8 +282,8 @@ def crops_picture(
         im = images.pixels[index[name]]
         columns = [(im, "")]
         for codec, quality in CROP_CODECS:
-            decoded, size = codec_roundtrip(im, codec, quality)
-            columns.append((decoded, f"{size * 8 / (im.shape[0] * im.shape[1]):.3f} bpp"))
+            decoded, bpp = codec_roundtrip(im, codec, quality)
+            columns.append((decoded, f"{bpp:.3f} bpp"))
         for _, tok in tokenizers:
             recon, _ = reconstruct(tok, name, im)
             columns.append((recon, f"{math.log2(tok.codebook_size) / tok.f**2:.3f} bpp"))
@@ -350,7 +295,6 @@ def crops_picture(
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return titles
 
 
 def display_path(path: str | Path) -> str:
@@ -362,39 +306,32 @@ def display_path(path: str | Path) -> str:
     return str(path)
 
 
-def run(
-    tokenizers: Sequence[tuple[str, str]],
-    kodak: Path,
-    out: Path,
-    *,
-    limit: int | None = None,
-    qualities: Sequence[int] | None = None,
-    device: str = "cpu",
-    lpips: tuple[Path | None, Path | None] = (None, None),
-    fid_inception: Path | None = None,
-) -> dict[str, Any]:
-    """Evaluate each (name, artifact path) and the codecs on ``kodak``; write JSON, report
-    and pictures into ``out``."""
-    images = load_images(kodak, limit)
+def run(args: argparse.Namespace, out: Path) -> None:
+    """Evaluate each ``--tokenizer`` and the codecs on the ``--kodak`` images; write JSON,
+    report and pictures into ``out``."""
+    images = load_images(args.kodak, 2 if args.quick else None)
+    qualities = QUICK_QUALITIES if args.quick else None
     codecs = codec_sweep(images, "jpeg", qualities or JPEG_QUALITIES)
     codecs += codec_sweep(images, "webp", qualities or WEBP_QUALITIES)
-    scorer, lpips_note = lpips_scorer(*lpips)
-    extractor, fid_note = fid_extractor(fid_inception, device)
+    device = args.device
+    scorer, lpips_note = lpips_scorer(args.lpips_backbone, args.lpips_heads)
+    extractor, fid_note = fid_extractor(args.fid_inception, device)
     fid = None if extractor is None else (extractor, extractor(images.pixels))
     loaded = [
-        (name, load_tokenizer(path, device=device, precision="fp32")) for name, path in tokenizers
+        (name, load_tokenizer(path, device=device, precision="fp32"))
+        for name, path in args.tokenizer
     ]
     results = [
         evaluate_tokenizer(tok, images, name, path, scorer, fid)
-        for (name, tok), (_, path) in zip(loaded, tokenizers, strict=True)
+        for (name, tok), (_, path) in zip(loaded, args.tokenizer, strict=True)
     ]
     out.mkdir(parents=True, exist_ok=True)
     payload: dict[str, Any] = {
-        "images": {"folder": display_path(kodak), "names": images.names},
+        "images": {"folder": display_path(args.kodak), "names": images.names},
         "averaging": "mean over images of the per-image figure (RGB uint8, whole image)",
         "notes": [lpips_note, fid_note],
-        "tokenizers": [asdict(r) for r in results],
-        "codecs": [asdict(p) for p in codecs],
+        "tokenizers": results,
+        "codecs": codecs,
     }
     plot_rd(results, codecs, out / "kodak_rd.png", f"Kodak ({len(images.names)} images)")
     if loaded:
@@ -408,7 +345,6 @@ def run(
         }
     (out / "kodak.json").write_text(json.dumps(payload, indent=1) + "\n")
     report.render(out / "kodak.json", out / "kodak.md")
-    return payload
 
 
 def parse_tokenizer(arg: str) -> tuple[str, str]:
@@ -438,20 +374,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     out = common.out_dir(args.out, "kodak", args.quick)
     try:
-        payload = run(
-            args.tokenizer,
-            args.kodak,
-            out,
-            limit=2 if args.quick else None,
-            qualities=QUICK_QUALITIES if args.quick else None,
-            device=args.device,
-            lpips=(args.lpips_backbone, args.lpips_heads),
-            fid_inception=args.fid_inception,
-        )
+        run(args, out)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(report.markdown(payload, "kodak", out))
     print(f"wrote {out / 'kodak.json'}, kodak.md and the pictures beside it")
     return 0
 

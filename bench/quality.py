@@ -229,7 +229,7 @@ class RunResult:
     window_tokens: int = 0
     fixed_usage: float = math.nan
     fixed_tokens: int = 0
-    kodak: dict[str, Any] | None = None  # bench/kodak.py's TokenizerResult, without per-image
+    kodak: dict[str, Any] | None = None  # bench/kodak.py's figures, without per-image
     history: list[dict[str, float]] = field(default_factory=list)  # step, window_usage, mse
 
 
@@ -314,7 +314,7 @@ def evaluate(artifact: Path, cfg: BenchConfig, result: RunResult, images: Any) -
     result.fixed_tokens = int(fixed.sum())
     if images is not None:
         name = f"{result.method} K={result.codebook_size}"
-        found = asdict(kodak.evaluate_tokenizer(tok, images, name, str(artifact)))
+        found = kodak.evaluate_tokenizer(tok, images, name, str(artifact))
         found.pop("per_image")
         result.kodak = found
     result.eval_seconds = time.perf_counter() - start
@@ -502,7 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "python": meta["python"],
             "data": data,
             "methods": list(METHODS),
-            "codecs": [asdict(p) for p in codecs],
+            "codecs": codecs,
         },
         "config": {
             **asdict(cfg),

@@ -374,12 +374,19 @@ def markdown(p: Payload, benchmark: str, folder: Path | None = None, plots: Sequ
     return TEMPLATES.get_template(f"{benchmark}.md.j2").render(fields)
 
 
-def quality_plots(p: Payload, out_dir: Path, stem: str = "quality") -> list[str]:
-    """Usage vs step, usage and PSNR vs K; PNGs in ``out_dir``."""
+def pyplot() -> Any:
+    """matplotlib.pyplot, drawing into files only."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def quality_plots(p: Payload, out_dir: Path, stem: str = "quality") -> list[str]:
+    """Usage vs step, usage and PSNR vs K; PNGs in ``out_dir``."""
+    plt = pyplot()
 
     ok = [r for r in p["results"] if r["error"] is None]
 
