@@ -99,17 +99,19 @@ def mean_figures(rows: Sequence[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in rows])) for k in metrics.FIGURES}
 
 
-def codec_sweep(images: Images, codec: str, qualities: Sequence[int]) -> list[dict[str, Any]]:
-    """Every image at each quality: per quality the mean bpp and figures over the images."""
+def codec_sweep(images: Images, qualities: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """Every image through JPEG and WebP at each of ``qualities`` (default: the codec's sweep):
+    per codec and quality the mean bpp and figures over the images."""
     points = []
-    for quality in qualities:
-        bpps, rows = [], []
-        for im in images.pixels:
-            decoded, bpp = codec_roundtrip(im, codec, quality)
-            bpps.append(bpp)
-            rows.append(metrics.image_figures(im, decoded))
-        mean_bpp = float(np.mean(bpps))
-        points.append({"codec": codec, "quality": quality, "bpp": mean_bpp, **mean_figures(rows)})
+    for codec, default in (("jpeg", JPEG_QUALITIES), ("webp", WEBP_QUALITIES)):
+        for quality in qualities or default:
+            bpps, rows = [], []
+            for im in images.pixels:
+                decoded, bpp = codec_roundtrip(im, codec, quality)
+                bpps.append(bpp)
+                rows.append(metrics.image_figures(im, decoded))
+            point = {"codec": codec, "quality": quality, "bpp": float(np.mean(bpps))}
+            points.append({**point, **mean_figures(rows)})
     return points
 
 
@@ -310,9 +312,7 @@ def run(args: argparse.Namespace, out: Path) -> None:
     """Evaluate each ``--tokenizer`` and the codecs on the ``--kodak`` images; write JSON,
     report and pictures into ``out``."""
     images = load_images(args.kodak, 2 if args.quick else None)
-    qualities = QUICK_QUALITIES if args.quick else None
-    codecs = codec_sweep(images, "jpeg", qualities or JPEG_QUALITIES)
-    codecs += codec_sweep(images, "webp", qualities or WEBP_QUALITIES)
+    codecs = codec_sweep(images, QUICK_QUALITIES if args.quick else None)
     device = args.device
     scorer, lpips_note = lpips_scorer(args.lpips_backbone, args.lpips_heads)
     extractor, fid_note = fid_extractor(args.fid_inception, device)

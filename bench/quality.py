@@ -35,7 +35,6 @@ import concurrent.futures
 import json
 import math
 import multiprocessing
-import os
 import shutil
 import sys
 import time
@@ -375,13 +374,6 @@ def _worker(method: str, size: int, cfg: BenchConfig, work: Path, setting: str) 
     return run_one(method, size, cfg, work, images, setting)
 
 
-def machine(device: str) -> str:
-    desc = f"{os.cpu_count()} CPU cores ({common.cpu_model()})"
-    if device.startswith("cuda") and torch.cuda.is_available():
-        desc += f", GPU {torch.cuda.get_device_name(torch.device(device))}"
-    return desc
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = common.parser(__doc__, "quality")
     add = p.add_argument
@@ -480,10 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cfg.corpus is None and not args.quick:
         print("note: no --corpus; training on the bundled photographs")
     images = kodak.load_images(cfg.kodak, cfg.kodak_limit) if cfg.kodak else None
-    codecs = []
-    if images is not None:
-        codecs = kodak.codec_sweep(images, "jpeg", cfg.codec_qualities or kodak.JPEG_QUALITIES)
-        codecs += kodak.codec_sweep(images, "webp", cfg.codec_qualities or kodak.WEBP_QUALITIES)
+    codecs = kodak.codec_sweep(images, cfg.codec_qualities) if images is not None else []
     dm = datamodule(cfg)
     shown = kodak.display_path(cfg.corpus) if cfg.corpus else "the bundled photographs"
     data = f"{shown}: {len(dm.train_names)} training, {len(dm.val_names)} held-out images; "
@@ -491,19 +480,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     results = train_all(runs, cfg, work_dir, args.jobs, args.resume)
     command = [kodak.display_path(a) if Path(a).is_absolute() else a for a in argv or sys.argv[1:]]
-    meta = common.meta("quality", command)
+    meta = common.meta("quality", command, args.quick)
+    if cfg.device.startswith("cuda") and torch.cuda.is_available():
+        meta["machine"] += f", GPU {torch.cuda.get_device_name(torch.device(cfg.device))}"
+    meta.update(total_seconds=time.perf_counter() - start, data=data, methods=list(METHODS))
     payload = {
-        "meta": {
-            "command": meta["command"],
-            "date": meta["date"],
-            "total_seconds": time.perf_counter() - start,
-            "machine": machine(cfg.device),
-            "torch": torch.__version__,
-            "python": meta["python"],
-            "data": data,
-            "methods": list(METHODS),
-            "codecs": codecs,
-        },
+        "meta": {**meta, "codecs": codecs},
         "config": {
             **asdict(cfg),
             "corpus": cfg.corpus and kodak.display_path(cfg.corpus),

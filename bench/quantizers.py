@@ -206,8 +206,9 @@ def child_main(spec: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- parent side
 
 
-def run_children(tasks: Sequence[Task], args: argparse.Namespace) -> list[Result]:
-    """Run ``tasks`` in one child process; failures become results with a status."""
+def run_children(tasks: Sequence[Task], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Run ``tasks`` in one child process: their results (``Result`` as a dict); failures
+    become results with a status."""
     spec = {k: getattr(args, k) for k in ("n", "warmup", "repeats", "budget_s", "threads")}
     spec |= {"tasks": [asdict(t) for t in tasks], "memory_limit_gib": args.memory_limit_gib}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
@@ -218,15 +219,10 @@ def run_children(tasks: Sequence[Task], args: argparse.Namespace) -> list[Result
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout_s, env=env)
     except subprocess.TimeoutExpired:
-        return [Result(t, status="timeout") for t in tasks]
+        return [asdict(Result(t, status="timeout")) for t in tasks]
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_MARK):
-            results = []
-            for raw in json.loads(line[len(RESULT_MARK) :]):
-                raw["task"] = Task(**raw["task"])
-                raw["load"] = tuple(raw["load"]) if raw["load"] else None
-                results.append(Result(**raw))
-            return results
+            return list(json.loads(line.removeprefix(RESULT_MARK)))
     if proc.returncode < 0:  # a signal: SIGKILL is what the kernel's OOM killer sends
         status = "killed (OOM killer)" if proc.returncode == -9 else f"killed ({-proc.returncode})"
     elif "MemoryError" in proc.stderr or "alloc" in proc.stderr.lower():
@@ -234,7 +230,7 @@ def run_children(tasks: Sequence[Task], args: argparse.Namespace) -> list[Result
     else:
         tail = proc.stderr.strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
         status = f"error: {tail[0][:120]}"
-    return [Result(t, status=status) for t in tasks]
+    return [asdict(Result(t, status=status)) for t in tasks]
 
 
 def plan(args: argparse.Namespace) -> list[list[Task]]:
@@ -315,8 +311,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         names = ", ".join(f"{t.impl}/{t.method}/K={t.k}" for t in group)
         print(f"running {names} ...", file=sys.stderr, flush=True)
         for r in run_children(group, args):
-            results.append(asdict(r))
-            print(f"  {r.status}: {r.times_s} s, peak {r.peak_rss_mib} MiB", file=sys.stderr)
+            results.append(r)
+            print(
+                f"  {r['status']}: {r['times_s']} s, peak {r['peak_rss_mib']} MiB", file=sys.stderr
+            )
     try:
         reference = importlib.metadata.version("vector-quantize-pytorch")
     except importlib.metadata.PackageNotFoundError:
