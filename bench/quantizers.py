@@ -161,10 +161,6 @@ def _search(task: Task, n: int, warmup: int, repeats: int, budget_s: float) -> R
     return Result(task, times_s=timed(lambda: nearest_code(x, codebook)), extra=extra)
 
 
-def _is_memory_error(exc: BaseException) -> bool:
-    return isinstance(exc, MemoryError) or "alloc" in str(exc).lower()
-
-
 def _die_with_parent() -> None:
     """Linux: end this child if the parent run is stopped, so no heavy orphan keeps running."""
     try:
@@ -192,7 +188,7 @@ def child_main(spec: dict[str, Any]) -> None:
         try:
             result = run(task, spec["n"], spec["warmup"], spec["repeats"], spec["budget_s"])
         except (MemoryError, RuntimeError) as exc:
-            if not _is_memory_error(exc):
+            if not (isinstance(exc, MemoryError) or "alloc" in str(exc).lower()):
                 raise
             result = Result(task, status="OOM")
         result.load = (load_start, os.getloadavg()[0])

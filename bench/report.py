@@ -387,7 +387,6 @@ def pyplot() -> Any:
 def quality_plots(p: Payload, out_dir: Path, stem: str = "quality") -> list[str]:
     """Usage vs step, usage and PSNR vs K; PNGs in ``out_dir``."""
     plt = pyplot()
-
     ok = [r for r in p["results"] if r["error"] is None]
 
     def label(r: Payload) -> str:
