@@ -54,6 +54,17 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def status_kib(field: str, pid: int | str = "self") -> int:
+    """``field`` (VmRSS, VmHWM, ...) of process ``pid`` in KiB (0 where /proc is not there)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def meta(
     name: str, argv: Sequence[str] | None = None, quick: bool = False, script: str = ""
 ) -> dict[str, Any]:

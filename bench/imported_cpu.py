@@ -34,10 +34,8 @@ from vq.importer import main as import_main
 
 def peak_rss_mib() -> float:
     """This process's peak resident memory (VmHWM; unlike ru_maxrss it restarts at exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024  # kB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: KiB
+    kib = common.status_kib("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib / 1024  # both in KiB
 
 
 def llamagen_layout(state: dict[str, torch.Tensor], num_levels: int) -> dict[str, torch.Tensor]:

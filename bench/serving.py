@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import common
 import httpx
 import numpy as np
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = ROOT / "models" / "default"
+DEFAULT_MODEL = common.ROOT / "models" / "default"
 
 
 def synthetic_images(n: int, size: int, seed: int = 0) -> list[np.ndarray]:
@@ -75,17 +75,6 @@ def pct(values: Sequence[float], q: float) -> float:
     return float(np.percentile(values, q)) if len(values) else math.nan
 
 
-def rss_of(pid: int) -> int:
-    """VmRSS of process ``pid`` in bytes (0 where /proc is not there)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` (all its threads); NaN without /proc."""
     try:
@@ -112,10 +101,10 @@ class Server:
         self.log = log
         cmd = [sys.executable, "-m", "service.cli", "--host", "127.0.0.1"]
         cmd += ["--port", str(self.port), "--model", f"default={model}", *args]
-        full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        full_env = {**os.environ, "PYTHONPATH": str(common.ROOT), **(env or {})}
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT
+                cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=common.ROOT
             )
 
     def wait_ready(self, timeout: float = 240) -> bool:
@@ -196,7 +185,7 @@ class Probe:
         with httpx.Client(timeout=5) as client:
             tick = 0
             while not self._stop.is_set():
-                self.peak_rss = max(self.peak_rss, rss_of(self.pid))
+                self.peak_rss = max(self.peak_rss, 1024 * common.status_kib("VmRSS", self.pid))
                 if tick % 2 == 0:
                     start = time.perf_counter()
                     try:
