@@ -4,7 +4,6 @@ The objective (``train.objective``, docs/training.md "The recipe"):
 
     L_G = l2_weight · MSE + l1_weight · L1 + quantizer loss
           [+ perceptual.weight · perceptual]                     (``model.perceptual``)
-          [+ fourier_weight · Fourier amplitude of fourier_patch tiles]
           [+ λ · adversarial.weight · L_G^adv from start_step]    (``model.adversarial``)
     L_D = hinge or non-saturating loss of a PatchGAN [+ LeCAM]
 
@@ -35,7 +34,6 @@ from train.objective import (
     adversarial_factor,
     discriminator_loss,
     ema_update_,
-    fourier_amplitude_loss,
     generator_loss,
     lecam_regularizer,
     parameter_groups,
@@ -98,9 +96,6 @@ class VQVAEModule(L.LightningModule):
     l2_weight: weight of the MSE reconstruction term (0 disables it).
     quantizer_lr_scale: the quantizer parameters' learning rate as a multiple of ``lr``
         (SimVQ's W needs more than the encoder: docs/training.md, "SimVQ").
-    fourier_weight: weight of the Fourier amplitude term
-        (``train.objective.fourier_amplitude_loss``; 0 disables it).
-    fourier_patch: side of the tiles that term compares, in pixels.
     perceptual: the perceptual term (``train.perceptual.PerceptualConfig``; None = none).
     adversarial: the PatchGAN term (``train.gan.AdversarialConfig``; None = none).
     ema_decay: keep an exponential moving average of the VQ-VAE's weights with this decay and
@@ -132,8 +127,6 @@ class VQVAEModule(L.LightningModule):
         l1_weight: float = 0.0,
         l2_weight: float = 1.0,
         quantizer_lr_scale: float = 1.0,
-        fourier_weight: float = 0.0,
-        fourier_patch: int = 32,
         perceptual: PerceptualConfig | None = None,
         adversarial: AdversarialConfig | None = None,
         ema_decay: float | None = None,
@@ -167,14 +160,9 @@ class VQVAEModule(L.LightningModule):
             raise ValueError(f"model.warmup_steps={warmup_steps!r} is not allowed; expected >= 0")
         if not 0.0 <= min_lr_ratio <= 1.0:
             raise ValueError(f"model.min_lr_ratio={min_lr_ratio!r} is not allowed; expected [0, 1]")
-        weights = (("l1_weight", l1_weight), ("l2_weight", l2_weight))
-        for name, value in (*weights, ("fourier_weight", fourier_weight)):
+        for name, value in (("l1_weight", l1_weight), ("l2_weight", l2_weight)):
             if not value >= 0:
                 raise ValueError(f"model.{name}={value!r} is not allowed; expected >= 0")
-        if not (isinstance(fourier_patch, int) and fourier_patch >= 2):
-            raise ValueError(
-                f"model.fourier_patch={fourier_patch!r} is not allowed; expected an integer >= 2"
-            )
         if not quantizer_lr_scale > 0:
             raise ValueError(
                 f"model.quantizer_lr_scale={quantizer_lr_scale!r} is not allowed; expected > 0"
@@ -202,8 +190,6 @@ class VQVAEModule(L.LightningModule):
                 "l1_weight": l1_weight,
                 "l2_weight": l2_weight,
                 "quantizer_lr_scale": quantizer_lr_scale,
-                "fourier_weight": fourier_weight,
-                "fourier_patch": fourier_patch,
                 "perceptual": None if perceptual is None else perceptual.to_dict(),
                 "adversarial": None if adversarial is None else adversarial.to_dict(),
                 "ema_decay": ema_decay,
@@ -317,9 +303,6 @@ class VQVAEModule(L.LightningModule):
         total = hp["l2_weight"] * losses["mse"] + hp["l1_weight"] * losses["l1"]
         if hp["trainable"] != "decoder":
             total = total + losses["quant_loss"]
-        if hp["fourier_weight"] > 0:
-            losses["fourier"] = fourier_amplitude_loss(recon, target, hp["fourier_patch"])
-            total = total + hp["fourier_weight"] * losses["fourier"]
         perceptual = self.perceptual
         if perceptual is not None:
             assert self.perceptual_config is not None

@@ -56,31 +56,6 @@ def ms_ssim_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1.0 - score
 
 
-def fourier_amplitude_loss(recon: torch.Tensor, target: torch.Tensor, patch: int) -> torch.Tensor:
-    """Mean |‖F(x̂)‖ - ‖F(x)‖| over the 2-D DFT amplitudes of non-overlapping ``patch`` × ``patch``
-    tiles, per channel (the amplitude term of Fuoli, Van Gool & Timofte, "Fourier Space Losses
-    for Efficient Perceptual Image Super-Resolution", ICCV 2021, eq. 3, on tiles).
-
-    recon, target (B, C, H, W); rows and columns past the last whole tile are left out. The
-    amplitude ignores phase (where in a tile), so the term asks for each tile's texture
-    energy per frequency and orientation but not for its exact position: it pulls a decoder
-    trained for the mean (MSE) away from blur, and what it draws in place of detail the codes
-    do not carry is invented (docs/training.md, "The recipe").
-    """
-    h, w = recon.shape[-2:]
-    if not 2 <= patch <= min(h, w):
-        raise ValueError(
-            f"model.fourier_patch={patch!r} is not allowed for {h}x{w} images; "
-            f"expected 2..{min(h, w)}"
-        )
-
-    def amplitude(x: torch.Tensor) -> torch.Tensor:
-        tiles = x.float().unfold(-2, patch, patch).unfold(-2, patch, patch)  # (B,C,nh,nw,p,p)
-        return torch.fft.rfft2(tiles, norm="ortho").abs()
-
-    return (amplitude(recon) - amplitude(target)).abs().mean()
-
-
 # ----------------------------------------------------------------------------------------
 # Adversarial terms
 # ----------------------------------------------------------------------------------------

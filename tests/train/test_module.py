@@ -194,10 +194,6 @@ def test_bad_hyperparameters_raise() -> None:
         VQVAEModule(lr=0.0)
     with pytest.raises(ValueError, match="l1_weight"):
         VQVAEModule(l1_weight=-1.0)
-    with pytest.raises(ValueError, match="fourier_weight"):
-        VQVAEModule(fourier_weight=-0.5)
-    with pytest.raises(ValueError, match="fourier_patch=1"):
-        VQVAEModule(fourier_patch=1)
 
 
 class _UsageProbe(Callback):

@@ -20,8 +20,6 @@ from train.export import read_checkpoint
 
 RECIPE = [
     "--model.perceptual.kind=ms_ssim",
-    "--model.fourier_weight=0.5",
-    "--model.fourier_patch=16",
     "--model.adversarial.weight=0.5",
     "--model.adversarial.adaptive=true",
     "--model.adversarial.lecam_weight=0.01",
@@ -54,7 +52,6 @@ def test_recipe_logs_every_term_and_exports_the_ema_weights(tmp_path: Path) -> N
         "train/mse",
         "train/l1",
         "train/perceptual",
-        "train/fourier",
         "train/quant_loss",
         "train/g_adv",
         "train/adaptive_weight",
