@@ -130,13 +130,14 @@ def head_of_line_scenario(
     alone: list[float] = []
     mixed: list[float] = []
     heavy: Counter[str] = Counter()
+    small_statuses: Counter[str] = Counter()  # the small clients' answers, 200s included
     with server(model, budget, image, grid, tmp / "hol.log") as s:
         with serving.Probe(s.url, s.proc.pid) as alone_probe:
-            small_call = serving.record(small, Counter(), alone)
+            small_call = serving.record(small, small_statuses, alone, label="alone ")
             serving.run(serving.clients(s.url, 2, small_call, max_seconds=seconds))
         with serving.Probe(s.url, s.proc.pid) as mixed_probe:
             heavy_call = serving.record(serving.tokenize([big], images=4), heavy)
-            small_call = serving.record(small, Counter(), mixed)
+            small_call = serving.record(small, small_statuses, mixed, label="mixed ")
             serving.run(
                 serving.clients(s.url, 1, heavy_call, max_seconds=seconds + 1),
                 serving.clients(s.url, 2, small_call, max_seconds=seconds, delay=1.0),
@@ -147,6 +148,7 @@ def head_of_line_scenario(
         "mixed_p99_ms": serving.pct(mixed, 99),
         "mixed_n": len(mixed),
         "heavy": dict(heavy),
+        "small": dict(small_statuses),
         "healthz_p99_ms": max(
             serving.pct(alone_probe.healthz_ms, 99), serving.pct(mixed_probe.healthz_ms, 99)
         ),
