@@ -31,6 +31,8 @@ class AdversarialConfig:
     start_step: optimizer step from which the adversarial term is on (taming's disc_start;
         the discriminator trains from this step too).
     lecam_weight: LeCAM regularisation of the discriminator (0 = off; Open-MAGVIT2, IBQ).
+    feature_matching_weight: the generator's discriminator feature-matching term (0 = off;
+        pix2pixHD, MelGAN): L1 between D's activations on the image and its reconstruction.
     lecam_decay: decay of LeCAM's moving averages of the logits.
     lr: the discriminator's learning rate (None = the generator's ``model.lr``).
     betas: the discriminator's Adam betas (None = the generator's ``model.betas``).
@@ -43,6 +45,7 @@ class AdversarialConfig:
     adaptive: bool = False
     start_step: int = 0
     lecam_weight: float = 0.0
+    feature_matching_weight: float = 0.0
     lecam_decay: float = 0.999
     lr: float | None = None
     betas: tuple[float, float] | None = None
@@ -54,6 +57,12 @@ class AdversarialConfig:
         check_choice("model.adversarial.loss", self.loss, ["hinge", "non_saturating"])
         check_int("model.adversarial.start_step", self.start_step, minimum=0)
         check_float("model.adversarial.lecam_weight", self.lecam_weight, low=0.0, high=math.inf)
+        check_float(
+            "model.adversarial.feature_matching_weight",
+            self.feature_matching_weight,
+            low=0.0,
+            high=math.inf,
+        )
         check_float(
             "model.adversarial.lecam_decay", self.lecam_decay, low=0, high=1, open_high=True
         )
@@ -105,3 +114,13 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
+
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """images -> the activations of every hidden block, then the patch logits (the
+        layers feature matching compares; the last entry is ``forward(images)``)."""
+        out = []
+        for layer in self.net:
+            images = layer(images)
+            if isinstance(layer, nn.LeakyReLU):
+                out.append(images)
+        return [*out, images]

@@ -5,6 +5,7 @@ The objective (``train.objective``, docs/training.md "The recipe"):
     L_G = l2_weight · MSE + l1_weight · L1 + quantizer loss
           [+ perceptual.weight · perceptual]                     (``model.perceptual``)
           [+ λ · adversarial.weight · L_G^adv from start_step]    (``model.adversarial``)
+          [+ adversarial.feature_matching_weight · L_FM]
     L_D = hinge or non-saturating loss of a PatchGAN [+ LeCAM]
 
 AdamW for the VQ-VAE with a step-based schedule (linear warmup, then cosine to
@@ -34,6 +35,7 @@ from train.objective import (
     adversarial_factor,
     discriminator_loss,
     ema_update_,
+    feature_matching_loss,
     generator_loss,
     lecam_regularizer,
     parameter_groups,
@@ -346,7 +348,12 @@ class VQVAEModule(L.LightningModule):
         g_total = losses["loss"]
         if gan_on:
             disc.requires_grad_(False)  # the generator's step leaves D's gradients alone
-            logits_fake = disc(out.recon.contiguous(memory_format=self.memory_format)).float()
+            feats_fake = disc.features(out.recon.contiguous(memory_format=self.memory_format))
+            logits_fake = feats_fake[-1].float()
+            if adv.feature_matching_weight > 0:
+                with torch.no_grad():
+                    feats_real = disc.features(batch.contiguous(memory_format=self.memory_format))
+                losses["feature_matching"] = feature_matching_loss(feats_real, feats_fake)
             disc.requires_grad_(True)
             losses["g_adv"] = generator_loss(logits_fake, adv.loss)
             weight = torch.tensor(adv.weight, device=batch.device)
@@ -356,6 +363,8 @@ class VQVAEModule(L.LightningModule):
                 )
             losses["adaptive_weight"] = weight.detach()
             g_total = g_total + weight * losses["g_adv"]
+            if "feature_matching" in losses:
+                g_total = g_total + adv.feature_matching_weight * losses["feature_matching"]
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(g_total)
         if self.gradient_clip_val:
