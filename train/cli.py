@@ -99,6 +99,19 @@ def checkpoint_step(path: str | Path) -> int | None:
         return None
 
 
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A parsed config subtree (jsonargparse Namespaces and dicts) -> {"a.b.c": leaf}."""
+    items = vars(tree).items() if hasattr(tree, "__dict__") else None
+    if isinstance(tree, dict):
+        items = tree.items()
+    if items is None:
+        return {prefix.removesuffix("."): tree} if prefix else {}
+    out: dict[str, Any] = {}
+    for key, value in items:
+        out.update(_flat(value, f"{prefix}{key}."))
+    return out
+
+
 class OpenEndedRichProgressBar(RichProgressBar):
     """Lightning's rich progress bar without ``Epoch 3/-2``: with ``max_epochs=-1`` (train
     until ``max_steps``, as every config here does) the epoch count has no end to show."""
@@ -136,6 +149,23 @@ class VQTrainCLI(LightningCLI):
         parser.add_lightning_class_args(CodeWriter, "predict_writer")
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(RandomState, "random_state")
+
+    # Lightning's CLI replaces the model's settings by the checkpoint's hyper-parameters when
+    # --ckpt_path is a file, silently; this private hook is the only place that sees both.
+    def _parse_ckpt_path(self) -> None:
+        subcommand = self.config.get("subcommand")
+        before = _flat(self.config[subcommand].get("model")) if subcommand else {}
+        super()._parse_ckpt_path()
+        after = _flat(self.config[subcommand].get("model")) if subcommand else {}
+        replaced = [k for k in sorted(before) if k in after and after[k] != before[k]]
+        if replaced:
+            shown = ", ".join(f"model.{k}={after[k]!r} (given {before[k]!r})" for k in replaced)
+            print(
+                f"vq-train: --ckpt_path is a file, so the model's settings come from the "
+                f"checkpoint: {shown} (Lightning's CLI does this for a path, not for "
+                f"--ckpt_path last).",
+                file=sys.stderr,
+            )
 
     def _check_data(self) -> None:
         # Before the Trainer runs: its logger creates version_N/ when the run starts, and a

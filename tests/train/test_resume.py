@@ -122,7 +122,7 @@ def test_atomic_checkpoint_write_survives_sigkill(tmp_path: Path) -> None:
     assert len(data) == 16 << 20 and data == bytes([data[0]]) * len(data)
 
 
-def test_resume_with_nothing_left_says_so_and_extending_trains_on(
+def test_resume_with_nothing_left_says_so_extending_trains_on_and_ckpt_settings_are_named(
     tmp_path: Path,
     one_thread: None,
     capfd: pytest.CaptureFixture[str],
@@ -154,3 +154,13 @@ def test_resume_with_nothing_left_says_so_and_extending_trains_on(
     assert last["global_step"] == 6  # saved at the end of fit, not at the last validation
     steps = [s for s, _ in scalar_tags(tmp_path / "version_0")["usage/window_usage"]]
     assert steps == list(range(6))
+
+    # A checkpoint path (not "last"): Lightning's CLI takes model.* from the checkpoint; the
+    # command line's different value is named, not dropped silently.
+    lr = last["hyper_parameters"]["lr"]
+    capfd.readouterr()
+    path = tmp_path / "version_0" / "checkpoints" / "last.ckpt"
+    main([*args, f"--ckpt_path={path}", "--trainer.max_steps=7", f"--model.lr={lr * 10}"])
+    err = capfd.readouterr().err
+    assert f"model.lr={lr!r} (given {lr * 10!r})" in err
+    assert read_checkpoint(path)["hyper_parameters"]["lr"] == lr
