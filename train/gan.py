@@ -34,6 +34,10 @@ class AdversarialConfig:
     feature_matching_weight: the generator's discriminator feature-matching term (0 = off;
         pix2pixHD, MelGAN): L1 between D's activations on the image and its reconstruction.
     lecam_decay: decay of LeCAM's moving averages of the logits.
+    highpass_sigma: the discriminator judges images minus their Gaussian blur of this std
+        (px) instead of the images (None = whole images): the adversarial gradient then moves
+        only the fine detail and the pixel loss alone sets the coarse content (Fritsche et al.
+        2019's frequency separation).
     lr: the discriminator's learning rate (None = the generator's ``model.lr``).
     betas: the discriminator's Adam betas (None = the generator's ``model.betas``).
     channels: width of the first discriminator layer (64 in pix2pix and taming).
@@ -47,6 +51,7 @@ class AdversarialConfig:
     lecam_weight: float = 0.0
     feature_matching_weight: float = 0.0
     lecam_decay: float = 0.999
+    highpass_sigma: float | None = None
     lr: float | None = None
     betas: tuple[float, float] | None = None
     channels: int = 64
@@ -66,6 +71,11 @@ class AdversarialConfig:
         check_float(
             "model.adversarial.lecam_decay", self.lecam_decay, low=0, high=1, open_high=True
         )
+        if self.highpass_sigma is not None and not self.highpass_sigma > 0:
+            raise ValueError(
+                f"model.adversarial.highpass_sigma={self.highpass_sigma!r} is not allowed; "
+                "expected > 0 (px) or null"
+            )
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"model.adversarial.lr={self.lr!r} is not allowed; expected > 0")
         check_int("model.adversarial.channels", self.channels, minimum=1)

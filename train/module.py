@@ -36,6 +36,7 @@ from train.objective import (
     discriminator_loss,
     ema_update_,
     feature_matching_loss,
+    gaussian_highpass,
     generator_loss,
     lecam_regularizer,
     parameter_groups,
@@ -348,11 +349,11 @@ class VQVAEModule(L.LightningModule):
         g_total = losses["loss"]
         if gan_on:
             disc.requires_grad_(False)  # the generator's step leaves D's gradients alone
-            feats_fake = disc.features(out.recon.contiguous(memory_format=self.memory_format))
+            feats_fake = disc.features(self._judged(out.recon))
             logits_fake = feats_fake[-1].float()
             if adv.feature_matching_weight > 0:
                 with torch.no_grad():
-                    feats_real = disc.features(batch.contiguous(memory_format=self.memory_format))
+                    feats_real = disc.features(self._judged(batch))
                 losses["feature_matching"] = feature_matching_loss(feats_real, feats_fake)
             disc.requires_grad_(True)
             losses["g_adv"] = generator_loss(logits_fake, adv.loss)
@@ -379,7 +380,7 @@ class VQVAEModule(L.LightningModule):
         # Discriminator, on the same batch's real images and (detached) reconstructions.
         if gan_on:
             pair = torch.cat([batch, out.recon.detach().to(batch.dtype)])
-            logits = disc(pair.contiguous(memory_format=self.memory_format)).float()
+            logits = disc(self._judged(pair)).float()
             logits_real, logits_fake = logits.chunk(2)
             d_loss = discriminator_loss(logits_real, logits_fake, adv.loss)
             losses["d_loss"] = d_loss.detach()
@@ -402,6 +403,14 @@ class VQVAEModule(L.LightningModule):
         sched_d.step()  # type: ignore[call-arg]
         losses["loss"] = g_total.detach()
         return losses, out
+
+    def _judged(self, images: torch.Tensor) -> torch.Tensor:
+        """What the discriminator sees of ``images``: all of them, or their high-pass."""
+        assert self.adversarial is not None
+        sigma = self.adversarial.highpass_sigma
+        if sigma is not None:
+            images = gaussian_highpass(images, sigma)
+        return images.contiguous(memory_format=self.memory_format)
 
     def _last_layer(self) -> torch.Tensor:
         """The weight where reconstruction and adversarial gradients meet (both decoders

@@ -14,6 +14,7 @@ from train.objective import (
     discriminator_loss,
     ema_update_,
     feature_matching_loss,
+    gaussian_highpass,
     generator_loss,
     lecam_regularizer,
     ms_ssim_loss,
@@ -156,3 +157,21 @@ def test_discriminator_features_end_in_its_logits() -> None:
     assert len(feats) == 5  # four hidden blocks (1 + layers) and the logits
     assert torch.equal(feats[-1], disc(images))
     assert [f.shape[1] for f in feats] == [8, 16, 32, 64, 1]
+
+
+def test_gaussian_highpass_removes_constants_keeps_fine_detail_and_refuses_bad_sigma() -> None:
+    flat = torch.full((1, 3, 32, 32), 0.7)
+    assert gaussian_highpass(flat, 1.0).abs().max() < 1e-6  # no detail in a constant image
+    x = torch.arange(32.0)
+    for freq, low, high in ((0.0625, 0.0, 0.3), (0.5, 0.9, 1.01)):  # cycles/pixel
+        wave = torch.cos(2 * torch.pi * freq * x).expand(1, 1, 32, 32)
+        inner = gaussian_highpass(wave, 1.0)[..., 8:-8, 8:-8]  # away from the padding
+        gain = inner.pow(2).mean().sqrt() / wave[..., 8:-8, 8:-8].pow(2).mean().sqrt()
+        # transfer 1 - exp(-2π²σ²f²): 0.07 at 1/16 cycles/px, 0.99 at Nyquist
+        assert low <= gain.item() <= high, (freq, gain.item())
+    noise = torch.randn(2, 3, 24, 24)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # float32 inside autocast too
+        under_autocast = gaussian_highpass(noise, 1.0)
+    assert torch.equal(under_autocast, gaussian_highpass(noise, 1.0))
+    with pytest.raises(ValueError, match="sigma"):
+        gaussian_highpass(flat, 0.0)

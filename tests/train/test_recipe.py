@@ -24,6 +24,7 @@ RECIPE = [
     "--model.adversarial.adaptive=true",
     "--model.adversarial.lecam_weight=0.01",
     "--model.adversarial.feature_matching_weight=1.0",
+    "--model.adversarial.highpass_sigma=1.0",
     "--model.adversarial.start_step=1",
     "--model.ema_decay=0.9",
     "--data.crop_size=48",
