@@ -193,7 +193,7 @@ def test_published_recipe_configs_train(recipe: str, tmp_path: Path) -> None:
         else []
     )
     init = (
-        [f"--model.init_from={CONFIGS.parent / 'models' / 'default'}"]
+        [f"--model.init_from={CONFIGS.parent / 'models' / 'default-mse'}"]
         if recipe == "default_decoder_ft"
         else []
     )
