@@ -31,12 +31,12 @@ class AdversarialConfig:
     start_step: optimizer step from which the adversarial term is on (taming's disc_start;
         the discriminator trains from this step too).
     lecam_weight: LeCAM regularisation of the discriminator (0 = off; Open-MAGVIT2, IBQ).
+    lecam_decay: decay of LeCAM's moving averages of the logits.
     feature_matching_weight: the generator's discriminator feature-matching term (0 = off;
         pix2pixHD, MelGAN): L1 between D's activations on the image and its reconstruction.
-    lecam_decay: decay of LeCAM's moving averages of the logits.
     highpass_sigma: the discriminator judges images minus their Gaussian blur of this std
         (px) instead of the images (None = whole images): the adversarial gradient then moves
-        only the fine detail and the pixel loss alone sets the coarse content (Fritsche et al.
+        mostly the fine detail and the pixel loss sets the coarse content (Fritsche et al.
         2019's frequency separation).
     lr: the discriminator's learning rate (None = the generator's ``model.lr``).
     betas: the discriminator's Adam betas (None = the generator's ``model.betas``).
@@ -49,8 +49,8 @@ class AdversarialConfig:
     adaptive: bool = False
     start_step: int = 0
     lecam_weight: float = 0.0
-    feature_matching_weight: float = 0.0
     lecam_decay: float = 0.999
+    feature_matching_weight: float = 0.0
     highpass_sigma: float | None = None
     lr: float | None = None
     betas: tuple[float, float] | None = None
