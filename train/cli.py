@@ -99,19 +99,6 @@ def checkpoint_step(path: str | Path) -> int | None:
         return None
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """A parsed config subtree (jsonargparse Namespaces and dicts) -> {"a.b.c": leaf}."""
-    items = vars(tree).items() if hasattr(tree, "__dict__") else None
-    if isinstance(tree, dict):
-        items = tree.items()
-    if items is None:
-        return {prefix.removesuffix("."): tree} if prefix else {}
-    out: dict[str, Any] = {}
-    for key, value in items:
-        out.update(_flat(value, f"{prefix}{key}."))
-    return out
-
-
 class OpenEndedRichProgressBar(RichProgressBar):
     """Lightning's rich progress bar without ``Epoch 3/-2``: with ``max_epochs=-1`` (train
     until ``max_steps``, as every config here does) the epoch count has no end to show."""
@@ -154,9 +141,10 @@ class VQTrainCLI(LightningCLI):
     # --ckpt_path is a file, silently; this private hook is the only place that sees both.
     def _parse_ckpt_path(self) -> None:
         subcommand = self.config.get("subcommand")
-        before = _flat(self.config[subcommand].get("model")) if subcommand else {}
+        # jsonargparse's Namespace.items() yields the leaves under dotted keys.
+        before = dict(self.config[subcommand].model.items()) if subcommand else {}
         super()._parse_ckpt_path()
-        after = _flat(self.config[subcommand].get("model")) if subcommand else {}
+        after = dict(self.config[subcommand].model.items()) if subcommand else {}
         replaced = [k for k in sorted(before) if k in after and after[k] != before[k]]
         if replaced:
             shown = ", ".join(f"model.{k}={after[k]!r} (given {before[k]!r})" for k in replaced)

@@ -348,12 +348,14 @@ class VQVAEModule(L.LightningModule):
         losses, out = self.compute_losses(batch)
         g_total = losses["loss"]
         if gan_on:
+            # What D sees of both, computed once for the generator's and D's steps.
+            real, fake = self._judged(batch), self._judged(out.recon)
             disc.requires_grad_(False)  # the generator's step leaves D's gradients alone
-            feats_fake = disc.features(self._judged(out.recon))
+            feats_fake = disc.features(fake)
             logits_fake = feats_fake[-1].float()
             if adv.feature_matching_weight > 0:
                 with torch.no_grad():
-                    feats_real = disc.features(self._judged(batch))
+                    feats_real = disc.features(real)
                 losses["feature_matching"] = feature_matching_loss(feats_real, feats_fake)
             disc.requires_grad_(True)
             losses["g_adv"] = generator_loss(logits_fake, adv.loss)
@@ -379,8 +381,8 @@ class VQVAEModule(L.LightningModule):
 
         # Discriminator, on the same batch's real images and (detached) reconstructions.
         if gan_on:
-            pair = torch.cat([batch, out.recon.detach().to(batch.dtype)])
-            logits = disc(self._judged(pair)).float()
+            pair = torch.cat([real, fake.detach().to(real.dtype)])
+            logits = disc(pair.contiguous(memory_format=self.memory_format)).float()
             logits_real, logits_fake = logits.chunk(2)
             d_loss = discriminator_loss(logits_real, logits_fake, adv.loss)
             losses["d_loss"] = d_loss.detach()
