@@ -38,6 +38,10 @@ class AdversarialConfig:
         (px) instead of the images (None = whole images): the adversarial gradient then moves
         mostly the fine detail and the pixel loss sets the coarse content (Fritsche et al.
         2019's frequency separation).
+    pixel_loss_lowpass: with ``highpass_sigma``, the L1/L2 terms compare the images' Gaussian
+        blur of that σ instead of the images (Fritsche et al.'s low-frequency colour loss): the
+        pixel loss no longer pulls fine detail towards its blurry mean, the discriminator and
+        the perceptual term set it.
     lr: the discriminator's learning rate (None = the generator's ``model.lr``).
     betas: the discriminator's Adam betas (None = the generator's ``model.betas``).
     channels: width of the first discriminator layer (64 in pix2pix and taming).
@@ -52,6 +56,7 @@ class AdversarialConfig:
     lecam_decay: float = 0.999
     feature_matching_weight: float = 0.0
     highpass_sigma: float | None = None
+    pixel_loss_lowpass: bool = False
     lr: float | None = None
     betas: tuple[float, float] | None = None
     channels: int = 64
@@ -75,6 +80,11 @@ class AdversarialConfig:
             raise ValueError(
                 f"model.adversarial.highpass_sigma={self.highpass_sigma!r} is not allowed; "
                 "expected > 0 (px) or null"
+            )
+        if self.pixel_loss_lowpass and self.highpass_sigma is None:
+            raise ValueError(
+                "model.adversarial.pixel_loss_lowpass=true needs model.adversarial.highpass_sigma "
+                "(the σ of the split); set it, or leave pixel_loss_lowpass false"
             )
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"model.adversarial.lr={self.lr!r} is not allowed; expected > 0")

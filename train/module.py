@@ -8,6 +8,9 @@ The objective (``train.objective``, docs/training.md "The recipe"):
           [+ adversarial.feature_matching_weight · L_FM]
     L_D = hinge or non-saturating loss of a PatchGAN [+ LeCAM]
 
+(MSE and L1 of the images' blur when ``adversarial.pixel_loss_lowpass``; D judges their
+high-pass when ``adversarial.highpass_sigma``.)
+
 AdamW for the VQ-VAE with a step-based schedule (linear warmup, then cosine to
 ``min_lr_ratio · lr``; 1.0 keeps it constant) and Adam for the discriminator on the same
 schedule. Without the adversarial term the optimization is Lightning's automatic one
@@ -36,6 +39,7 @@ from train.objective import (
     discriminator_loss,
     ema_update_,
     feature_matching_loss,
+    gaussian_blur,
     gaussian_highpass,
     generator_loss,
     lecam_regularizer,
@@ -301,6 +305,11 @@ class VQVAEModule(L.LightningModule):
         out = self._run(model if model is not None else self.model, images)
         recon, target = out.recon.float(), images.float()
         hp = self.hparams
+        adv = self.adversarial
+        if adv is not None and adv.pixel_loss_lowpass:
+            assert adv.highpass_sigma is not None  # AdversarialConfig checks it
+            recon = gaussian_blur(recon, adv.highpass_sigma)
+            target = gaussian_blur(target, adv.highpass_sigma)
         losses = reconstruction_losses(recon, target)
         losses["quant_loss"] = out.quantizer.loss.float()
         total = hp["l2_weight"] * losses["mse"] + hp["l1_weight"] * losses["l1"]

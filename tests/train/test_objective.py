@@ -14,6 +14,7 @@ from train.objective import (
     discriminator_loss,
     ema_update_,
     feature_matching_loss,
+    gaussian_blur,
     gaussian_highpass,
     generator_loss,
     lecam_regularizer,
@@ -175,3 +176,14 @@ def test_gaussian_highpass_removes_constants_keeps_fine_detail_and_refuses_bad_s
     assert torch.equal(under_autocast, gaussian_highpass(noise, 1.0))
     with pytest.raises(ValueError, match="sigma"):
         gaussian_highpass(flat, 0.0)
+
+
+def test_gaussian_blur_is_the_complement_of_the_highpass_and_keeps_constants() -> None:
+    images = torch.randn(2, 3, 24, 24)
+    assert torch.allclose(
+        gaussian_blur(images, 1.0) + gaussian_highpass(images, 1.0), images, atol=1e-6
+    )
+    flat = torch.full((1, 3, 16, 16), -0.3)
+    assert torch.allclose(gaussian_blur(flat, 0.5), flat, atol=1e-6)
+    with pytest.raises(ValueError, match="sides over 3 px"):
+        gaussian_blur(torch.zeros(1, 3, 3, 3), 1.0)
