@@ -204,20 +204,12 @@ def test_a_run_without_some_parts_renders_them_not_measured(
     assert shown in text and "](kodak_crops.png)" not in text
 
 
-# quality.md predates the renderer's present quality tables; the quality benchmark running
-# now writes both anew (strict: this fails once they agree, so the mark goes then).
-STALE = pytest.mark.xfail(reason="quality.md predates the renderer", strict=True)
-COMMITTED = [
-    pytest.param(
-        p,
-        id=str(p.relative_to(ROOT / "docs" / "benchmarks")),
-        marks=[STALE] if p == ROOT / "docs" / "benchmarks" / "quality.json" else [],
-    )
-    for p in sorted((ROOT / "docs" / "benchmarks").rglob("*.json"))
-]
+COMMITTED = sorted((ROOT / "docs" / "benchmarks").rglob("*.json"))
 
 
-@pytest.mark.parametrize("path", COMMITTED)
+@pytest.mark.parametrize(
+    "path", COMMITTED, ids=lambda p: str(p.relative_to(ROOT / "docs" / "benchmarks"))
+)
 def test_each_committed_report_is_its_json_rendered(
     report: ModuleType, path: Path, tmp_path: Path
 ) -> None:
