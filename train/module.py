@@ -159,7 +159,7 @@ class VQVAEModule(L.LightningModule):
             )
         perceptual = _config(perceptual, PerceptualConfig, "perceptual")
         if perceptual is not None and perceptual.kind == "lpips":
-            resolve_weights(perceptual.backbone, perceptual.heads)  # fail before any run starts
+            resolve_weights(perceptual.net, perceptual.weights)  # fail before any run starts
         adversarial = _config(adversarial, AdversarialConfig, "adversarial")
         if not lr > 0:
             raise ValueError(f"model.lr={lr!r} is not allowed; expected > 0")

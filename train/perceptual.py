@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import torch
 
-from train.lpips import LPIPS
+from train.lpips import LPIPS, NETS, LPIPSNet
 from train.objective import ms_ssim_loss
 from vq.config import check_choice, check_float
 
@@ -20,20 +20,21 @@ PerceptualKind = Literal["lpips", "ms_ssim"]
 class PerceptualConfig:
     """The perceptual term (``model.perceptual`` in YAML; absent = none).
 
-    kind: "lpips" (VGG16 LPIPS, the field's choice; needs weights, see ``train.lpips``) or
+    kind: "lpips" (LPIPS v0.1, the field's choice; needs weights: ``vq-lpips-weights``) or
         "ms_ssim" (1 - MS-SSIM over three scales; no weights).
     weight: its weight in the generator's loss (SimVQ and LlamaGen: 1.0 for LPIPS).
-    backbone: path of torchvision's vgg16 state dict (None = torch's hub cache).
-    heads: path of LPIPS v0.1's vgg.pth (None = the installed lpips package's).
+    net: LPIPS's backbone, "vgg" (the one LlamaGen and SimVQ train with) or "alex".
+    weights: the converted weights' path (None = ``train.lpips.weights_file(net)``).
     """
 
     kind: PerceptualKind = "ms_ssim"
     weight: float = 1.0
-    backbone: str | None = None
-    heads: str | None = None
+    net: LPIPSNet = "vgg"
+    weights: str | None = None
 
     def __post_init__(self) -> None:
         check_choice("model.perceptual.kind", self.kind, ["lpips", "ms_ssim"])
+        check_choice("model.perceptual.net", self.net, list(NETS))
         check_float("model.perceptual.weight", self.weight, low=0.0, high=math.inf)
 
     def to_dict(self) -> dict[str, Any]:
@@ -50,9 +51,9 @@ class MSSSIMLoss(torch.nn.Module):
 class LPIPSLoss(torch.nn.Module):
     """recon, target (B, 3, H, W) in [-1, 1] -> mean LPIPS distance."""
 
-    def __init__(self, backbone: str | None, heads: str | None) -> None:
+    def __init__(self, net: LPIPSNet, weights: str | None) -> None:
         super().__init__()
-        self.lpips = LPIPS(backbone, heads)
+        self.lpips = LPIPS(net, weights)
 
     def forward(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.lpips(recon, target).mean()
@@ -61,5 +62,5 @@ class LPIPSLoss(torch.nn.Module):
 def build_perceptual(cfg: PerceptualConfig) -> torch.nn.Module:
     """The term as a frozen module: ``loss = module(recon, target)``."""
     if cfg.kind == "lpips":
-        return LPIPSLoss(cfg.backbone, cfg.heads)
+        return LPIPSLoss(cfg.net, cfg.weights)
     return MSSSIMLoss()

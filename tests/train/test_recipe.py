@@ -155,14 +155,15 @@ def test_lpips_without_weights_fails_before_the_run_with_how_to_get_them(tmp_pat
         [
             *args,
             "--model.perceptual.kind=lpips",
-            f"--model.perceptual.backbone={tmp_path / 'missing.pth'}",
+            f"--model.perceptual.weights={tmp_path / 'missing.safetensors'}",
             f"--trainer.default_root_dir={tmp_path / 'runs'}",
         ],
         cwd=tmp_path,
     )
     assert proc.returncode == 2
     line = [ln for ln in proc.stderr.splitlines() if ln.startswith("vq-train: error:")]
-    assert line and "vgg16-397923af.pth" in line[0] and "ms_ssim" in line[0]
+    assert line and "missing.safetensors" in line[0] and "vq-lpips-weights" in line[0]
+    assert "ms_ssim" in line[0]
     assert not (tmp_path / "runs").exists()  # nothing left behind
 
 
@@ -186,12 +187,8 @@ def test_published_recipe_configs_train(recipe: str, tmp_path: Path) -> None:
     """Each configs/recipes/*.yaml trains as written but for size (and LPIPS weights made
     here in the real file formats)."""
     assert sorted(p.stem for p in (CONFIGS / "recipes").glob("*.yaml")) == sorted(RECIPE_TINY)
-    backbone, heads = write_weights(tmp_path)
-    perceptual = (
-        [f"--model.perceptual.backbone={backbone}", f"--model.perceptual.heads={heads}"]
-        if recipe != "default_decoder_ft"
-        else []
-    )
+    weights = write_weights(tmp_path)
+    perceptual = [f"--model.perceptual.weights={weights}"] if recipe != "default_decoder_ft" else []
     init = (
         [f"--model.init_from={CONFIGS.parent / 'models' / 'default-mse'}"]
         if recipe == "default_decoder_ft"
