@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 import torch
+from skimage.color import deltaE_ciede2000, rgb2lab
 from torchmetrics.functional.image import (
     multiscale_structural_similarity_index_measure,
     structural_similarity_index_measure,
@@ -84,18 +85,63 @@ def high_frequency_ratio(original: np.ndarray, reconstruction: np.ndarray) -> fl
     return high_frequency_power(reconstruction) / reference if reference > 0 else math.nan
 
 
+def box_blur(x: np.ndarray, radius: int) -> np.ndarray:
+    """Mean over the (2 radius + 1)² window of a 2-D array, edges replicated (summed-area table)."""
+    k = 2 * radius + 1
+    padded = np.pad(x, radius + 1, mode="edge")[1:, 1:]
+    table = padded.cumsum(0).cumsum(1)
+    table = np.pad(table, ((1, 0), (1, 0)))
+    total = table[k:, k:] - table[:-k, k:] - table[k:, :-k] + table[:-k, :-k]
+    return total[: x.shape[0], : x.shape[1]] / (k * k)
+
+
+# Octave bands of radial frequency (cycles/pixel) from 1/16 to Nyquist, finest last.
+OCTAVES = ((1 / 16, 1 / 8), (1 / 8, 1 / 4), (1 / 4, 1 / 2))
+
+
+def band_powers(image: np.ndarray, bands: tuple[tuple[float, float], ...] = OCTAVES) -> np.ndarray:
+    """Power of the luma's 2-D DFT in each radial band [low, high) cycles/pixel -> (len(bands),)."""
+    y = luma(image)
+    power = np.abs(np.fft.fft2(y - y.mean())) ** 2
+    radius = np.hypot(np.fft.fftfreq(y.shape[0])[:, None], np.fft.fftfreq(y.shape[1])[None, :])
+    return np.array([power[(radius >= lo) & (radius < hi)].sum() for lo, hi in bands])
+
+
+def spectral_error(original: np.ndarray, reconstruction: np.ndarray) -> float:
+    """Two-sided spectral error: the mean over the octave bands (``OCTAVES``) of
+    |log2(reconstruction's luma power / original's)|. 0 for the original's spectrum; a blur
+    (power missing) and invented texture (power added) both raise it, one octave of error per
+    halving or doubling. Like the HF ratio it is blind to *which* detail is there (JPEG's block
+    edges score low), so it is never read alone."""
+    ref, rec = band_powers(original), band_powers(reconstruction)
+    if (ref <= 0).any():
+        return math.nan
+    return float(np.mean(np.abs(np.log2(np.maximum(rec, 1e-12) / ref))))
+
+
+def delta_e_2000(original: np.ndarray, reconstruction: np.ndarray) -> float:
+    """Mean CIEDE2000 colour difference (Sharma et al. 2005; scikit-image's implementation)
+    over all pixels, sRGB -> CIELAB (D65): about 1 is just noticeable side by side."""
+    lab_a = rgb2lab(original.astype(np.float32) / 255)
+    lab_b = rgb2lab(reconstruction.astype(np.float32) / 255)
+    return float(np.mean(deltaE_ciede2000(lab_a, lab_b)))
+
+
 def image_figures(original: np.ndarray, reconstruction: np.ndarray) -> dict[str, float]:
-    """Every per-image figure of the Kodak evaluation."""
+    """Every per-image figure of the Kodak evaluation but LPIPS (``bench/kodak.py``)."""
     return {
         "psnr": psnr_uint8(original, reconstruction),
         "ssim": ssim_uint8(original, reconstruction),
         "ms_ssim": ms_ssim_uint8(original, reconstruction),
         "vif": vif_uint8(original, reconstruction),
         "hf_ratio": high_frequency_ratio(original, reconstruction),
+        "spectral_error": spectral_error(original, reconstruction),
+        "delta_e": delta_e_2000(original, reconstruction),
     }
 
 
-FIGURES = ("psnr", "ssim", "ms_ssim", "vif", "hf_ratio")
+FIGURES = ("psnr", "ssim", "ms_ssim", "vif", "hf_ratio", "spectral_error", "delta_e")
+LOWER_IS_BETTER = ("spectral_error", "delta_e")
 
 
 # --- rFID ----------------------------------------------------------------------------------

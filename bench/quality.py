@@ -313,7 +313,8 @@ def evaluate(artifact: Path, cfg: BenchConfig, result: RunResult, images: Any) -
     result.fixed_tokens = int(fixed.sum())
     if images is not None:
         name = f"{result.method} K={result.codebook_size}"
-        found = kodak.evaluate_tokenizer(tok, images, name, str(artifact))
+        scorer, _ = kodak.lpips_scorer()  # None (a note in kodak.md) without the weights
+        found = kodak.evaluate_tokenizer(tok, images, name, str(artifact), scorer)
         found.pop("per_image")
         result.kodak = found
     result.eval_seconds = time.perf_counter() - start
@@ -472,7 +473,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cfg.corpus is None and not args.quick:
         print("note: no --corpus; training on the bundled photographs")
     images = kodak.load_images(cfg.kodak, cfg.kodak_limit) if cfg.kodak else None
-    codecs = kodak.codec_sweep(images, cfg.codec_qualities) if images is not None else []
+    scorer, _ = kodak.lpips_scorer()
+    codecs = kodak.codec_sweep(images, cfg.codec_qualities, scorer) if images is not None else []
     dm = datamodule(cfg)
     shown = kodak.display_path(cfg.corpus) if cfg.corpus else "the bundled photographs"
     data = f"{shown}: {len(dm.train_names)} training, {len(dm.val_names)} held-out images; "

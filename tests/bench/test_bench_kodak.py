@@ -67,6 +67,7 @@ def test_cli_evaluates_a_tokenizer_and_the_codecs(
                 "--out",
                 str(out),
                 "--quick",
+                "--no-lpips",
             ]
         )
         == 0
@@ -77,8 +78,9 @@ def test_cli_evaluates_a_tokenizer_and_the_codecs(
     assert tok["bpp_nominal"] == pytest.approx(6 / 64)
     assert 0 < tok["bpp_entropy"] <= tok["bpp_nominal"] + 1e-9
     assert 0 < tok["usage"] <= 1 and tok["dead_codes"] == round(64 * (1 - tok["usage"]))
-    assert len(tok["per_image"]) == 2 and tok["lpips"] is None
-    for key in ("psnr", "ssim", "ms_ssim", "vif", "hf_ratio"):
+    assert len(tok["per_image"]) == 2 and tok["lpips_vgg"] is None
+    assert tok["invented"] == sum(r["hf_ratio"] > 1.3 for r in tok["per_image"])
+    for key in ("psnr", "ssim", "ms_ssim", "vif", "hf_ratio", "spectral_error", "delta_e"):
         assert math.isfinite(tok[key]), key
         mean = np.mean([r[key] for r in tok["per_image"]])
         assert tok[key] == pytest.approx(mean), key  # the mean of the per-image figures
@@ -88,12 +90,53 @@ def test_cli_evaluates_a_tokenizer_and_the_codecs(
         pts = [p for p in payload["codecs"] if p["codec"] == codec]
         assert [p["quality"] for p in pts] == list(kodak.QUICK_QUALITIES)
         # Higher quality costs more bits, reconstructs better and keeps more detail.
-        for key in ("bpp", "psnr", "ms_ssim", "vif"):
+        for key in ("bpp", "psnr", "ms_ssim"):  # VIF: at the matched settings only
             assert [p[key] for p in pts] == sorted(p[key] for p in pts), (codec, key)
-    for name in ("kodak_rd.png", "kodak_crops.png"):
+    matched = [p for p in payload["codecs"] if p["matched"]]
+    assert [(p["codec"], p["quality"]) for p in matched] == [("jpeg", 5), ("webp", 5)]
+    assert all(math.isfinite(p["delta_e"]) and len(p["per_image"]) == 2 for p in matched)
+    assert all(p["delta_e"] is None for p in payload["codecs"] if not p["matched"])
+    assert [w["name"] for w in tok["worst"]["images"]] == [
+        r["name"] for r in sorted(tok["per_image"], key=lambda r: -r["spectral_error"])
+    ]
+    assert len(payload["crops"]["regions"]) == 2  # the first image's centre, the flattest block
+    for name in ("kodak_rd.png", "kodak_crops.png", "kodak_worst_tiny.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG", name
     report = (out / "kodak.md").read_text()
-    assert "| tiny | 64 |" in report and "HF ratio" in report and "](kodak_crops.png)" in report
+    assert (
+        "| tiny | 64 |" in report and "spectral err." in report and "](kodak_crops.png)" in report
+    )
+    assert "](kodak_worst_tiny.png)" in report
+
+
+def test_lpips_columns_from_the_converted_weights(
+    kodak: ModuleType, images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.train.test_lpips import write_weights
+
+    monkeypatch.setenv("VQ_LPIPS_DIR", str(tmp_path / "lpips"))
+    (tmp_path / "lpips").mkdir()
+    for net in ("vgg", "alex"):
+        write_weights(tmp_path / "lpips", net)
+    scorer, note = kodak.lpips_scorer()
+    assert scorer is not None and "VGG16 and AlexNet" in note
+    loaded = kodak.load_images(images)
+    im = loaded.pixels[0]
+    assert scorer.score("a", im, im) == {"lpips_vgg": 0.0, "lpips_alex": 0.0}
+    worse = im // 2 + 60
+    first = scorer.score("a", im, worse)
+    assert all(v > 0 for v in first.values()) and len(scorer.references) == 2  # kept per image
+    assert scorer.score("a", im, worse) == first
+    monkeypatch.setenv("VQ_LPIPS_DIR", str(tmp_path / "none"))
+    assert "vq-lpips-weights" in kodak.lpips_scorer()[1]
+
+
+def test_the_flattest_region_is_found(kodak: ModuleType) -> None:
+    rng = np.random.default_rng(0)
+    busy = rng.integers(0, 255, size=(256, 320, 3), dtype=np.uint8)
+    busy[32:96, 200:264] = 128  # a flat wall inside a busy photo
+    name, top, left, side = kodak.flattest_region(kodak.Images(["b.png"], [busy]), side=64)
+    assert (name, side) == ("b.png", 64) and abs(top - 32) <= 16 and abs(left - 200) <= 16
 
 
 def test_without_images_it_fails_naming_the_option(

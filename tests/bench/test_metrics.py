@@ -69,11 +69,35 @@ def test_every_figure_is_perfect_for_a_copy_and_worse_for_a_blur(metrics: Module
     assert same["psnr"] == math.inf
     for key in ("ssim", "ms_ssim", "vif", "hf_ratio"):
         assert same[key] == pytest.approx(1.0, abs=1e-4), key
+    for key in metrics.LOWER_IS_BETTER:
+        assert same[key] == pytest.approx(0.0, abs=1e-6), key
     blurred = np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(2)))
     worse = metrics.image_figures(image, blurred)
     assert set(worse) == set(metrics.FIGURES)
     for key in metrics.FIGURES:
-        assert worse[key] < same[key], key
+        if key in metrics.LOWER_IS_BETTER:
+            assert worse[key] > same[key], key
+        else:
+            assert worse[key] < same[key], key
+
+
+def test_the_spectral_error_is_two_sided_and_colour_error_sees_a_tint(
+    metrics: ModuleType,
+) -> None:
+    image = _photo_like()
+    blurred = np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(1.5)))
+    noise = np.random.default_rng(1).normal(0, 25, image.shape)
+    textured = np.clip(image + noise, 0, 255).astype(np.uint8)
+    assert metrics.high_frequency_ratio(image, textured) > 1  # power added, not lost
+    for distorted in (blurred, textured):  # a blur and invented texture both count
+        assert metrics.spectral_error(image, distorted) > 0.5
+    # A doubling of power in every band is exactly one octave of error.
+    quiet = (image.astype(np.float64) * 0.3 + 90).round()  # room to amplify without clipping
+    louder = (quiet - quiet.mean()) * np.sqrt(2) + quiet.mean()
+    doubled = metrics.spectral_error(quiet.astype(np.uint8), louder.round().astype(np.uint8))
+    assert doubled == pytest.approx(1.0, abs=0.05)
+    tinted = np.clip(image.astype(int) + [12, 0, -12], 0, 255).astype(np.uint8)
+    assert metrics.delta_e_2000(image, tinted) > 2  # beyond "just noticeable" (about 1)
 
 
 def test_figures_needing_a_larger_image_are_nan(metrics: ModuleType) -> None:
