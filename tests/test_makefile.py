@@ -97,3 +97,21 @@ def test_train_without_data_says_what_to_pass(tmp_path: Path) -> None:
     with pytest.raises(subprocess.CalledProcessError) as info:
         dry_run(tmp_path, target="train")
     assert "make train DATA=DIR" in info.value.stderr and "VQ_DATA_ROOT" in info.value.stderr
+
+
+def test_lpips_weights_installs_then_converts(tmp_path: Path) -> None:
+    lines = dry_run(tmp_path, "TORCH=cpu", target="lpips-weights")
+    assert pip_installs(lines), "make lpips-weights must install the project first"
+    assert lines[-1] == f"{tmp_path / 'venv'}/bin/vq-lpips-weights"
+
+
+def test_ci_fetches_the_lpips_weights_before_the_tests() -> None:
+    """The real-weights tests of tests/train/test_lpips.py skip without the weights: CI makes
+    them after the install and before `make test`."""
+    steps = [
+        line.strip()
+        for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        if line.strip().startswith("make ")
+    ]
+    assert steps.index("make install") < steps.index("make lpips-weights")
+    assert steps.index("make lpips-weights") < steps.index("make test")

@@ -5,7 +5,7 @@ and the ``ExportBest`` callback that exports at the end of ``vq-train fit``.
     vq-export --onnx SOURCE OUT_DIR    # SOURCE: an artifact directory or a vq-train checkpoint
 
 With ``--onnx`` it writes ``encoder.onnx`` and ``decoder.onnx`` (``vq.onnx_export``) instead.
-The artifact's config.json gets the checkpoint's validation metrics (psnr, ssim,
+The artifact's config.json gets the checkpoint's validation metrics (psnr, ssim, lpips,
 epoch_usage, ...) when the checkpoint has them (checkpoints written by ``vq-train fit``
 do), and ``extra`` records the source checkpoint, its epoch and step.
 """
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 ARTIFACT_METRICS = (
     "psnr",
     "ssim",
+    "lpips",  # LPIPS (VGG), where the run had the weights (train/module.py)
     "epoch_usage",
     "epoch_perplexity",
     "epoch_dead_codes",

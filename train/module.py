@@ -32,7 +32,7 @@ import torch
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from train.gan import AdversarialConfig, PatchDiscriminator
-from train.lpips import resolve_weights
+from train.lpips import LPIPS, resolve_weights, weights_file
 from train.objective import (
     adaptive_weight,
     adversarial_factor,
@@ -214,6 +214,8 @@ class VQVAEModule(L.LightningModule):
         # The perceptual network's weights are the user's files, not part of the run: kept
         # out of the checkpoint (a list is not a registered submodule) and built at setup.
         self._perceptual: list[torch.nn.Module] = []
+        # The same for val/lpips's LPIPS (VGG), built at the first validation if the weights exist.
+        self._val_lpips: list[LPIPS] | None = None
         self.ema: VQVAE | None = None
         if ema_decay is not None:
             self.ema = copy.deepcopy(self.model).requires_grad_(False)
@@ -430,6 +432,16 @@ class VQVAEModule(L.LightningModule):
         assert isinstance(weight, torch.Tensor)
         return weight
 
+    def _lpips_of(self, recon: torch.Tensor, images: torch.Tensor) -> torch.Tensor | None:
+        """Mean LPIPS (VGG) of a validation batch; None without the weights (vq-lpips-weights)
+        or for images VGG's five taps cannot take (not RGB, under 16 px a side)."""
+        if self._val_lpips is None:
+            found = weights_file("vgg").is_file()
+            self._val_lpips = [LPIPS("vgg").to(self.device)] if found else []
+        if not self._val_lpips or images.shape[1] != 3 or min(images.shape[-2:]) < 16:
+            return None
+        return self._val_lpips[0](recon.clamp(-1, 1), images).mean()
+
     def _eval_step(self, batch: torch.Tensor, stage: str) -> dict[str, torch.Tensor]:
         losses, out = self.compute_losses(batch, self.inference_model)
         pred, target = float_to_unit(out.recon), float_to_unit(batch)
@@ -448,6 +460,8 @@ class VQVAEModule(L.LightningModule):
         )
         self.log(f"{stage}/psnr", psnr, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
         self.log(f"{stage}/ssim", ssim, on_step=False, on_epoch=True, batch_size=n)
+        if stage == "val" and (lpips := self._lpips_of(out.recon, batch)) is not None:
+            self.log("val/lpips", lpips, on_step=False, on_epoch=True, sync_dist=True, batch_size=n)
         return {"indices": out.quantizer.indices.detach(), "recon": out.recon.detach()}
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:

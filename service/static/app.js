@@ -346,6 +346,7 @@ function drawHistory(canvas, history) {
 const CARD_METRICS = {
   psnr: ["PSNR", (v) => `${v.toFixed(2)} dB`],
   ssim: ["SSIM", (v) => v.toFixed(3)],
+  lpips: ["LPIPS (VGG)", (v) => v.toFixed(3)],
   epoch_usage: ["codes used", percent],
   epoch_perplexity: ["perplexity", (v) => v.toFixed(1)],
   epoch_dead_codes: ["dead codes", (v) => fmt(Math.round(v))],

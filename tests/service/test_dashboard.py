@@ -33,7 +33,7 @@ def two_models(
         num_res_blocks=0,
         quantizer=vq.QuantizerConfig(kind="fsq", codebook_size=WIDE_K, levels=levels),
     )
-    vq.save_tokenizer(vq.VQVAE(cfg), wide)
+    vq.save_tokenizer(vq.VQVAE(cfg), wide, metrics={"lpips": 0.4567})  # val/lpips, exported
     server = start_server(
         [
             "--model",
@@ -209,3 +209,12 @@ def test_a_full_window_calls_unhit_codes_dead(
     assert 'data-for="dead_codes">dead codes<' in card and "not yet seen" not in card
     assert _stat(card, "reach_note").startswith("The window is full (64 tokens)")
     assert "pink: no hit in the full window" in card
+
+
+def test_the_training_card_shows_lpips_when_the_artifact_has_it(
+    two_models: LiveServer, tmp_path: Path
+) -> None:
+    dom = dump_dom(f"{two_models.url}/", tmp_path / "profile", budget_ms=6000)
+    assert "LPIPS (VGG)" in _table(_card(dom, "wide"), "training-card")
+    assert "0.457" in _table(_card(dom, "wide"), "training-card")
+    assert "LPIPS" not in _table(_card(dom, "busy"), "training-card")  # psnr only

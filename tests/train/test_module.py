@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 import vq
+from tests.train.test_lpips import write_weights
 from train.callbacks import CodebookMonitor
 from train.cli import silence_third_party_noise
 from train.data import ImageDataModule
@@ -319,3 +320,28 @@ def test_monitor_warns_once_when_usage_collapses(
 def test_monitor_rejects_a_bad_collapse_floor() -> None:
     with pytest.raises(ValueError, match="collapse_usage=1.5"):
         CodebookMonitor(collapse_usage=1.5)
+
+
+@pytest.mark.parametrize("weights", [True, False], ids=["with-weights", "without"])
+def test_val_lpips_is_logged_and_exported_where_the_weights_are(
+    weights: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None
+) -> None:
+    folder = tmp_path / "lpips"
+    folder.mkdir()
+    if weights:
+        write_weights(folder, "vgg")  # test-made weights in the real layout
+    monkeypatch.setenv("VQ_LPIPS_DIR", str(folder))
+    module = tiny_module()
+    trainer = tiny_trainer(tmp_path, max_steps=2, limit_val_batches=1)
+    trainer.fit(module, datamodule=tiny_data())
+    art = export_checkpoint(tmp_path / "checkpoints" / "last.ckpt", tmp_path / "art")
+    metrics = vq.load_tokenizer(art, precision="fp32").metadata["metrics"]
+    if weights:
+        lpips = float(trainer.callback_metrics["val/lpips"])
+        assert math.isfinite(lpips) and lpips > 0
+        assert metrics["lpips"] == pytest.approx(lpips)
+    else:
+        assert "val/lpips" not in trainer.callback_metrics and "lpips" not in metrics
+    # The LPIPS network is the user's file: never in the checkpoint.
+    ckpt = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert not any("lpips" in key or "features." in key for key in ckpt["state_dict"])
