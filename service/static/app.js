@@ -45,13 +45,6 @@ window.fetch = async (url, options = {}) => {
   }
   return send(key);
 };
-  const response = await send();
-  if (response.status !== 401) return response;
-  const key = window.prompt("This service needs an API key:");
-  if (!key) return response;
-  sessionStorage.setItem(KEY_ITEM, key.trim());
-  return send();
-};
 
 function el(tag, attrs = {}, text) {
   const node = document.createElement(tag);
