@@ -49,6 +49,11 @@ def corpus(scale: float = 1.0) -> dict[str, tuple[str, bytes]]:
             "/v1/detokenize",
             b'{"codes": ' + b"[" * size(0.2) + b"]" * size(0.2) + b"}",
         ),
+        "too-deep-array": ("/v1/detokenize/batch", b"[" * size(0.2) + b"]" * size(0.2)),
+        "too-deep-object": (
+            "/v1/detokenize",
+            b'{"codes": [[1]], "x": ' + b'{"x": ' * size(0.1) + b"1" + b"}" * size(0.1) + b"}",
+        ),
         "too-deep-images": (
             "/v1/tokenize",
             b'{"images": [' + _repeat(b'["QUFB"]', size(1)) + b"]}",

@@ -7,8 +7,9 @@ pointer, and a body of the wrong types is parsed whole, each element then report
 own error object. Here, instead:
 
 1. **Bounds from byte counts**, before any parse (``bytes.count`` runs at memory speed): a
-   body with more ``[`` or ``,`` than the largest request within the limits can hold is
-   refused at once (``check_structure``).
+   tokenize body with more ``[`` or ``,`` than the largest request within the limits can
+   hold is refused at once (``check_structure``); a grid with more rows or codes than
+   ``max_grid_side`` allows, before it is decoded (``grid_rows``).
 2. **A typed parse that stops at the first wrong element** (msgspec): ``{"images": [1, ...]}``
    ends at ``images[0]`` with one error, whatever follows it.
 3. **One grid at a time**: the top level keeps the grids as raw bytes (``msgspec.Raw``, a
@@ -82,6 +83,8 @@ def _refuse(body: bytes, exc: msgspec.MsgspecError, fields: str) -> NoReturn:
             _SYNTAX.decode(body)
         except msgspec.DecodeError as malformed:
             exc = malformed
+        except RecursionError:
+            _too_deep()
     _invalid(exc, (), fields)
 
 
@@ -142,15 +145,6 @@ def detokenize_grids(
 ) -> tuple[str, list[tuple[str, memoryview]]]:
     """``{"model", "codes": grid}`` or ``{"model", "batch": [grid, ...]}`` -> the model and
     each grid's (label, raw JSON), not yet decoded (``grid_rows``)."""
-    grids = max_images if batch else 1
-    check_structure(
-        body,
-        lists=int(batch) + grids * (1 + max_side),
-        # Inside a grid of h x w codes h * w - 1 commas; one between grids; one between fields.
-        commas=grids * max_side * max_side + 1,
-        what=f"{grids} grid(s) of at most {max_side} x {max_side} codes, settings "
-        "max_images_per_request and max_grid_side",
-    )
     try:
         if batch:
             parsed_batch = _BATCH.decode(body)
@@ -160,7 +154,13 @@ def detokenize_grids(
         parsed = _GRID.decode(body)
     except msgspec.MsgspecError as exc:
         _refuse(body, exc, _FIELDS[_Batch if batch else _Grid])
+    except RecursionError:  # msgspec's depth limit, met skipping a raw value
+        _too_deep()
     return parsed.model, [("codes", memoryview(parsed.codes))]
+
+
+def _too_deep() -> NoReturn:
+    _type_error((), "the body nests arrays or objects too deep; a grid is an array of rows")
 
 
 def _type_error(loc: tuple[str | int, ...], message: str) -> NoReturn:

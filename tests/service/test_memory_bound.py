@@ -146,11 +146,11 @@ def test_a_json_body_is_priced_before_it_is_parsed(artifact_dir: Path) -> None:
         big = client.post("/v1/detokenize/batch", content=body, headers=headers)
         assert big.status_code == 413, big.text
         assert big.json()["code"] == "memory_budget"
-        # 60,000 one-element rows: more rows than any request within the limits holds,
-        # refused from the body's bytes before a list is built.
+        # 60,000 one-element rows: more rows than a grid within the limits holds, refused
+        # from the grid's bytes before a list is built.
         rows = client.post("/v1/detokenize/batch", content=ones_body(60_000), headers=headers)
         assert rows.status_code == 422, rows.text
-        assert "within the limits" in rows.json()["detail"]
+        assert rows.json()["code"] == "grid_too_large"
         assert state.input_budget.used == 0 and state.budget.used == 0
 
 
