@@ -7,12 +7,15 @@ Scenarios, each bounded in requests and seconds and stopping on its own:
 
 - **memory**: ``--memory-budget`` (1G) with the largest image and grid sides that budget
   admits (the server refuses to start with larger ones and says which fit); 20 concurrent
-  clients sending the largest admitted tokenize requests and 3 sending 20 MiB detokenize
-  JSON bodies of one-element rows, over several restarts of the server. Peak RSS is the
-  server's own ``vq_resident_memory_peak_bytes`` (VmHWM, folded across the resets its
-  measurements make) and VmRSS sampled every 50 ms.
-- **head-of-line**: clients sending 256 x 256 images, alone and then next to one client
-  sending the heaviest admitted requests; the small requests' p99 in both.
+  clients sending the largest admitted tokenize requests, 3 sending the largest detokenize
+  JSON bodies the limits admit (about 19 MiB), and 2 cycling through the hostile corpus
+  (bench/hostile.py: the wrong JSON types, shapes and sizes), over several restarts of the
+  server. Peak RSS is the server's own ``vq_resident_memory_peak_bytes`` (VmHWM, folded
+  across the resets its measurements make) and VmRSS sampled every 50 ms; the hostile
+  bodies' answers and their slowest (from the last byte sent) are reported on their own.
+- **head-of-line**: 2 clients sending 64 x 64 images, alone and then next to 2 clients
+  sending the largest admitted image; the small requests' p99 in both. Run under
+  ``--memory-budget`` and under the default budget.
 - **slow uploads**: 64 uploads trickling at just above ``min_body_rate`` while other
   clients send small requests; the share of those answered 200.
 
@@ -38,6 +41,7 @@ import httpx
 sys.path.append(str(Path(__file__).parent))  # run as -m bench.load_scenarios
 
 import common  # noqa: E402 - bench/ is a folder of scripts
+import hostile  # noqa: E402
 import serving  # noqa: E402
 
 from service.settings import parse_bytes  # noqa: E402
@@ -49,8 +53,41 @@ CHARGE = re.compile(r"memory per pixel: (encode \d+ B, decode \d+ B)")
 
 
 def server(model: Path, budget: str, image: int, grid: int, log: Path) -> serving.Server:
-    args = ["--memory-budget", budget, "--max-image-side", str(image), "--log-level", "info"]
+    """``vq-serve`` under ``budget`` (``default``: no --memory-budget flag)."""
+    args = ["--max-image-side", str(image), "--log-level", "info"]
+    if budget != "default":
+        args += ["--memory-budget", budget]
     return serving.Server(model, args, log, env={"VQ_MAX_GRID_SIDE": str(grid)})
+
+
+def largest_grids_body(grid: int, limit: int = 19 * 2**20, most: int = 64) -> bytes:
+    """A legal detokenize batch of grid x grid codes, as many grids (at most ``most``) as
+    fit in ``limit`` bytes: what a client within the limits may send at most. One-digit
+    codes: the most codes, and so the most int64 tensor bytes, per byte of JSON."""
+    row = b"[" + b",".join([b"7"] * grid) + b"]"
+    one = b"[" + b",".join([row] * grid) + b"]"
+    n = max(1, min(most, limit // (len(one) + 1)))
+    return b'{"batch": [' + b",".join([one] * n) + b"]}"
+
+
+def hostile_call(statuses: Counter[str], slowest: list[float]) -> serving.Call:
+    """Sends the corpus in turn; counts answers by name and status (or transport error) and
+    keeps the slowest answer, upload over loopback included, in ``slowest[0]`` (seconds)."""
+    bodies = list(hostile.corpus().items())
+    headers = {"content-type": "application/json"}
+
+    async def call(client: httpx.AsyncClient, i: int) -> bool:
+        name, (path, body) = bodies[i % len(bodies)]
+        start = time.perf_counter()
+        try:
+            response = await client.post(path, content=body, headers=headers)
+            statuses[f"{name} {response.status_code}"] += 1
+        except httpx.HTTPError as exc:
+            statuses[f"{name} {type(exc).__name__}"] += 1
+        slowest[0] = max(slowest[0], time.perf_counter() - start)
+        return True
+
+    return call
 
 
 def charge(log: Path) -> str:
@@ -88,8 +125,7 @@ def memory_scenario(
     model: Path, budget: str, image: int, grid: int, restarts: int, seconds: float, tmp: Path
 ) -> list[dict[str, Any]]:
     big = serving.png_bytes(serving.synthetic_images(1, image, seed=3)[0])
-    rows = 5_000_000  # one-element rows: 19 MiB of JSON, some 1 GB of Python lists parsed
-    body = b'{"batch": [[' + b",".join([b"[0]"] * rows) + b"]]}"
+    body = largest_grids_body(grid)
     headers = {"content-type": "application/json"}
 
     def detokenize(client: httpx.AsyncClient, i: int) -> Awaitable[httpx.Response]:
@@ -98,6 +134,8 @@ def memory_scenario(
     results = []
     for r in range(restarts):
         statuses: Counter[str] = Counter()
+        hostile_statuses: Counter[str] = Counter()
+        hostile_slowest = [0.0]
         big_call = serving.record(serving.tokenize([big]), statuses, label="tokenize ")
         json_call = serving.record(detokenize, statuses, label="detokenize ")
         with server(model, budget, image, grid, tmp / f"mem{r}.log") as s:
@@ -105,16 +143,25 @@ def memory_scenario(
                 serving.run(
                     serving.clients(s.url, 20, big_call, max_seconds=seconds),
                     serving.clients(s.url, 3, json_call, max_seconds=seconds),
+                    serving.clients(
+                        s.url,
+                        2,
+                        hostile_call(hostile_statuses, hostile_slowest),
+                        max_seconds=seconds,
+                    ),
                 )
             own_peak = s.metric("vq_resident_memory_peak_bytes")
         results.append(
             {
                 "restart": r + 1,
                 "statuses": dict(sorted(statuses.items())),
+                "hostile": dict(sorted(hostile_statuses.items())),
+                "hostile_slowest_ms": 1000 * hostile_slowest[0],
                 # the larger of the server's own peak and the sampled VmRSS
                 "peak_rss_mib": max(float(probe.peak_rss), own_peak) / 2**20,
                 "sampled_rss_mib": probe.peak_rss / 2**20,
                 "healthz_p99_ms": serving.pct(probe.healthz_ms, 99),
+                "healthz_worst_ms": max(probe.healthz_ms, default=math.nan),
                 "charge": charge(s.log),
             }
         )
@@ -125,24 +172,25 @@ def memory_scenario(
 def head_of_line_scenario(
     model: Path, budget: str, image: int, grid: int, seconds: float, tmp: Path
 ) -> dict[str, Any]:
-    small = serving.tokenize([serving.png_bytes(serving.synthetic_images(1, 256, seed=1)[0])])
+    small = serving.tokenize([serving.png_bytes(serving.synthetic_images(1, 64, seed=1)[0])])
     big = serving.png_bytes(serving.synthetic_images(1, image, seed=2)[0])
     alone: list[float] = []
     mixed: list[float] = []
     heavy: Counter[str] = Counter()
     small_statuses: Counter[str] = Counter()  # the small clients' answers, 200s included
-    with server(model, budget, image, grid, tmp / "hol.log") as s:
+    with server(model, budget, image, grid, tmp / f"hol-{budget}.log") as s:
         with serving.Probe(s.url, s.proc.pid) as alone_probe:
             small_call = serving.record(small, small_statuses, alone, label="alone ")
             serving.run(serving.clients(s.url, 2, small_call, max_seconds=seconds))
         with serving.Probe(s.url, s.proc.pid) as mixed_probe:
-            heavy_call = serving.record(serving.tokenize([big], images=4), heavy)
+            heavy_call = serving.record(serving.tokenize([big]), heavy)
             small_call = serving.record(small, small_statuses, mixed, label="mixed ")
             serving.run(
-                serving.clients(s.url, 1, heavy_call, max_seconds=seconds + 1),
+                serving.clients(s.url, 2, heavy_call, max_seconds=seconds + 1),
                 serving.clients(s.url, 2, small_call, max_seconds=seconds, delay=1.0),
             )
     return {
+        "budget": budget,
         "alone_p99_ms": serving.pct(alone, 99),
         "alone_n": len(alone),
         "mixed_p99_ms": serving.pct(mixed, 99),
@@ -219,6 +267,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         memory = memory_scenario(model, budget, image, grid, args.restarts, args.seconds, tmp)
         hol = head_of_line_scenario(model, budget, image, grid, args.seconds, tmp)
         print(f"head-of-line: {hol}", flush=True)
+        hol_default = head_of_line_scenario(model, "default", image, grid, args.seconds, tmp)
+        print(f"head-of-line, default budget: {hol_default}", flush=True)
         slow = slow_upload_scenario(model, budget, image, grid, args.seconds, tmp)
         print(f"slow uploads: {slow}", flush=True)
     result.update(
@@ -232,6 +282,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         seconds=args.seconds,
         memory=memory,
         head_of_line=hol,
+        head_of_line_default=hol_default,
         slow_uploads=slow,
     )
     common.save(result, args.out)

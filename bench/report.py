@@ -288,7 +288,7 @@ def p99_vs_deadline(p: Payload, t: Payload) -> list[tuple[str, float]]:
 def healthz_p99(p: Payload, t: Payload) -> list[tuple[str, float]]:
     """/healthz p99 under load: in the phases but the drain, or in every scenario."""
     rows = p.get("phases", [])[:-1] + p.get("memory", [])
-    rows += [p[k] for k in ("head_of_line", "slow_uploads") if k in p]
+    rows += [p[k] for k in ("head_of_line", "head_of_line_default", "slow_uploads") if k in p]
     worst = max(x for r in rows if (x := r["healthz_p99_ms"]) is not None)
     return [(f"largest {worst:.1f} ms", worst)]
 

@@ -181,20 +181,22 @@ def pieces(sizes: list[int], quota: int) -> list[slice]:
 
 @contextlib.asynccontextmanager
 async def pass_memory(
-    state: ServiceState, nbytes: int, deadline: float
+    state: ServiceState, nbytes: int, deadline: float, *, small: bool = False
 ) -> AsyncIterator[Reservation]:
-    """Hold ``nbytes`` of the model-pass pool, first come first served; refused at once
-    (``WontFinish``) when the work already admitted would not free them before ``deadline``.
+    """Hold ``nbytes`` of the model-pass pool, first come first served (``small``: a piece
+    whose items all run in the small lane, which may go past waiters blocked by large
+    holders, ``MemoryBudget``); refused at once (``WontFinish``) when the work already
+    admitted would not free them before ``deadline``.
     The estimate: the inference backlog (every batcher's ``backlog_s``) in proportion to
     the share of the reserved bytes that must be released first."""
     budget = state.budget
     budget.check_fits(nbytes)
-    shortfall = budget.shortfall(nbytes)
+    shortfall = budget.shortfall(nbytes, small=small)
     if shortfall:
         wait = state.backlog_s() * min(1.0, shortfall / max(1, budget.used))
         if wait > deadline - time.monotonic():
             raise WontFinish(wait)
-    async with budget.reserve(nbytes) as held:
+    async with budget.reserve(nbytes, small=small) as held:
         yield held
 
 

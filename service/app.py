@@ -7,11 +7,12 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
-from service.errors import install_error_handlers
+from service.auth import digests_of, key_check
+from service.errors import ErrorResponse, install_error_handlers
 from service.images import set_pixel_limit
 from service.limits import (
     BodyLimitMiddleware,
@@ -28,6 +29,19 @@ from service.state import ServiceState
 logger = logging.getLogger("service")
 
 DOCS_ASSETS_URL = "/static-docs"  # Swagger UI's and ReDoc's files (fastapi-offline)
+
+
+def _include(app: FastAPI, router: APIRouter, digests: list[bytes], setting: str) -> None:
+    """``router``'s routes, each behind a key check (401 without one of ``digests``) when
+    there are keys."""
+    if not digests:
+        app.include_router(router)
+        return
+    app.include_router(
+        router,
+        dependencies=[Depends(key_check(digests, setting))],
+        responses={401: {"model": ErrorResponse}},
+    )
 
 
 def create_app(
@@ -75,7 +89,13 @@ def create_app(
     # Every handler reads settings through SettingsDep: point it at this app's settings.
     app.dependency_overrides[get_settings] = lambda: settings
     install_error_handlers(app)
-    for module in (tokenize, detokenize, models, health, metrics, dashboard):
+    # API keys (service/auth.py), when set: on everything that spends compute or tells about
+    # the models; the probes and the dashboard page stay open, /metrics has its own keys.
+    api_digests = digests_of(settings.api_keys, settings.api_key_file)
+    for module in (tokenize, detokenize, models):
+        _include(app, module.router, api_digests, "setting api_keys")
+    _include(app, metrics.router, digests_of(settings.metrics_keys, None), "setting metrics_keys")
+    for module in (health, dashboard):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=dashboard.STATIC_DIR), name="static")
     # Each add wraps the ones before: the drain refusal (innermost) reads bodies through the

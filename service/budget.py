@@ -44,14 +44,21 @@ PNG_BYTES_PER_PIXEL = 8
 # Reading and parsing request bodies: the input pool (INPUT_SHARE of the pool), reserved
 # before the body is read and grown (never waited for) once its structure is known.
 INPUT_SHARE = 0.25
-# An upload body as received, plus one copy per parsed part (a multipart file part; base64
-# text and its decoded bytes).
+# A multipart body as received, plus one copy per parsed part (a file part).
 UPLOAD_BYTES_PER_BODY_BYTE = 3
-# A JSON body parsed by pydantic into Python lists of ints: per list (object, pointer,
-# parser node) and per element (pointer, int object, parser node), with a margin over the
-# worst shapes measured (docs/benchmarks/load.md).
-JSON_BYTES_PER_LIST = 112
-JSON_BYTES_PER_ITEM = 80
+# A JSON body parsed by service.bodies, per byte of it: the body (twice while its chunks
+# are joined), the parsed strings or one raw grid's copy, and a detokenize body's int64
+# codes (8 bytes for at least 2 of JSON: 4) and its big ints' digits; a tokenize body's
+# base64 text as bytes, without whitespace, and decoded (3/4).
+GRID_JSON_BYTES_PER_BYTE = 7
+IMAGES_JSON_BYTES_PER_BYTE = 5
+# ... and per entry, reserved up front for the most a request may send: its string, bytes
+# and label.
+IMAGES_JSON_BYTES_PER_IMAGE = 512
+# One grid's Python lists while it is converted (service.bodies decodes one at a time):
+# per code a pointer and an int object, per row a list, with a margin.
+GRID_BYTES_PER_CODE = 64
+GRID_BYTES_PER_ROW = 128
 # Measurements carry allocator slack (freed blocks kept, page granularity): a margin on top.
 SAFETY_FACTOR = 1.5
 PROBES = 3  # the charge is the largest of this many probes
@@ -214,20 +221,26 @@ class ModelCost:
         return (self.decode_per_pixel + PNG_BYTES_PER_PIXEL) * pixels
 
 
-def json_parse_bytes(body: bytes) -> int:
-    """An upper bound of the memory receiving and parsing a JSON ``body`` of code grids takes,
-    from its counts of ``[`` (lists) and ``,`` (elements after the first): a body of many
-    one-element rows costs far more per byte than one of long rows, and this prices each as
-    it is. Additive over the chunks of a body (each byte is counted once), so a body is
-    priced as it arrives. Brackets or commas inside strings only raise the bound."""
-    lists = body.count(b"[")
-    items = body.count(b",") + lists
-    return 2 * len(body) + JSON_BYTES_PER_LIST * lists + JSON_BYTES_PER_ITEM * items
+def grid_parse_bytes(max_side: int) -> int:
+    """The memory of the Python lists of one grid of at most ``max_side`` x ``max_side``
+    codes, reserved before a detokenize body is read (its bytes are priced as they come)."""
+    return max_side * max_side * GRID_BYTES_PER_CODE + max_side * GRID_BYTES_PER_ROW
 
 
 def upload_bytes(chunk: bytes) -> int:
-    """The memory an upload body's ``chunk`` takes: itself and its parsed copies."""
+    """The memory a multipart body's ``chunk`` takes: itself and its parsed copies."""
     return UPLOAD_BYTES_PER_BODY_BYTE * len(chunk)
+
+
+def grid_json_bytes(chunk: bytes) -> int:
+    """The memory a detokenize JSON body's ``chunk`` takes, parsed (one grid's lists apart:
+    ``grid_parse_bytes``)."""
+    return GRID_JSON_BYTES_PER_BYTE * len(chunk)
+
+
+def images_json_bytes(chunk: bytes) -> int:
+    """The memory a tokenize JSON body's ``chunk`` takes, parsed and base64-decoded."""
+    return IMAGES_JSON_BYTES_PER_BYTE * len(chunk)
 
 
 def per_pixel(measured_bytes: int, pixels: int) -> int:
@@ -237,47 +250,77 @@ def per_pixel(measured_bytes: int, pixels: int) -> int:
 
 class MemoryBudget:
     """An asyncio byte semaphore, first come first served (a large request is not starved
-    by a stream of small ones behind it)."""
+    by a stream of small ones behind it), with one exception for small requests: while the
+    first waiter waits for memory that large holders have (it would not fit even if every
+    small holder left), a small request that fits in what is free now goes past it. It
+    cannot delay that waiter, which waits for a large holder's release anyway; once only
+    small holders stand in its way, small requests queue behind it again, so it is never
+    starved. Without this a small request waits for a whole large pass whenever a second
+    large request waits for the memory a first one holds (docs/operations.md, "Fairness")."""
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError(f"capacity={capacity} is not allowed; expected >= 1 byte")
         self.capacity = capacity
         self.used = 0
-        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self.small_used = 0  # of used, what small requests hold
+        self._waiters: deque[tuple[int, bool, asyncio.Future[None]]] = deque()
 
     @property
     def waiting(self) -> int:
         return len(self._waiters)
 
-    def shortfall(self, nbytes: int) -> int:
+    def _head(self) -> tuple[int, bool, asyncio.Future[None]] | None:
+        while self._waiters and self._waiters[0][2].done():
+            self._waiters.popleft()
+        return self._waiters[0] if self._waiters else None
+
+    def _may_pass(self, nbytes: int) -> bool:
+        """Whether a small request of ``nbytes`` may go past the waiters now."""
+        head = self._head()
+        if head is None or self.used + nbytes > self.capacity:
+            return False
+        return self.used - self.small_used + head[0] > self.capacity
+
+    def shortfall(self, nbytes: int, *, small: bool = False) -> int:
         """Bytes that must be released before ``nbytes`` would be granted (0: at once)."""
-        ahead = sum(n for n, future in self._waiters if not future.done())
+        if small and self._may_pass(nbytes):
+            return 0
+        ahead = sum(n for n, _, future in self._waiters if not future.done())
         if not ahead and self.used + nbytes <= self.capacity:
             return 0
         return self.used + ahead + nbytes - self.capacity
 
-    async def acquire(self, nbytes: int) -> None:
+    async def acquire(self, nbytes: int, *, small: bool = False) -> None:
         self.check_fits(nbytes)
-        if not self._waiters and self.used + nbytes <= self.capacity:
-            self.used += nbytes
+        if (self._head() is None and self.used + nbytes <= self.capacity) or (
+            small and self._may_pass(nbytes)
+        ):
+            self._take(nbytes, small)
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (nbytes, future)
+        entry = (nbytes, small, future)
         self._waiters.append(entry)
         try:
             await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
-                self.release(nbytes)  # granted just as the waiter gave up
+                self.release(nbytes, small=small)  # granted just as the waiter gave up
             else:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(entry)
                 self._wake()  # the head may have been the one blocking the others
             raise
 
-    def release(self, nbytes: int) -> None:
+    def _take(self, nbytes: int, small: bool) -> None:
+        self.used += nbytes
+        if small:
+            self.small_used += nbytes
+
+    def release(self, nbytes: int, *, small: bool = False) -> None:
         self.used -= nbytes
+        if small:
+            self.small_used -= nbytes
         self._wake()
 
     def check_fits(self, nbytes: int) -> None:
@@ -287,25 +330,29 @@ class MemoryBudget:
                 f"{self.capacity / 2**20:.0f} MiB (setting memory_budget, env VQ_MEMORY_BUDGET)"
             )
 
-    def try_grow(self, extra: int) -> bool:
+    def try_grow(self, extra: int, *, small: bool = False) -> bool:
         """Take ``extra`` more bytes for a holder, now or not at all (never waits)."""
         if self.used + extra > self.capacity:
             return False
-        self.used += extra
+        self._take(extra, small)
         return True
 
     def _wake(self) -> None:
-        while self._waiters and self.used + self._waiters[0][0] <= self.capacity:
-            nbytes, future = self._waiters.popleft()
-            if future.done():
-                continue
-            self.used += nbytes
+        while (head := self._head()) is not None and self.used + head[0] <= self.capacity:
+            nbytes, small, future = self._waiters.popleft()
+            self._take(nbytes, small)
             future.set_result(None)
+        for entry in list(self._waiters)[1:]:
+            nbytes, small, future = entry
+            if small and not future.done() and self._may_pass(nbytes):
+                self._waiters.remove(entry)
+                self._take(nbytes, small)
+                future.set_result(None)
 
     @contextlib.asynccontextmanager
-    async def reserve(self, nbytes: int) -> AsyncIterator[Reservation]:
-        await self.acquire(nbytes)
-        held = Reservation(self, nbytes)
+    async def reserve(self, nbytes: int, *, small: bool = False) -> AsyncIterator[Reservation]:
+        await self.acquire(nbytes, small=small)
+        held = Reservation(self, nbytes, small=small)
         try:
             yield held
         finally:
@@ -317,23 +364,24 @@ class Reservation:
     needs. Growing never waits (``MemoryBusy`` if the pool is full now): only a request that
     holds nothing in a pool waits in it, so no two requests can wait on each other."""
 
-    def __init__(self, budget: MemoryBudget, nbytes: int) -> None:
+    def __init__(self, budget: MemoryBudget, nbytes: int, *, small: bool = False) -> None:
         self.budget = budget
         self.nbytes = nbytes
+        self.small = small
 
     def resize(self, nbytes: int) -> None:
         extra = nbytes - self.nbytes
         if extra > 0:
             self.budget.check_fits(nbytes)
-            if not self.budget.try_grow(extra):
+            if not self.budget.try_grow(extra, small=self.small):
                 raise MemoryBusy(
                     f"needs {nbytes / 2**20:.0f} MiB to read its body and the memory for "
                     "request bodies is in use now"
                 )
         elif extra < 0:
-            self.budget.release(-extra)
+            self.budget.release(-extra, small=self.small)
         self.nbytes = nbytes
 
     def release(self) -> None:
-        self.budget.release(self.nbytes)
+        self.budget.release(self.nbytes, small=self.small)
         self.nbytes = 0

@@ -64,13 +64,13 @@ def b64_json_string(data: bytes) -> bytes:
     )
 
 
-def b64decode(text: str) -> bytes:
+def b64decode(text: str | bytes) -> bytes:
     """``base64.b64decode(text, validate=True)``, a ``PIECE`` of text at a time: the same
     bytes, or the same exception (a text the pieces refuse is decoded whole, which raises
     what it would have raised). Padding may end only the last piece."""
     pieces = [text[i : i + PIECE] for i in range(0, len(text), PIECE)]
     try:
-        if any("=" in piece for piece in pieces[:-1]):
+        if any(("=" in p) if isinstance(p, str) else (b"=" in p) for p in pieces[:-1]):
             raise ValueError("padding before the end")
         return b"".join(base64.b64decode(piece, validate=True) for piece in pieces)
     except (binascii.Error, ValueError):

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from pydantic_settings import CliApp, CliSettingsSource
 
 from service.app import create_app
+from service.auth import is_loopback
 from service.limits import header_timeout_protocol
 from service.loader import StartupError, check_backend_available
 from service.settings import Settings
@@ -97,7 +98,14 @@ class DrainingServer(uvicorn.Server):
 
 # pydantic-settings names a flag's value after its type (``dict[str,str]``, ``int``); these
 # say what to write.
-_METAVARS = {"models": "NAME=PATH", "memory_budget": "SIZE", "precision": "{fp32,bf16,auto}"}
+_METAVARS = {
+    "models": "NAME=PATH",
+    "memory_budget": "SIZE",
+    "precision": "{fp32,bf16,auto}",
+    "api_keys": "KEY",
+    "api_key_file": "PATH",
+    "metrics_keys": "KEY",
+}
 
 
 def _add_argument(parser: argparse.ArgumentParser, *names: str, **kwargs: Any) -> argparse.Action:
@@ -139,6 +147,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    warning = open_bind_warning(settings)
+    if warning is not None:
+        logging.getLogger("service").warning(warning)
     # The port first: a port already taken ends here, before any model is loaded; then the
     # server answers /healthz (and /readyz 503 "loading") while the models load behind it.
     try:
@@ -179,6 +190,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     server = DrainingServer(config, app.state.service)
     server.run(sockets=[listener])
     sys.exit(0 if server.started and server.failure is None else 1)
+
+
+def open_bind_warning(settings: Settings) -> str | None:
+    """The start-up log's line when the service binds an address other machines reach and
+    requires no key; None otherwise."""
+    if settings.requires_key or is_loopback(settings.host):
+        return None
+    return (
+        f"listening on {settings.host} without an API key: anyone who can reach the port can "
+        "use the service (set --api-key or VQ_API_KEYS; docs/operations.md, 'Access')"
+    )
 
 
 def listen(host: str, port: int) -> socket.socket:

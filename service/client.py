@@ -6,7 +6,8 @@
         png = client.detokenize(result.codes)                     # PNG bytes
 
 Errors from the service raise ``ServiceError`` with its status, code and message.
-Any ``httpx.Client`` can be passed as ``http`` (FastAPI's TestClient is one).
+Any ``httpx.Client`` can be passed as ``http`` (FastAPI's TestClient is one). A service that
+requires a key (setting api_keys) takes it as ``Client(url, api_key=...)``.
 """
 
 from __future__ import annotations
@@ -96,9 +97,12 @@ class Client:
         *,
         timeout: float = 60.0,
         http: httpx.Client | None = None,
+        api_key: str | None = None,
     ) -> None:
         self._owns_http = http is None
         self.http = http if http is not None else httpx.Client(base_url=base_url, timeout=timeout)
+        # Sent with each request, so that a passed-in http client is left as it was.
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key is not None else {}
 
     def __enter__(self) -> Client:
         return self
@@ -130,14 +134,18 @@ class Client:
         blobs = [image_bytes(image) for image in images]
         if as_json:
             payload = {"images": [base64.b64encode(b).decode("ascii") for b in blobs]}
-            response = self.http.post("/v1/tokenize", params=params, json=payload)
+            response = self.http.post(
+                "/v1/tokenize", params=params, json=payload, headers=self._headers
+            )
         else:
             # The file name travels with the part: the service's errors say "files[0] (name)".
             files = [
                 ("files", (n, b, "application/octet-stream"))
                 for n, b in zip(names, blobs, strict=True)
             ]
-            response = self.http.post("/v1/tokenize", params=params, files=files)
+            response = self.http.post(
+                "/v1/tokenize", params=params, files=files, headers=self._headers
+            )
         try:
             body = self._check(response).json()
         except ServiceError as exc:
@@ -158,27 +166,39 @@ class Client:
     def detokenize(self, codes: Any, *, model: str = "default") -> bytes:
         """One [h][w] grid (nested lists or an int array) -> PNG bytes."""
         payload = {"model": model, "codes": np.asarray(codes).tolist()}
-        return self._check(self.http.post("/v1/detokenize", json=payload)).content
+        return self._check(
+            self.http.post("/v1/detokenize", json=payload, headers=self._headers)
+        ).content
 
     def detokenize_batch(self, grids: Sequence[Any], *, model: str = "default") -> list[bytes]:
         payload = {"model": model, "batch": [np.asarray(g).tolist() for g in grids]}
-        body = self._check(self.http.post("/v1/detokenize/batch", json=payload)).json()
+        body = self._check(
+            self.http.post("/v1/detokenize/batch", json=payload, headers=self._headers)
+        ).json()
         return [base64.b64decode(s) for s in body["images"]]
 
     def models(self) -> list[dict[str, Any]]:
-        models: list[dict[str, Any]] = self._check(self.http.get("/v1/models")).json()["models"]
+        models: list[dict[str, Any]] = self._check(
+            self.http.get("/v1/models", headers=self._headers)
+        ).json()["models"]
         return models
 
     def model(self, name: str) -> dict[str, Any]:
-        info: dict[str, Any] = self._check(self.http.get(f"/v1/models/{name}")).json()
+        info: dict[str, Any] = self._check(
+            self.http.get(f"/v1/models/{name}", headers=self._headers)
+        ).json()
         return info
 
     def usage(self, name: str = "default") -> dict[str, Any]:
-        usage: dict[str, Any] = self._check(self.http.get(f"/v1/models/{name}/usage")).json()
+        usage: dict[str, Any] = self._check(
+            self.http.get(f"/v1/models/{name}/usage", headers=self._headers)
+        ).json()
         return usage
 
-    def metrics(self) -> str:
-        return self._check(self.http.get("/metrics")).text
+    def metrics(self, *, key: str | None = None) -> str:
+        """/metrics; ``key``: its own key, where the service sets metrics_keys."""
+        headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+        return self._check(self.http.get("/metrics", headers=headers)).text
 
     def healthy(self) -> bool:
         try:

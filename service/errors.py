@@ -42,6 +42,7 @@ class ErrorCode(StrEnum):
     INVALID_IMAGE = "invalid_image", 400
     EMPTY_IMAGE = "empty_image", 400
     INVALID_BASE64 = "invalid_base64", 400
+    UNAUTHORIZED = "unauthorized", 401
     NOT_FOUND = "not_found", 404
     UNKNOWN_MODEL = "unknown_model", 404
     METHOD_NOT_ALLOWED = "method_not_allowed", 405

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import re
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, CliToggleFlag, NoDecode, SettingsConfigDict
 
 from service.backends import BackendName, check_backend
@@ -97,7 +98,7 @@ class Settings(BaseSettings):
         # How the command line is made from the fields, when service.cli asks for one (never
         # here: Settings() reads no sys.argv).
         cli_kebab_case=True,
-        cli_shortcuts={"models": "model"},
+        cli_shortcuts={"models": "model", "api-keys": "api-key", "metrics-keys": "metrics-key"},
         cli_hide_none_type=True,
         cli_show_env_vars=True,
     )
@@ -117,6 +118,17 @@ class Settings(BaseSettings):
     """Port to listen on."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Level of the service's and uvicorn's logs."""
+
+    # API keys (service/auth.py): off unless given. SecretStr: never shown in a repr or log.
+    api_keys: Annotated[list[SecretStr], NoDecode] = []
+    """Require 'Authorization: Bearer KEY' on the tokenize, detokenize and model routes;
+    repeat for several keys. Env: comma-separated. /healthz and /readyz stay open."""
+    api_key_file: Path | None = None
+    """A file of key digests, one 'sha256:<64 hex digits>' per line (the SHA-256 of each
+    key), accepted beside api_keys: the keys themselves need not be on the server."""
+    metrics_keys: Annotated[list[SecretStr], NoDecode] = []
+    """Require one of these keys (its own, e.g. the Prometheus scraper's) as a bearer token
+    on /metrics; open without. Env: comma-separated."""
 
     # Request limits (bad input gets a 4xx, see docs/api.md). The side limits are checked on
     # the image header / grid shape before any work; the defaults keep one maximal request of
@@ -207,6 +219,30 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_models(cls, value: Any) -> dict[str, str]:
         return parse_model_specs(value)
+
+    @field_validator("api_keys", "metrics_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator("api_key_file")
+    @classmethod
+    def _check_key_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            # Here, not at the top: service.auth imports the error layer, which imports this.
+            from service.auth import read_key_file
+
+            try:
+                read_key_file(value)
+            except OSError as exc:
+                raise ValueError(f"api_key_file {value}: {exc.strerror or exc}") from None
+        return value
+
+    @property
+    def requires_key(self) -> bool:
+        return bool(self.api_keys) or self.api_key_file is not None
 
     @field_validator("precision", mode="before")
     @classmethod

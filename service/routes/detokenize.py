@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from fastapi import APIRouter, Request, Response
-from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from service.admission import (
@@ -20,7 +19,8 @@ from service.admission import (
     request_deadline,
     reserved,
 )
-from service.budget import json_parse_bytes
+from service.bodies import detokenize_grids, grid_rows
+from service.budget import grid_json_bytes, grid_parse_bytes
 from service.chunked import PIECE, b64_json_string, dump, json_array, json_object
 from service.deps import SettingsDep, StateDep
 from service.errors import APIError, ErrorCode, ErrorResponse
@@ -91,11 +91,14 @@ async def _decode(
 ) -> list[bytes]:
     """Per piece of the request (``pieces``): reserve the memory of its grids' images,
     decode them in the batcher, encode PNGs, release."""
-    costs = [served.cost.detokenize(g.numel() * served.f**2) for g in grids]
+    pixels = [g.numel() * served.f**2 for g in grids]
+    costs = [served.cost.detokenize(n) for n in pixels]
+    split = state.settings.lane_split_pixels
     quota = min(state.budget.capacity, served.cost.detokenize(state.settings.max_batch_pixels))
     pngs: list[bytes] = []
     for piece in pieces(costs, quota):
-        async with pass_memory(state, sum(costs[piece]), deadline):
+        small = all(n <= split for n in pixels[piece])
+        async with pass_memory(state, sum(costs[piece]), deadline, small=small):
             futures = served.decoder.submit_many(grids[piece], deadline=deadline)
             try:
                 images = await asyncio.gather(*futures)
@@ -107,69 +110,57 @@ async def _decode(
     return pngs
 
 
-Body = TypeVar("Body", DetokenizeRequest, DetokenizeBatchRequest)
-
-
 def _parse(
-    body: bytes, schema: type[Body], state: ServiceState, settings: Settings
-) -> tuple[Body, list[torch.Tensor]]:
-    """JSON -> (the request, its grids as int64 tensors), on a worker thread: parsing a large
-    body takes time the event loop must not lose."""
-    try:
-        parsed = schema.model_validate_json(body)
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors(include_url=False)) from None
-    served = state.get(parsed.model)
-    rows = [parsed.codes] if isinstance(parsed, DetokenizeRequest) else parsed.batch
-    if len(rows) > settings.max_images_per_request:
-        raise APIError(
-            ErrorCode.TOO_MANY_IMAGES,
-            f"{len(rows)} grids in one request; the limit is "
-            f"{settings.max_images_per_request} (setting max_images_per_request)",
-        )
-    labels = (
-        ["codes"]
-        if isinstance(parsed, DetokenizeRequest)
-        else [f"batch[{i}]" for i in range(len(rows))]
+    body: bytes, batch: bool, state: ServiceState, settings: Settings
+) -> tuple[str, list[torch.Tensor]]:
+    """JSON -> (the model, its grids as int64 tensors), on a worker thread, typed and one
+    grid at a time (``service.bodies``): a body of the wrong types ends at its first wrong
+    element, and no one call holds the event loop for more than a grid's decode."""
+    model, grids = detokenize_grids(
+        body,
+        batch=batch,
+        max_images=settings.max_images_per_request,
+        max_side=settings.max_grid_side,
     )
+    served = state.get(model)
     tensors = [
         check_grid(
-            grid, label=label, codebook_size=served.codebook_size, max_side=settings.max_grid_side
+            grid_rows(raw, label=label, max_side=settings.max_grid_side),
+            label=label,
+            codebook_size=served.codebook_size,
+            max_side=settings.max_grid_side,
         )
-        for label, grid in zip(labels, rows, strict=True)
+        for label, raw in grids
     ]
-    # The lists are dropped here: only the tensors (8 bytes per code) outlive the parse.
-    if isinstance(parsed, DetokenizeRequest):
-        parsed.codes = []
-    else:
-        parsed.batch = []
-    return parsed, tensors
+    # Each grid's lists are gone once converted: only the tensors (8 bytes per code) remain.
+    return model, tensors
 
 
 async def _detokenize(
-    request: Request, state: ServiceState, settings: Settings, schema: type[Body]
-) -> tuple[Body, list[bytes], list[tuple[int, int]]]:
-    """Read, reserve, parse, decode. The body and its parse are priced in the input pool as
-    the body arrives, before either is allocated (``json_parse_bytes``: by the body's
-    structure, since a body of one-element rows costs many times what one of long rows
-    does), the images in the main pool before the model runs."""
+    request: Request, state: ServiceState, settings: Settings, *, batch: bool
+) -> tuple[str, list[bytes], list[tuple[int, int]]]:
+    """Read, reserve, parse, decode. The body and its parse are priced in the input pool
+    before either is allocated: one grid's lists up front, the rest per byte as the body
+    arrives (``service.bodies`` says why that bounds it); the images in the main pool
+    before the model runs."""
     deadline = request_deadline(state, request)
     with refusals(state, "*", "detokenize"):
-        async with reserved(state.input_budget, 0, deadline) as held:
+        lists = grid_parse_bytes(settings.max_grid_side)
+        async with reserved(state.input_budget, lists, deadline) as held:
             # Priced chunk by chunk as it arrives: a body whose parse can never fit is
             # refused (413) mid-body, before the rest of it is received.
-            body = await metered(request, held, json_parse_bytes).body()
-            parsed, tensors = await run_in_threadpool(_parse, body, schema, state, settings)
+            body = await metered(request, held, grid_json_bytes).body()
+            model, tensors = await run_in_threadpool(_parse, body, batch, state, settings)
             held.resize(len(body) + sum(8 * t.numel() for t in tensors))
-            served = state.get(parsed.model)
-            with refusals(state, parsed.model, "detokenize"):
+            served = state.get(model)
+            with refusals(state, model, "detokenize"):
                 pngs = await guarded(
                     request, deadline, lambda: _decode(served, tensors, state, deadline)
                 )
-    state.metrics.images.labels(parsed.model, "detokenize").inc(len(pngs))
-    state.metrics.tokens.labels(parsed.model, "detokenize").inc(sum(t.numel() for t in tensors))
+    state.metrics.images.labels(model, "detokenize").inc(len(pngs))
+    state.metrics.tokens.labels(model, "detokenize").inc(sum(t.numel() for t in tensors))
     sizes = [(int(t.shape[0]) * served.f, int(t.shape[1]) * served.f) for t in tensors]
-    return parsed, pngs, sizes
+    return model, pngs, sizes
 
 
 def _json_body(schema: type[BaseModel]) -> dict[str, Any]:
@@ -191,12 +182,12 @@ def _json_body(schema: type[BaseModel]) -> dict[str, Any]:
 )
 async def detokenize(request: Request, state: StateDep, settings: SettingsDep) -> Response:
     """`{"model": ..., "codes": [[...], ...]}` -> the image as PNG; `X-Image-Size` is `HxW`."""
-    body, pngs, sizes = await _detokenize(request, state, settings, DetokenizeRequest)
+    model, pngs, sizes = await _detokenize(request, state, settings, batch=False)
     h, w = sizes[0]
     return Response(
         content=pngs[0],
         media_type="image/png",
-        headers={"X-Model": body.model, "X-Image-Size": f"{h}x{w}"},
+        headers={"X-Model": model, "X-Image-Size": f"{h}x{w}"},
     )
 
 
@@ -219,7 +210,7 @@ def _batch_body(model: str, pngs: list[bytes], sizes: list[tuple[int, int]]) -> 
 )
 async def detokenize_batch(request: Request, state: StateDep, settings: SettingsDep) -> Response:
     """`{"model": ..., "batch": [grid, ...]}` -> one base64 PNG per grid, in request order."""
-    body, pngs, sizes = await _detokenize(request, state, settings, DetokenizeBatchRequest)
+    model, pngs, sizes = await _detokenize(request, state, settings, batch=True)
     # A DetokenizeBatchResponse (response_model, the OpenAPI docs), serialized here.
-    content = await run_in_threadpool(_batch_body, body.model, pngs, sizes)
+    content = await run_in_threadpool(_batch_body, model, pngs, sizes)
     return Response(content=content, media_type="application/json")

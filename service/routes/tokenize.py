@@ -9,8 +9,6 @@ from typing import Annotated
 import numpy as np
 import torch
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -23,7 +21,8 @@ from service.admission import (
     request_deadline,
     reserved,
 )
-from service.budget import upload_bytes
+from service.bodies import tokenize_images
+from service.budget import IMAGES_JSON_BYTES_PER_IMAGE, images_json_bytes, upload_bytes
 from service.chunked import b64decode, dump, grid_json, json_array, json_object
 from service.deps import SettingsDep, StateDep
 from service.errors import APIError, ErrorCode, ErrorResponse
@@ -65,16 +64,31 @@ _REQUEST_BODY = {
 }
 
 
-def _b64decode(text: str, label: str) -> bytes:
-    if text.startswith("data:"):
+_WHITESPACE = b" \t\n\r\f\v"
+
+
+def _b64decode(texts: list[str], i: int, label: str) -> bytes:
+    """``texts[i]`` (an ``images[i]`` entry) -> the file's bytes; the text is dropped from
+    ``texts`` once converted, and whitespace in one pass over bytes (never a string per run
+    of it), so that at most two copies of the entry live beside the result: what
+    ``images_json_bytes`` priced."""
+    try:
+        data = texts[i].encode("ascii")
+    except UnicodeEncodeError:
+        raise APIError(
+            ErrorCode.INVALID_BASE64, f"{label} is not valid base64: it holds non-ASCII text"
+        ) from None
+    texts[i] = ""
+    if data.startswith(b"data:"):
         # data:image/png;base64,....
-        header, sep, text = text.partition(",")
-        if not sep or not header.endswith(";base64"):
+        header, sep, data = data.partition(b",")
+        if not sep or not header.endswith(b";base64"):
             raise APIError(
                 ErrorCode.INVALID_BASE64, f"{label} is a data: URL without ';base64,' data"
             )
+    data = data.translate(None, _WHITESPACE)
     try:
-        return b64decode("".join(text.split()))
+        return b64decode(data)
     except (binascii.Error, ValueError) as exc:
         raise APIError(ErrorCode.INVALID_BASE64, f"{label} is not valid base64: {exc}") from None
 
@@ -101,19 +115,16 @@ async def _multipart_payloads(request: Request, settings: Settings) -> list[tupl
 
 
 def _parse_json(body: bytes, settings: Settings) -> list[tuple[str, bytes]]:
-    try:
-        parsed = TokenizeJSONRequest.model_validate_json(body)
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors(include_url=False)) from None
-    if len(parsed.images) > settings.max_images_per_request:
+    """``{"images": [base64, ...]}`` -> (label, file bytes) per image, typed (``service.bodies``:
+    a body of the wrong types ends at its first wrong element)."""
+    texts = tokenize_images(body, max_images=settings.max_images_per_request)
+    if len(texts) > settings.max_images_per_request:
         raise APIError(
             ErrorCode.TOO_MANY_IMAGES,
-            f"{len(parsed.images)} images in one request; the limit is "
+            f"{len(texts)} images in one request; the limit is "
             f"{settings.max_images_per_request} (setting max_images_per_request)",
         )
-    return [
-        (f"images[{i}]", _b64decode(text, f"images[{i}]")) for i, text in enumerate(parsed.images)
-    ]
+    return [(f"images[{i}]", _b64decode(texts, i, f"images[{i}]")) for i in range(len(texts))]
 
 
 async def _json_payloads(request: Request, settings: Settings) -> list[tuple[str, bytes]]:
@@ -174,7 +185,9 @@ async def _encode(
         served.cost.tokenize(settings.max_batch_pixels, settings.max_batch_pixels),
     )
     for piece in pieces([cost for cost, _ in priced], quota):
-        async with pass_memory(state, sum(cost for cost, _ in priced[piece]), deadline):
+        small = all(pixels <= settings.lane_split_pixels for _, pixels in priced[piece])
+        cost = sum(cost for cost, _ in priced[piece])
+        async with pass_memory(state, cost, deadline, small=small):
             prepared = await run_in_threadpool(
                 _prepare, payloads[piece], f=served.f, fit=fit, max_side=settings.max_image_side
             )
@@ -230,9 +243,10 @@ async def tokenize(
     served = state.get(model)
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media == "multipart/form-data":
-        read = _multipart_payloads
+        read, price, upfront = _multipart_payloads, upload_bytes, 0
     elif media == "application/json" or media.endswith("+json"):
-        read = _json_payloads
+        read, price = _json_payloads, images_json_bytes
+        upfront = IMAGES_JSON_BYTES_PER_IMAGE * settings.max_images_per_request
     else:
         raise APIError(
             ErrorCode.UNSUPPORTED_MEDIA_TYPE,
@@ -241,8 +255,8 @@ async def tokenize(
         )
     with refusals(state, model, "tokenize"):
         # The body's memory is reserved as it arrives, before it is kept (service/budget.py).
-        async with reserved(state.input_budget, 0, deadline) as held:
-            payloads = await read(metered(request, held, upload_bytes), settings)
+        async with reserved(state.input_budget, upfront, deadline) as held:
+            payloads = await read(metered(request, held, price), settings)
             codes, sizes = await guarded(
                 request,
                 deadline,

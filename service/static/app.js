@@ -17,6 +17,35 @@ const HEATMAP_CELLS = 1024; // at most 32 x 32 heatmap cells; larger codebooks a
 const HEATMAP_PX = 320; // side of the heatmap's square of cells
 const state = { models: [] };
 
+// API key (setting api_keys): asked for on the first 401 and kept for this tab only
+// (sessionStorage). Every request of the page goes to this service, so fetch itself carries
+// the key. A 401 with the stored key asks again; declined, the page asks no more until reloaded.
+const KEY_ITEM = "vq-api-key";
+const plainFetch = window.fetch.bind(window);
+let keyDeclined = false;
+window.fetch = async (url, options = {}) => {
+  const send = (key) => {
+    const headers = new Headers(options.headers || {});
+    if (key) headers.set("Authorization", `Bearer ${key}`);
+    return plainFetch(url, { ...options, headers });
+  };
+  const used = sessionStorage.getItem(KEY_ITEM);
+  const response = await send(used);
+  if (response.status !== 401) return response;
+  let key = sessionStorage.getItem(KEY_ITEM);
+  if (key === used) {
+    // another request may have asked meanwhile; else ask now
+    if (keyDeclined) return response;
+    key = (window.prompt("This service needs an API key:") || "").trim();
+    if (!key) {
+      keyDeclined = true;
+      return response;
+    }
+    sessionStorage.setItem(KEY_ITEM, key);
+  }
+  return send(key);
+};
+
 function el(tag, attrs = {}, text) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);

@@ -181,9 +181,9 @@ def test_a_request_larger_than_the_pool_runs_in_pieces(artifact_dir: Path) -> No
         peak = 0
         acquire = state.budget.acquire
 
-        async def watched(nbytes: int) -> None:
+        async def watched(nbytes: int, *, small: bool = False) -> None:
             nonlocal peak
-            await acquire(nbytes)
+            await acquire(nbytes, small=small)
             peak = max(peak, state.budget.used)
 
         state.budget.acquire = watched

@@ -15,12 +15,13 @@ from PIL import Image
 
 from service.app import create_app
 from service.budget import (
-    JSON_BYTES_PER_ITEM,
-    JSON_BYTES_PER_LIST,
+    IMAGES_JSON_BYTES_PER_IMAGE,
     MemoryBudget,
     MemoryBusy,
     Reservation,
-    json_parse_bytes,
+    grid_json_bytes,
+    grid_parse_bytes,
+    images_json_bytes,
 )
 from service.images import header_size
 from tests.service.helpers import encode_file, make_settings, random_image
@@ -42,17 +43,71 @@ def test_header_size_decodes_no_pixel(fmt: str, monkeypatch: pytest.MonkeyPatch)
     assert loads == []
 
 
-def test_json_parse_bytes_prices_structure_not_length() -> None:
-    long_rows = (
-        b'{"batch": [[' + b",".join([b"[" + b",".join([b"12345"] * 256) + b"]"] * 8) + b"]]}"
-    )
-    short_rows = b'{"batch": [[' + b",".join([b"[0]"] * (len(long_rows) // 4)) + b"]]}"
-    assert abs(len(long_rows) - len(short_rows)) < 16
-    # One-element rows cost many times more to parse than long rows of the same length.
-    assert json_parse_bytes(short_rows) > 4 * json_parse_bytes(long_rows)
-    assert json_parse_bytes(short_rows) >= (len(short_rows) // 4) * (
-        JSON_BYTES_PER_LIST + JSON_BYTES_PER_ITEM
-    )
+def grid_body(grids: int, h: int, w: int, code: int = 63) -> bytes:
+    row = b"[" + b",".join([str(code).encode()] * w) + b"]"
+    grid = b"[" + b",".join([row] * h) + b"]"
+    return b'{"batch": [' + b",".join([grid] * grids) + b"]}"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        grid_body(8, 64, 64),  # long rows
+        grid_body(8, 64, 64, code=7),  # long rows of one-digit codes: most codes per byte
+        grid_body(64, 64, 1),  # one-element rows: most lists per byte
+        grid_body(1, 1, 64, code=10**30),  # big ints (refused after the parse: out of range)
+    ],
+    ids=["long-rows", "one-digit", "one-element-rows", "big-ints"],
+)
+def test_the_price_of_a_grid_body_covers_its_parse(artifact_dir: Path, body: bytes) -> None:
+    """What the parse allocates (traced) plus the int64 tensors it returns stays within
+    what the body was charged, less the body itself (held before the parse began)."""
+    import tracemalloc
+
+    from service.errors import APIError
+    from service.routes.detokenize import _parse
+
+    settings = make_settings(artifact_dir, max_grid_side=64)
+    app = create_app(settings)
+    with TestClient(app):
+        state = app.state.service
+        tracemalloc.start()
+        try:
+            _, tensors = _parse(body, True, state, settings)
+        except APIError:
+            tensors = []
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    codes = sum(t.numel() for t in tensors)
+    charged = grid_json_bytes(body) + grid_parse_bytes(settings.max_grid_side)
+    assert peak + 8 * codes + len(body) <= charged, (peak, codes, len(body), charged)
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [
+        ["QUFB" * 250_000],  # one large image
+        [" Q U F B" * 100_000],  # whitespace-padded
+        ["QUFB"] * 64,  # many small ones
+        ["data:image/png;base64," + "QUFB" * 1000] * 8,
+    ],
+    ids=["large", "whitespace", "many", "data-url"],
+)
+def test_the_price_of_an_images_body_covers_its_parse(texts: list[str]) -> None:
+    import json
+    import tracemalloc
+
+    from service.routes.tokenize import _parse_json
+    from service.settings import Settings
+
+    body = json.dumps({"images": texts}).encode()
+    tracemalloc.start()
+    payloads = _parse_json(body, Settings())
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert all(data.startswith(b"AAA") for _, data in payloads)
+    upfront = IMAGES_JSON_BYTES_PER_IMAGE * len(texts)  # reserved before the body is read
+    assert peak + len(body) <= images_json_bytes(body) + upfront, (peak, len(body))
 
 
 def test_reservations_grow_without_waiting() -> None:
@@ -82,20 +137,20 @@ def test_a_json_body_is_priced_before_it_is_parsed(artifact_dir: Path) -> None:
     with TestClient(app) as client:
         state = app.state.service
         state._input_budget = MemoryBudget(8 * 2**20)  # bodies may use 8 MiB
-        small = client.post(
-            "/v1/detokenize/batch",
-            content=ones_body(64),
-            headers={"content-type": "application/json"},
-        )
+        headers = {"content-type": "application/json"}
+        small = client.post("/v1/detokenize/batch", content=ones_body(64), headers=headers)
         assert small.status_code == 200, small.text
-        # 60,000 one-element rows: 240 kB of JSON, but some 12 MB of Python lists parsed.
-        body = ones_body(60_000)
-        assert len(body) < 8 * 2**20 < json_parse_bytes(body)
-        big = client.post(
-            "/v1/detokenize/batch", content=body, headers={"content-type": "application/json"}
-        )
+        # Four 256 x 256 grids of legal codes: some 790 kB of JSON, priced over 8 MiB.
+        body = grid_body(4, 256, 256)
+        assert grid_json_bytes(body) + grid_parse_bytes(256) > 8 * 2**20
+        big = client.post("/v1/detokenize/batch", content=body, headers=headers)
         assert big.status_code == 413, big.text
         assert big.json()["code"] == "memory_budget"
+        # 60,000 one-element rows: more rows than a grid within the limits holds, refused
+        # from the grid's bytes before a list is built.
+        rows = client.post("/v1/detokenize/batch", content=ones_body(60_000), headers=headers)
+        assert rows.status_code == 422, rows.text
+        assert rows.json()["code"] == "grid_too_large"
         assert state.input_budget.used == 0 and state.budget.used == 0
 
 
@@ -162,9 +217,3 @@ def test_passes_and_the_process_peak_are_exported(app_client: TestClient) -> Non
     )
     peak = metrics["vq_resident_memory_peak_bytes"].value
     assert peak >= metrics["vq_resident_memory_bytes"].value > 0
-
-
-def test_json_parse_bytes_is_additive_over_chunks() -> None:
-    body = ones_body(10_000)
-    chunks = [body[i : i + 777] for i in range(0, len(body), 777)]  # cut anywhere
-    assert sum(json_parse_bytes(c) for c in chunks) == json_parse_bytes(body)
