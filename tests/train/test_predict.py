@@ -67,7 +67,7 @@ def test_predict_writes_every_good_image_once(
     assert sorted(s["path"] for s in skipped) == sorted(BAD)
     assert all(s["error"] for s in skipped)
 
-    info = json.loads((out / "info.json").read_text())
+    info = json.loads((out / "_info.json").read_text())
     assert info["f"] == 4 and info["codebook_size"] == 32 and info["dtype"] == "uint16"
     assert info["precision"] == "32-true"  # the trainer's (Lightning default here)
     rows_per_shard: Counter[str] = Counter()
