@@ -95,7 +95,13 @@ class UsageResponse(BaseModel):
     tokens_seen: int = Field(description="Tokens counted since the service started")
     window_usage: float = Field(description="Fraction of codes hit in the window")
     perplexity: float = Field(description="exp(entropy) of the window histogram")
-    dead_codes: int = Field(description="Codes with no hit in the window")
+    dead_codes: int = Field(
+        description="Codes with no hit in the full window; 0 while the window is filling"
+    )
+    unseen_codes: int = Field(
+        description="Codes with no hit yet while the window is filling (window_tokens < "
+        "window); 0 once it is full, when they count as dead_codes"
+    )
     histogram: list[int] = Field(description="Hits per code id over the window")
 
 

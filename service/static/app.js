@@ -456,7 +456,8 @@ async function refreshUsage(model) {
     window_usage: percent(usage.window_usage),
     reachable: `${percent(expected / k)} (at most ${percent(Math.min(n, k) / k)})`,
     perplexity: usage.perplexity.toFixed(1),
-    dead_codes: `${fmt(usage.dead_codes)} / ${fmt(k)}`,
+    // One meaning per name (docs/api.md): unseen_codes while the window fills, dead_codes once full.
+    dead_codes: `${fmt(filling ? usage.unseen_codes : usage.dead_codes)} / ${fmt(k)}`,
   };
   for (const [key, value] of Object.entries(shown)) {
     const cell = card.querySelector(`[data-stat="${key}"]`);

@@ -147,6 +147,11 @@ def test_served_traffic_says_what_the_window_can_reach(
     reach = expected_coverage(WIDE_K, n) / WIDE_K
     assert _stat(wide, "reachable") == f"{100 * reach:.1f} % (at most {100 * n / WIDE_K:.1f} %)"
     assert 'data-for="dead_codes">not yet seen<' in wide and ">dead codes<" not in wide
+    # The row shows /usage's unseen_codes while the window fills (dead_codes is 0 then).
+    with Client(two_models.url) as client:
+        usage = client.usage("wide")
+    assert usage["dead_codes"] == 0 and usage["unseen_codes"] > 0
+    assert _stat(wide, "dead_codes") == f"{usage['unseen_codes']:,} / {WIDE_K:,}"
     note = _stat(wide, "reach_note")
     assert f"would hit {round(expected_coverage(WIDE_K, n)):,} of them" in note
     assert "not yet seen" in note

@@ -25,6 +25,7 @@ MONITOR_KEYS = (
     "usage/window_usage",
     "usage/perplexity",
     "usage/dead_codes",
+    "usage/unseen_codes",
     "val/epoch_usage",
     "val/epoch_perplexity",
     "val/psnr",
