@@ -73,7 +73,14 @@ class ModelInfo(BaseModel):
     format_version: int | None = None
     created: str | None = None
     versions: dict[str, Any] = Field(default_factory=dict)
-    metrics: dict[str, Any] = Field(default_factory=dict, description="From the model card")
+    metrics: dict[str, Any] = Field(
+        default_factory=dict,
+        description="config.json's metrics: vq-train's validation at export, on the run's "
+        "held-out crops (not full images)",
+    )
+    card: bool = Field(
+        default=False, description="Whether GET /v1/models/{name}/card serves a model card"
+    )
     device: str
     backend: str = Field(description="torch or onnxruntime: what runs the encoder and decoder")
     precision: str = Field(description="fp32 or bf16: what the encoder and decoder run at")

@@ -358,7 +358,7 @@ const CARD_METRICS = {
 function table(cls, caption, note, rows) {
   const t = el("table", { class: cls });
   const cap = el("caption", {}, caption);
-  cap.append(el("small", {}, note));
+  cap.append(typeof note === "string" ? el("small", {}, note) : note);
   t.append(cap);
   const body = el("tbody");
   for (let i = 0; i < rows.length; i += 2) {
@@ -391,6 +391,26 @@ function heatmapCaption(bin, filling) {
   return `${cells}; ${none}. Point at a cell for its ids and hits.`;
 }
 
+// Where the training card's figures come from: crops, not full images (they read lower than
+// the full-image Kodak figures of the model card, which the note links).
+function trainingNote(model) {
+  const note = el("small", { class: "training-note" });
+  const tokens = (model.metrics || {}).tokens;
+  const pixels = tokens ? ` (${fmt(Math.round(tokens))} tokens, ${(tokens * model.f * model.f / 1e6).toFixed(1)} Mpx)` : "";
+  note.append(
+    `config.json: vq-train's validation at export, on the training run's held-out crops${pixels}, ` +
+      "not full images, so they read lower than full-image figures. ",
+  );
+  if (model.card) {
+    note.append(el("a", {
+      class: "card-link",
+      href: `v1/models/${encodeURIComponent(model.name)}/card`,
+      target: "_blank",
+    }, "Full-image figures (Kodak): the model card"));
+  }
+  return note;
+}
+
 function modelCard(model) {
   const card = el("article", { class: "model", id: `model-${model.name}`, "data-model": model.name });
   const quantizer = model.kind === "fsq"
@@ -419,7 +439,7 @@ function modelCard(model) {
   ];
   const tables = el("div", { class: "tables" });
   tables.append(
-    table("training-card", "Training card", "config.json: held-out figures at export", trained),
+    table("training-card", "Training card", trainingNote(model), trained),
     table("live-traffic", "Served traffic", "live: window and totals since start", live),
   );
   card.append(tables, el("p", { class: "hint reach-note", "data-stat": "reach_note" }));

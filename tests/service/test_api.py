@@ -483,3 +483,27 @@ def test_client_names_images_by_their_path_in_errors(
     assert info.value.code == "bad_image_size"
     assert str(odd) in info.value.detail and "10x13 (HxW)" in info.value.detail
     assert "image1" not in info.value.detail and str(good) not in info.value.detail
+
+
+def test_model_card_is_served_where_the_artifact_has_one(
+    artifact_dir: Path, tmp_path: Path
+) -> None:
+    """GET /v1/models/{name}/card: the artifact's card.md as Markdown (the dashboard links it
+    for the full-image figures); 404 not_found, and ``card: false``, without one."""
+    import shutil
+
+    with_card = tmp_path / "carded"
+    shutil.copytree(artifact_dir, with_card)
+    (with_card / "card.md").write_text("# A card\n\nKodak: 24.6 dB\n", encoding="utf-8")
+    settings = make_settings(artifact_dir)
+    settings.models["carded"] = str(with_card)
+    with TestClient(create_app(settings)) as client:
+        card = client.get("/v1/models/carded/card")
+        assert card.status_code == 200 and card.text.startswith("# A card")
+        assert card.headers["content-type"].startswith("text/markdown")
+        assert client.get("/v1/models/carded").json()["card"] is True
+        missing = client.get("/v1/models/default/card")
+        assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+        assert "no model card" in missing.json()["detail"]
+        assert client.get("/v1/models/default").json()["card"] is False
+        assert client.get("/v1/models/nope/card").json()["code"] == "unknown_model"

@@ -34,6 +34,7 @@ def two_models(
         quantizer=vq.QuantizerConfig(kind="fsq", codebook_size=WIDE_K, levels=levels),
     )
     vq.save_tokenizer(vq.VQVAE(cfg), wide)
+    (wide / "card.md").write_text("# wide\n\nKodak: 24.6 dB\n", encoding="utf-8")
     server = start_server(
         [
             "--model",
@@ -79,6 +80,13 @@ def test_cards_tables_charts_and_empty_states(two_models: LiveServer, tmp_path: 
         assert "<caption>Served traffic" in live
         assert "data-stat" not in training and 'data-stat="tokens_seen"' in live
     assert "12.50 dB" in _table(busy, "training-card")  # the tiny artifact's card: psnr 12.5
+    # The training card says where its figures come from, and links the model card (if any)
+    # for the full-image ones.
+    for card in (busy, _card(dom, "wide")):
+        note = _table(card, "training-card")
+        assert "held-out crops" in note and "not full images" in note
+    assert 'href="v1/models/wide/card"' in _card(dom, "wide") and "Kodak" in _card(dom, "wide")
+    assert "/card" not in busy
     assert re.search(r'data-stat="tokens_seen">[1-9]', busy)
     assert re.search(r'data-stat="tokens_seen">0<', idle)
 
