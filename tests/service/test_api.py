@@ -507,3 +507,22 @@ def test_model_card_is_served_where_the_artifact_has_one(
         assert "no model card" in missing.json()["detail"]
         assert client.get("/v1/models/default").json()["card"] is False
         assert client.get("/v1/models/nope/card").json()["code"] == "unknown_model"
+
+
+def test_client_sends_the_base_name_of_a_file(app_client: TestClient, tmp_path: Path) -> None:
+    """The upload's file name is the base name, never the local path (the service's messages
+    and logs would show it); the client's own error names the local path."""
+    folder = tmp_path / "private" / "folder"
+    folder.mkdir(parents=True)
+    (folder / "cat.png").write_bytes(b"not an image")
+    sent: list[object] = []
+
+    class Recording:
+        def post(self, *args: object, **kwargs: object) -> object:
+            sent.append(kwargs.get("files"))
+            return app_client.post(*args, **kwargs)  # type: ignore[arg-type]
+
+    with pytest.raises(ServiceError) as err:
+        Client(http=Recording()).tokenize([folder / "cat.png"])  # type: ignore[arg-type]
+    assert sent[0][0][1][0] == "cat.png"  # type: ignore[index]
+    assert f"files[0] ({folder / 'cat.png'})" in err.value.detail
