@@ -411,7 +411,8 @@ def test_too_many_images(artifact_dir: Path) -> None:
     with TestClient(app) as client:
         payload = {"images": [base64.b64encode(blob).decode()] * 3}
         assert_error(client.post("/v1/tokenize", json=payload), 422, "too_many_images", "2")
-        assert post_files(client, [blob] * 3).status_code == 400
+        # The same error for multipart files as for base64 images.
+        assert_error(post_files(client, [blob] * 3), 422, "too_many_images", "more than 2")
         assert_error(
             client.post("/v1/detokenize/batch", json={"batch": [[[1]]] * 3}),
             422,
@@ -526,3 +527,15 @@ def test_client_sends_the_base_name_of_a_file(app_client: TestClient, tmp_path: 
         Client(http=Recording()).tokenize([folder / "cat.png"])  # type: ignore[arg-type]
     assert sent[0][0][1][0] == "cat.png"  # type: ignore[index]
     assert f"files[0] ({folder / 'cat.png'})" in err.value.detail
+
+
+@pytest.mark.parametrize("path", ["/v1/detokenize", "/v1/detokenize/batch"])
+def test_detokenize_with_a_form_body_is_415_like_tokenize(
+    app_client: TestClient, path: str
+) -> None:
+    for response in (
+        app_client.post(path, data={"codes": "[[1]]"}),  # a form, as curl -d sends
+        app_client.post(path, content=b'{"codes": [[1]]}'),  # no content-type
+        app_client.post("/v1/tokenize", data={"images": "x"}),
+    ):
+        assert_error(response, 415, "unsupported_media_type", "content-type")
