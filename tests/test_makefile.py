@@ -97,3 +97,10 @@ def test_train_without_data_says_what_to_pass(tmp_path: Path) -> None:
     with pytest.raises(subprocess.CalledProcessError) as info:
         dry_run(tmp_path, target="train")
     assert "make train DATA=DIR" in info.value.stderr and "VQ_DATA_ROOT" in info.value.stderr
+
+
+def test_serve_prints_the_url_it_serves(tmp_path: Path) -> None:
+    lines = dry_run(tmp_path, "TORCH=cpu", "PORT=8080", target="serve")
+    echo = [line for line in lines if line.startswith("echo")]
+    assert echo and "http://127.0.0.1:8080/" in echo[0] and "Ctrl-C" in echo[0]
+    assert lines.index(echo[0]) < next(i for i, x in enumerate(lines) if "vq-serve --host" in x)
