@@ -622,14 +622,34 @@ async function reconstructionPsnr(file, recon, fit, [h, w]) {
 }
 
 function applyZoom() {
-  const zoom = Number(document.getElementById("tryout-zoom").value);
+  const choice = document.getElementById("tryout-zoom").value;
+  const row = document.querySelector(".tryout-row");
+  // "fit": original and reconstruction side by side beside the 128-px code map, all three in
+  // view, never enlarged; 1x/2x/4x show pixels as they are (the row scrolls).
+  const room = Math.max(64, Math.floor((row.clientWidth - 128 - 2 * 16 - 12) / 2));
   for (const id of ["tryout-input", "tryout-output"]) {
     const img = document.getElementById(id);
     if (!img.naturalWidth) continue;
-    img.style.width = `${img.naturalWidth * zoom}px`;
-    img.style.height = `${img.naturalHeight * zoom}px`;
-    img.dataset.zoom = String(zoom);
+    const zoom = choice === "fit" ? Math.min(1, room / img.naturalWidth) : Number(choice);
+    img.style.width = `${Math.floor(img.naturalWidth * zoom)}px`;
+    img.style.height = `${Math.floor(img.naturalHeight * zoom)}px`;
+    img.style.imageRendering = zoom < 1 ? "auto" : "";
+    img.dataset.zoom = choice === "fit" ? `fit ${zoom.toFixed(3)}` : String(zoom);
   }
+}
+
+// A failed try leaves no half-drawn figure behind (a rejected file's broken image).
+function clearTryout() {
+  for (const id of ["tryout-input", "tryout-output"]) {
+    const img = document.getElementById(id);
+    img.removeAttribute("src");
+    img.removeAttribute("style");
+    delete img.dataset.zoom;
+  }
+  const codes = document.getElementById("tryout-codes");
+  codes.width = 0;
+  codes.height = 0;
+  document.getElementById("tryout-stats").textContent = "";
 }
 
 function loaded(img, blob) {
@@ -706,6 +726,7 @@ function tryout(getFile) {
       return runTryout(file);
     })
     .catch((error) => {
+      clearTryout();
       document.getElementById("tryout").dataset.status = "error";
       document.getElementById("tryout-message").textContent = `error: ${error.message}`;
     });
@@ -718,6 +739,7 @@ document.getElementById("tryout-form").addEventListener("submit", (event) => {
 });
 document.getElementById("tryout-sample").addEventListener("click", () => tryout(sampleImage));
 document.getElementById("tryout-zoom").addEventListener("change", applyZoom);
+window.addEventListener("resize", applyZoom);
 refreshLoop().then(() => {
   // Where the tryout ends in the first screenful (tests check it is above the fold).
   const box = document.getElementById("tryout").getBoundingClientRect();

@@ -201,8 +201,11 @@ def test_tryout_shows_full_size_reconstruction_psnr_bpp_and_grid(
     psnr = float(re.search(r'data-psnr="([\d.]+)"', tag).group(1))  # type: ignore[union-attr]
     assert 3.0 < psnr < 60.0 and 'data-psnr-exact="true"' in tag  # untrained model, 256 = 64 f
     assert "bits per pixel" in dom and "token grid 64×64" in dom
-    # Shown at its own size (1x zoom): 256 CSS px wide, not a 128 px thumbnail.
+    # The default zoom fits the panel and never enlarges: the 256-px sample fits, so it is
+    # shown at its own size, not as a 128 px thumbnail.
     assert re.search(r'data-output-shown="256x256"', section.group(0)), section.group(0)
+    assert re.search(r'id="tryout-output"[^>]*data-zoom="fit 1\.000"', dom), dom[:4000]
+    assert "Reading: the closer the reconstruction" in dom
 
 
 def test_a_full_window_calls_unhit_codes_dead(
