@@ -626,7 +626,11 @@ function applyZoom() {
   const row = document.querySelector(".tryout-row");
   // "fit": original and reconstruction side by side beside the 128-px code map, all three in
   // view, never enlarged; 1x/2x/4x show pixels as they are (the row scrolls).
-  const room = Math.max(64, Math.floor((row.clientWidth - 128 - 2 * 16 - 12) / 2));
+  // On a phone-width row the figures wrap one per line (style.css), each the row's width.
+  const narrow = row.clientWidth < 560;
+  const room = narrow
+    ? row.clientWidth - 4
+    : Math.max(64, Math.floor((row.clientWidth - 128 - 2 * 16 - 12) / 2));
   for (const id of ["tryout-input", "tryout-output"]) {
     const img = document.getElementById(id);
     if (!img.naturalWidth) continue;
