@@ -62,6 +62,7 @@ lint: install
 	$(BIN)/hadolint Dockerfile
 
 serve: install
+	@echo "vq-serve: dashboard http://$(HOST):$(PORT)/ , API docs http://$(HOST):$(PORT)/docs (it holds this terminal; Ctrl-C stops it)"
 	$(BIN)/vq-serve --host $(HOST) --port $(PORT)
 
 train: install

@@ -111,6 +111,12 @@ _METAVARS = {
 def _add_argument(parser: argparse.ArgumentParser, *names: str, **kwargs: Any) -> argparse.Action:
     if kwargs.get("dest") in _METAVARS:
         kwargs["metavar"] = _METAVARS[kwargs["dest"]]
+    help_text = kwargs.get("help")
+    if isinstance(help_text, str) and " (default: null)" in help_text:
+        # pydantic-settings prints a None default as "null"; the description says what None
+        # means where it has a "(default: ...)" of its own, else the flag is unset.
+        prose = "(default:" in help_text.replace(" (default: null)", "")
+        kwargs["help"] = help_text.replace(" (default: null)", "" if prose else " (default: unset)")
     return parser.add_argument(*names, **kwargs)
 
 

@@ -138,9 +138,10 @@ class Client:
                 "/v1/tokenize", params=params, json=payload, headers=self._headers
             )
         else:
-            # The file name travels with the part: the service's errors say "files[0] (name)".
+            # The file's base name travels with the part (the service's errors say
+            # "files[0] (cat.png)"); the local folders stay on this machine.
             files = [
-                ("files", (n, b, "application/octet-stream"))
+                ("files", (os.path.basename(n), b, "application/octet-stream"))
                 for n, b in zip(names, blobs, strict=True)
             ]
             response = self.http.post(
@@ -149,12 +150,13 @@ class Client:
         try:
             body = self._check(response).json()
         except ServiceError as exc:
-            if not as_json:
-                raise
-            # JSON entries have no names: the service says "images[i]"; add the path.
+            if as_json:  # JSON entries have no names: the service says "images[i]"; add the path
+                pattern, label = r"\bimages\[(\d+)\]", lambda i: f"images[{i}]"
+            else:  # the service says "files[i] (base name)"; give the local path back
+                pattern, label = r"\bfiles\[(\d+)\] \([^)]*\)", lambda i: f"files[{i}]"
             detail = re.sub(
-                r"\bimages\[(\d+)\]",
-                lambda m: _with_name(m.group(0), names, int(m.group(1))),
+                pattern,
+                lambda m: _with_name(label(int(m.group(1))), names, int(m.group(1))),
                 exc.detail,
             )
             raise ServiceError(exc.status_code, exc.code, detail) from None

@@ -106,7 +106,14 @@ class _UsageCollector(Collector):
             ),
             "dead_codes": GaugeMetricFamily(
                 "vq_codebook_dead_codes",
-                "Codes with zero hits in the served-traffic window",
+                "Codes with zero hits in the full served-traffic window; 0 while the window "
+                "is filling (see vq_codebook_unseen_codes)",
+                labels=["model"],
+            ),
+            "unseen_codes": GaugeMetricFamily(
+                "vq_codebook_unseen_codes",
+                "Codes with no hit yet while the served-traffic window is filling; 0 once it "
+                "is full, when codes without a hit count as dead",
                 labels=["model"],
             ),
             "codebook_size": GaugeMetricFamily(
@@ -117,6 +124,7 @@ class _UsageCollector(Collector):
             families["window_usage"].add_metric([snap.model], snap.window_usage)
             families["perplexity"].add_metric([snap.model], snap.perplexity)
             families["dead_codes"].add_metric([snap.model], snap.dead_codes)
+            families["unseen_codes"].add_metric([snap.model], snap.unseen_codes)
             families["codebook_size"].add_metric([snap.model], snap.codebook_size)
         yield from families.values()
 

@@ -73,7 +73,14 @@ class ModelInfo(BaseModel):
     format_version: int | None = None
     created: str | None = None
     versions: dict[str, Any] = Field(default_factory=dict)
-    metrics: dict[str, Any] = Field(default_factory=dict, description="From the model card")
+    metrics: dict[str, Any] = Field(
+        default_factory=dict,
+        description="config.json's metrics: vq-train's validation at export, on the run's "
+        "held-out crops (not full images)",
+    )
+    card: bool = Field(
+        default=False, description="Whether GET /v1/models/{name}/card serves a model card"
+    )
     device: str
     backend: str = Field(description="torch or onnxruntime: what runs the encoder and decoder")
     precision: str = Field(description="fp32 or bf16: what the encoder and decoder run at")
@@ -95,7 +102,13 @@ class UsageResponse(BaseModel):
     tokens_seen: int = Field(description="Tokens counted since the service started")
     window_usage: float = Field(description="Fraction of codes hit in the window")
     perplexity: float = Field(description="exp(entropy) of the window histogram")
-    dead_codes: int = Field(description="Codes with no hit in the window")
+    dead_codes: int = Field(
+        description="Codes with no hit in the full window; 0 while the window is filling"
+    )
+    unseen_codes: int = Field(
+        description="Codes with no hit yet while the window is filling (window_tokens < "
+        "window); 0 once it is full, when they count as dead_codes"
+    )
     histogram: list[int] = Field(description="Hits per code id over the window")
 
 

@@ -98,6 +98,7 @@ class ServedModel:
                 window_usage=float(u.window_usage),
                 perplexity=float(u.perplexity),
                 dead_codes=int(u.dead_codes),
+                unseen_codes=int(u.unseen_codes),
                 histogram=u.histogram.tolist() if with_histogram else [],
             )
 

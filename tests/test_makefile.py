@@ -115,3 +115,10 @@ def test_ci_fetches_the_lpips_weights_before_the_tests() -> None:
     ]
     assert steps.index("make install") < steps.index("make lpips-weights")
     assert steps.index("make lpips-weights") < steps.index("make test")
+
+
+def test_serve_prints_the_url_it_serves(tmp_path: Path) -> None:
+    lines = dry_run(tmp_path, "TORCH=cpu", "PORT=8080", target="serve")
+    echo = [line for line in lines if line.startswith("echo")]
+    assert echo and "http://127.0.0.1:8080/" in echo[0] and "Ctrl-C" in echo[0]
+    assert lines.index(echo[0]) < next(i for i, x in enumerate(lines) if "vq-serve --host" in x)

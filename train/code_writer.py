@@ -25,6 +25,14 @@ from train.module import VQVAEModule
 _SHARD_RE = re.compile(r"^codes-rank(\d+)-(\d+)x(\d+)-(\d+)\.npy$")
 _RANK_FILE_RE = re.compile(r"^(manifest|skipped)-rank(\d+)\.jsonl$")
 FORMATS = ("npy", "parquet", "tar")
+# Metadata names start with "_": Parquet readers (pyarrow, Spark, DuckDB) skip such files, so
+# `pyarrow.parquet.read_table(out_dir)` reads the token shards alone.
+INFO_NAME = "_info.json"
+
+
+def skipped_name(unit: str) -> str:
+    """The file beside a unit's shard that lists its unreadable samples."""
+    return f"_{unit}.skipped.jsonl"
 
 
 def _duration(seconds: float) -> str:
@@ -90,6 +98,17 @@ def finished_paths(out_dir: Path) -> set[str]:
     return done
 
 
+def _migrate(out: Path) -> None:
+    """Renames an earlier version's metadata (``info.json``, ``<unit>.skipped.jsonl``), which
+    made ``pyarrow.parquet.read_table(out)`` fail, to the names Parquet readers skip."""
+    for path in out.glob("*.skipped.jsonl"):
+        if not path.name.startswith("_"):
+            path.replace(out / skipped_name(path.name[: -len(".skipped.jsonl")]))
+    old = out / "info.json"
+    if old.is_file():
+        old.replace(out / INFO_NAME)
+
+
 class CodeWriter(BasePredictionWriter):
     """Writes ``vq-train predict`` output to ``out_dir``, one file set per rank:
 
@@ -100,7 +119,7 @@ class CodeWriter(BasePredictionWriter):
       ``{"path", "shard", "row", "grid": [h, w], "crop": [H', W'], "size": [H, W]}``;
     - ``skipped-rank{R}.jsonl``: one line per file that could not be tokenized:
       ``{"path", "error"}`` (also counted in a warning);
-    - ``info.json`` (rank 0): root, f, codebook_size, dtype, world size, precision.
+    - ``_info.json`` (rank 0): root, f, codebook_size, dtype, world size, precision.
 
     Paths are relative to ``data.predict_root``.
 
@@ -113,7 +132,11 @@ class CodeWriter(BasePredictionWriter):
       ``grid_h``, ``grid_w``, ``height``, ``width`` (the decoded image);
     - ``<unit>.tar``: webdataset samples ``<key>.npy`` (the (h, w) grid) and ``<key>.json``
       (``{"key", "grid", "size"}``);
-    - ``<unit>.skipped.jsonl`` next to it when some samples could not be read.
+    - ``_<unit>.skipped.jsonl`` next to it when some samples could not be read.
+
+    Names that start with ``_`` are skipped by Parquet readers, so
+    ``pyarrow.parquet.read_table(out_dir)`` reads the shards alone. Output of earlier versions
+    (``info.json``, ``<unit>.skipped.jsonl``) is renamed to these names by a re-run.
 
     A unit's file appears complete (written to a temporary name, then renamed) or not at
     all, and a re-run skips the units that have one: after a kill, each image is written
@@ -185,6 +208,8 @@ class CodeWriter(BasePredictionWriter):
             return
         done = finished_paths(out)  # read by every rank before any writes (barrier below)
         self.num_resumed = len(done)
+        if trainer.is_global_zero and out.is_dir():
+            _migrate(out)
         datamodule = getattr(trainer, "datamodule", None)
         if done and isinstance(datamodule, ImageDataModule):
             datamodule.predict_exclude = done
@@ -195,10 +220,11 @@ class CodeWriter(BasePredictionWriter):
         if trainer.is_global_zero and out.is_dir():
             for path in out.glob(".*.tmp"):
                 path.unlink()  # a shard a killed run was writing; its unit is redone
+            _migrate(out)
             if not self.resume:
                 for path in out.glob(f"*.{self.format}"):
                     path.unlink()
-                for path in out.glob("*.skipped.jsonl"):
+                for path in out.glob("_*.skipped.jsonl"):
                     path.unlink()
         trainer.strategy.barrier()
         done = unit_shards(out, self.format)
@@ -259,7 +285,7 @@ class CodeWriter(BasePredictionWriter):
             "format": self.format,
         }
         text = json.dumps(info, indent=2) + "\n"
-        atomic_write_bytes(self._dir(trainer) / "info.json", text.encode("utf-8"))
+        atomic_write_bytes(self._dir(trainer) / INFO_NAME, text.encode("utf-8"))
 
     def write_on_batch_end(
         self,
@@ -338,7 +364,7 @@ class CodeWriter(BasePredictionWriter):
         tmp = out / f".{name}.{self.format}.tmp"
         if unit["errors"]:
             lines = "".join(json.dumps(e) + "\n" for e in unit["errors"])
-            atomic_write_bytes(out / f"{name}.skipped.jsonl", lines.encode("utf-8"))
+            atomic_write_bytes(out / skipped_name(name), lines.encode("utf-8"))
             self.num_skipped += len(unit["errors"])
         if self.format == "parquet":
             import pyarrow as pa

@@ -102,6 +102,29 @@ def expand_root(option: str, root: str) -> str:
     return path
 
 
+def held_out_val_root(root: str | None, val_root: str | None) -> str | None:
+    """``val_root`` expanded, or None (hold out ``val_fraction`` of ``root``) when it names only
+    environment variables that are not set while ``root`` needs none of them:
+    configs/default.yaml's ``${VQ_DATA_ROOT}/val`` when the training folder comes from
+    ``--data.root`` alone. ValueError naming ``--data.val_root`` in any other unset case."""
+    if val_root is None:
+        return None
+    try:
+        return expand_root("data.val_root", val_root)
+    except ValueError:
+        if root is None:
+            raise
+        expand_root("data.root", root)  # the training folder must not need them either
+        names = sorted(set(_VARIABLE.findall(os.path.expandvars(val_root))))
+        warnings.warn(
+            f"data.val_root={val_root!r} needs {', '.join(names)}, which is not set: holding "
+            "out data.val_fraction of data.root's images for validation instead (pass "
+            "--data.val_root DIR to validate on a folder)",
+            stacklevel=1,  # one place, so Python shows it once per run
+        )
+        return None
+
+
 def existing_root(option: str, root: str) -> str:
     """``expand_root``, and a ValueError naming ``--option`` when a plain path (no glob or
     brace pattern) does not exist: cheap, for checking before a run starts."""
@@ -143,7 +166,9 @@ class ImageDataModule(L.LightningDataModule):
             (train: ``BUNDLED_TRAIN``, val/test: ``BUNDLED_VAL``). Environment variables in
             it are expanded (``${VQ_DATA_ROOT}/train``); ``check_roots`` names one not set.
         val_root: validation/test images, any form ``root`` takes. None: ``val_fraction``
-            of ``root``'s images are held out instead (split by image). Needs ``root``.
+            of ``root``'s images are held out instead (split by image). Needs ``root``. One
+            whose environment variables are not set, while ``root`` needs none, holds out
+            too (``held_out_val_root``: configs/default.yaml with only ``--data.root``).
         crop_size: side of the square random training crops (a multiple of the model's f).
         val_crop_size: side of the fixed validation/test crops; None = ``crop_size``.
         batch_size: crops per training/validation batch.
@@ -283,9 +308,10 @@ class ImageDataModule(L.LightningDataModule):
         """ValueError naming the option when ``root`` or ``val_root`` is not an existing
         folder (an environment variable in it not set, a typo); ``vq-train`` calls it before
         the run starts so a bad path leaves no empty ``version_N/`` behind."""
-        for option, root in (("data.root", self.root), ("data.val_root", self.val_root)):
-            if root is not None:
-                existing_root(option, root)
+        if self.root is not None:
+            existing_root("data.root", self.root)
+        if held_out_val_root(self.root, self.val_root) is not None:
+            existing_root("data.val_root", str(self.val_root))
 
     # Loading happens in setup (every process), not prepare_data: nothing is downloaded.
     def _load(self) -> None:
@@ -297,7 +323,7 @@ class ImageDataModule(L.LightningDataModule):
             self._val_images = [load_bundled_image(n) for n in BUNDLED_VAL]
             return
         root = expand_root("data.root", self.root)
-        val_root = None if self.val_root is None else expand_root("data.val_root", self.val_root)
+        val_root = held_out_val_root(self.root, self.val_root)
         source = open_source(
             "data.root",
             root,

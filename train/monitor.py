@@ -50,8 +50,9 @@ class CodebookMonitor(Callback):
     (docs/design.md, "Codebook utilization: definitions").
 
     Training, every ``trainer.log_every_n_steps`` steps: ``usage/batch_usage``,
-    ``usage/window_usage``, ``usage/perplexity``, ``usage/dead_codes`` (window of
-    ``window`` tokens). Each validation pass: ``val/epoch_usage``, ``val/epoch_perplexity``,
+    ``usage/window_usage``, ``usage/perplexity``, ``usage/dead_codes`` and
+    ``usage/unseen_codes`` (window of ``window`` tokens; codes without a hit are unseen while
+    it fills, dead once it is full). Each validation pass: ``val/epoch_usage``, ``val/epoch_perplexity``,
     ``val/epoch_dead_codes``, ``val/tokens``; with a TensorBoard logger also a sorted usage
     histogram figure, the raw code histogram and a grid of ``num_images`` reconstructions.
     Under DDP the histograms are summed across ranks (``CodebookUsage.all_reduce``) before
@@ -129,6 +130,7 @@ class CodebookMonitor(Callback):
                 "usage/window_usage": usage.window_usage,
                 "usage/perplexity": usage.perplexity,
                 "usage/dead_codes": float(usage.dead_codes),
+                "usage/unseen_codes": float(usage.unseen_codes),
             },
             on_step=True,
             on_epoch=False,

@@ -6,7 +6,8 @@ the pieces work is split by (over ranks, DataLoader workers and output shards):
 
 - a folder (recursive, ImageFolder layouts included): units are chunks of files;
 - tar shards (a ``.tar`` file, a folder of them, a glob or a brace pattern such as
-  ``train-{0000..0252}.tar``): one unit per shard; a sample is the members sharing a
+  ``train-{0000..0252}.tar``; every file a brace pattern names must exist, a glob takes what
+  matches): one unit per shard; a sample is the members sharing a
   webdataset key (the path up to the first dot of the file name), its image the member with
   an image extension;
 - Parquet (``.parquet`` files): one unit per row group;
@@ -107,6 +108,19 @@ def expand_braces(pattern: str) -> list[str]:
 def _find_shards(option: str, root: str) -> tuple[SourceKind, list[Path]]:
     """The kind of ``root`` and its files (shards, or image files for a folder)."""
     if "{" in root or any(c in root for c in "*?["):
+        # A brace pattern names files, which must all exist (a typo in a range, or a half-copied
+        # data set, would otherwise train on a subset); a glob matches whatever exists.
+        named = [pat for pat in expand_braces(root) if not any(c in pat for c in "*?[")]
+        missing = [pat for pat in named if not Path(pat).is_file()]
+        if missing:
+            listed = ", ".join(missing[:5]) + (
+                f", ... ({len(missing)} in all)" if len(missing) > 5 else ""
+            )
+            raise ValueError(
+                f"{option}={root!r} names {len(missing)} of its {len(named)} files that do not "
+                f"exist: {listed}. A brace pattern ({{a..b}}, {{a,b}}) names every file it "
+                "expands to; to take whatever matches, use a glob (* ? [...]) instead"
+            )
         files = sorted(
             {Path(p) for pat in expand_braces(root) for p in glob.glob(pat, recursive=True)}
         )

@@ -56,6 +56,7 @@ import safetensors.torch
 import torch
 
 from vq.config import FSQConfig, VQConfig
+from vq.hub import SHIPPED_MODELS
 from vq.model import VQVAE, VQVAEConfig
 from vq.pixels import IMAGE_RANGE
 from vq.precision import check_precision
@@ -555,7 +556,8 @@ def _check_state(state: Mapping[str, torch.Tensor], model: VQVAE, path: Path) ->
 
 
 def _local_artifact(path: str | os.PathLike[str]) -> Path:
-    """``path`` itself, or the local snapshot of the Hub repo id it names (``vq.hub``)."""
+    """``path`` itself, a shipped model, or the local snapshot of the Hub repo id it names
+    (``vq.hub``)."""
     from vq.hub import HubError, resolve_artifact
 
     try:
@@ -573,6 +575,7 @@ def load_tokenizer(
 ) -> Tokenizer:
     """Load an artifact directory written by ``save_tokenizer``, or a Hugging Face Hub repo
     id ("owner/name", downloaded with huggingface_hub when no such local path exists);
+    ``models/default`` (and the checkout's other ``models/``) load from any working directory;
     ArtifactError if it is missing, unreachable, unreadable, of an unknown format version,
     damaged (a file fails its recorded sha256 or size), tampered with (a file linked from
     outside the directory, a config edited so it no longer derives its summary fields or no
@@ -594,7 +597,8 @@ def load_tokenizer(
             f"{root} is not a directory; an artifact is a directory with {CONFIG_NAME}"
         )
     # A Hub snapshot (snapshots/<revision>/ in the cache) links its files to ../../blobs/.
-    inside = root.resolve().parent.parent if root != Path(path) else None
+    snapshot = root != Path(path) and root.parent != SHIPPED_MODELS
+    inside = root.resolve().parent.parent if snapshot else None
     data = _read_config(root, inside)
     files = _file_records(root, data, allow_unverified)
     # The weights are checked here; other listed files (ONNX graphs) by read_artifact_file,

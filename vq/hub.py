@@ -94,12 +94,37 @@ def write_model_card(
     return path
 
 
+# The tokenizers shipped in the checkout's models/ (an editable install, as the README's), so
+# that "models/default" names the shipped model from any working directory, not a Hub repo.
+SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+def shipped_model(name: str) -> Path | None:
+    """``SHIPPED_MODELS/<x>`` for ``name`` = "models/<x>" when that artifact exists."""
+    parts = Path(name).parts
+    if len(parts) != 2 or parts[0] != "models" or Path(name).is_absolute():
+        return None
+    path = SHIPPED_MODELS / parts[1]
+    return path if (path / "config.json").is_file() else None
+
+
 def resolve_artifact(name: str | Path, revision: str | None = None) -> Path:
-    """A local artifact directory for ``name``: the path itself when it exists, else the
-    snapshot of the Hub repo ``name`` ("owner/repo"). HubError when that is impossible."""
+    """A local artifact directory for ``name``: the path itself when it exists, else a shipped
+    model (``models/default`` from any working directory), else the snapshot of the Hub repo
+    ``name`` ("owner/repo"). HubError when the Hub cannot be asked or answers no; ValueError
+    (the ``HubError`` base) naming the folder when ``name`` is no repo id and does not exist."""
     path = Path(name)
-    if path.exists() or not looks_like_repo_id(str(name)):
+    if path.exists():
         return path
+    shipped = shipped_model(str(name))
+    if shipped is not None:
+        return shipped
+    if not looks_like_repo_id(str(name)):
+        raise HubError(
+            f"artifact directory {str(name)!r} does not exist (relative paths are read from the "
+            f"working directory, {Path.cwd()}); a Hugging Face Hub repo id looks like "
+            "'owner/name', without ./, ../ or a leading /"
+        )
     try:
         import huggingface_hub  # lazy: an optional dependency, only for Hub ids
     except ImportError:
@@ -122,8 +147,9 @@ def resolve_artifact(name: str | Path, revision: str | None = None) -> Path:
             else ""
         )
         raise HubError(
-            f"{str(name)!r} is not a local directory and could not be fetched from the "
-            f"Hugging Face Hub{hint}: {type(exc).__name__}: {exc}"
+            f"{str(name)!r} is not a local directory (under the working directory, "
+            f"{Path.cwd()}) and could not be fetched from the Hugging Face Hub{hint}: "
+            f"{type(exc).__name__}: {exc}"
         ) from None
     return Path(local)
 

@@ -65,6 +65,11 @@ def _one_image(image: Any, where: str) -> torch.Tensor:
                 f"{where} must be a uint8 array in [0, 255], got dtype {image.dtype}; for "
                 "floats in [0, 1] use (x * 255).round().astype(np.uint8)"
             )
+        if image.ndim == 2:
+            raise ValueError(
+                f"{where} is a grayscale (H, W) array, shape {image.shape}; the tokenizer takes "
+                "RGB: pass np.stack([x, x, x], axis=-1) (or PIL's image.convert('RGB'))"
+            )
         if image.ndim != 3:
             raise ValueError(f"{where} must be an (H, W, C) array, got shape {image.shape}")
         return hwc_to_chw(image)
@@ -88,9 +93,36 @@ def as_image_batch(images: Any) -> torch.Tensor:
         batch = [_one_image(im, f"images[{i}]") for i, im in enumerate(images)]
         sizes = sorted({tuple(t.shape) for t in batch})
         if len(sizes) > 1:
-            raise ValueError(f"images in one call must share a size, got (C, H, W) {sizes}")
+            raise ValueError(
+                f"images in one call must share a size, got (C, H, W) {sizes}; encode each "
+                "size in its own call, or crop or resize them to one size first"
+            )
         return torch.stack(batch)
     return _one_image(images, "images")[None]
+
+
+def check_pixels(batch: torch.Tensor, channels: int, f: int) -> None:
+    """ValueError saying how to fix a batch (B, C, H, W) whose channels are not ``channels``
+    (grayscale, RGBA) or whose sides are not multiples of ``f``."""
+    c, h, w = batch.shape[1:]
+    if c != channels:
+        fixes = {
+            1: "grayscale: repeat it to RGB, x.expand(-1, 3, -1, -1) for a (B, 1, H, W) tensor, "
+            "np.stack([x, x, x], axis=-1) for an (H, W) array",
+            4: "RGBA: drop the alpha channel, x[:, :3] for a (B, 4, H, W) tensor, "
+            "x[..., :3] for an (H, W, 4) array",
+        }
+        fix = fixes.get(int(c), "convert it to RGB")
+        raise ValueError(
+            f"images have {c} channel(s), the tokenizer takes {channels} (RGB); {fix} "
+            "(PIL: image.convert('RGB'))"
+        )
+    if h == 0 or w == 0 or h % f or w % f:
+        raise ValueError(
+            f"image height and width must be positive multiples of f={f}, got {h}x{w}; crop "
+            f"to {h - h % f}x{w - w % f}: image[: h - h % {f}, : w - w % {f}] for an (H, W, 3) "
+            f"array, x[..., : h - h % {f}, : w - w % {f}] for a tensor"
+        )
 
 
 def chunk_size(batch: int, pixels_per_image: int, device: torch.device) -> int:
@@ -159,6 +191,7 @@ class Tokenizer:
         """uint8 images (B, C, H, W) or what ``as_image_batch`` accepts, H and W multiples
         of f -> int64 codes (B, H/f, W/f)."""
         batch = as_image_batch(images)
+        check_pixels(batch, self.config.in_channels, self.f)
         self.model.check_images(batch)
         x = uint8_to_float(batch.to(self.device)).contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.precision):

@@ -7,7 +7,9 @@ Papers disagree on "usage"; each figure here has its own name:
   (65,536 by default, as LlamaGen does).
 - ``epoch_usage``: fraction hit at least once since ``reset_epoch()`` (FSQ, SimVQ papers).
 - ``perplexity``: ``exp(H(p))`` of the window histogram; K when usage is uniform.
-- ``dead_codes``: number of codes with zero hits in the window.
+- ``dead_codes``: number of codes with zero hits in a full window (0 while it fills).
+- ``unseen_codes``: number of codes with zero hits while the window is still filling (0
+  once it is full): not yet seen is not dead, since a young window has seen few tokens.
 
 The window is exact to the token: a ring buffer holds the last ``window`` token ids, and the
 window histogram is kept incrementally (add the new tokens' bincount, subtract the evicted
@@ -174,9 +176,19 @@ class CodebookUsage:
         return histogram_perplexity(self._epoch_hist)
 
     @property
+    def window_full(self) -> bool:
+        """Whether the window holds ``window`` tokens."""
+        return self._ring_filled >= self.window
+
+    @property
     def dead_codes(self) -> int:
-        """Number of codes with zero hits in the window."""
-        return int((self._window_hist == 0).sum())
+        """Number of codes with zero hits in the window, once it is full (0 before)."""
+        return int((self._window_hist == 0).sum()) if self.window_full else 0
+
+    @property
+    def unseen_codes(self) -> int:
+        """Number of codes with zero hits while the window is filling (0 once it is full)."""
+        return 0 if self.window_full else int((self._window_hist == 0).sum())
 
     def _used_fraction(self, hist: torch.Tensor) -> float:
         return int((hist > 0).sum()) / self.codebook_size

@@ -37,7 +37,7 @@ from vqio import format_size
 router = APIRouter(prefix="/v1", tags=["detokenize"])
 
 _ERRORS: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorResponse} for code in (404, 408, 413, 422, 500, 503)
+    code: {"model": ErrorResponse} for code in (404, 408, 413, 415, 422, 500, 503)
 }
 _PNG: dict[int | str, dict[str, object]] = {
     200: {"content": {"image/png": {}}, "description": "The image, PNG"},
@@ -143,6 +143,13 @@ async def _detokenize(
     before either is allocated: one grid's lists up front, the rest per byte as the body
     arrives (``service.bodies`` says why that bounds it); the images in the main pool
     before the model runs."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):  # as tokenize answers
+        raise APIError(
+            ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+            f"content-type {media or 'missing'!r} is not supported; send application/json "
+            "with {'model': ..., 'codes': [[...], ...]} (batch: {'batch': [grid, ...]})",
+        )
     deadline = request_deadline(state, request)
     with refusals(state, "*", "detokenize"):
         lists = grid_parse_bytes(settings.max_grid_side)

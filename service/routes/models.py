@@ -1,13 +1,14 @@
-"""GET /v1/models, /v1/models/{name}, /v1/models/{name}/usage."""
+"""GET /v1/models, /v1/models/{name}, /v1/models/{name}/usage, /v1/models/{name}/card."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fastapi import APIRouter
+from fastapi.responses import PlainTextResponse
 
 from service.deps import StateDep
-from service.errors import ErrorResponse
+from service.errors import APIError, ErrorCode, ErrorResponse
 from service.schemas import (
     ModelInfo,
     ModelList,
@@ -23,6 +24,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse},
     503: {"model": ErrorResponse},
 }
+
+
+# The artifact's own card first (models/default/card.md), else a Hub card (vq.hub writes one).
+CARD_NAMES = ("card.md", "README.md")
 
 
 def model_info(model: ServedModel) -> ModelInfo:
@@ -44,6 +49,7 @@ def model_info(model: ServedModel) -> ModelInfo:
         created=meta.get("created"),
         versions=dict(meta.get("versions") or {}),
         metrics=dict(meta.get("metrics") or {}),
+        card=any((model.path / card).is_file() for card in CARD_NAMES),
         device=str(model.tokenizer.device),
         backend=model.backend.name,
         precision=model.backend.precision,
@@ -89,4 +95,25 @@ async def get_usage_history(name: str, state: StateDep) -> UsageHistoryResponse:
             )
             for p in points
         ],
+    )
+
+
+@router.get(
+    "/{name}/card",
+    summary="The model card (Markdown): what the model is, its full-image figures",
+    response_class=PlainTextResponse,
+    responses={**_ERRORS, 200: {"content": {"text/markdown": {}}}},
+)
+async def get_card(name: str, state: StateDep) -> PlainTextResponse:
+    """The artifact's ``card.md`` (or Hub ``README.md``), as text/markdown; 404 ``not_found``
+    when the artifact has none. The dashboard links it beside the training card."""
+    model = state.get(name)
+    for card in CARD_NAMES:
+        path = model.path / card
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+            return PlainTextResponse(text, media_type="text/markdown; charset=utf-8")
+    raise APIError(
+        ErrorCode.NOT_FOUND,
+        f"model {name!r} has no model card ({' or '.join(CARD_NAMES)} in its artifact folder)",
     )

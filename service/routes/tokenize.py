@@ -11,6 +11,7 @@ import torch
 from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from service.admission import (
     guarded,
@@ -94,7 +95,19 @@ def _b64decode(texts: list[str], i: int, label: str) -> bytes:
 
 
 async def _multipart_payloads(request: Request, settings: Settings) -> list[tuple[str, bytes]]:
-    form = await request.form(max_files=settings.max_images_per_request, max_fields=16)
+    limit = settings.max_images_per_request
+    try:
+        form = await request.form(max_files=limit, max_fields=16)
+    except HTTPException as exc:
+        # Starlette stops at max_files with a 400 of its own; too many images is one error,
+        # the same for multipart and JSON bodies.
+        if str(exc.detail).startswith("Too many files"):
+            raise APIError(
+                ErrorCode.TOO_MANY_IMAGES,
+                f"more than {limit} images in one request; the limit is {limit} "
+                "(setting max_images_per_request)",
+            ) from None
+        raise
     try:
         parts = form.getlist("files")
         if not parts:

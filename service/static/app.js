@@ -388,7 +388,7 @@ const CARD_METRICS = {
 function table(cls, caption, note, rows) {
   const t = el("table", { class: cls });
   const cap = el("caption", {}, caption);
-  cap.append(el("small", {}, note));
+  cap.append(typeof note === "string" ? el("small", {}, note) : note);
   t.append(cap);
   const body = el("tbody");
   for (let i = 0; i < rows.length; i += 2) {
@@ -421,6 +421,26 @@ function heatmapCaption(bin, filling) {
   return `${cells}; ${none}. Point at a cell for its ids and hits.`;
 }
 
+// Where the training card's figures come from: crops, not full images (they read lower than
+// the full-image Kodak figures of the model card, which the note links).
+function trainingNote(model) {
+  const note = el("small", { class: "training-note" });
+  const tokens = (model.metrics || {}).tokens;
+  const pixels = tokens ? ` (${fmt(Math.round(tokens))} tokens, ${(tokens * model.f * model.f / 1e6).toFixed(1)} Mpx)` : "";
+  note.append(
+    `config.json: vq-train's validation at export, on the training run's held-out crops${pixels}, ` +
+      "not full images, so they read lower than full-image figures. ",
+  );
+  if (model.card) {
+    note.append(el("a", {
+      class: "card-link",
+      href: `v1/models/${encodeURIComponent(model.name)}/card`,
+      target: "_blank",
+    }, "Full-image figures (Kodak): the model card"));
+  }
+  return note;
+}
+
 function modelCard(model) {
   const card = el("article", { class: "model", id: `model-${model.name}`, "data-model": model.name });
   const quantizer = model.kind === "fsq"
@@ -449,7 +469,7 @@ function modelCard(model) {
   ];
   const tables = el("div", { class: "tables" });
   tables.append(
-    table("training-card", "Training card", "config.json: held-out figures at export", trained),
+    table("training-card", "Training card", trainingNote(model), trained),
     table("live-traffic", "Served traffic", "live: window and totals since start", live),
   );
   card.append(tables, el("p", { class: "hint reach-note", "data-stat": "reach_note" }));
@@ -486,7 +506,8 @@ async function refreshUsage(model) {
     window_usage: percent(usage.window_usage),
     reachable: `${percent(expected / k)} (at most ${percent(Math.min(n, k) / k)})`,
     perplexity: usage.perplexity.toFixed(1),
-    dead_codes: `${fmt(usage.dead_codes)} / ${fmt(k)}`,
+    // One meaning per name (docs/api.md): unseen_codes while the window fills, dead_codes once full.
+    dead_codes: `${fmt(filling ? usage.unseen_codes : usage.dead_codes)} / ${fmt(k)}`,
   };
   for (const [key, value] of Object.entries(shown)) {
     const cell = card.querySelector(`[data-stat="${key}"]`);
@@ -631,14 +652,38 @@ async function reconstructionPsnr(file, recon, fit, [h, w]) {
 }
 
 function applyZoom() {
-  const zoom = Number(document.getElementById("tryout-zoom").value);
+  const choice = document.getElementById("tryout-zoom").value;
+  const row = document.querySelector(".tryout-row");
+  // "fit": original and reconstruction side by side beside the 128-px code map, all three in
+  // view, never enlarged; 1x/2x/4x show pixels as they are (the row scrolls).
+  // On a phone-width row the figures wrap one per line (style.css), each the row's width.
+  const narrow = row.clientWidth < 560;
+  const room = narrow
+    ? row.clientWidth - 4
+    : Math.max(64, Math.floor((row.clientWidth - 128 - 2 * 16 - 12) / 2));
   for (const id of ["tryout-input", "tryout-output"]) {
     const img = document.getElementById(id);
     if (!img.naturalWidth) continue;
-    img.style.width = `${img.naturalWidth * zoom}px`;
-    img.style.height = `${img.naturalHeight * zoom}px`;
-    img.dataset.zoom = String(zoom);
+    const zoom = choice === "fit" ? Math.min(1, room / img.naturalWidth) : Number(choice);
+    img.style.width = `${Math.floor(img.naturalWidth * zoom)}px`;
+    img.style.height = `${Math.floor(img.naturalHeight * zoom)}px`;
+    img.style.imageRendering = zoom < 1 ? "auto" : "";
+    img.dataset.zoom = choice === "fit" ? `fit ${zoom.toFixed(3)}` : String(zoom);
   }
+}
+
+// A failed try leaves no half-drawn figure behind (a rejected file's broken image).
+function clearTryout() {
+  for (const id of ["tryout-input", "tryout-output"]) {
+    const img = document.getElementById(id);
+    img.removeAttribute("src");
+    img.removeAttribute("style");
+    delete img.dataset.zoom;
+  }
+  const codes = document.getElementById("tryout-codes");
+  codes.width = 0;
+  codes.height = 0;
+  document.getElementById("tryout-stats").textContent = "";
 }
 
 function loaded(img, blob) {
@@ -715,6 +760,7 @@ function tryout(getFile) {
       return runTryout(file);
     })
     .catch((error) => {
+      clearTryout();
       document.getElementById("tryout").dataset.status = "error";
       document.getElementById("tryout-message").textContent = `error: ${error.message}`;
     });
@@ -727,6 +773,7 @@ document.getElementById("tryout-form").addEventListener("submit", (event) => {
 });
 document.getElementById("tryout-sample").addEventListener("click", () => tryout(sampleImage));
 document.getElementById("tryout-zoom").addEventListener("change", applyZoom);
+window.addEventListener("resize", applyZoom);
 refreshLoop().then(() => {
   // Where the tryout ends in the first screenful (tests check it is above the fold).
   const box = document.getElementById("tryout").getBoundingClientRect();

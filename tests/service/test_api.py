@@ -196,7 +196,9 @@ def test_usage_counts_served_tokens(app_client: TestClient) -> None:
     assert sum(after["histogram"]) == after["window_tokens"]
     assert after["window_tokens"] == min(after["tokens_seen"], after["window"])
     used = sum(1 for n in after["histogram"] if n > 0)
-    assert after["dead_codes"] == CODEBOOK_SIZE - used
+    # The window (65,536) is filling: codes without a hit are unseen, not dead.
+    assert after["window_tokens"] < after["window"]
+    assert after["unseen_codes"] == CODEBOOK_SIZE - used and after["dead_codes"] == 0
     assert after["window_usage"] == pytest.approx(used / CODEBOOK_SIZE)
     assert 1.0 <= after["perplexity"] <= used + 1e-6
 
@@ -409,7 +411,8 @@ def test_too_many_images(artifact_dir: Path) -> None:
     with TestClient(app) as client:
         payload = {"images": [base64.b64encode(blob).decode()] * 3}
         assert_error(client.post("/v1/tokenize", json=payload), 422, "too_many_images", "2")
-        assert post_files(client, [blob] * 3).status_code == 400
+        # The same error for multipart files as for base64 images.
+        assert_error(post_files(client, [blob] * 3), 422, "too_many_images", "more than 2")
         assert_error(
             client.post("/v1/detokenize/batch", json={"batch": [[[1]]] * 3}),
             422,
@@ -481,3 +484,58 @@ def test_client_names_images_by_their_path_in_errors(
     assert info.value.code == "bad_image_size"
     assert str(odd) in info.value.detail and "10x13 (HxW)" in info.value.detail
     assert "image1" not in info.value.detail and str(good) not in info.value.detail
+
+
+def test_model_card_is_served_where_the_artifact_has_one(
+    artifact_dir: Path, tmp_path: Path
+) -> None:
+    """GET /v1/models/{name}/card: the artifact's card.md as Markdown (the dashboard links it
+    for the full-image figures); 404 not_found, and ``card: false``, without one."""
+    import shutil
+
+    with_card = tmp_path / "carded"
+    shutil.copytree(artifact_dir, with_card)
+    (with_card / "card.md").write_text("# A card\n\nKodak: 24.6 dB\n", encoding="utf-8")
+    settings = make_settings(artifact_dir)
+    settings.models["carded"] = str(with_card)
+    with TestClient(create_app(settings)) as client:
+        card = client.get("/v1/models/carded/card")
+        assert card.status_code == 200 and card.text.startswith("# A card")
+        assert card.headers["content-type"].startswith("text/markdown")
+        assert client.get("/v1/models/carded").json()["card"] is True
+        missing = client.get("/v1/models/default/card")
+        assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+        assert "no model card" in missing.json()["detail"]
+        assert client.get("/v1/models/default").json()["card"] is False
+        assert client.get("/v1/models/nope/card").json()["code"] == "unknown_model"
+
+
+def test_client_sends_the_base_name_of_a_file(app_client: TestClient, tmp_path: Path) -> None:
+    """The upload's file name is the base name, never the local path (the service's messages
+    and logs would show it); the client's own error names the local path."""
+    folder = tmp_path / "private" / "folder"
+    folder.mkdir(parents=True)
+    (folder / "cat.png").write_bytes(b"not an image")
+    sent: list[object] = []
+
+    class Recording:
+        def post(self, *args: object, **kwargs: object) -> object:
+            sent.append(kwargs.get("files"))
+            return app_client.post(*args, **kwargs)  # type: ignore[arg-type]
+
+    with pytest.raises(ServiceError) as err:
+        Client(http=Recording()).tokenize([folder / "cat.png"])  # type: ignore[arg-type]
+    assert sent[0][0][1][0] == "cat.png"  # type: ignore[index]
+    assert f"files[0] ({folder / 'cat.png'})" in err.value.detail
+
+
+@pytest.mark.parametrize("path", ["/v1/detokenize", "/v1/detokenize/batch"])
+def test_detokenize_with_a_form_body_is_415_like_tokenize(
+    app_client: TestClient, path: str
+) -> None:
+    for response in (
+        app_client.post(path, data={"codes": "[[1]]"}),  # a form, as curl -d sends
+        app_client.post(path, content=b'{"codes": [[1]]}'),  # no content-type
+        app_client.post("/v1/tokenize", data={"images": "x"}),
+    ):
+        assert_error(response, 415, "unsupported_media_type", "content-type")

@@ -46,3 +46,19 @@ def test_the_docker_health_check_is_what_the_dockerfile_polls() -> None:
     dockerfile = (REPO / "Dockerfile").read_text()
     (polled,) = re.findall(r"HEALTHCHECK[^\n]*\n[^\n]*(/readyz|/healthz)", dockerfile)
     assert f"`HEALTHCHECK` on `{polled}`" in API
+
+
+def test_the_metrics_table_names_every_exported_metric(app_client: object) -> None:
+    """Every metric family /metrics exports has a row in docs/api.md's metrics table."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = app_client.get("/metrics").text  # type: ignore[attr-defined]
+    families = text_string_to_metric_families(text)
+    # prometheus_client's *_created series are timestamps of the families, not metrics.
+    names = {f.name for f in families if f.name.startswith("vq_")}
+    names = {n for n in names if not n.endswith("_created")}
+    table = API.split("| metric | type | labels | meaning |", 1)[1].split("\n\n", 1)[0]
+    documented = set(re.findall(r"`(vq_[a-z_]+)`", table))
+    # The parser drops a counter's _total; the table names the series.
+    missing = {n for n in names if n not in documented and f"{n}_total" not in documented}
+    assert not missing, f"exported but not in docs/api.md's metrics table: {sorted(missing)}"

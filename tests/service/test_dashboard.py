@@ -34,6 +34,7 @@ def two_models(
         quantizer=vq.QuantizerConfig(kind="fsq", codebook_size=WIDE_K, levels=levels),
     )
     vq.save_tokenizer(vq.VQVAE(cfg), wide, metrics={"lpips": 0.4567})  # val/lpips, exported
+    (wide / "card.md").write_text("# wide\n\nKodak: 24.6 dB\n", encoding="utf-8")
     server = start_server(
         [
             "--model",
@@ -79,6 +80,13 @@ def test_cards_tables_charts_and_empty_states(two_models: LiveServer, tmp_path: 
         assert "<caption>Served traffic" in live
         assert "data-stat" not in training and 'data-stat="tokens_seen"' in live
     assert "12.50 dB" in _table(busy, "training-card")  # the tiny artifact's card: psnr 12.5
+    # The training card says where its figures come from, and links the model card (if any)
+    # for the full-image ones.
+    for card in (busy, _card(dom, "wide")):
+        note = _table(card, "training-card")
+        assert "held-out crops" in note and "not full images" in note
+    assert 'href="v1/models/wide/card"' in _card(dom, "wide") and "Kodak" in _card(dom, "wide")
+    assert "/card" not in busy
     assert re.search(r'data-stat="tokens_seen">[1-9]', busy)
     assert re.search(r'data-stat="tokens_seen">0<', idle)
 
@@ -147,6 +155,11 @@ def test_served_traffic_says_what_the_window_can_reach(
     reach = expected_coverage(WIDE_K, n) / WIDE_K
     assert _stat(wide, "reachable") == f"{100 * reach:.1f} % (at most {100 * n / WIDE_K:.1f} %)"
     assert 'data-for="dead_codes">not yet seen<' in wide and ">dead codes<" not in wide
+    # The row shows /usage's unseen_codes while the window fills (dead_codes is 0 then).
+    with Client(two_models.url) as client:
+        usage = client.usage("wide")
+    assert usage["dead_codes"] == 0 and usage["unseen_codes"] > 0
+    assert _stat(wide, "dead_codes") == f"{usage['unseen_codes']:,} / {WIDE_K:,}"
     note = _stat(wide, "reach_note")
     assert f"would hit {round(expected_coverage(WIDE_K, n)):,} of them" in note
     assert "not yet seen" in note
@@ -188,8 +201,11 @@ def test_tryout_shows_full_size_reconstruction_psnr_bpp_and_grid(
     psnr = float(re.search(r'data-psnr="([\d.]+)"', tag).group(1))  # type: ignore[union-attr]
     assert 3.0 < psnr < 60.0 and 'data-psnr-exact="true"' in tag  # untrained model, 256 = 64 f
     assert "bits per pixel" in dom and "token grid 64×64" in dom
-    # Shown at its own size (1x zoom): 256 CSS px wide, not a 128 px thumbnail.
+    # The default zoom fits the panel and never enlarges: the 256-px sample fits, so it is
+    # shown at its own size, not as a 128 px thumbnail.
     assert re.search(r'data-output-shown="256x256"', section.group(0)), section.group(0)
+    assert re.search(r'id="tryout-output"[^>]*data-zoom="fit 1\.000"', dom), dom[:4000]
+    assert "Reading: the closer the reconstruction" in dom
 
 
 def test_a_full_window_calls_unhit_codes_dead(

@@ -173,6 +173,11 @@ def test_every_documented_example_runs_on_real_photos(workdir: Path, server: str
     shown = re.findall(r'"grid": \[(\d+), (\d+)\], "image_size": \[(\d+), (\d+)\]', api)
     got = [(*r["grid"], *r["image_size"]) for r in multipart["results"]]
     assert [tuple(map(int, s)) for s in shown] == got  # the doc shows the real answer
+    codes = re.findall(r'"codes": \[\[(\d+), (\d+), (\d+), (\d+), \.\.\.\]', api)
+    first = [r["codes"][0][:4] for r in multipart["results"]]
+    [info] = [json.loads(o) for c, o in outputs.items() if c.endswith('/v1/models/default"')]
+    if info["precision"] == "bf16":  # the samples were made at bf16, where it is native
+        assert [list(map(int, c)) for c in codes] == first, first  # its codes too
     with Image.open(workdir / "out.png") as png:
         assert png.format == "PNG" and png.size == (3 * 8, 2 * 8)  # codes [[1,2,3],[4,5,6]]
     [usage] = [json.loads(o) for c, o in outputs.items() if c.endswith('/usage"')]

@@ -132,3 +132,10 @@ def test_settings_alone_read_no_command_line(monkeypatch: pytest.MonkeyPatch) ->
 def test_a_duplicate_model_name_is_refused() -> None:
     with pytest.raises(ValueError, match="'a' is given twice"):
         settings_from_args(build_parser().parse_args(["--model", "a=x", "--model", "a=y"]))
+
+
+def test_help_prints_no_null_defaults() -> None:
+    """A None default reads as the description's own "(default: ...)", else as unset."""
+    text = build_parser().format_help()
+    assert "null" not in text
+    assert "(default: half of the machine's or cgroup's memory)" in " ".join(text.split())

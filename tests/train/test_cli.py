@@ -12,6 +12,7 @@ import vq
 from tests.train.helpers import (
     CONFIGS,
     QUANTIZER_CONFIGS,
+    REPO,
     TINY_OVERRIDES,
     run_cli,
     scalar_tags,
@@ -25,6 +26,7 @@ MONITOR_KEYS = (
     "usage/window_usage",
     "usage/perplexity",
     "usage/dead_codes",
+    "usage/unseen_codes",
     "val/epoch_usage",
     "val/epoch_perplexity",
     "val/psnr",
@@ -75,6 +77,14 @@ def test_fit_writes_checkpoints_artifact_and_usage_logs(config: str, tmp_path: P
     missing = [k for k in MONITOR_KEYS if k not in tags]
     assert not missing, f"not logged: {missing}; logged: {sorted(tags)}"
     assert any(t.startswith("lr-") for t in tags)
+    # docs/training.md's TensorBoard table names every scalar this run logged.
+    table = (REPO / "docs" / "training.md").read_text().split("## Monitoring (TensorBoard)")[1]
+    table = table.split("\n## ")[0]
+    lightning = ("epoch", "hp_metric")  # Lightning's own bookkeeping, not our figures
+    undocumented = [
+        t for t in tags if ":" not in t and t not in lightning and f"`{t}`" not in table
+    ]
+    assert not undocumented, f"logged but not in training.md's table: {undocumented}"
     assert "image:val/usage_histogram" in tags and "image:val/reconstructions" in tags
     # train figures every log_every_n_steps=1 step, epoch usage at each of the 2 validations
     assert len(tags["usage/window_usage"]) == 4

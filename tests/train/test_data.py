@@ -42,6 +42,28 @@ def test_empty_or_unreadable_folder_is_a_clear_error(tmp_path: Path) -> None:
         ImageDataModule(root=str(broken), val_root=str(empty / "notes.txt")).setup("fit")
 
 
+def test_default_config_with_only_data_root_holds_out_a_share(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """configs/default.yaml's ``val_root: ${VQ_DATA_ROOT}/val`` with only ``--data.root`` and
+    no VQ_DATA_ROOT holds out ``val_fraction`` of the training folder, as the README says."""
+    for i in range(5):
+        write_image(tmp_path / "photos" / f"{i}.png", 40, 40, seed=i)
+    monkeypatch.delenv("VQ_TEST_CORPUS", raising=False)
+    module = ImageDataModule(
+        root=str(tmp_path / "photos"), val_root="${VQ_TEST_CORPUS}/val", crop_size=32
+    )
+    with pytest.warns(UserWarning, match=r"needs VQ_TEST_CORPUS.*holding out data\.val_fraction"):
+        module.check_roots()
+    with pytest.warns(UserWarning, match="holding out"):
+        module.setup("fit")
+    assert len(module.train_names) == 4 and len(module.val_names) == 1
+    # The training folder must come from somewhere: an unset variable there still stops.
+    unset = ImageDataModule(root="${VQ_TEST_CORPUS}/train", val_root="${VQ_TEST_CORPUS}/val")
+    with pytest.raises(ValueError, match=r"data\.root=.*needs the environment variable"):
+        unset.check_roots()
+
+
 def test_data_paths_expand_environment_variables(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -86,12 +86,30 @@ def test_brace_expansion() -> None:
     assert expand_braces("{x,y}-{1..2}") == ["x-1", "x-2", "y-1", "y-2"]
 
 
+def test_a_brace_range_with_missing_shards_names_them(tmp_path: Path) -> None:
+    """A brace range names files, so a missing one is an error (a typo or a half-copied data
+    set must not train on a subset); a glob takes what exists."""
+    _photos(tmp_path / "photos", 6)
+    pack(tmp_path / "photos", tmp_path / "tar", shard_size=2)  # train-00000..00002.tar
+    pattern = str(tmp_path / "tar" / "train-{00000..00009}.tar")
+    with pytest.raises(ValueError, match=r"data\.root=.*names 7 of its 10 files") as err:
+        open_source("data.root", pattern)
+    assert "train-00003.tar" in str(err.value) and "(7 in all)" in str(err.value)
+    assert "glob" in str(err.value)
+    with pytest.raises(ValueError, match=r"train-00007\.tar"):
+        open_source("data.root", str(tmp_path / "tar" / "train-{00000,00007}.tar"))
+    assert len(open_source("data.root", str(tmp_path / "tar" / "train-*.tar")).units) == 3
+    assert (
+        len(open_source("data.root", str(tmp_path / "tar" / "train-{00000..00002}.tar")).units) == 3
+    )
+
+
 def test_empty_and_unreadable_sources_name_the_option(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match=r"data\.root=.*empty.*no image files"):
         ImageDataModule(root=str(tmp_path / "empty")).setup("fit")
     with pytest.raises(ValueError, match=r"data\.root=.*matches no file"):
-        ImageDataModule(root=str(tmp_path / "s-{0..3}.tar")).setup("fit")
+        ImageDataModule(root=str(tmp_path / "s-*.tar")).setup("fit")
     (tmp_path / "junk.tar").write_bytes(b"\x00" * 10)
     with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"data\.root=.*junk\.tar"):
         ImageDataModule(root=str(tmp_path / "junk.tar")).setup("fit")

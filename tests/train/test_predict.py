@@ -67,7 +67,7 @@ def test_predict_writes_every_good_image_once(
     assert sorted(s["path"] for s in skipped) == sorted(BAD)
     assert all(s["error"] for s in skipped)
 
-    info = json.loads((out / "info.json").read_text())
+    info = json.loads((out / "_info.json").read_text())
     assert info["f"] == 4 and info["codebook_size"] == 32 and info["dtype"] == "uint16"
     assert info["precision"] == "32-true"  # the trainer's (Lightning default here)
     rows_per_shard: Counter[str] = Counter()
@@ -100,3 +100,44 @@ def test_predict_split_over_ranks_loses_and_duplicates_nothing(folder: Path) -> 
 def test_predict_without_root_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="predict_root"):
         ImageDataModule().predict_dataloader()
+
+
+def test_the_documented_command_tokenizes_with_the_shipped_model(tmp_path: Path) -> None:
+    """README / docs/training.md: ``vq-train predict --config configs/default.yaml
+    --model.init_from models/default ...`` (no checkpoint, run outside the checkout) gives the
+    codes ``Tokenizer.encode`` gives for the centre crop, at the same precision."""
+    import vq
+    from tests.train.helpers import REPO, run_cli
+
+    for i, (h, w) in enumerate([(64, 72), (67, 50)]):
+        write_image(tmp_path / "photos" / f"{i}.png", h, w, seed=i)
+    proc = run_cli(
+        [
+            "predict",
+            "--config",
+            str(REPO / "configs" / "default.yaml"),
+            "--model.init_from",
+            "models/default",
+            "--data.predict_root",
+            "photos",
+            "--predict_writer.out_dir",
+            "codes",
+            "--trainer.precision",
+            "32-true",
+            "--trainer.enable_progress_bar",
+            "false",
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tok = vq.load_tokenizer(REPO / "models" / "default", precision="fp32")
+    entries = (tmp_path / "codes" / "manifest-rank0.jsonl").read_text().splitlines()
+    assert len(entries) == 2
+    for line in entries:
+        e = json.loads(line)
+        image = read_image(tmp_path / "photos" / e["path"])  # uint8 (H, W, 3)
+        (big_h, big_w), (h, w) = e["size"], e["crop"]
+        top, left = (big_h - h) // 2, (big_w - w) // 2
+        want = tok.encode(np.ascontiguousarray(image[top : top + h, left : left + w]))[0]
+        got = np.load(tmp_path / "codes" / e["shard"])[e["row"]]
+        assert np.array_equal(got, want.numpy()), e

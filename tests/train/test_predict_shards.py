@@ -90,8 +90,12 @@ def test_predict_writes_one_shard_per_input_shard(
     got = _read(out, fmt)
     keys = {str(k) for u in source.units for k in u.keys}
     assert set(got) == keys - {"zz_broken"} and all(len(v) == 1 for v in got.values())
-    skipped = (out / "train-00000.skipped.jsonl").read_text()
+    skipped = (out / "_train-00000.skipped.jsonl").read_text()
     assert "zz_broken" in skipped
+    if fmt == "parquet":  # docs/training.md's line reads the folder, metadata beside it
+        assert (out / "_info.json").is_file()
+        table = pq.read_table(str(out))
+        assert sorted(table.column("__key__").to_pylist()) == sorted(got)
     # The codes are the model's codes of the decoded image.
     unit = source.units[1]
     from train.sources import UnitReader
@@ -99,6 +103,24 @@ def test_predict_writes_one_shard_per_input_shard(
     image = decode_image(UnitReader().read(unit, 0))
     want = module.model.encode(center_crop_to_multiple(to_tensor(image)[None], module.f))[0]
     assert np.array_equal(got[str(unit.keys[0])][0], want.numpy())
+
+
+def test_rerun_renames_the_metadata_of_earlier_versions(shards: Path, tmp_path: Path) -> None:
+    """An out_dir written before the rename (``info.json``, ``<unit>.skipped.jsonl``) reads as
+    one table after a re-run, which renames them."""
+    module = tiny_module().eval()
+    out = tmp_path / "codes"
+    dm = ImageDataModule(predict_root=str(shards), predict_batch_size=2, num_workers=0)
+    _trainer(out, "parquet").predict(module, datamodule=dm, return_predictions=False)
+    (out / "_info.json").rename(out / "info.json")
+    (out / "_train-00000.skipped.jsonl").rename(out / "train-00000.skipped.jsonl")
+    dm = ImageDataModule(predict_root=str(shards), predict_batch_size=2, num_workers=0)
+    _trainer(out, "parquet").predict(module, datamodule=dm, return_predictions=False)
+    assert sorted(p.name for p in out.iterdir() if not p.name.endswith(".parquet")) == [
+        "_info.json",
+        "_train-00000.skipped.jsonl",
+    ]
+    assert pq.read_table(str(out)).num_rows == sum(len(v) for v in _read(out, "parquet").values())
 
 
 class _Kill(L.Callback):

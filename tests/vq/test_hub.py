@@ -77,9 +77,34 @@ def test_offline_hub_id_gives_a_clear_error(
         vq.load_tokenizer("nobody/not-cached")
 
 
-def test_missing_local_path_that_is_no_repo_id_stays_a_local_error(tmp_path: Path) -> None:
-    with pytest.raises(vq.ArtifactError, match="does not exist"):
-        vq.load_tokenizer(tmp_path / "a" / "b" / "c")
+def test_missing_local_path_that_is_no_repo_id_stays_a_local_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda **kw: calls.append(kw))
+    monkeypatch.chdir(tmp_path)
+    for name in (tmp_path / "a" / "b" / "c", "./models/mine", "../x/y", "runs/a/artifact"):
+        with pytest.raises(
+            vq.ArtifactError, match=r"does not exist .*working directory.*'owner/name'"
+        ):
+            vq.load_tokenizer(name)
+    assert calls == []  # none was taken for a Hub repo id
+
+
+def test_shipped_model_loads_from_any_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's ``vq.load_tokenizer("models/default")`` outside the checkout's root loads
+    the shipped model, not the Hub repo "models/default"."""
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda **kw: calls.append(kw))
+    monkeypatch.chdir(tmp_path)
+    tok = vq.load_tokenizer("models/default", precision="fp32")
+    assert tok.codebook_size == 15360 and calls == []
+    # A folder of that name in the working directory wins over the shipped one.
+    (tmp_path / "models" / "default").mkdir(parents=True)
+    with pytest.raises(vq.ArtifactError, match=r"models/default.*config\.json"):
+        vq.load_tokenizer("models/default")
 
 
 def test_save_tokenizer_push_to_hub_uses_huggingface_hub(

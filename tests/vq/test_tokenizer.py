@@ -52,8 +52,11 @@ def test_numpy_pil_and_tensor_inputs_give_the_same_codes() -> None:
         (Image.new("L", (8, 8)), r"mode 'L'.*convert\('RGB'\)"),
         (Image.new("RGBA", (8, 8)), r"mode 'RGBA'"),
         (np.zeros((8, 8, 3), dtype=np.float32), r"uint8.*float32.*astype\(np.uint8\)"),
-        (np.zeros((8, 8), dtype=np.uint8), r"\(H, W, C\)"),
-        ([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 12, 3), np.uint8)], "share a size"),
+        (np.zeros((8, 8), dtype=np.uint8), r"grayscale.*np\.stack\(\[x, x, x\], axis=-1\)"),
+        (
+            [np.zeros((8, 8, 3), np.uint8), np.zeros((8, 12, 3), np.uint8)],
+            "share a size.*own call, or crop or resize",
+        ),
         ([], "empty list"),
         ("image.png", "has type str"),
         (torch.zeros(2, 3, 8, 8), r"uint8.*float32.*round\(\)"),
@@ -62,6 +65,21 @@ def test_numpy_pil_and_tensor_inputs_give_the_same_codes() -> None:
 def test_bad_inputs_say_how_to_convert(images: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         as_image_batch(images)
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        (np.zeros((8, 8, 4), np.uint8), r"4 channel.*RGBA: drop the alpha.*x\[\.\.\., :3\]"),
+        (np.zeros((8, 8, 1), np.uint8), r"1 channel.*grayscale: repeat it to RGB"),
+        (torch.zeros(1, 2, 8, 8, dtype=torch.uint8), r"2 channel.*convert it to RGB"),
+        (np.zeros((10, 12, 3), np.uint8), r"multiples of f=4, got 10x12; crop to 8x12"),
+    ],
+)
+def test_encode_says_how_to_fix_channels_and_sizes(images: object, message: str) -> None:
+    """The README promises that what ``encode`` refuses gets a ValueError saying how to fix it."""
+    with pytest.raises(ValueError, match=message):
+        tiny_tokenizer(FSQ).encode(images)
 
 
 def test_precision_is_validated_naming_the_allowed_values() -> None:

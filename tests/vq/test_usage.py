@@ -16,14 +16,15 @@ from vq.usage import histogram_perplexity
 
 def test_figures_match_hand_computation() -> None:
     usage = CodebookUsage(4, window=6)
-    assert usage.tokens_seen == 0 and usage.perplexity == 0.0 and usage.dead_codes == 4
+    assert usage.tokens_seen == 0 and usage.perplexity == 0.0
+    assert usage.unseen_codes == 4 and usage.dead_codes == 0 and not usage.window_full
 
     usage.update(torch.tensor([[0, 0], [1, 0]]))  # window: 0 0 1 0
     assert usage.batch_usage == 2 / 4
     assert usage.window_usage == 2 / 4
     assert usage.histogram.tolist() == [3, 1, 0, 0]
     assert usage.histogram.dtype == torch.int64
-    assert usage.dead_codes == 2
+    assert usage.unseen_codes == 2 and usage.dead_codes == 0  # 4 of 6 tokens: still filling
     p = [3 / 4, 1 / 4]
     assert usage.perplexity == pytest.approx(math.exp(-sum(x * math.log(x) for x in p)))
 
@@ -31,7 +32,8 @@ def test_figures_match_hand_computation() -> None:
     assert usage.batch_usage == 2 / 4
     assert usage.batch_histogram.tolist() == [0, 0, 2, 1]
     assert usage.histogram.tolist() == [2, 1, 2, 1]  # window: 0 1 0 2 2 3
-    assert usage.window_usage == 1.0 and usage.dead_codes == 0
+    assert usage.window_usage == 1.0 and usage.dead_codes == 0 and usage.unseen_codes == 0
+    assert usage.window_full
     assert usage.tokens_seen == 7 and usage.window_tokens == 6
     assert usage.epoch_histogram.tolist() == [3, 1, 2, 1]
     assert usage.perplexity == pytest.approx(
@@ -40,7 +42,7 @@ def test_figures_match_hand_computation() -> None:
 
     usage.update(torch.tensor([3, 3, 3, 3, 3, 3, 3, 1]))  # longer than the window on its own
     assert usage.histogram.tolist() == [0, 1, 0, 5]
-    assert usage.window_usage == 0.5 and usage.dead_codes == 2
+    assert usage.window_usage == 0.5 and usage.dead_codes == 2 and usage.unseen_codes == 0
     assert usage.epoch_usage == 1.0 and usage.tokens_seen == 15
 
     usage.reset_epoch()
@@ -88,6 +90,7 @@ def _figures(u: CodebookUsage) -> dict[str, Any]:
         "epoch_usage": u.epoch_usage,
         "perplexity": u.perplexity,
         "dead": u.dead_codes,
+        "unseen": u.unseen_codes,
         "seen": u.tokens_seen,
     }
 
