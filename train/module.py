@@ -1,24 +1,16 @@
-"""The LightningModule that trains a ``vq.model.VQVAE``: the one training loop.
+"""The LightningModule that trains a ``vq.model.VQVAE``: the one training loop, as glue.
 
-The objective (``train.objective``, docs/training.md "The recipe"):
-
-    L_G = l2_weight · MSE + l1_weight · L1 + quantizer loss
-          [+ perceptual.weight · perceptual]                     (``model.perceptual``)
-          [+ λ · adversarial.weight · L_G^adv from start_step]    (``model.adversarial``)
-          [+ adversarial.feature_matching_weight · L_FM]
-    L_D = hinge or non-saturating loss of a PatchGAN [+ LeCAM]
-
-(MSE and L1 of the images' blur when ``adversarial.pixel_loss_lowpass``; D judges their
-high-pass when ``adversarial.highpass_sigma``.)
+The recipe's terms are ``train.recipe.RecipeLoss``'s (docs/training.md, "The recipe"); this
+module runs the VQ-VAE, the optimizer steps, the weight average and evaluation.
 
 AdamW for the VQ-VAE with a step-based schedule (linear warmup, then cosine to
 ``min_lr_ratio · lr``; 1.0 keeps it constant) and Adam for the discriminator on the same
 schedule. Without the adversarial term the optimization is Lightning's automatic one
-(gradient clipping from ``trainer.gradient_clip_val``); with it, two optimizers step in
-``training_step`` (manual optimization) and ``vq-train`` hands the trainer's clipping value
-to the module. ``ema_decay`` keeps a moving average of the weights that validation, predict
-and export use. ``trainable="decoder"`` freezes the encoder and quantizer: codes stay
-bit-identical while the decoder is fine-tuned.
+(gradient clipping from ``trainer.gradient_clip_val``); with it, a generator step and a
+discriminator step run in ``training_step`` (manual optimization) and ``vq-train`` hands the
+trainer's clipping value to the module. ``ema_decay`` keeps a moving average of the weights
+that validation, predict and export use. ``trainable="decoder"`` freezes the encoder and
+quantizer: codes stay bit-identical while the decoder is fine-tuned.
 """
 
 from __future__ import annotations
@@ -31,23 +23,10 @@ import lightning as L
 import torch
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from train.gan import AdversarialConfig, PatchDiscriminator
-from train.lpips import resolve_weights
-from train.objective import (
-    adaptive_weight,
-    adversarial_factor,
-    discriminator_loss,
-    ema_update_,
-    feature_matching_loss,
-    gaussian_blur,
-    gaussian_highpass,
-    generator_loss,
-    lecam_regularizer,
-    parameter_groups,
-    reconstruction_losses,
-    warmup_cosine,
-)
-from train.perceptual import PerceptualConfig, build_perceptual
+from train.gan import AdversarialConfig
+from train.objective import ema_update_, parameter_groups, warmup_cosine
+from train.perceptual import PerceptualConfig
+from train.recipe import Losses, RecipeLoss
 from vq.artifact import load_tokenizer
 from vq.model import VQVAE, VQVAEConfig, VQVAEOutput
 from vq.pixels import float_to_unit
@@ -117,9 +96,6 @@ class VQVAEModule(L.LightningModule):
         Pays off only for long runs at one crop size: compilation takes a minute or more.
     """
 
-    lecam_ema_real: torch.Tensor
-    lecam_ema_fake: torch.Tensor
-
     def __init__(
         self,
         # None = VQVAEConfig(): a default instance would pin the quantizer's kind for the CLI
@@ -158,8 +134,6 @@ class VQVAEModule(L.LightningModule):
                 f"not model.vqvae={vqvae.to_dict()}; leave model.vqvae out to use the artifact's"
             )
         perceptual = _config(perceptual, PerceptualConfig, "perceptual")
-        if perceptual is not None and perceptual.kind == "lpips":
-            resolve_weights(perceptual.backbone, perceptual.heads)  # fail before any run starts
         adversarial = _config(adversarial, AdversarialConfig, "adversarial")
         if not lr > 0:
             raise ValueError(f"model.lr={lr!r} is not allowed; expected > 0")
@@ -209,30 +183,24 @@ class VQVAEModule(L.LightningModule):
         self.model = VQVAE(vqvae)
         if start is not None:
             self.model.load_state_dict(start.state_dict())
-        self.adversarial: AdversarialConfig | None = adversarial
-        self.perceptual_config: PerceptualConfig | None = perceptual
-        # The perceptual network's weights are the user's files, not part of the run: kept
-        # out of the checkpoint (a list is not a registered submodule) and built at setup.
-        self._perceptual: list[torch.nn.Module] = []
         self.ema: VQVAE | None = None
         if ema_decay is not None:
             self.ema = copy.deepcopy(self.model).requires_grad_(False)
-        self.discriminator: PatchDiscriminator | None = None
-        if adversarial is not None:
-            self.discriminator = PatchDiscriminator(
-                vqvae.in_channels, adversarial.channels, adversarial.layers
-            )
-            # LeCAM's moving averages of the logits (buffers: they resume with the run).
-            self.register_buffer("lecam_ema_real", torch.zeros(()))
-            self.register_buffer("lecam_ema_fake", torch.zeros(()))
-            # Two optimizers step in training_step; see the module docstring.
-            self.automatic_optimization = False
+        # The one place trainable="decoder" is decided: these parts get no gradients, run in
+        # eval mode (no codebook statistics move) and their loss leaves the objective.
+        self.frozen: tuple[torch.nn.Module, ...] = ()
+        if trainable == "decoder":
+            self.frozen = (self.model.encoder, self.model.quantizer)
+        for part in self.frozen:
+            part.requires_grad_(False).eval()  # train() keeps them so
+        self.recipe = RecipeLoss(
+            vqvae.in_channels, l1_weight, l2_weight, perceptual, adversarial, self.memory_format
+        )
+        # Two optimizers step in training_step; see the module docstring.
+        self.automatic_optimization = adversarial is None
         # Set by vq-train from trainer.gradient_clip_val under manual optimization, where
         # Lightning refuses to clip by itself.
         self.gradient_clip_val: float | None = None
-        if trainable == "decoder":
-            self.model.encoder.requires_grad_(False)
-            self.model.quantizer.requires_grad_(False)
         self.val_psnr = PeakSignalNoiseRatio(data_range=1.0)
         self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
         self.test_psnr = PeakSignalNoiseRatio(data_range=1.0)
@@ -263,165 +231,83 @@ class VQVAEModule(L.LightningModule):
     def memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.hparams["channels_last"] else torch.contiguous_format
 
+    def train(self, mode: bool = True) -> VQVAEModule:
+        super().train(mode)
+        for part in self.frozen:
+            part.eval()
+        return self
+
     def setup(self, stage: str) -> None:
         # State dicts stay layout-agnostic (save_tokenizer makes them contiguous).
-        for net in (self.model, self.ema, self.discriminator):
+        for net in (self.model, self.ema, self.recipe.discriminator):
             if net is not None:
                 net.to(memory_format=self.memory_format)  # type: ignore[call-overload]  # stubs lack it
         if self.hparams["compile"] and stage == "fit":
             self.model.encoder.compile()
             self.model.decoder.compile()
-        if stage == "fit" and self.perceptual_config is not None and not self._perceptual:
-            self._perceptual.append(build_perceptual(self.perceptual_config).to(self.device))
-
-    @property
-    def perceptual(self) -> torch.nn.Module | None:
-        if self.perceptual_config is None:
-            return None
-        if not self._perceptual:  # outside fit (a test, a bench): build on first use
-            self._perceptual.append(build_perceptual(self.perceptual_config).to(self.device))
-        return self._perceptual[0]
-
-    def _run(self, model: VQVAE, images: torch.Tensor) -> VQVAEOutput:
-        """The forward pass; with ``trainable="decoder"`` the frozen encoder and quantizer run
-        without a graph and in eval mode (no codebook statistics move)."""
-        images = images.contiguous(memory_format=self.memory_format)
-        if self.hparams["trainable"] != "decoder":
-            return model(images)
-        model.encoder.eval()
-        model.quantizer.eval()
-        with torch.no_grad():
-            model.check_images(images)
-            z = model.encoder(images)
-            q = model.quantizer(z)
-        return VQVAEOutput(recon=model.decoder(q.quantized), quantizer=q, z=z)
 
     def compute_losses(
         self, images: torch.Tensor, model: VQVAE | None = None
-    ) -> tuple[dict[str, torch.Tensor], VQVAEOutput]:
+    ) -> tuple[Losses, VQVAEOutput]:
         """images float (B, 3, H, W) in [-1, 1] -> (the reconstruction, quantizer and
         perceptual terms, the model's ``VQVAEOutput``); "loss" is their weighted sum, what the
         VQ-VAE minimizes apart from the adversarial term."""
-        out = self._run(model if model is not None else self.model, images)
-        recon, target = out.recon.float(), images.float()
-        hp = self.hparams
-        adv = self.adversarial
-        if adv is not None and adv.pixel_loss_lowpass:
-            assert adv.highpass_sigma is not None  # AdversarialConfig checks it
-            recon = gaussian_blur(recon, adv.highpass_sigma)
-            target = gaussian_blur(target, adv.highpass_sigma)
-        losses = reconstruction_losses(recon, target)
-        losses["quant_loss"] = out.quantizer.loss.float()
-        total = hp["l2_weight"] * losses["mse"] + hp["l1_weight"] * losses["l1"]
-        if hp["trainable"] != "decoder":
-            total = total + losses["quant_loss"]
-        perceptual = self.perceptual
-        if perceptual is not None:
-            assert self.perceptual_config is not None
-            losses["perceptual"] = perceptual(out.recon, images)
-            total = total + self.perceptual_config.weight * losses["perceptual"]
-        losses["loss"] = total
-        return losses, out
+        model = model if model is not None else self.model
+        out = model(images.contiguous(memory_format=self.memory_format))
+        return self.recipe.reconstruction(out, images, quantizer_loss=not self.frozen), out
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
-        if self.discriminator is None:
+        if self.automatic_optimization:
             losses, out = self.compute_losses(batch)
         else:
-            losses, out = self._adversarial_step(batch)
+            adversarial = self.recipe.adversarial_on(self.global_step)
+            losses, out = self._generator_step(batch, adversarial)
+            if adversarial:
+                losses.update(self._discriminator_step(batch, out.recon))
+            self.lr_schedulers()[1].step()  # type: ignore[index,union-attr]  # a list of two
         if self.ema is not None:
             decay = float(self.hparams["ema_decay"])
             ema_update_(
                 list(self.ema.state_dict().values()), list(self.model.state_dict().values()), decay
             )
+        n = batch.shape[0]
         self.log_dict(
-            {f"train/{k}": v for k, v in losses.items()},
-            prog_bar=False,
-            on_step=True,
-            on_epoch=False,
-            batch_size=batch.shape[0],
+            {f"train/{k}": v for k, v in losses.items()}, on_step=True, on_epoch=False, batch_size=n
         )
-        self.log("loss", losses["loss"], prog_bar=True, logger=False, batch_size=batch.shape[0])
+        self.log("loss", losses["loss"], prog_bar=True, logger=False, batch_size=n)
         # indices go to CodebookMonitor (on_train_batch_end receives this dict).
         return {"loss": losses["loss"], "indices": out.quantizer.indices.detach()}
 
-    def _adversarial_step(self, batch: torch.Tensor) -> tuple[dict[str, torch.Tensor], VQVAEOutput]:
-        """One generator step and one discriminator step (manual optimization)."""
-        adv, disc = self.adversarial, self.discriminator
-        assert adv is not None and disc is not None
-        optimizers, schedulers = self.optimizers(), self.lr_schedulers()
-        assert isinstance(optimizers, list) and isinstance(schedulers, list)
-        (opt_g, opt_d), (sched_g, sched_d) = optimizers, schedulers
-        gan_on = adversarial_factor(self.global_step, adv.start_step) > 0
-
-        # Generator.
-        losses, out = self.compute_losses(batch)
-        g_total = losses["loss"]
-        if gan_on:
-            # What D sees of both, computed once for the generator's and D's steps.
-            real, fake = self._judged(batch), self._judged(out.recon)
-            disc.requires_grad_(False)  # the generator's step leaves D's gradients alone
-            feats_fake = disc.features(fake)
-            logits_fake = feats_fake[-1].float()
-            if adv.feature_matching_weight > 0:
-                with torch.no_grad():
-                    feats_real = disc.features(real)
-                losses["feature_matching"] = feature_matching_loss(feats_real, feats_fake)
-            disc.requires_grad_(True)
-            losses["g_adv"] = generator_loss(logits_fake, adv.loss)
-            weight = torch.tensor(adv.weight, device=batch.device)
-            if adv.adaptive:
-                weight = weight * adaptive_weight(
-                    losses["loss"], losses["g_adv"], self._last_layer()
+    def _generator_step(self, batch: torch.Tensor, adversarial: bool) -> tuple[Losses, VQVAEOutput]:
+        """The VQ-VAE's step: the recipe's generator loss, clipped, one AdamW step."""
+        opt_g = self.optimizers()[0]  # type: ignore[index]  # a list of two
+        with self.toggled_optimizer(opt_g):  # the discriminator's gradients stay alone
+            losses, out = self.compute_losses(batch)
+            if adversarial:
+                losses = self.recipe.generator(losses, out.recon, self._last_layer())
+            opt_g.zero_grad(set_to_none=True)
+            self.manual_backward(losses["loss"])
+            if self.gradient_clip_val:
+                self.clip_gradients(
+                    opt_g.optimizer,
+                    gradient_clip_val=self.gradient_clip_val,
+                    gradient_clip_algorithm="norm",
                 )
-            losses["adaptive_weight"] = weight.detach()
-            g_total = g_total + weight * losses["g_adv"]
-            if "feature_matching" in losses:
-                g_total = g_total + adv.feature_matching_weight * losses["feature_matching"]
-        opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(g_total)
-        if self.gradient_clip_val:
-            self.clip_gradients(
-                opt_g.optimizer,
-                gradient_clip_val=self.gradient_clip_val,
-                gradient_clip_algorithm="norm",
-            )
-        opt_g.step()
-        sched_g.step()  # type: ignore[call-arg]  # LambdaLR, not ReduceLROnPlateau
+            opt_g.step()
+        self.lr_schedulers()[0].step()  # type: ignore[index,union-attr]  # a list of two
+        return {**losses, "loss": losses["loss"].detach()}, out
 
-        # Discriminator, on the same batch's real images and (detached) reconstructions.
-        if gan_on:
-            pair = torch.cat([real, fake.detach().to(real.dtype)])
-            logits = disc(pair.contiguous(memory_format=self.memory_format)).float()
-            logits_real, logits_fake = logits.chunk(2)
-            d_loss = discriminator_loss(logits_real, logits_fake, adv.loss)
-            losses["d_loss"] = d_loss.detach()
-            if adv.lecam_weight > 0:
-                lecam = lecam_regularizer(
-                    logits_real, logits_fake, self.lecam_ema_real, self.lecam_ema_fake
-                )
-                losses["lecam"] = lecam.detach()
-                d_loss = d_loss + adv.lecam_weight * lecam
-                with torch.no_grad():
-                    self.lecam_ema_real.lerp_(logits_real.mean(), 1 - adv.lecam_decay)
-                    self.lecam_ema_fake.lerp_(logits_fake.mean(), 1 - adv.lecam_decay)
-            losses["d_logits_real"] = logits_real.detach().mean()
-            losses["d_logits_fake"] = logits_fake.detach().mean()
+    def _discriminator_step(self, batch: torch.Tensor, recon: torch.Tensor) -> Losses:
+        """The discriminator's step on the batch and its (detached) reconstructions."""
+        opt_d = self.optimizers()[1]  # type: ignore[index]  # a list of two
+        with self.toggled_optimizer(opt_d):
+            losses = self.recipe.discriminator_step_loss(batch, recon)
             opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(d_loss)
+            self.manual_backward(losses.pop("d_total"))
             # The raw optimizer: Lightning counts every LightningOptimizer step as a global
             # step, and one batch is one step of the run (max_steps, checkpoints, schedule).
             opt_d.optimizer.step()
-        sched_d.step()  # type: ignore[call-arg]
-        losses["loss"] = g_total.detach()
-        return losses, out
-
-    def _judged(self, images: torch.Tensor) -> torch.Tensor:
-        """What the discriminator sees of ``images``: all of them, or their high-pass."""
-        assert self.adversarial is not None
-        sigma = self.adversarial.highpass_sigma
-        if sigma is not None:
-            images = gaussian_highpass(images, sigma)
-        return images.contiguous(memory_format=self.memory_format)
+        return losses
 
     def _last_layer(self) -> torch.Tensor:
         """The weight where reconstruction and adversarial gradients meet (both decoders
@@ -509,24 +395,25 @@ class VQVAEModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
         }
-        if self.discriminator is None:
+        adv, disc = self.recipe.adversarial, self.recipe.discriminator
+        if adv is None or disc is None:
             return gen
-        adv = self.adversarial
-        assert adv is not None
         d_opt = torch.optim.Adam(
-            self.discriminator.parameters(),
+            disc.parameters(),
             lr=adv.lr if adv.lr is not None else hp["lr"],
             betas=tuple(adv.betas if adv.betas is not None else hp["betas"]),
         )
         d_sched = torch.optim.lr_scheduler.LambdaLR(d_opt, _schedule(1.0, warmup, total, min_ratio))
-        disc = {
-            "optimizer": d_opt,
-            "lr_scheduler": {"scheduler": d_sched, "interval": "step", "frequency": 1},
-        }
-        return [gen, disc]
+        return [
+            gen,
+            {
+                "optimizer": d_opt,
+                "lr_scheduler": {"scheduler": d_sched, "interval": "step", "frequency": 1},
+            },
+        ]
 
     def on_fit_start(self) -> None:
-        if self.discriminator is not None and str(self.trainer.precision) in ("16-mixed", "16"):
+        if not self.automatic_optimization and str(self.trainer.precision) in ("16-mixed", "16"):
             raise ValueError(
                 "the adversarial term steps the discriminator outside Lightning's loss "
                 f"scaling: trainer.precision={self.trainer.precision!r} is not supported; use "
