@@ -94,6 +94,10 @@ class VQVAEModule(L.LightningModule):
         fast layout; docs/benchmarks/throughput.md).
     compile: ``torch.compile`` the encoder and decoder (in place: checkpoint keys unchanged).
         Pays off only for long runs at one crop size: compilation takes a minute or more.
+    gradient_clip_val: the VQ-VAE's gradient-norm clip under the adversarial recipe's manual
+        optimization, where Lightning does not clip (``vq-train`` moves
+        ``trainer.gradient_clip_val`` here); a setting of the run's mechanics, not saved as a
+        hyper-parameter.
     """
 
     def __init__(
@@ -117,6 +121,7 @@ class VQVAEModule(L.LightningModule):
         trainable: Trainable = "all",
         channels_last: bool = True,
         compile: bool = False,
+        gradient_clip_val: float | None = None,
     ) -> None:
         super().__init__()
         start = None if init_from is None else load_tokenizer(init_from, precision="fp32").model
@@ -151,6 +156,11 @@ class VQVAEModule(L.LightningModule):
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ValueError(
                 f"model.ema_decay={ema_decay!r} is not allowed; expected (0, 1) or null (off)"
+            )
+        if gradient_clip_val is not None and adversarial is None:
+            raise ValueError(
+                "model.gradient_clip_val clips the adversarial recipe's generator step; "
+                "without model.adversarial use trainer.gradient_clip_val"
             )
         if trainable not in ("all", "decoder"):
             raise ValueError(
@@ -198,9 +208,7 @@ class VQVAEModule(L.LightningModule):
         )
         # Two optimizers step in training_step; see the module docstring.
         self.automatic_optimization = adversarial is None
-        # Set by vq-train from trainer.gradient_clip_val under manual optimization, where
-        # Lightning refuses to clip by itself.
-        self.gradient_clip_val: float | None = None
+        self.gradient_clip_val = gradient_clip_val
         self.val_psnr = PeakSignalNoiseRatio(data_range=1.0)
         self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
         self.test_psnr = PeakSignalNoiseRatio(data_range=1.0)
