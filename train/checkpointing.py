@@ -279,3 +279,46 @@ class RandomState(Callback):
         if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
         self._pending = None
+
+
+# Checkpoints written before the recipe's loss module and the argument groups held flat
+# hyper-parameters and the discriminator at the top level: renamed when read, so that they
+# still resume (``on_load_checkpoint``) and export (``train.export.read_checkpoint``).
+_LEGACY_GROUPS = {
+    **dict.fromkeys(
+        (
+            "lr",
+            "weight_decay",
+            "betas",
+            "warmup_steps",
+            "min_lr_ratio",
+            "total_steps",
+            "quantizer_lr_scale",
+        ),
+        "optimizer",
+    ),
+    **dict.fromkeys(("l1_weight", "l2_weight"), "reconstruction"),
+}
+_REMOVED_OFF = {"feature_matching_weight": 0.0, "pixel_loss_lowpass": False}
+
+
+def upgrade_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """``ckpt`` (a vq-train checkpoint dict) in today's layout, renamed in place."""
+    state = ckpt.get("state_dict")
+    if isinstance(state, dict):
+        for key in [k for k in state if k.startswith(("discriminator.", "lecam_ema_"))]:
+            state[f"recipe.{key}"] = state.pop(key)
+    hparams = ckpt.get("hyper_parameters")
+    if not isinstance(hparams, dict) or "optimizer" in hparams or "lr" not in hparams:
+        return ckpt
+    for key, group in _LEGACY_GROUPS.items():
+        if key in hparams:
+            hparams.setdefault(group, {})[key] = hparams.pop(key)
+    decay = hparams.pop("ema_decay", None)
+    hparams["ema"] = None if decay is None else {"decay": decay}
+    adversarial = hparams.get("adversarial")
+    if isinstance(adversarial, dict):
+        for key, off in _REMOVED_OFF.items():  # options since removed, left off: drop them
+            if adversarial.get(key, off) == off:
+                adversarial.pop(key, None)
+    return ckpt

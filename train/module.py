@@ -1,45 +1,35 @@
 """The LightningModule that trains a ``vq.model.VQVAE``: the one training loop, as glue.
 
-The recipe's terms are ``train.recipe.RecipeLoss``'s (docs/training.md, "The recipe"); this
-module runs the VQ-VAE, the optimizer steps, the weight average and evaluation.
-
-AdamW for the VQ-VAE with a step-based schedule (linear warmup, then cosine to
-``min_lr_ratio · lr``; 1.0 keeps it constant) and Adam for the discriminator on the same
-schedule. Without the adversarial term the optimization is Lightning's automatic one
-(gradient clipping from ``trainer.gradient_clip_val``); with it, a generator step and a
-discriminator step run in ``training_step`` (manual optimization) and ``vq-train`` hands the
-trainer's clipping value to the module. ``ema_decay`` keeps a moving average of the weights
-that validation, predict and export use. ``trainable="decoder"`` freezes the encoder and
-quantizer: codes stay bit-identical while the decoder is fine-tuned.
+The recipe's terms are ``train.recipe.RecipeLoss``'s and the optimizers and schedules
+``train.optimization``'s (docs/training.md, "The recipe"). Without the adversarial term the
+optimization is Lightning's automatic one (gradient clipping from
+``trainer.gradient_clip_val``); with it, a generator step and a discriminator step run in
+``training_step`` (manual optimization). ``ema`` keeps a moving average of the weights that
+validation, predict and export use. ``trainable="decoder"`` freezes the encoder and quantizer:
+codes stay bit-identical while the decoder is fine-tuned.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
+from train.checkpointing import upgrade_checkpoint
 from train.gan import AdversarialConfig
-from train.objective import ema_update_, parameter_groups, warmup_cosine
+from train.objective import ema_update_, warmup_cosine
+from train.optimization import EMAConfig, OptimizerConfig, optimizers
 from train.perceptual import PerceptualConfig
-from train.recipe import Losses, RecipeLoss
+from train.predict_data import center_crop_to_multiple, predict_codes
+from train.recipe import Losses, RecipeLoss, ReconstructionConfig
 from vq.artifact import load_tokenizer
+from vq.config import check_choice
 from vq.model import VQVAE, VQVAEConfig, VQVAEOutput
 from vq.pixels import float_to_unit
-from vq.tokenizer import in_chunks
-from vqio import center_crop, format_size
-
-
-def center_crop_to_multiple(images: torch.Tensor, f: int) -> torch.Tensor:
-    """Crop (B, C, H, W) centrally to the largest H', W' that are multiples of f (the
-    service's ``fit=crop`` crops the same pixels: both use ``vqio.center_crop``)."""
-    rows, cols = center_crop(images.shape[-2], images.shape[-1], f)
-    return images[..., rows, cols]
-
 
 __all__ = ["VQVAEModule", "center_crop_to_multiple", "warmup_cosine"]
 
@@ -58,34 +48,41 @@ def _config(value: Any, cls: type, name: str) -> Any:
     raise ValueError(f"model.{name} must be a mapping, got {type(value).__name__}")
 
 
-def _schedule(scale: float, warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
-    def multiplier(step: int) -> float:
-        return scale * warmup_cosine(step, warmup, total, min_ratio)
+def _network(
+    vqvae: VQVAEConfig | Mapping[str, Any] | None, start: VQVAE | None, init_from: str | None
+) -> VQVAEConfig:
+    """The network to train: ``vqvae``, or the ``init_from`` artifact's when left out."""
+    if vqvae is None:
+        return VQVAEConfig() if start is None else start.config
+    if isinstance(vqvae, Mapping):
+        vqvae = VQVAEConfig.from_dict(vqvae)
+    if not isinstance(vqvae, VQVAEConfig):
+        raise ValueError(f"vqvae must be a VQVAEConfig or a mapping, got {type(vqvae).__name__}")
+    if start is not None and start.config.to_dict() != vqvae.to_dict():
+        raise ValueError(
+            f"model.init_from={init_from!r} holds a {start.config.to_dict()} network, not "
+            f"model.vqvae={vqvae.to_dict()}; leave model.vqvae out to use the artifact's"
+        )
+    return vqvae
 
-    return multiplier
+
+def _quality_metrics() -> tuple[PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure]:
+    return PeakSignalNoiseRatio(data_range=1.0), StructuralSimilarityIndexMeasure(data_range=1.0)
+
+
+# Defaults as names: the CLI shows and merges YAML onto them (B008: no calls in signatures).
+DEFAULT_OPTIMIZER = OptimizerConfig()
+DEFAULT_RECONSTRUCTION = ReconstructionConfig()
 
 
 class VQVAEModule(L.LightningModule):
-    """Args:
-    vqvae: the architecture and quantizer (``vq.model.VQVAEConfig``; in YAML a nested
-        mapping under ``model.vqvae``).
-    lr: peak learning rate of AdamW. 3e-4: at 2e-3 the latent collapsed to ~1 dimension
-        within 100 steps and codebook usage with it (docs/benchmarks/quality.md, "Learning rate").
-    weight_decay: AdamW weight decay, applied to conv/linear weights only (not to norms,
-        biases or codebooks: decaying a codebook pulls codes to the origin).
-    betas: AdamW betas.
-    warmup_steps: linear warmup length in optimizer steps.
-    min_lr_ratio: final LR as a fraction of ``lr`` at the end of the cosine (1.0: constant).
-    total_steps: length of the schedule; None = ``trainer.max_steps`` (or the estimated
-        stepping batches when max_steps is -1).
-    l1_weight: weight of the L1 reconstruction term (0 disables it).
-    l2_weight: weight of the MSE reconstruction term (0 disables it).
-    quantizer_lr_scale: the quantizer parameters' learning rate as a multiple of ``lr``
-        (SimVQ's W needs more than the encoder: docs/training.md, "SimVQ").
+    """Args (each group a validated dataclass; in YAML a nested mapping under ``model``):
+    vqvae: the architecture and quantizer (``vq.model.VQVAEConfig``).
+    optimizer: AdamW and its schedule (``train.optimization.OptimizerConfig``).
+    reconstruction: the pixel terms' weights (``train.recipe.ReconstructionConfig``).
     perceptual: the perceptual term (``train.perceptual.PerceptualConfig``; None = none).
     adversarial: the PatchGAN term (``train.gan.AdversarialConfig``; None = none).
-    ema_decay: keep an exponential moving average of the VQ-VAE's weights with this decay and
-        validate, predict and export with it (None = off; the field uses 0.999-0.9999).
+    ema: the moving average of the weights (``train.optimization.EMAConfig``; None = off).
     init_from: a tokenizer artifact (directory or Hub id) whose weights the run starts from;
         ``vqvae`` may then be left out (the artifact's own config is used) or must equal it.
     trainable: "all", or "decoder" to freeze the encoder and quantizer (codes stay
@@ -105,18 +102,11 @@ class VQVAEModule(L.LightningModule):
         # None = VQVAEConfig(): a default instance would pin the quantizer's kind for the CLI
         # (jsonargparse merges YAML onto it), so `quantizer.kind: fsq` would not parse.
         vqvae: VQVAEConfig | None = None,
-        lr: float = 3e-4,
-        weight_decay: float = 1e-4,
-        betas: tuple[float, float] = (0.9, 0.99),
-        warmup_steps: int = 100,
-        min_lr_ratio: float = 0.1,
-        total_steps: int | None = None,
-        l1_weight: float = 0.0,
-        l2_weight: float = 1.0,
-        quantizer_lr_scale: float = 1.0,
+        optimizer: OptimizerConfig = DEFAULT_OPTIMIZER,
+        reconstruction: ReconstructionConfig = DEFAULT_RECONSTRUCTION,
         perceptual: PerceptualConfig | None = None,
         adversarial: AdversarialConfig | None = None,
-        ema_decay: float | None = None,
+        ema: EMAConfig | None = None,
         init_from: str | None = None,
         trainable: Trainable = "all",
         channels_last: bool = True,
@@ -125,94 +115,47 @@ class VQVAEModule(L.LightningModule):
     ) -> None:
         super().__init__()
         start = None if init_from is None else load_tokenizer(init_from, precision="fp32").model
-        if vqvae is None:
-            vqvae = VQVAEConfig() if start is None else start.config
-        if isinstance(vqvae, Mapping):
-            vqvae = VQVAEConfig.from_dict(vqvae)
-        if not isinstance(vqvae, VQVAEConfig):
-            raise ValueError(
-                f"vqvae must be a VQVAEConfig or a mapping, got {type(vqvae).__name__}"
-            )
-        if start is not None and start.config.to_dict() != vqvae.to_dict():
-            raise ValueError(
-                f"model.init_from={init_from!r} holds a {start.config.to_dict()} network, "
-                f"not model.vqvae={vqvae.to_dict()}; leave model.vqvae out to use the artifact's"
-            )
+        vqvae = _network(vqvae, start, init_from)
+        optimizer = _config(optimizer, OptimizerConfig, "optimizer")
+        reconstruction = _config(reconstruction, ReconstructionConfig, "reconstruction")
         perceptual = _config(perceptual, PerceptualConfig, "perceptual")
         adversarial = _config(adversarial, AdversarialConfig, "adversarial")
-        if not lr > 0:
-            raise ValueError(f"model.lr={lr!r} is not allowed; expected > 0")
-        if warmup_steps < 0:
-            raise ValueError(f"model.warmup_steps={warmup_steps!r} is not allowed; expected >= 0")
-        if not 0.0 <= min_lr_ratio <= 1.0:
-            raise ValueError(f"model.min_lr_ratio={min_lr_ratio!r} is not allowed; expected [0, 1]")
-        for name, value in (("l1_weight", l1_weight), ("l2_weight", l2_weight)):
-            if not value >= 0:
-                raise ValueError(f"model.{name}={value!r} is not allowed; expected >= 0")
-        if not quantizer_lr_scale > 0:
-            raise ValueError(
-                f"model.quantizer_lr_scale={quantizer_lr_scale!r} is not allowed; expected > 0"
-            )
-        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
-            raise ValueError(
-                f"model.ema_decay={ema_decay!r} is not allowed; expected (0, 1) or null (off)"
-            )
+        ema = _config(ema, EMAConfig, "ema")
+        check_choice("model.trainable", trainable, ["all", "decoder"])
         if gradient_clip_val is not None and adversarial is None:
             raise ValueError(
                 "model.gradient_clip_val clips the adversarial recipe's generator step; "
                 "without model.adversarial use trainer.gradient_clip_val"
             )
-        if trainable not in ("all", "decoder"):
-            raise ValueError(
-                f"model.trainable={trainable!r} is not allowed; choose one of ['all', 'decoder']"
-            )
         # Hyper-parameters as plain values (configs as dicts, no pickled classes): the
         # checkpoint then loads with torch.load(weights_only=True), and
         # `load_from_checkpoint` / `vq-export` rebuild the configs from the dicts.
+        configs = (vqvae, optimizer, reconstruction, perceptual, adversarial, ema)
+        names = ("vqvae", "optimizer", "reconstruction", "perceptual", "adversarial", "ema")
         self.save_hyperparameters(
-            {
-                "vqvae": vqvae.to_dict(),
-                "lr": lr,
-                "weight_decay": weight_decay,
-                "betas": tuple(betas),
-                "warmup_steps": warmup_steps,
-                "min_lr_ratio": min_lr_ratio,
-                "total_steps": total_steps,
-                "l1_weight": l1_weight,
-                "l2_weight": l2_weight,
-                "quantizer_lr_scale": quantizer_lr_scale,
-                "perceptual": None if perceptual is None else perceptual.to_dict(),
-                "adversarial": None if adversarial is None else adversarial.to_dict(),
-                "ema_decay": ema_decay,
-                "init_from": init_from,
-                "trainable": trainable,
-                "channels_last": channels_last,
-                "compile": compile,
-            }
+            {k: None if c is None else c.to_dict() for k, c in zip(names, configs, strict=True)}
+            | {"init_from": init_from, "trainable": trainable}
+            | {"channels_last": channels_last, "compile": compile}
         )
+        self.optimizer_config, self.ema_config = optimizer, ema
         self.model = VQVAE(vqvae)
         if start is not None:
             self.model.load_state_dict(start.state_dict())
-        self.ema: VQVAE | None = None
-        if ema_decay is not None:
-            self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.ema = None if ema is None else copy.deepcopy(self.model).requires_grad_(False)
         # The one place trainable="decoder" is decided: these parts get no gradients, run in
         # eval mode (no codebook statistics move) and their loss leaves the objective.
-        self.frozen: tuple[torch.nn.Module, ...] = ()
-        if trainable == "decoder":
-            self.frozen = (self.model.encoder, self.model.quantizer)
+        decoder_only = trainable == "decoder"
+        self.frozen = (self.model.encoder, self.model.quantizer) if decoder_only else ()
         for part in self.frozen:
             part.requires_grad_(False).eval()  # train() keeps them so
         self.recipe = RecipeLoss(
-            vqvae.in_channels, l1_weight, l2_weight, perceptual, adversarial, self.memory_format
+            vqvae.in_channels, reconstruction, perceptual, adversarial, self.memory_format
         )
         # Two optimizers step in training_step; see the module docstring.
         self.automatic_optimization = adversarial is None
         self.gradient_clip_val = gradient_clip_val
-        self.val_psnr = PeakSignalNoiseRatio(data_range=1.0)
-        self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
-        self.test_psnr = PeakSignalNoiseRatio(data_range=1.0)
-        self.test_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
+        self.val_psnr, self.val_ssim = _quality_metrics()
+        self.test_psnr, self.test_ssim = _quality_metrics()
 
     @property
     def config(self) -> VQVAEConfig:
@@ -228,7 +171,7 @@ class VQVAEModule(L.LightningModule):
 
     @property
     def inference_model(self) -> VQVAE:
-        """The weights that validate, predict and export: the EMA copy when ``ema_decay`` is set."""
+        """The weights that validate, predict and export: the EMA copy when ``ema`` is set."""
         return self.ema if self.ema is not None else self.model
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -273,11 +216,9 @@ class VQVAEModule(L.LightningModule):
             if adversarial:
                 losses.update(self._discriminator_step(batch, out.recon))
             self.lr_schedulers()[1].step()  # type: ignore[index,union-attr]  # a list of two
-        if self.ema is not None:
-            decay = float(self.hparams["ema_decay"])
-            ema_update_(
-                list(self.ema.state_dict().values()), list(self.model.state_dict().values()), decay
-            )
+        if self.ema is not None and self.ema_config is not None:
+            averaged, current = self.ema.state_dict().values(), self.model.state_dict().values()
+            ema_update_(list(averaged), list(current), self.ema_config.decay)
         n = batch.shape[0]
         self.log_dict(
             {f"train/{k}": v for k, v in losses.items()}, on_step=True, on_epoch=False, batch_size=n
@@ -351,74 +292,22 @@ class VQVAEModule(L.LightningModule):
         return self._eval_step(batch, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        """A batch from ``ImageDataModule.predict_dataloader`` -> codes for its images.
-
-        Images whose sides are not multiples of f are centre-cropped to the largest
-        multiples (a 375x500 (HxW) image at f=8 is tokenized as its central 368x496).
-        """
-        images: torch.Tensor = batch["images"]
-        paths: list[str] = list(batch["paths"])
-        errors: list[dict[str, str]] = list(batch["errors"])
-        codes = torch.empty(0, 0, 0, dtype=torch.long)
-        if images.shape[0] > 0:
-            cropped = center_crop_to_multiple(images, self.f)
-            if cropped.shape[-1] == 0 or cropped.shape[-2] == 0:
-                h, w = images.shape[-2:]
-                errors += [
-                    {"path": p, "error": f"image {format_size(h, w)} is smaller than f={self.f}"}
-                    for p in paths
-                ]
-                paths = []
-            else:
-                # The Tokenizer's chunking, so predict runs the same passes as the library.
-                pixels = cropped.shape[2] * cropped.shape[3]
-                codes = in_chunks(
-                    self.inference_model.encode, cropped, pixels, self.device
-                ).cpu()  # (B, h, w)
-        return {"codes": codes, "paths": paths, "errors": errors}
-
-    def _total_steps(self) -> int:
-        total = self.hparams["total_steps"]
-        if total is None:
-            max_steps = self.trainer.max_steps
-            total = (
-                max_steps
-                if max_steps and max_steps > 0
-                else self.trainer.estimated_stepping_batches
-            )
-        return int(total)
+        """A batch from ``ImageDataModule.predict_dataloader`` -> codes for its images."""
+        return predict_codes(batch, self.inference_model, self.device)
 
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
-        warmup, min_ratio, total = hp["warmup_steps"], hp["min_lr_ratio"], self._total_steps()
-        groups = parameter_groups(
-            self.model.named_parameters(), hp["weight_decay"], hp["quantizer_lr_scale"]
+        total = self.optimizer_config.total_steps
+        if total is None:
+            max_steps = self.trainer.max_steps
+            total = max_steps if max_steps > 0 else int(self.trainer.estimated_stepping_batches)
+        configs = optimizers(
+            self.model,
+            self.recipe.discriminator,
+            self.optimizer_config,
+            self.recipe.adversarial,
+            total,
         )
-        optimizer = torch.optim.AdamW(groups, lr=hp["lr"], betas=tuple(hp["betas"]))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            [_schedule(g["lr_scale"], warmup, total, min_ratio) for g in groups],
-        )
-        gen = {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
-        }
-        adv, disc = self.recipe.adversarial, self.recipe.discriminator
-        if adv is None or disc is None:
-            return gen
-        d_opt = torch.optim.Adam(
-            disc.parameters(),
-            lr=adv.lr if adv.lr is not None else hp["lr"],
-            betas=tuple(adv.betas if adv.betas is not None else hp["betas"]),
-        )
-        d_sched = torch.optim.lr_scheduler.LambdaLR(d_opt, _schedule(1.0, warmup, total, min_ratio))
-        return [
-            gen,
-            {
-                "optimizer": d_opt,
-                "lr_scheduler": {"scheduler": d_sched, "interval": "step", "frequency": 1},
-            },
-        ]
+        return configs if len(configs) > 1 else configs[0]
 
     def on_fit_start(self) -> None:
         if not self.automatic_optimization and str(self.trainer.precision) in ("16-mixed", "16"):
@@ -428,12 +317,14 @@ class VQVAEModule(L.LightningModule):
                 "bf16-mixed or 32-true"
             )
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        upgrade_checkpoint(checkpoint)  # a checkpoint of an earlier layout resumes too
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The latest validation figures travel with the checkpoint so that export (at the
         # end of fit or via vq-export) can write them into the artifact's config.json.
-        metrics = {}
-        if self._trainer is not None:
-            for key, value in self.trainer.callback_metrics.items():
-                if key.startswith("val/"):
-                    metrics[key.removeprefix("val/")] = float(value)
-        checkpoint["val_metrics"] = metrics
+        checkpoint["val_metrics"] = {
+            key.removeprefix("val/"): float(value)
+            for key, value in self.trainer.callback_metrics.items()
+            if key.startswith("val/")
+        }

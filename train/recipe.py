@@ -4,7 +4,7 @@ PatchGAN discriminator and LeCAM's moving averages, and composes the pure functi
 ``train.objective`` into the generator's and the discriminator's losses (docs/training.md,
 "The recipe"):
 
-    L_G = l2_weight · MSE + l1_weight · L1 + quantizer loss
+    L_G = reconstruction.l2_weight · MSE + reconstruction.l1_weight · L1 + quantizer loss
           [+ perceptual.weight · perceptual]
           [+ λ · adversarial.weight · L_G^adv from adversarial.start_step]
     L_D = hinge or non-saturating loss of the PatchGAN [+ lecam_weight · LeCAM]
@@ -13,6 +13,10 @@ The caller owns the VQ-VAE, the optimizers and the order of the steps (``train.m
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,15 +32,35 @@ from train.objective import (
     reconstruction_losses,
 )
 from train.perceptual import PerceptualConfig, build_perceptual
+from vq.config import check_float
 from vq.model import VQVAEOutput
 
 Losses = dict[str, torch.Tensor]
 
 
+@dataclass(frozen=True)
+class ReconstructionConfig:
+    """The pixel terms (``model.reconstruction`` in YAML).
+
+    l1_weight: weight of the L1 term (0 disables it; SimVQ's and taming's).
+    l2_weight: weight of the MSE term (0 disables it; LlamaGen's).
+    """
+
+    l1_weight: float = 0.0
+    l2_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_float("model.reconstruction.l1_weight", self.l1_weight, low=0.0, high=math.inf)
+        check_float("model.reconstruction.l2_weight", self.l2_weight, low=0.0, high=math.inf)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 class RecipeLoss(nn.Module):
     """Args:
     in_channels: image channels (the discriminator's input).
-    l1_weight, l2_weight: weights of the L1 and MSE reconstruction terms.
+    reconstruction: the pixel terms' weights.
     perceptual: the perceptual term (None = none).
     adversarial: the PatchGAN term (None = no discriminator).
     memory_format: the layout the discriminator runs in (the VQ-VAE's).
@@ -48,14 +72,13 @@ class RecipeLoss(nn.Module):
     def __init__(
         self,
         in_channels: int,
-        l1_weight: float,
-        l2_weight: float,
+        reconstruction: ReconstructionConfig,
         perceptual: PerceptualConfig | None,
         adversarial: AdversarialConfig | None,
         memory_format: torch.memory_format = torch.contiguous_format,
     ) -> None:
         super().__init__()
-        self.l1_weight, self.l2_weight = l1_weight, l2_weight
+        self.pixel = reconstruction
         self.perceptual_config = perceptual
         self.adversarial = adversarial
         self.memory_format = memory_format
@@ -85,7 +108,7 @@ class RecipeLoss(nn.Module):
         ``quantizer_loss`` is false: nothing it trains is trainable)."""
         losses = reconstruction_losses(out.recon.float(), images.float())
         losses["quant_loss"] = out.quantizer.loss.float()
-        total = self.l2_weight * losses["mse"] + self.l1_weight * losses["l1"]
+        total = self.pixel.l2_weight * losses["mse"] + self.pixel.l1_weight * losses["l1"]
         if quantizer_loss:
             total = total + losses["quant_loss"]
         if self.perceptual_config is not None:

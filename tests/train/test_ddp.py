@@ -144,7 +144,7 @@ def test_ddp_trains_the_adversarial_recipe_with_identical_ranks(tmp_path: Path) 
     """Two optimizers and two backward passes a step under plain ``ddp``: each pass leaves
     the other player's parameters without gradients, which the CLI tells DDP to allow."""
     options = ["--model.adversarial.weight=0.5", "--model.adversarial.channels=8"]
-    _ddp_fit(tmp_path, [*options, "--model.ema_decay=0.9"], whole=True)
+    _ddp_fit(tmp_path, [*options, "--model.ema.decay=0.9"], whole=True)
     a = torch.load(tmp_path / "ranks" / "rank0.pt", weights_only=True)
     b = torch.load(tmp_path / "ranks" / "rank1.pt", weights_only=True)
     assert a["step"] == b["step"] == 4
