@@ -4,9 +4,8 @@ and the random state that makes a resumed run continue exactly.
 A run killed at any moment (``kill -9``, power loss, OOM) loses at most ``every_n_steps``
 optimizer steps:
 
-- ``AtomicCheckpointIO`` writes every checkpoint to a temporary file in the same directory,
-  fsyncs it and renames it over the old one (``os.replace`` is atomic on POSIX and Windows),
-  so ``last.ckpt`` is always the previous complete checkpoint or the new complete one, never
+- ``AtomicCheckpointIO`` writes every checkpoint with ``vq.atomic.atomic_write_bytes`` (a
+  temporary file in the same directory, fsynced and renamed over the old one), so ``last.ckpt`` is always the previous complete checkpoint or the new complete one, never
   a truncated file. (Lightning's default goes through an fsspec transaction whose temporary
   file lives in the system temp directory; when that is another filesystem the final move is
   a copy into the target, which a kill can cut short.)
@@ -30,7 +29,6 @@ import errno
 import io
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -41,45 +39,12 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
+from vq.atomic import atomic_write_bytes
+
 log = logging.getLogger(__name__)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash at any moment leaves either the previous
-    file or the new one: temporary file in the same directory, fsync, rename, fsync of the
-    directory (so the rename itself survives a power loss)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; use the usual mode
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # Windows cannot open directories; the rename is still atomic there
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-_TEMPORARY_GLOB = ".*.ckpt.*.tmp"  # atomic_write_bytes of a checkpoint: .NAME.ckpt.XXXXXXXX.tmp
+_TEMPORARY_GLOB = ".*.ckpt.*.tmp"  # vq.atomic's temporary of a checkpoint: .NAME.ckpt.XXXXXXXX.tmp
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
