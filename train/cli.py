@@ -139,17 +139,21 @@ class VQTrainCLI(LightningCLI):
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(RandomState, "random_state")
 
-    # Lightning's CLI replaces the model's settings by the checkpoint's hyper-parameters when
-    # --ckpt_path is a file, silently; this private hook is the only place that sees both.
-    def _parse_ckpt_path(self) -> None:
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        # The model's settings as given, before Lightning's CLI replaces them by a checkpoint
+        # file's hyper-parameters (silently); before_instantiate_classes names what changed.
         subcommand = self.config.get("subcommand")
         # jsonargparse's Namespace.items() yields the leaves under dotted keys.
-        before = dict(self.config[subcommand].model.items()) if subcommand else {}
-        super()._parse_ckpt_path()
-        after = dict(self.config[subcommand].model.items()) if subcommand else {}
-        replaced = [k for k in sorted(before) if k in after and after[k] != before[k]]
+        self._given = dict(self.config[subcommand].model.items()) if subcommand else {}
+
+    def _name_replaced_settings(self, model: Namespace) -> None:
+        after = dict(model.items())
+        replaced = [k for k in sorted(self._given) if k in after and after[k] != self._given[k]]
         if replaced:
-            shown = ", ".join(f"model.{k}={after[k]!r} (given {before[k]!r})" for k in replaced)
+            shown = ", ".join(
+                f"model.{k}={after[k]!r} (given {self._given[k]!r})" for k in replaced
+            )
             print(
                 f"vq-train: --ckpt_path is a file, so the model's settings come from the "
                 f"checkpoint: {shown} (Lightning's CLI does this for a path, not for "
@@ -199,6 +203,7 @@ class VQTrainCLI(LightningCLI):
         if self.subcommand is None:
             return
         config = self.config[self.subcommand]
+        self._name_replaced_settings(config.model)
         if config.model.get("adversarial") is not None:
             _manual_optimization(config.model, config.trainer)
         if self.subcommand != "fit":
