@@ -8,7 +8,7 @@ Every configuration trains through ``vq-train fit --config configs/<method>.yaml
 (Lightning's Trainer, ``train.module.VQVAEModule``, ``train.data.ImageDataModule``) with the
 codebook size changed (FSQ: the recommended levels nearest K), the budget of this benchmark,
 and ``--set KEY=VALUE`` overrides of every config (any ``vq-train`` option, e.g.
-``--set model.lr=1e-3``). Plain codebooks (ste, rotation) run in each setting of ``--plain``
+``--set model.optimizer.lr=1e-3``). Plain codebooks (ste, rotation) run in each setting of ``--plain``
 (``SETTINGS``): ``papers`` (the default: uniform init, no dead-code restart), ``recipe`` (the
 configs' data init + restart), ``rotation-paper`` (the rotation-trick paper's VQ-VAE runs, its
 ``src/models/vq_vae.py``: an l2-normalised (cosine) EMA codebook with decay 0.8, commitment
@@ -142,7 +142,7 @@ def fit_args(method: str, size: int, cfg: BenchConfig, work: Path, setting: str 
         "trainer.enable_progress_bar": False,
         "trainer.enable_model_summary": False,
         "seed_everything": cfg.seed,
-        "model.warmup_steps": warmup_steps(method, cfg.steps),
+        "model.optimizer.warmup_steps": warmup_steps(method, cfg.steps),
         "data.crop_size": cfg.crop,
         "data.batch_size": cfg.batch_size,
         "data.samples_per_epoch": cfg.steps * cfg.batch_size,
@@ -172,7 +172,7 @@ def fit_args(method: str, size: int, cfg: BenchConfig, work: Path, setting: str 
     for item in cfg.overrides:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. model.lr=1e-3")
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. model.optimizer.lr=1e-3")
         if key.startswith(prefix := "model.vqvae.quantizer."):
             quantizer[key.removeprefix(prefix)] = parse_value(value)
         else:
@@ -201,7 +201,12 @@ def parse_value(text: str) -> Any:
 def warmup_steps(method: str, steps: int) -> int:
     """The config's warmup share of its budget, applied to ``steps``."""
     config = yaml.safe_load((CONFIGS / f"{method}.yaml").read_text())
-    return max(1, round(config["model"]["warmup_steps"] * steps / config["trainer"]["max_steps"]))
+    return max(
+        1,
+        round(
+            config["model"]["optimizer"]["warmup_steps"] * steps / config["trainer"]["max_steps"]
+        ),
+    )
 
 
 def window_size(size: int, cfg: BenchConfig) -> int:
@@ -385,7 +390,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--crop", type=int, default=None, help="training crop side (multiple of f)")
     add("--seed", type=int, default=None)
     add("--plain", nargs="+", choices=list(SETTINGS), help="plain codebooks' settings (papers)")
-    sets = "a vq-train option for every config, e.g. --set model.lr=1e-3 (repeatable)"
+    sets = "a vq-train option for every config, e.g. --set model.optimizer.lr=1e-3 (repeatable)"
     add("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=sets)
     add("--corpus", default=None, help="folder with train/ (val/, kodak/)")
     add("--kodak", default=None, help="Kodak folder (default: CORPUS/kodak)")

@@ -25,13 +25,14 @@ from steps import StepTimes, trainer
 
 from train.lpips import resolve_weights
 from train.module import VQVAEModule
+from train.optimization import OptimizerConfig
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = {
     "perceptual": {"kind": "ms_ssim", "weight": 0.5},
     "adversarial": {"weight": 0.5, "adaptive": True, "loss": "hinge"},
-    "ema_decay": 0.998,
-    "l1_weight": 1.0,
+    "ema": {"decay": 0.998},
+    "reconstruction": {"l1_weight": 1.0},
 }
 # The same recipe with LPIPS as SimVQ and LlamaGen train it (VGG, weight 1.0). Its backbone
 # runs as in training: channels_last, bf16 under bf16-mixed, the original's features once per
@@ -62,7 +63,7 @@ def time_variant(options: dict[str, Any], batch: torch.Tensor, steps: int, preci
     """Median seconds per optimizer step of ``steps`` steps after 2 warm-up steps."""
     vqvae = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())["model"]["vqvae"]
     torch.manual_seed(0)
-    module = VQVAEModule(vqvae=vqvae, warmup_steps=1, **options)
+    module = VQVAEModule(vqvae=vqvae, optimizer=OptimizerConfig(warmup_steps=1), **options)
     clock = StepTimes()
     batches = list(batch.repeat(steps + 2, 1, 1, 1).split(len(batch)))  # (B, 3, H, W) each
     loader = torch.utils.data.DataLoader(batches, batch_size=None)  # type: ignore[arg-type,var-annotated]

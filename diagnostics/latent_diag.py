@@ -113,12 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     # Every leg keeps the full run's schedule and epoch length.
     overrides: tuple[str, ...] = (
-        f"model.total_steps={args.steps}",
-        f"model.warmup_steps={Q.warmup_steps(args.method, args.steps)}",
+        f"model.optimizer.total_steps={args.steps}",
+        f"model.optimizer.warmup_steps={Q.warmup_steps(args.method, args.steps)}",
         f"data.samples_per_epoch={args.steps * args.batch_size}",
     )
     if args.lr is not None:
-        overrides += (f"model.lr={args.lr!r}",)
+        overrides += (f"model.optimizer.lr={args.lr!r}",)
     cfg = Q.BenchConfig(
         steps=args.steps,
         batch_size=args.batch_size,

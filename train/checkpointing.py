@@ -4,9 +4,8 @@ and the random state that makes a resumed run continue exactly.
 A run killed at any moment (``kill -9``, power loss, OOM) loses at most ``every_n_steps``
 optimizer steps:
 
-- ``AtomicCheckpointIO`` writes every checkpoint to a temporary file in the same directory,
-  fsyncs it and renames it over the old one (``os.replace`` is atomic on POSIX and Windows),
-  so ``last.ckpt`` is always the previous complete checkpoint or the new complete one, never
+- ``AtomicCheckpointIO`` writes every checkpoint with ``vq.atomic.atomic_write_bytes`` (a
+  temporary file in the same directory, fsynced and renamed over the old one), so ``last.ckpt`` is always the previous complete checkpoint or the new complete one, never
   a truncated file. (Lightning's default goes through an fsspec transaction whose temporary
   file lives in the system temp directory; when that is another filesystem the final move is
   a copy into the target, which a kill can cut short.)
@@ -30,7 +29,6 @@ import errno
 import io
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -41,45 +39,12 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
+from vq.atomic import atomic_write_bytes
+
 log = logging.getLogger(__name__)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash at any moment leaves either the previous
-    file or the new one: temporary file in the same directory, fsync, rename, fsync of the
-    directory (so the rename itself survives a power loss)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; use the usual mode
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # Windows cannot open directories; the rename is still atomic there
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-_TEMPORARY_GLOB = ".*.ckpt.*.tmp"  # atomic_write_bytes of a checkpoint: .NAME.ckpt.XXXXXXXX.tmp
+_TEMPORARY_GLOB = ".*.ckpt.*.tmp"  # vq.atomic's temporary of a checkpoint: .NAME.ckpt.XXXXXXXX.tmp
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
@@ -279,3 +244,46 @@ class RandomState(Callback):
         if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
         self._pending = None
+
+
+# Checkpoints written before the recipe's loss module and the argument groups held flat
+# hyper-parameters and the discriminator at the top level: renamed when read, so that they
+# still resume (``on_load_checkpoint``) and export (``train.export.read_checkpoint``).
+_LEGACY_GROUPS = {
+    **dict.fromkeys(
+        (
+            "lr",
+            "weight_decay",
+            "betas",
+            "warmup_steps",
+            "min_lr_ratio",
+            "total_steps",
+            "quantizer_lr_scale",
+        ),
+        "optimizer",
+    ),
+    **dict.fromkeys(("l1_weight", "l2_weight"), "reconstruction"),
+}
+_REMOVED_OFF = {"feature_matching_weight": 0.0, "pixel_loss_lowpass": False}
+
+
+def upgrade_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """``ckpt`` (a vq-train checkpoint dict) in today's layout, renamed in place."""
+    state = ckpt.get("state_dict")
+    if isinstance(state, dict):
+        for key in [k for k in state if k.startswith(("discriminator.", "lecam_ema_"))]:
+            state[f"recipe.{key}"] = state.pop(key)
+    hparams = ckpt.get("hyper_parameters")
+    if not isinstance(hparams, dict) or "optimizer" in hparams or "lr" not in hparams:
+        return ckpt
+    for key, group in _LEGACY_GROUPS.items():
+        if key in hparams:
+            hparams.setdefault(group, {})[key] = hparams.pop(key)
+    decay = hparams.pop("ema_decay", None)
+    hparams["ema"] = None if decay is None else {"decay": decay}
+    adversarial = hparams.get("adversarial")
+    if isinstance(adversarial, dict):
+        for key, off in _REMOVED_OFF.items():  # options since removed, left off: drop them
+            if adversarial.get(key, off) == off:
+                adversarial.pop(key, None)
+    return ckpt

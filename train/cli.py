@@ -28,25 +28,27 @@ Defaults added on top of Lightning's (each overridable from YAML or the command 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import warnings
 from collections.abc import Sequence
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from jsonargparse import Namespace
+from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import (
-    Callback,
     LearningRateMonitor,
     ModelCheckpoint,
+    ProgressBar,
     RichProgressBar,
 )
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.strategies import DDPStrategy
 
 from train.checkpointing import AtomicCheckpointIO, LastCheckpoint, RandomState
 from train.code_writer import CodeWriter
@@ -137,17 +139,21 @@ class VQTrainCLI(LightningCLI):
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(RandomState, "random_state")
 
-    # Lightning's CLI replaces the model's settings by the checkpoint's hyper-parameters when
-    # --ckpt_path is a file, silently; this private hook is the only place that sees both.
-    def _parse_ckpt_path(self) -> None:
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        # The model's settings as given, before Lightning's CLI replaces them by a checkpoint
+        # file's hyper-parameters (silently); before_instantiate_classes names what changed.
         subcommand = self.config.get("subcommand")
         # jsonargparse's Namespace.items() yields the leaves under dotted keys.
-        before = dict(self.config[subcommand].model.items()) if subcommand else {}
-        super()._parse_ckpt_path()
-        after = dict(self.config[subcommand].model.items()) if subcommand else {}
-        replaced = [k for k in sorted(before) if k in after and after[k] != before[k]]
+        self._given = dict(self.config[subcommand].model.items()) if subcommand else {}
+
+    def _name_replaced_settings(self, model: Namespace) -> None:
+        after = dict(model.items())
+        replaced = [k for k in sorted(self._given) if k in after and after[k] != self._given[k]]
         if replaced:
-            shown = ", ".join(f"model.{k}={after[k]!r} (given {before[k]!r})" for k in replaced)
+            shown = ", ".join(
+                f"model.{k}={after[k]!r} (given {self._given[k]!r})" for k in replaced
+            )
             print(
                 f"vq-train: --ckpt_path is a file, so the model's settings come from the "
                 f"checkpoint: {shown} (Lightning's CLI does this for a path, not for "
@@ -192,78 +198,98 @@ class VQTrainCLI(LightningCLI):
             ) from None
         config["ckpt_path"] = None
 
-    def _default_logger(self) -> bool:
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        return config.trainer.logger in (None, True)
+    def before_instantiate_classes(self) -> None:
+        # What the config implies for the Trainer, decided before anything is built.
+        if self.subcommand is None:
+            return
+        config = self.config[self.subcommand]
+        self._name_replaced_settings(config.model)
+        if config.model.get("adversarial") is not None:
+            _manual_optimization(config.model, config.trainer)
+        if self.subcommand != "fit":
+            # Validate, test and predict train nothing: no runs/<name>/config.yaml of a run
+            # that does not exist.
+            self.save_config_callback = None
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        trainer = super().instantiate_trainer(**kwargs)
-        model = getattr(self, "model", None)
-        if isinstance(model, VQVAEModule) and not model.automatic_optimization:
-            # Lightning refuses trainer.gradient_clip_val under manual optimization (the
-            # adversarial recipe's two optimizers): the module clips the generator itself.
-            clip = trainer.gradient_clip_val
-            model.gradient_clip_val = float(clip) if clip else None
-            trainer.gradient_clip_val = None
-            if isinstance(trainer.strategy, DDPStrategy):
-                # Each of the two backward passes leaves the other player's parameters
-                # without gradients, which DDP allows only when told; Lightning keeps the
-                # DDP constructor's arguments in this attribute (no public setter).
-                trainer.strategy._ddp_kwargs["find_unused_parameters"] = True
-        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not a user's plugin
-            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        # (Lightning assigns Trainer.callbacks in a connector, unseen by type checkers.)
-        callbacks: list[Callback] = vars(trainer)["callbacks"]
-        # Lightning's own bar, told that max_epochs=-1 means "until max_steps".
-        callbacks[:] = [
-            OpenEndedRichProgressBar() if type(cb) is RichProgressBar else cb for cb in callbacks
-        ]
-        evaluating = self.subcommand in ("validate", "test", "predict")
-        if evaluating:
-            # Validate, test and predict train nothing: no checkpoints to keep (restoring a
-            # ModelCheckpoint's state from the checkpoint only warned that its directory
-            # changed) and no runs/<name>/config.yaml of a run that does not exist.
-            callbacks[:] = [
-                cb
-                for cb in callbacks
-                if not isinstance(cb, ModelCheckpoint | LastCheckpoint | SaveConfigCallback)
-            ]
-        if evaluating and self._default_logger():
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        trainer = config["trainer"]
+        callbacks = _as_list(trainer.get("callbacks"))
+        bar = trainer.get("enable_progress_bar") is not False and find_spec("rich") is not None
+        if bar and not any(isinstance(cb, ProgressBar) for cb in callbacks):
+            # Lightning's own (rich) bar, told that max_epochs=-1 means "until max_steps".
+            kwargs.setdefault("callbacks", [*callbacks, OpenEndedRichProgressBar()])
+        plugins = _as_list(trainer.get("plugins"))
+        if not any(isinstance(p, CheckpointIO) for p in plugins):  # not a user's plugin
+            kwargs.setdefault("plugins", [*plugins, AtomicCheckpointIO()])
+        if trainer.get("logger") in (None, True):
+            kwargs.setdefault("logger", self._default_logger(trainer.get("default_root_dir")))
+        return super().instantiate_trainer(**kwargs)
+
+    def _default_logger(self, root: str | None) -> TensorBoardLogger | bool:
+        if self.subcommand != "fit":
             # No new version_N/ for a run that trains nothing: validate and test print their
             # figures (Lightning's table), predict writes codes. Logging them into the
             # checkpoint's run would put step-0 points into its training curves.
-            trainer.loggers = []
-        elif self.subcommand is not None and self._default_logger():
-            # One flat version_N/ per run under default_root_dir (Lightning's default adds a
-            # "lightning_logs/" level). For `fit --ckpt_path last`, reuse the run being
-            # resumed so the checkpoint is found and its curves continue.
-            version: str | None = None
-            extra: dict[str, Any] = {}
-            if self.subcommand == "fit":
-                ckpt = self.config["fit"].get("ckpt_path")
-                if ckpt == "last":
-                    version = latest_resumable_version(trainer.default_root_dir)
-                    if version is not None:
-                        ckpt = newest_last_checkpoint(Path(trainer.default_root_dir) / version)
-                step = checkpoint_step(ckpt) if ckpt not in (None, "last") else None
-                if step is not None:
-                    # Resuming into the run's own checkpoint directory is the point; the
-                    # warning is for fresh runs pointed at a used directory.
-                    warnings.filterwarnings(
-                        "ignore", message=r"Checkpoint directory .* exists and is not empty"
-                    )
-                    # The events a killed run wrote after its checkpoint would be logged a
-                    # second time by the resumed run: TensorBoard hides events at or after
-                    # purge_step (Lightning logs the step's batch at global_step - 1).
-                    extra["purge_step"] = step
-            trainer.logger = TensorBoardLogger(
-                save_dir=trainer.default_root_dir,
-                name="",
-                version=version,
-                default_hp_metric=False,
-                **extra,
+            return False
+        # One flat version_N/ per run under default_root_dir (Lightning's default adds a
+        # "lightning_logs/" level). For `fit --ckpt_path last`, reuse the run being resumed so
+        # the checkpoint is found and its curves continue.
+        root = root if root is not None else os.getcwd()
+        version: str | None = None
+        extra: dict[str, Any] = {}
+        ckpt = self.config["fit"].get("ckpt_path")
+        if ckpt == "last":
+            version = latest_resumable_version(root)
+            if version is not None:
+                ckpt = newest_last_checkpoint(Path(root) / version)
+        step = checkpoint_step(ckpt) if ckpt not in (None, "last") else None
+        if step is not None:
+            # Resuming into the run's own checkpoint directory is the point; the warning is
+            # for fresh runs pointed at a used directory.
+            warnings.filterwarnings(
+                "ignore", message=r"Checkpoint directory .* exists and is not empty"
             )
-        return trainer
+            # The events a killed run wrote after its checkpoint would be logged a second
+            # time by the resumed run: TensorBoard hides events at or after purge_step
+            # (Lightning logs the step's batch at global_step - 1).
+            extra["purge_step"] = step
+        return TensorBoardLogger(
+            save_dir=root, name="", version=version, default_hp_metric=False, **extra
+        )
+
+
+def _as_list(value: Any) -> list[Any]:
+    """A Trainer argument that takes one item or a list of them, as a list."""
+    return [] if value is None else list(value) if isinstance(value, list) else [value]
+
+
+def _manual_optimization(model: Namespace, trainer: Namespace) -> None:
+    """The adversarial recipe's two optimizers step by hand (manual optimization): Lightning
+    then refuses ``trainer.gradient_clip_val``, so the module clips the generator with it; and
+    each of the two backward passes leaves the other player's parameters without gradients,
+    which DDP allows only when told (Lightning issues #20328, #20685)."""
+    model.gradient_clip_val = trainer.get("gradient_clip_val") or None
+    trainer.gradient_clip_val = None
+    strategy = trainer.get("strategy")
+    if strategy == "auto" and _several_processes(trainer):
+        strategy = "ddp"  # what Lightning's "auto" picks for several devices or nodes
+    if strategy in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"):
+        trainer.strategy = f"{strategy}_find_unused_parameters_true"
+
+
+def _several_processes(trainer: Namespace) -> bool:
+    """Whether the Trainer will run several processes (devices or nodes)."""
+    if (trainer.get("num_nodes") or 1) > 1:
+        return True
+    devices = trainer.get("devices", "auto")
+    if devices in ("auto", -1, "-1"):
+        gpu = trainer.get("accelerator", "auto") in ("auto", "gpu", "cuda")
+        return gpu and torch.cuda.device_count() > 1
+    if isinstance(devices, list):
+        return len(devices) > 1
+    text = str(devices).strip()
+    return int(text) > 1 if text.isdigit() else len(text.strip(",").split(",")) > 1
 
 
 def _not_an_advertisement(record: logging.LogRecord) -> bool:

@@ -2,8 +2,7 @@
 
 ``draw_crop`` is one random crop; ``CropBatches`` (with its ``CropLoader``) makes the training
 batches as a function of their number, so a resumed run sees the crops the uninterrupted run
-would have; ``RandomCropDataset`` is a stream of random crops; ``grid_crops`` and
-``TensorListDataset`` give the fixed validation/test crops. Tensors are float32 in [-1, 1],
+would have; ``grid_crops`` and ``TensorListDataset`` give the fixed validation/test crops. Tensors are float32 in [-1, 1],
 (3, H, W) per crop.
 """
 
@@ -11,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import warnings
 from collections.abc import Iterator, Sequence
 
@@ -21,13 +19,6 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from train.images import to_tensor
-
-
-def _rank() -> int:
-    """This process's rank under torch.distributed (0 when not initialized)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank()
-    return 0
 
 
 def ensure_min_side(image: np.ndarray, size: int) -> np.ndarray:
@@ -157,64 +148,6 @@ def augment_crop(
     if flip and bool(torch.rand((), generator=gen) < 0.5):
         crop = crop[:, ::-1]
     return crop
-
-
-class RandomCropDataset(Dataset[torch.Tensor]):
-    """``length`` random crops (``draw_crop``), each from a random image (weighted by pixel
-    count), with a random horizontal flip. Near-constant crops (std of [0, 1] pixels <
-    ``min_std``, e.g. the black border of ``retina``, empty sky of ``hubble_deep_field``) are
-    redrawn up to ``max_tries`` times so they do not dominate the loss.
-
-    A stream: item ``i`` is the next draw of a generator per process (main or DataLoader
-    worker) seeded from ``torch.initial_seed()`` plus the distributed rank, not a function
-    of ``i``. Training uses ``CropBatches`` instead, whose batches are a function of their
-    number (what an exact resume needs).
-    """
-
-    def __init__(
-        self,
-        images: Sequence[np.ndarray],
-        crop_size: int,
-        length: int,
-        *,
-        min_std: float = 0.02,
-        max_tries: int = 10,
-        flip: bool = True,
-    ) -> None:
-        self.images = [ensure_min_side(im, crop_size) for im in images]
-        self.crop_size = crop_size
-        self.length = length
-        self.min_std = min_std
-        self.max_tries = max(1, max_tries)
-        self.flip = flip
-        self.weights = crop_weights(self.images)
-
-        self._gen: torch.Generator | None = None
-        self._gen_pid = -1
-
-    def __len__(self) -> int:
-        return self.length
-
-    def _generator(self) -> torch.Generator:
-        # Created lazily in the process that draws (a forked worker must not reuse the
-        # parent's generator state, or all workers would draw the same crops).
-        if self._gen is None or self._gen_pid != os.getpid():
-            seed = (torch.initial_seed() + 1_000_003 * _rank()) % 2**63
-            self._gen = torch.Generator().manual_seed(seed)
-            self._gen_pid = os.getpid()
-        return self._gen
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        crop = draw_crop(
-            self.images,
-            self.weights,
-            self.crop_size,
-            self._generator(),
-            min_std=self.min_std,
-            max_tries=self.max_tries,
-            flip=self.flip,
-        )
-        return to_tensor(crop)
 
 
 def batch_seed(seed: int, rank: int, batch: int) -> int:

@@ -24,6 +24,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
+from train.checkpointing import upgrade_checkpoint
 from train.module import VQVAEModule
 from vq.artifact import save_tokenizer
 
@@ -67,7 +68,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ValueError(
             f"checkpoint {str(p)!r} has no 'vqvae' hyper-parameter: not written by vq-train"
         )
-    return ckpt
+    return upgrade_checkpoint(ckpt)
 
 
 def module_from_checkpoint(ckpt: Mapping[str, Any], source: str = "checkpoint") -> VQVAEModule:

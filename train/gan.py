@@ -32,16 +32,10 @@ class AdversarialConfig:
         the discriminator trains from this step too).
     lecam_weight: LeCAM regularisation of the discriminator (0 = off; Open-MAGVIT2, IBQ).
     lecam_decay: decay of LeCAM's moving averages of the logits.
-    feature_matching_weight: the generator's discriminator feature-matching term (0 = off;
-        pix2pixHD, MelGAN): L1 between D's activations on the image and its reconstruction.
     highpass_sigma: the discriminator judges images minus their Gaussian blur of this std
         (px) instead of the images (None = whole images): the adversarial gradient then moves
         mostly the fine detail and the pixel loss sets the coarse content (Fritsche et al.
         2019's frequency separation).
-    pixel_loss_lowpass: with ``highpass_sigma``, the L1/L2 terms compare the images' Gaussian
-        blur of that σ instead of the images (Fritsche et al.'s low-frequency colour loss): the
-        pixel loss no longer pulls fine detail towards its blurry mean, the discriminator and
-        the perceptual term set it.
     lr: the discriminator's learning rate (None = the generator's ``model.lr``).
     betas: the discriminator's Adam betas (None = the generator's ``model.betas``).
     channels: width of the first discriminator layer (64 in pix2pix and taming).
@@ -54,9 +48,7 @@ class AdversarialConfig:
     start_step: int = 0
     lecam_weight: float = 0.0
     lecam_decay: float = 0.999
-    feature_matching_weight: float = 0.0
     highpass_sigma: float | None = None
-    pixel_loss_lowpass: bool = False
     lr: float | None = None
     betas: tuple[float, float] | None = None
     channels: int = 64
@@ -68,23 +60,12 @@ class AdversarialConfig:
         check_int("model.adversarial.start_step", self.start_step, minimum=0)
         check_float("model.adversarial.lecam_weight", self.lecam_weight, low=0.0, high=math.inf)
         check_float(
-            "model.adversarial.feature_matching_weight",
-            self.feature_matching_weight,
-            low=0.0,
-            high=math.inf,
-        )
-        check_float(
             "model.adversarial.lecam_decay", self.lecam_decay, low=0, high=1, open_high=True
         )
         if self.highpass_sigma is not None and not self.highpass_sigma > 0:
             raise ValueError(
                 f"model.adversarial.highpass_sigma={self.highpass_sigma!r} is not allowed; "
                 "expected > 0 (px) or null"
-            )
-        if self.pixel_loss_lowpass and self.highpass_sigma is None:
-            raise ValueError(
-                "model.adversarial.pixel_loss_lowpass=true needs model.adversarial.highpass_sigma "
-                "(the σ of the split); set it, or leave pixel_loss_lowpass false"
             )
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"model.adversarial.lr={self.lr!r} is not allowed; expected > 0")
@@ -134,13 +115,3 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
-
-    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """images -> the activations of every hidden block, then the patch logits (the
-        layers feature matching compares; the last entry is ``forward(images)``)."""
-        out = []
-        for layer in self.net:
-            images = layer(images)
-            if isinstance(layer, nn.LeakyReLU):
-                out.append(images)
-        return [*out, images]

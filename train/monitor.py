@@ -37,10 +37,10 @@ def collapse_fix(pl_module: L.LightningModule) -> str:
             )
         return (
             "restarts are on, so the encoder output itself has collapsed: "
-            "lower --model.lr (e.g. 3e-4) or raise --model.vqvae.quantizer.dead_code_threshold"
+            "lower --model.optimizer.lr (e.g. 3e-4) or raise --model.vqvae.quantizer.dead_code_threshold"
         )
     return (
-        "the encoder output has likely collapsed to a few directions: lower --model.lr "
+        "the encoder output has likely collapsed to a few directions: lower --model.optimizer.lr "
         "(at 2e-3 it collapsed, 3e-4 did not)"
     )
 

@@ -2,7 +2,7 @@
 terms, the adaptive GAN weight, LeCAM regularisation, the EMA update, the AdamW parameter
 groups and the learning-rate schedule (docs/training.md, "The recipe").
 
-``train.module.VQVAEModule`` composes these; nothing here knows Lightning.
+``train.recipe.RecipeLoss`` composes these; nothing here knows Lightning.
 """
 
 from __future__ import annotations
@@ -118,26 +118,6 @@ def generator_loss(logits_fake: torch.Tensor, kind: GanLoss) -> torch.Tensor:
     if kind == "hinge":
         return -logits_fake.mean()
     return F.softplus(-logits_fake).mean()
-
-
-def feature_matching_loss(
-    features_real: Sequence[torch.Tensor], features_fake: Sequence[torch.Tensor]
-) -> torch.Tensor:
-    """pix2pixHD's feature-matching term (Wang et al., CVPR 2018, eq. 4; MelGAN, Kumar et al.
-    2019, eq. 4): the mean over the discriminator's layers of the L1 distance between its
-    activations on the real image and on the reconstruction, each layer averaged over its
-    elements. Paired, so it asks for the original's texture at each place, not any texture
-    the discriminator accepts."""
-    if len(features_real) != len(features_fake) or not features_real:
-        raise ValueError(
-            f"feature matching needs the same non-zero number of layers, got "
-            f"{len(features_real)} and {len(features_fake)}"
-        )
-    terms = [
-        F.l1_loss(fake.float(), real.detach().float())
-        for real, fake in zip(features_real, features_fake, strict=True)
-    ]
-    return torch.stack(terms).mean()
 
 
 def adaptive_weight(

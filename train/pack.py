@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from train.images import find_images
+from vq.atomic import atomic_path
 from vqio import ImageDecodeError, image_size
 
 
@@ -36,14 +37,12 @@ def sample_key(root: Path, path: Path) -> str:
 
 
 def _write_tar(target: Path, items: Sequence[tuple[str, str, bytes]]) -> None:
-    tmp = target.with_name(f".{target.name}.tmp")
-    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tf:
+    with atomic_path(target) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tf:
         for key, ext, data in items:
             info = tarfile.TarInfo(f"{key}.{ext}")
             info.size = len(data)
             info.mtime = 0
             tf.addfile(info, io.BytesIO(data))
-    tmp.replace(target)
 
 
 def _write_parquet(target: Path, items: Sequence[tuple[str, str, bytes]], group: int) -> None:
@@ -56,9 +55,8 @@ def _write_parquet(target: Path, items: Sequence[tuple[str, str, bytes]], group:
             "image": pa.array([d for _, _, d in items], pa.binary()),
         }
     )
-    tmp = target.with_name(f".{target.name}.tmp")
-    pq.write_table(table, tmp, row_group_size=group, compression="none")
-    tmp.replace(target)
+    with atomic_path(target) as tmp:
+        pq.write_table(table, tmp, row_group_size=group, compression="none")
 
 
 def pack(

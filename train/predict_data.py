@@ -15,7 +15,17 @@ from torch.utils.data import IterableDataset, get_worker_info
 from train.crops import resize_center_square
 from train.images import find_images, to_tensor
 from train.sources import Unit, UnitReader
-from vqio import IMAGE_EXTENSIONS, ImageDecodeError, decode_image, image_size, read_image
+from vq.model import VQVAE
+from vq.tokenizer import in_chunks
+from vqio import (
+    IMAGE_EXTENSIONS,
+    ImageDecodeError,
+    center_crop,
+    decode_image,
+    format_size,
+    image_size,
+    read_image,
+)
 
 
 def _image_size(path: Path) -> tuple[int, int] | None:
@@ -195,3 +205,35 @@ class PredictUnits(IterableDataset[dict[str, Any]]):
             "unit": unit.name,
             "unit_end": end,
         }
+
+
+def center_crop_to_multiple(images: torch.Tensor, f: int) -> torch.Tensor:
+    """Crop (B, C, H, W) centrally to the largest H', W' that are multiples of f (the
+    service's ``fit=crop`` crops the same pixels: both use ``vqio.center_crop``)."""
+    rows, cols = center_crop(images.shape[-2], images.shape[-1], f)
+    return images[..., rows, cols]
+
+
+def predict_codes(batch: dict[str, Any], model: VQVAE, device: torch.device) -> dict[str, Any]:
+    """A predict batch ({"images", "paths", "errors"}) -> {"codes" (B, h, w), "paths",
+    "errors"}: what ``vq-train predict`` writes.
+
+    Images whose sides are not multiples of f are centre-cropped to the largest multiples (a
+    375x500 (HxW) image at f=8 is tokenized as its central 368x496).
+    """
+    images: torch.Tensor = batch["images"]
+    paths: list[str] = list(batch["paths"])
+    errors: list[dict[str, str]] = list(batch["errors"])
+    codes = torch.empty(0, 0, 0, dtype=torch.long)
+    if images.shape[0] > 0:
+        cropped = center_crop_to_multiple(images, model.f)
+        if cropped.shape[-1] == 0 or cropped.shape[-2] == 0:
+            h, w = images.shape[-2:]
+            error = f"image {format_size(h, w)} is smaller than f={model.f}"
+            errors += [{"path": p, "error": error} for p in paths]
+            paths = []
+        else:
+            # The Tokenizer's chunking, so predict runs the same passes as the library.
+            pixels = cropped.shape[2] * cropped.shape[3]
+            codes = in_chunks(model.encode, cropped, pixels, device).cpu()  # (B, h, w)
+    return {"codes": codes, "paths": paths, "errors": errors}

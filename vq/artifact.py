@@ -55,6 +55,7 @@ import safetensors
 import safetensors.torch
 import torch
 
+from vq.atomic import atomic_write_bytes, fsync_path
 from vq.config import FSQConfig, VQConfig
 from vq.hub import SHIPPED_MODELS
 from vq.model import VQVAE, VQVAEConfig
@@ -226,19 +227,6 @@ def _file_record(path: Path) -> dict[str, Any]:
     return {"sha256": _sha256(path), "bytes": path.stat().st_size}
 
 
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # directories cannot be opened on Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _replace_dir(out: Path, write: Any, written: tuple[str, ...]) -> None:
     """Build a directory with ``write(tmp)`` and put it at ``out`` in one rename.
 
@@ -264,14 +252,14 @@ def _replace_dir(out: Path, write: Any, written: tuple[str, ...]) -> None:
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; artifacts are read by others
         for f in tmp.iterdir():
             os.chmod(f, 0o666 & ~umask)
-            _fsync(f)
-        _fsync(tmp)
+            fsync_path(f)
+        fsync_path(tmp)
         old: Path | None = None
         if out.exists() or out.is_symlink():
             old = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.old-"))
             os.replace(out, old / out.name)
         os.replace(tmp, out)
-        _fsync(parent)
+        fsync_path(parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
@@ -442,10 +430,8 @@ def record_files(root: str | os.PathLike[str], names: tuple[str, ...], model: VQ
     config = root / CONFIG_NAME
     data = json.loads(config.read_text(encoding="utf-8"))
     data[FILES_KEY].update({name: _file_record(root / name) for name in names})
-    tmp = config.with_name(f".{CONFIG_NAME}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.chmod(tmp, config.stat().st_mode & 0o777)
-    os.replace(tmp, config)
+    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+    atomic_write_bytes(config, text.encode("utf-8"))
     return True
 
 

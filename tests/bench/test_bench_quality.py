@@ -85,15 +85,15 @@ def test_report_and_plots_are_rendered_from_the_json(quick_run: Path) -> None:
 
 
 def test_fit_args_are_the_config_with_k_budget_and_setting(quality: ModuleType) -> None:
-    cfg = quality.replace(quality.BenchConfig(), steps=400, overrides=("model.lr=1e-3",))
+    cfg = quality.replace(quality.BenchConfig(), steps=400, overrides=("model.optimizer.lr=1e-3",))
     args = quality.fit_args("rotation", 8192, cfg, Path("/tmp/w"))
     assert args[:3] == ["fit", "--config", str(ROOT / "configs" / "rotation.yaml")]
     opts = dict(zip(args[3::2], args[4::2], strict=True))
     q = json.loads(opts["--model.vqvae.quantizer"])  # the config's quantizer, whole
     assert q["codebook_size"] == 8192 and q["grad_estimator"] == "rotation"
     assert q["codebook_init"] == "uniform" and q["dead_code_threshold"] == 0  # the papers'
-    assert opts["--trainer.max_steps"] == "400" and opts["--model.lr"] == "0.001"
-    assert opts["--model.warmup_steps"] == str(quality.warmup_steps("rotation", 400))
+    assert opts["--trainer.max_steps"] == "400" and opts["--model.optimizer.lr"] == "0.001"
+    assert opts["--model.optimizer.warmup_steps"] == str(quality.warmup_steps("rotation", 400))
     assert "--ckpt_path" not in opts  # nothing to resume in an empty folder
 
     def quantizer(method: str, size: int, config: object) -> dict:
@@ -143,7 +143,7 @@ def test_fsq_levels_nearest_recommended(quality: ModuleType, size: int, levels: 
 def test_an_interrupted_run_resumes_to_the_same_numbers(quick_run: Path, tmp_path: Path) -> None:
     """A run stopped at step 3 (its last.ckpt kept) and resumed with --resume ends where the
     uninterrupted run ends."""
-    same = ["--set", "model.total_steps=6", "--set", "data.samples_per_epoch=24"]
+    same = ["--set", "model.optimizer.total_steps=6", "--set", "data.samples_per_epoch=24"]
     args = ["--methods", "fsq", "--sizes", "256", "--out", str(tmp_path), *same]
     _run(*args, "--steps", "3")
     (tmp_path / "work" / "fsq_K256" / "result.json").unlink()  # as if cut off before the end

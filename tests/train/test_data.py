@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from tests.train.helpers import write_image
-from train.crops import RandomCropDataset, grid_crops
+from train.crops import batch_seed, crop_weights, draw_crop, grid_crops
 from train.data import ImageDataModule
-from train.images import BUNDLED_TRAIN, BUNDLED_VAL, split_by_image
+from train.images import BUNDLED_TRAIN, BUNDLED_VAL, split_by_image, to_tensor
 from vqio import read_image
 
 
@@ -163,8 +163,11 @@ def test_near_constant_crops_are_redrawn() -> None:
     torch.manual_seed(0)
 
     def flat_fraction(min_std: float) -> float:
-        ds = RandomCropDataset([image], 32, 200, min_std=min_std, max_tries=20)
-        return float(np.mean([ds[i].std().item() < 0.04 for i in range(len(ds))]))
+        gen, weights = torch.Generator().manual_seed(0), crop_weights([image])
+        crops = [
+            draw_crop([image], weights, 32, gen, min_std=min_std, max_tries=20) for _ in range(200)
+        ]
+        return float(np.mean([to_tensor(c).std().item() < 0.04 for c in crops]))
 
     assert flat_fraction(0.0) > 0.5
     assert flat_fraction(0.05) < 0.05
@@ -180,18 +183,12 @@ def test_grid_crops_cover_centre_and_cap() -> None:
     assert len(small) == 2 and small[0].shape == (32, 32, 3)  # upscaled to 32x64 first
 
 
-def test_random_crops_differ_between_ranks_and_repeat_per_seed(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import train.crops
-
+def test_training_batches_differ_between_ranks_and_repeat_per_seed() -> None:
     image = np.random.default_rng(0).integers(0, 255, (100, 120, 3)).astype(np.uint8)
 
-    def draws(rank: int) -> torch.Tensor:
-        monkeypatch.setattr(train.crops, "_rank", lambda: rank)
-        torch.manual_seed(7)  # what seed_everything does on every rank
-        ds = RandomCropDataset([image], 16, 4)
-        return torch.stack([ds[i] for i in range(4)])
+    def draws(rank: int) -> np.ndarray:
+        gen = torch.Generator().manual_seed(batch_seed(7, rank, 0))
+        return np.stack([draw_crop([image], crop_weights([image]), 16, gen) for _ in range(4)])
 
-    assert torch.equal(draws(0), draws(0))
-    assert not torch.equal(draws(0), draws(1))
+    assert np.array_equal(draws(0), draws(0))
+    assert not np.array_equal(draws(0), draws(1))

@@ -144,11 +144,11 @@ def test_ddp_trains_the_adversarial_recipe_with_identical_ranks(tmp_path: Path) 
     """Two optimizers and two backward passes a step under plain ``ddp``: each pass leaves
     the other player's parameters without gradients, which the CLI tells DDP to allow."""
     options = ["--model.adversarial.weight=0.5", "--model.adversarial.channels=8"]
-    _ddp_fit(tmp_path, [*options, "--model.ema_decay=0.9"], whole=True)
+    _ddp_fit(tmp_path, [*options, "--model.ema.decay=0.9"], whole=True)
     a = torch.load(tmp_path / "ranks" / "rank0.pt", weights_only=True)
     b = torch.load(tmp_path / "ranks" / "rank1.pt", weights_only=True)
     assert a["step"] == b["step"] == 4
-    assert any(k.startswith("discriminator.") for k in a["state"])
+    assert any(k.startswith("recipe.discriminator.") for k in a["state"])
     assert any(k.startswith("ema.") for k in a["state"])
     different = [k for k in a["state"] if not torch.equal(a["state"][k], b["state"][k])]
     assert not different, f"ranks differ in {different}"

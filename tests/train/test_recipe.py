@@ -23,10 +23,9 @@ RECIPE = [
     "--model.adversarial.weight=0.5",
     "--model.adversarial.adaptive=true",
     "--model.adversarial.lecam_weight=0.01",
-    "--model.adversarial.feature_matching_weight=1.0",
     "--model.adversarial.highpass_sigma=1.0",
     "--model.adversarial.start_step=1",
-    "--model.ema_decay=0.9",
+    "--model.ema.decay=0.9",
     "--data.crop_size=48",
     "--data.val_crop_size=48",
     "--trainer.enable_progress_bar=false",
@@ -59,7 +58,6 @@ def test_recipe_logs_every_term_and_exports_the_ema_weights(tmp_path: Path) -> N
         "train/adaptive_weight",
         "train/d_loss",
         "train/lecam",
-        "train/feature_matching",
         "train/d_logits_real",
         "train/d_logits_fake",
         "val/perceptual",
@@ -87,7 +85,7 @@ def test_adversarial_run_resumes_exactly_after_sigkill(tmp_path: Path) -> None:
     common = [
         *MOVING_QUANTIZER,
         "--trainer.max_steps=6",
-        "--model.total_steps=6",
+        "--model.optimizer.total_steps=6",
         "--data.samples_per_epoch=12",
         "--last_checkpoint.every_n_steps=2",
     ]
@@ -115,7 +113,7 @@ def test_decoder_only_finetuning_keeps_every_code(tmp_path: Path) -> None:
     base, tuned = tmp_path / "base", tmp_path / "tuned"
     base.mkdir()
     tuned.mkdir()
-    _fit(base, *MOVING_QUANTIZER, "--model.ema_decay=null")
+    _fit(base, *MOVING_QUANTIZER, "--model.ema=null")
     artifact = base / "version_0" / "artifact"
     _fit(
         tuned,
@@ -138,7 +136,7 @@ def test_decoder_only_finetuning_keeps_every_code(tmp_path: Path) -> None:
 def test_init_from_a_different_network_is_refused(tmp_path: Path) -> None:
     base = tmp_path / "base"
     base.mkdir()
-    _fit(base, "--model.ema_decay=null")
+    _fit(base, "--model.ema=null")
     args = ["fit", "--config", str(CONFIGS / "fsq.yaml"), *TINY_OVERRIDES]
     artifact = base / "version_0" / "artifact"
     proc = run_cli(

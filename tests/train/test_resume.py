@@ -24,7 +24,7 @@ from train.export import read_checkpoint
 RESUME_OVERRIDES = [
     *TINY_OVERRIDES,
     "--trainer.max_steps=8",
-    "--model.total_steps=8",  # the same LR schedule for the killed and the whole run
+    "--model.optimizer.total_steps=8",  # the same LR schedule for the killed and the whole run
     "--data.samples_per_epoch=12",  # 3 batches an epoch: validations at steps 3 and 6
     "--last_checkpoint.every_n_steps=2",
     "--trainer.enable_progress_bar=false",
@@ -157,10 +157,10 @@ def test_resume_with_nothing_left_says_so_extending_trains_on_and_ckpt_settings_
 
     # A checkpoint path (not "last"): Lightning's CLI takes model.* from the checkpoint; the
     # command line's different value is named, not dropped silently.
-    lr = last["hyper_parameters"]["lr"]
+    lr = last["hyper_parameters"]["optimizer"]["lr"]
     capfd.readouterr()
     path = tmp_path / "version_0" / "checkpoints" / "last.ckpt"
-    main([*args, f"--ckpt_path={path}", "--trainer.max_steps=7", f"--model.lr={lr * 10}"])
+    main([*args, f"--ckpt_path={path}", "--trainer.max_steps=7", f"--model.optimizer.lr={lr * 10}"])
     err = capfd.readouterr().err
-    assert f"model.lr={lr!r} (given {lr * 10!r})" in err
-    assert read_checkpoint(path)["hyper_parameters"]["lr"] == lr
+    assert f"model.optimizer.lr={lr!r} (given {lr * 10!r})" in err
+    assert read_checkpoint(path)["hyper_parameters"]["optimizer"]["lr"] == lr
