@@ -152,7 +152,11 @@ class LPIPS(nn.Module):
         except Exception as exc:  # safetensors raises several types for a bad file
             raise ValueError(f"LPIPS weights {str(path)!r} are not safetensors ({exc})") from None
         self.taps = backbone.taps
-        self.features = build_features(net)
+        # The layers' random initialisation is overwritten below; fork_rng keeps it from
+        # moving the global RNG, so building LPIPS mid-run leaves a run's random stream (and
+        # its bit-identical resume) as it was.
+        with torch.random.fork_rng(devices=[]):
+            self.features = build_features(net)
         wanted = {
             k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")
         }

@@ -339,8 +339,12 @@ class VQVAEModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The latest validation figures travel with the checkpoint so that export (at the
         # end of fit or via vq-export) can write them into the artifact's config.json.
+        try:
+            metrics = self.trainer.callback_metrics
+        except RuntimeError:  # saved by a bare strategy, no Trainer attached: no figures
+            metrics = {}
         checkpoint["val_metrics"] = {
             key.removeprefix("val/"): float(value)
-            for key, value in self.trainer.callback_metrics.items()
+            for key, value in metrics.items()
             if key.startswith("val/")
         }

@@ -102,7 +102,17 @@ async def get_usage_history(name: str, state: StateDep) -> UsageHistoryResponse:
     "/{name}/card",
     summary="The model card (Markdown): what the model is, its full-image figures",
     response_class=PlainTextResponse,
-    responses={**_ERRORS, 200: {"content": {"text/markdown": {}}}},
+    # Its errors are JSON although its answer is text: said per status, not by the class.
+    responses={
+        **{
+            status: {
+                "description": "Error",
+                "content": {"application/json": {"schema": ErrorResponse.model_json_schema()}},
+            }
+            for status in _ERRORS
+        },
+        200: {"content": {"text/markdown": {}}},
+    },
 )
 async def get_card(name: str, state: StateDep) -> PlainTextResponse:
     """The artifact's ``card.md`` (or Hub ``README.md``), as text/markdown; 404 ``not_found``

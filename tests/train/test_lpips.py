@@ -246,3 +246,12 @@ def test_the_real_weights_are_lpips(net: LPIPSNet) -> None:
     noisy = base + 0.04 * torch.randn(1, 3, 96, 96, generator=g)
     blurred = torch.nn.functional.avg_pool2d(base, 5, 1, 2, count_include_pad=False)
     assert float(model(noisy, base)) < float(model(blurred, base))
+
+
+def test_building_lpips_leaves_the_global_random_stream_alone(tmp_path: Path) -> None:
+    weights = write_weights(tmp_path)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    LPIPS("vgg", weights)
+    assert torch.equal(torch.rand(3), expected)
