@@ -107,7 +107,9 @@ async def get_usage_history(name: str, state: StateDep) -> UsageHistoryResponse:
         **{
             status: {
                 "description": "Error",
-                "content": {"application/json": {"schema": ErrorResponse.model_json_schema()}},
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}
+                },
             }
             for status in _ERRORS
         },
